@@ -1,0 +1,465 @@
+//! `kiln bench allreduce`: measures the workers' ring all-reduce with real processes on this
+//! machine, the way `nccl-tests` measures NCCL.
+//!
+//! This module owns the benchmark's processes and its report: it starts one
+//! `kiln-worker bench-allreduce` per rank, brokers the exchange of ring addresses over their
+//! standard streams, collects rank 0's timings (one JSON line per size) and prints a table.
+//! The children are killed and reaped on every way out, errors included. It does not link the
+//! worker (no Burn in the CLI): the all-reduce and its timing loop live in the worker binary.
+//!
+//! Bandwidths follow NCCL's definitions: algbw = bytes / time, and busbw = algbw · 2(n-1)/n,
+//! the rate each rank's link must sustain, comparable across rank counts. GB is 10⁹ bytes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail, ensure};
+
+/// Arguments of `kiln bench allreduce`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AllreduceArgs {
+    /// Number of ranks (worker processes) in the ring.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub ranks: u32,
+    /// Buffer sizes to measure, comma separated, with an optional B, KiB, MiB or GiB suffix;
+    /// each a whole number of f32s.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = parse_size,
+        default_value = "1MiB,16MiB,64MiB,256MiB"
+    )]
+    pub sizes: Vec<u64>,
+    /// Timed iterations per size.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub iters: u32,
+    /// Untimed warm-up iterations per size.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u32,
+    /// Gives up (and kills the workers) if the whole benchmark takes longer, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+}
+
+/// Parses a byte size such as `4096`, `512KiB`, `64MiB` or `1GiB` (binary units), which must
+/// be a positive whole number of f32s.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits_end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: expected a number such as 64MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            let hint = match other.to_ascii_lowercase().as_str() {
+                "k" | "kb" | "kib" => " (did you mean `KiB`?)",
+                "m" | "mb" | "mib" => " (did you mean `MiB`?)",
+                "g" | "gb" | "gib" => " (did you mean `GiB`?)",
+                _ => "",
+            };
+            return Err(format!(
+                "unknown unit `{other}` in `{text}`: use B, KiB, MiB or GiB{hint}"
+            ));
+        }
+    };
+    let bytes = number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if bytes == 0 {
+        return Err("a size must be positive".to_owned());
+    }
+    if !bytes.is_multiple_of(4) {
+        return Err(format!(
+            "`{text}` is {bytes} bytes, not a whole number of f32s (4 bytes each)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Writes `bytes` in the largest binary unit that divides it, e.g. `64 MiB` or `1000 B`.
+pub fn format_size(bytes: u64) -> String {
+    [("GiB", 30), ("MiB", 20), ("KiB", 10)]
+        .into_iter()
+        .find(|&(_, shift)| bytes >= 1 << shift && bytes.is_multiple_of(1 << shift))
+        .map_or_else(
+            || format!("{bytes} B"),
+            |(unit, shift)| format!("{} {unit}", bytes >> shift),
+        )
+}
+
+/// What a worker's rank 0 reports for one size: the JSON line `kiln-worker bench-allreduce`
+/// prints (the two binaries share no crate, so the schema is repeated here).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct SizeResult {
+    size_bytes: u64,
+    ranks: usize,
+    times_s: Vec<f64>,
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    size_bytes: u64,
+    median_s: f64,
+    min_s: f64,
+    max_s: f64,
+    algbw_gbps: f64,
+    busbw_gbps: f64,
+}
+
+impl Row {
+    fn new(result: &SizeResult) -> anyhow::Result<Self> {
+        let mut times = result.times_s.clone();
+        ensure!(
+            !times.is_empty() && times.iter().all(|t| t.is_finite() && *t > 0.0),
+            "rank 0 reported unusable timings for {} bytes",
+            result.size_bytes
+        );
+        times.sort_by(f64::total_cmp);
+        let mid = times.len() / 2;
+        let median_s = if times.len() % 2 == 1 {
+            times[mid]
+        } else {
+            (times[mid - 1] + times[mid]) / 2.0
+        };
+        let algbw_gbps = result.size_bytes as f64 / median_s / 1e9;
+        let n = result.ranks as f64;
+        Ok(Self {
+            size_bytes: result.size_bytes,
+            median_s,
+            min_s: times[0],
+            max_s: times[times.len() - 1],
+            algbw_gbps,
+            busbw_gbps: algbw_gbps * 2.0 * (n - 1.0) / n,
+        })
+    }
+}
+
+fn render_table(ranks: u32, iters: u32, warmup: u32, rows: &[Row]) -> String {
+    let mut out = format!(
+        "ring all-reduce (mean), {ranks} rank(s), median of {iters} iterations after {warmup} \
+         warm-up; GB = 1e9 bytes\n{:>10} {:>11} {:>9} {:>9} {:>11} {:>11}\n",
+        "size", "median ms", "min ms", "max ms", "algbw GB/s", "busbw GB/s"
+    );
+    for row in rows {
+        out.push_str(&format!(
+            "{:>10} {:>11.3} {:>9.3} {:>9.3} {:>11.3} {:>11.3}\n",
+            format_size(row.size_bytes),
+            row.median_s * 1e3,
+            row.min_s * 1e3,
+            row.max_s * 1e3,
+            row.algbw_gbps,
+            row.busbw_gbps
+        ));
+    }
+    out
+}
+
+/// The benchmark's worker processes and the threads reading their stdout; dropping it kills
+/// and reaps the processes, then joins the threads (whose pipes the deaths close).
+struct Workers {
+    children: Vec<Child>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            // Fails only if it already exited, which `wait` then collects.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // A reader ends when its pipe closes, which a worker's own child could delay: give
+        // them a moment, and leave any that are still blocked to end with their pipe.
+        let grace = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < grace && !self.readers.iter().all(JoinHandle::is_finished) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        for reader in self.readers.drain(..) {
+            if reader.is_finished() {
+                let _ = reader.join();
+            } else {
+                tracing::debug!("a worker's stdout is still open after it was killed");
+            }
+        }
+    }
+}
+
+impl Workers {
+    /// Waits for every worker to exit until `deadline`, and fails unless all succeeded.
+    fn wait_all(&mut self, deadline: Instant) -> anyhow::Result<()> {
+        for (rank, child) in self.children.iter_mut().enumerate() {
+            let status = wait_until(child, deadline)
+                .with_context(|| format!("waiting for rank {rank}"))?
+                .ok_or_else(|| anyhow!("rank {rank} did not exit before the deadline"))?;
+            ensure!(status.success(), "rank {rank} failed: {status}");
+        }
+        Ok(())
+    }
+
+    /// Why the benchmark cannot go on after rank `rank` closed its stdout early.
+    fn early_exit(&mut self, rank: usize) -> anyhow::Error {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        match wait_until(&mut self.children[rank], deadline) {
+            Ok(Some(status)) => anyhow!("rank {rank} exited early: {status}"),
+            _ => anyhow!("rank {rank} closed its stdout early"),
+        }
+    }
+}
+
+/// Polls `child` until it exits or `deadline` passes (`None`).
+fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+enum Event {
+    Line(usize, String),
+    Closed(usize),
+}
+
+/// Runs the all-reduce benchmark with `worker_bin` (the `kiln-worker` executable) and prints
+/// the table on stdout.
+pub fn allreduce(args: &AllreduceArgs, worker_bin: &Path) -> anyhow::Result<()> {
+    ensure!(!args.sizes.is_empty(), "no sizes to measure");
+    let ranks = args.ranks as usize;
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let sizes = args
+        .sizes
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let (events, inbox) = mpsc::channel();
+    let mut workers = Workers {
+        children: Vec::with_capacity(ranks),
+        readers: Vec::with_capacity(ranks),
+    };
+    let mut stdins: Vec<ChildStdin> = Vec::with_capacity(ranks);
+    for rank in 0..ranks {
+        let mut child = Command::new(worker_bin)
+            .arg("bench-allreduce")
+            .args(["--rank", &rank.to_string()])
+            .args(["--world-size", &ranks.to_string()])
+            .args(["--sizes", &sizes])
+            .args(["--iters", &args.iters.to_string()])
+            .args(["--warmup", &args.warmup.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} for rank {rank}", worker_bin.display()))?;
+        let stdout = child.stdout.take();
+        stdins.extend(child.stdin.take());
+        workers.children.push(child);
+        let stdout = stdout.ok_or_else(|| anyhow!("rank {rank} has no stdout pipe"))?;
+        let events = events.clone();
+        let reader = thread::Builder::new()
+            .name(format!("bench-rank-{rank}"))
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if events.send(Event::Line(rank, line)).is_err() {
+                        return;
+                    }
+                }
+                let _ = events.send(Event::Closed(rank));
+            })
+            .context("starting a reader thread")?;
+        workers.readers.push(reader);
+    }
+    drop(events);
+    ensure!(stdins.len() == ranks, "a worker has no stdin pipe");
+
+    let next_event = |what: &str| -> anyhow::Result<Event> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        inbox
+            .recv_timeout(left)
+            .map_err(|_| anyhow!("timed out after {}s waiting for {what}", args.timeout_secs))
+    };
+
+    // Every rank's first line is its ring address.
+    let mut addrs: Vec<Option<SocketAddr>> = vec![None; ranks];
+    while addrs.iter().any(Option::is_none) {
+        match next_event("the workers' addresses")? {
+            Event::Line(rank, line) if addrs[rank].is_none() => {
+                let addr = line
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("rank {rank} printed {line:?}, not an address"))?;
+                addrs[rank] = Some(addr);
+            }
+            Event::Line(rank, line) => bail!("rank {rank} printed {line:?} before the ring formed"),
+            Event::Closed(rank) => return Err(workers.early_exit(rank)),
+        }
+    }
+    let peers = addrs
+        .iter()
+        .flatten()
+        .map(SocketAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    for (rank, mut stdin) in stdins.into_iter().enumerate() {
+        writeln!(stdin, "{peers}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("sending the peer list to rank {rank}"))?;
+    }
+
+    let mut rows = Vec::with_capacity(args.sizes.len());
+    loop {
+        match next_event("the results")? {
+            Event::Line(0, line) => {
+                let result: SizeResult = serde_json::from_str(&line)
+                    .with_context(|| format!("rank 0 printed {line:?}, not a result"))?;
+                rows.push(Row::new(&result)?);
+            }
+            Event::Line(rank, line) => tracing::warn!(rank, %line, "unexpected output"),
+            Event::Closed(0) => break,
+            Event::Closed(_) => {}
+        }
+    }
+    workers.wait_all(deadline)?;
+    ensure!(
+        rows.len() == args.sizes.len(),
+        "rank 0 reported {} of {} sizes",
+        rows.len(),
+        args.sizes.len()
+    );
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(render_table(args.ranks, args.iters, args.warmup, &rows).as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("printing the table")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64B"), Ok(64));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert_eq!(parse_size(" 16MiB "), Ok(16 << 20));
+        assert_eq!(parse_size("256 MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+    }
+
+    #[test]
+    fn rejects_bad_sizes_with_a_reason() {
+        let err = |text| parse_size(text).expect_err(text);
+        assert!(err("").contains("not a size"));
+        assert!(err("MiB").contains("not a size"));
+        assert!(err("0MiB").contains("positive"));
+        assert!(err("6B").contains("whole number of f32s"));
+        assert!(err("64MB").contains("did you mean `MiB`"));
+        assert!(err("1mib").contains("did you mean `MiB`"));
+        assert!(err("3TiB").contains("unknown unit"));
+        assert!(err("99999999999999GiB").contains("too large"));
+    }
+
+    #[test]
+    fn formats_sizes_in_the_largest_exact_unit() {
+        assert_eq!(format_size(1 << 20), "1 MiB");
+        assert_eq!(format_size(256 << 20), "256 MiB");
+        assert_eq!(format_size(3 << 30), "3 GiB");
+        assert_eq!(format_size(1536), "1536 B");
+        assert_eq!(format_size(1000), "1000 B");
+    }
+
+    #[test]
+    fn default_sizes_parse() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: AllreduceArgs,
+        }
+        let cli = Cli::try_parse_from(["kiln"]).expect("defaults parse");
+        assert_eq!(cli.args.sizes, [1 << 20, 16 << 20, 64 << 20, 256 << 20]);
+        assert_eq!(
+            (cli.args.ranks, cli.args.iters, cli.args.warmup),
+            (2, 20, 3)
+        );
+        let cli = Cli::try_parse_from(["kiln", "--ranks", "3", "--sizes", "4KiB,8MiB"])
+            .expect("explicit sizes parse");
+        assert_eq!(cli.args.sizes, [4 << 10, 8 << 20]);
+        assert!(Cli::try_parse_from(["kiln", "--ranks", "0"]).is_err());
+    }
+
+    #[test]
+    fn rows_use_the_median_and_nccl_bus_bandwidth() {
+        let result = SizeResult {
+            size_bytes: 1_000_000_000,
+            ranks: 4,
+            times_s: vec![4.0, 1.0, 2.0, 3.0],
+        };
+        let row = Row::new(&result).expect("row");
+        assert_eq!(row.median_s, 2.5);
+        assert_eq!((row.min_s, row.max_s), (1.0, 4.0));
+        assert!((row.algbw_gbps - 0.4).abs() < 1e-12);
+        assert!((row.busbw_gbps - 0.6).abs() < 1e-12);
+        let single = SizeResult {
+            ranks: 1,
+            times_s: vec![1.0],
+            ..result
+        };
+        assert_eq!(Row::new(&single).expect("row").busbw_gbps, 0.0);
+        let empty = SizeResult {
+            times_s: Vec::new(),
+            ..single
+        };
+        assert!(Row::new(&empty).is_err());
+    }
+
+    #[test]
+    fn table_lists_every_size() {
+        let rows = [
+            Row {
+                size_bytes: 1 << 20,
+                median_s: 0.001,
+                min_s: 0.0009,
+                max_s: 0.002,
+                algbw_gbps: 1.048_576,
+                busbw_gbps: 1.048_576,
+            },
+            Row {
+                size_bytes: 64 << 20,
+                median_s: 0.05,
+                min_s: 0.04,
+                max_s: 0.06,
+                algbw_gbps: 1.342,
+                busbw_gbps: 1.342,
+            },
+        ];
+        let table = render_table(2, 20, 3, &rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert!(lines[0].contains("2 rank(s)"));
+        assert!(lines[1].contains("busbw GB/s"));
+        assert!(lines[2].trim_start().starts_with("1 MiB") && lines[2].contains("1.049"));
+        assert!(lines[3].trim_start().starts_with("64 MiB") && lines[3].contains("50.000"));
+    }
+}

@@ -1,0 +1,628 @@
+//! The control plane's core: the worker registry with leases, the job state machine
+//! (`Pending → Running → Succeeded | Failed | Cancelled`), gang placement, rendezvous, and the
+//! event feed. gRPC handlers ([`crate::service`]) are thin wrappers over [`Control`].
+//!
+//! All mutable state sits behind one mutex; every job transition is written to the
+//! [`StateStore`] before it is announced, so a restarted coordinator sees what clients saw.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kiln_proto::Message;
+use kiln_proto::ServiceError;
+use kiln_proto::v1::{
+    Assignment, CancelTask, CheckpointReport, Job, JobEvent, JobSpec, JobState, ProgressReport,
+    RegisterRequest, RegisterResponse, TaskEnd, WorkerCommand, worker_command::Command,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{StateError, StateStore};
+
+/// Lease timing handed to workers at registration.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseConfig {
+    /// How often workers heartbeat.
+    pub heartbeat_interval: Duration,
+    /// A worker silent for this long is dead.
+    pub ttl: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(1),
+            ttl: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What a control-plane call can fail with; each maps to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The join token is wrong.
+    #[error("invalid join token")]
+    BadToken,
+    /// No such worker (it never registered, or its lease expired).
+    #[error("unknown worker {0:?}")]
+    UnknownWorker(String),
+    /// No such job.
+    #[error("unknown job {0:?}")]
+    UnknownJob(String),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The coordinator is shutting down.
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    /// The durable state failed.
+    #[error("state store")]
+    State(#[from] StateError),
+}
+
+impl ServiceError for ControlError {
+    fn code(&self) -> tonic::Code {
+        match self {
+            ControlError::BadToken => tonic::Code::Unauthenticated,
+            ControlError::UnknownWorker(_) | ControlError::UnknownJob(_) => tonic::Code::NotFound,
+            ControlError::Invalid(_) => tonic::Code::InvalidArgument,
+            ControlError::ShuttingDown => tonic::Code::Unavailable,
+            ControlError::State(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+/// The stream of commands to one worker.
+pub type CommandSender = mpsc::Sender<Result<WorkerCommand, tonic::Status>>;
+
+struct Worker {
+    node_name: String,
+    pid: u32,
+    collective_addr: String,
+    last_seen: Instant,
+    commands: Option<CommandSender>,
+    /// The job (and generation) whose task this worker runs, until it reports the task's end.
+    task: Option<(String, u64)>,
+}
+
+impl Worker {
+    fn describe(&self, id: &str) -> String {
+        format!("worker {id} ({}, pid {})", self.node_name, self.pid)
+    }
+}
+
+/// Per-generation bookkeeping that need not survive a restart.
+#[derive(Default)]
+struct Generation {
+    done: BTreeSet<u32>,
+}
+
+#[derive(Default)]
+struct State {
+    workers: BTreeMap<String, Worker>,
+    jobs: BTreeMap<String, Job>,
+    /// Submission order of pending jobs (FIFO: a big job is never starved by small ones).
+    queue: Vec<String>,
+    generations: BTreeMap<String, Generation>,
+    next_worker: u64,
+    next_job: u64,
+}
+
+/// The coordinator's control plane. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    store: Arc<dyn StateStore>,
+    events: broadcast::Sender<JobEvent>,
+    join_token: String,
+    lease: LeaseConfig,
+    shutdown: CancellationToken,
+}
+
+const JOB_PREFIX: &str = "jobs/";
+const NEXT_JOB_KEY: &str = "meta/next_job";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Control {
+    /// Loads the durable state and starts the lease reaper. Jobs that were running when a
+    /// previous coordinator stopped are marked failed (their workers are gone with it).
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        join_token: String,
+        lease: LeaseConfig,
+    ) -> Result<Self, ControlError> {
+        let mut state = State::default();
+        for (_, bytes) in store.list(JOB_PREFIX)? {
+            let job = Job::decode(bytes.as_slice()).map_err(|e| StateError::Io(Box::new(e)))?;
+            state.jobs.insert(job.id.clone(), job);
+        }
+        state.next_job = store
+            .get(NEXT_JOB_KEY)?
+            .and_then(|b| String::from_utf8(b).ok()?.parse().ok())
+            .unwrap_or(1);
+        let (events, _) = broadcast::channel(1024);
+        let control = Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State::default()),
+                store,
+                events,
+                join_token,
+                lease,
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        let mut pending: Vec<&Job> = state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Pending)
+            .collect();
+        pending.sort_by_key(|j| j.submitted_unix_ms);
+        state.queue = pending.iter().map(|j| j.id.clone()).collect();
+        let interrupted: Vec<String> = state
+            .jobs
+            .values()
+            .filter(|j| j.state() == JobState::Running)
+            .map(|j| j.id.clone())
+            .collect();
+        *control.lock() = state;
+        for id in interrupted {
+            control.finish(
+                &id,
+                JobState::Failed,
+                "the coordinator stopped while the job was running".into(),
+            )?;
+        }
+        Ok(control)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Expires leases until [`Self::shutdown`]; run it as a task.
+    pub async fn reap_leases(self) {
+        let period = self.inner.lease.heartbeat_interval / 4;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+            let expired: Vec<String> = {
+                let state = self.lock();
+                state
+                    .workers
+                    .iter()
+                    .filter(|(_, w)| w.last_seen.elapsed() > self.inner.lease.ttl)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            for id in expired {
+                self.worker_lost(&id, "its lease expired");
+            }
+        }
+    }
+
+    /// Resolves when the coordinator starts shutting down.
+    pub async fn stopped(&self) {
+        self.inner.shutdown.cancelled().await;
+    }
+
+    /// Ends every worker's command stream (so workers exit) and stops background tasks.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let mut state = self.lock();
+        for worker in state.workers.values_mut() {
+            worker.commands = None;
+        }
+    }
+
+    /// Admits a worker that presents the join token.
+    pub fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ControlError> {
+        if req.join_token != self.inner.join_token {
+            return Err(ControlError::BadToken);
+        }
+        if req.collective_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ControlError::Invalid(format!(
+                "collective_addr {:?} is not host:port",
+                req.collective_addr
+            )));
+        }
+        let mut state = self.lock();
+        state.next_worker += 1;
+        let id = format!("w-{}", state.next_worker);
+        tracing::info!(worker = %id, node = %req.node_name, pid = req.pid, "worker registered");
+        state.workers.insert(
+            id.clone(),
+            Worker {
+                node_name: req.node_name,
+                pid: req.pid,
+                collective_addr: req.collective_addr,
+                last_seen: Instant::now(),
+                commands: None,
+                task: None,
+            },
+        );
+        Ok(RegisterResponse {
+            worker_id: id,
+            heartbeat_interval_ms: self.inner.lease.heartbeat_interval.as_millis() as u32,
+            lease_ttl_ms: self.inner.lease.ttl.as_millis() as u32,
+        })
+    }
+
+    /// Renews a worker's lease.
+    pub fn heartbeat(&self, worker_id: &str) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        let worker = state
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| ControlError::UnknownWorker(worker_id.to_owned()))?;
+        worker.last_seen = Instant::now();
+        Ok(())
+    }
+
+    /// Opens the command stream of a worker; the worker becomes schedulable.
+    pub fn attach(&self, worker_id: &str, commands: CommandSender) -> Result<(), ControlError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(ControlError::ShuttingDown);
+        }
+        {
+            let mut state = self.lock();
+            let worker = state
+                .workers
+                .get_mut(worker_id)
+                .ok_or_else(|| ControlError::UnknownWorker(worker_id.to_owned()))?;
+            worker.commands = Some(commands.clone());
+        }
+        // A closed stream is a dead (or departed) worker: the provider's process is gone.
+        let control = self.clone();
+        let id = worker_id.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = commands.closed() => control.worker_lost(&id, "its connection closed"),
+                () = control.inner.shutdown.cancelled() => {}
+            }
+        });
+        self.schedule()
+    }
+
+    /// Forgets a worker and fails the job it was running.
+    fn worker_lost(&self, worker_id: &str, cause: &str) {
+        let job = {
+            let mut state = self.lock();
+            let Some(worker) = state.workers.remove(worker_id) else {
+                return;
+            };
+            let who = worker.describe(worker_id);
+            tracing::warn!(worker = %worker_id, cause, "worker lost");
+            worker
+                .task
+                .map(|(job, _)| (job, format!("{who} was lost: {cause}")))
+        };
+        if let Some((job_id, message)) = job {
+            if let Err(e) = self.finish(&job_id, JobState::Failed, message) {
+                tracing::error!(error = %kiln_proto::error_chain(&e), "cannot record a failed job");
+            }
+        }
+    }
+
+    /// Stores a new job and tries to place it.
+    pub fn submit(&self, spec: JobSpec) -> Result<String, ControlError> {
+        validate(&spec)?;
+        let id = {
+            let mut state = self.lock();
+            let id = format!("{}-{}", spec.name, state.next_job);
+            state.next_job += 1;
+            self.inner
+                .store
+                .put(NEXT_JOB_KEY, state.next_job.to_string().as_bytes())?;
+            let job = Job {
+                id: id.clone(),
+                spec: Some(spec),
+                state: JobState::Pending as i32,
+                submitted_unix_ms: now_ms(),
+                ..Job::default()
+            };
+            self.save(&job)?;
+            state.jobs.insert(id.clone(), job.clone());
+            state.queue.push(id.clone());
+            self.announce(job, "submitted; waiting for workers".into());
+            id
+        };
+        self.schedule()?;
+        Ok(id)
+    }
+
+    /// The job `id` as it is now.
+    pub fn job(&self, id: &str) -> Result<Job, ControlError> {
+        self.lock()
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))
+    }
+
+    /// Every job, oldest first.
+    pub fn jobs(&self) -> Vec<Job> {
+        let mut jobs: Vec<Job> = self.lock().jobs.values().cloned().collect();
+        jobs.sort_by_key(|j| j.submitted_unix_ms);
+        jobs
+    }
+
+    /// Cancels a pending or running job; a finished job is returned unchanged.
+    pub fn cancel(&self, id: &str) -> Result<Job, ControlError> {
+        let job = self.job(id)?;
+        if !job.state().is_terminal() {
+            self.finish(id, JobState::Cancelled, "cancelled by request".into())?;
+        }
+        self.job(id)
+    }
+
+    /// Subscribes to job events, returning the job as it is at subscription time.
+    pub fn watch(&self, id: &str) -> Result<(Job, broadcast::Receiver<JobEvent>), ControlError> {
+        // Subscribing under the lock orders the snapshot before every event the receiver sees.
+        let state = self.lock();
+        let job = state
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))?;
+        Ok((job, self.inner.events.subscribe()))
+    }
+
+    /// Records metrics from rank 0.
+    pub fn progress(&self, report: ProgressReport) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        let job = current_job(&mut state, &report.job_id, report.generation)?;
+        if let Some(job) = job {
+            job.metrics = report.metrics;
+            let job = job.clone();
+            self.announce(job, String::new());
+        }
+        Ok(())
+    }
+
+    /// Records a committed checkpoint.
+    pub fn checkpoint(&self, report: CheckpointReport) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        if let Some(job) = current_job(&mut state, &report.job_id, report.generation)? {
+            job.checkpoint_step = Some(report.step);
+            job.checkpoint_url = report.manifest_url;
+            let job = job.clone();
+            self.save(&job)?;
+            self.announce(job, format!("checkpoint {} committed", report.step));
+        }
+        Ok(())
+    }
+
+    /// A worker finished (or failed) its task. The job succeeds when every rank has finished.
+    pub fn task_end(&self, end: TaskEnd) -> Result<(), ControlError> {
+        let outcome = {
+            let mut state = self.lock();
+            let worker = state
+                .workers
+                .get_mut(&end.worker_id)
+                .ok_or_else(|| ControlError::UnknownWorker(end.worker_id.clone()))?;
+            if worker.task.as_ref() != Some(&(end.job_id.clone(), end.generation)) {
+                return Ok(());
+            }
+            worker.task = None;
+            let who = worker.describe(&end.worker_id);
+            let Some(job) = current_job(&mut state, &end.job_id, end.generation)? else {
+                drop(state);
+                return self.schedule();
+            };
+            let rank = job
+                .workers
+                .iter()
+                .position(|w| *w == end.worker_id)
+                .unwrap_or_default() as u32;
+            if !end.ok {
+                Some((
+                    JobState::Failed,
+                    format!("rank {rank} ({who}) failed: {}", end.error),
+                ))
+            } else {
+                if rank == 0 {
+                    job.metrics = end.final_metrics;
+                }
+                let world = job.workers.len();
+                let generation = state.generations.entry(end.job_id.clone()).or_default();
+                generation.done.insert(rank);
+                (generation.done.len() == world)
+                    .then(|| (JobState::Succeeded, "all ranks finished".to_owned()))
+            }
+        };
+        if let Some((to, message)) = outcome {
+            self.finish(&end.job_id, to, message)?;
+        }
+        self.schedule()
+    }
+
+    /// Moves a job to a terminal state and tells its other workers to stop.
+    fn finish(&self, id: &str, to: JobState, message: String) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        let Some(job) = state.jobs.get_mut(id) else {
+            return Err(ControlError::UnknownJob(id.to_owned()));
+        };
+        if job.state().is_terminal() {
+            return Ok(());
+        }
+        job.set_state(to);
+        job.message = message.clone();
+        job.finished_unix_ms = now_ms();
+        let job = job.clone();
+        self.save(&job)?;
+        state.queue.retain(|q| q != id);
+        state.generations.remove(id);
+        if to != JobState::Succeeded {
+            for worker_id in &job.workers {
+                if let Some(worker) = state.workers.get(worker_id) {
+                    if worker.task.as_ref().is_some_and(|(j, _)| j == id) {
+                        send(
+                            worker,
+                            Command::Cancel(CancelTask {
+                                job_id: id.to_owned(),
+                                generation: job.generation,
+                                reason: message.clone(),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+        tracing::info!(job = %id, state = to.label(), %message, "job finished");
+        self.announce(job, message);
+        Ok(())
+    }
+
+    /// Gang placement, first come first served: the oldest pending job starts when as many
+    /// idle workers as it needs are attached; jobs behind it wait their turn.
+    fn schedule(&self) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        while let Some(id) = state.queue.first().cloned() {
+            let Some(job) = state.jobs.get(&id) else {
+                state.queue.remove(0);
+                continue;
+            };
+            let spec = job.spec.clone().unwrap_or_default();
+            let need = spec.training.map_or(1, |t| t.workers) as usize;
+            let idle: Vec<String> = state
+                .workers
+                .iter()
+                .filter(|(_, w)| w.commands.is_some() && w.task.is_none())
+                .map(|(id, _)| id.clone())
+                .take(need)
+                .collect();
+            if idle.len() < need {
+                return Ok(());
+            }
+            state.queue.remove(0);
+            let peers: Vec<String> = idle
+                .iter()
+                .map(|w| state.workers[w].collective_addr.clone())
+                .collect();
+            let job = state
+                .jobs
+                .get_mut(&id)
+                .ok_or_else(|| ControlError::UnknownJob(id.clone()))?;
+            job.generation += 1;
+            job.set_state(JobState::Running);
+            job.workers = idle.clone();
+            let job = job.clone();
+            self.save(&job)?;
+            state.generations.insert(id.clone(), Generation::default());
+            for (rank, worker_id) in idle.iter().enumerate() {
+                let worker = state
+                    .workers
+                    .get_mut(worker_id)
+                    .ok_or_else(|| ControlError::UnknownWorker(worker_id.clone()))?;
+                worker.task = Some((id.clone(), job.generation));
+                send(
+                    worker,
+                    Command::Assign(Assignment {
+                        job_id: id.clone(),
+                        generation: job.generation,
+                        rank: rank as u32,
+                        world_size: idle.len() as u32,
+                        peers: peers.clone(),
+                        spec: job.spec.clone(),
+                        resume_step: job.checkpoint_step,
+                    }),
+                );
+            }
+            let nodes: Vec<String> = idle.iter().map(|w| state.workers[w].describe(w)).collect();
+            self.announce(
+                job.clone(),
+                format!(
+                    "generation {} started on {} workers: {}",
+                    job.generation,
+                    idle.len(),
+                    nodes.join(", ")
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn save(&self, job: &Job) -> Result<(), ControlError> {
+        self.inner
+            .store
+            .put(&format!("{JOB_PREFIX}{}", job.id), &job.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn announce(&self, job: Job, message: String) {
+        // No subscribers is fine: nobody is watching.
+        let _ = self.inner.events.send(JobEvent {
+            job: Some(job),
+            message,
+        });
+    }
+}
+
+/// The running job `id` if `generation` is its current one (reports from an older generation
+/// are stale and ignored).
+fn current_job<'a>(
+    state: &'a mut State,
+    id: &str,
+    generation: u64,
+) -> Result<Option<&'a mut Job>, ControlError> {
+    let job = state
+        .jobs
+        .get_mut(id)
+        .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))?;
+    Ok((job.state() == JobState::Running && job.generation == generation).then_some(job))
+}
+
+fn send(worker: &Worker, command: Command) {
+    if let Some(tx) = &worker.commands {
+        // A full or closed stream means the worker is going away; its loss is handled there.
+        let _ = tx.try_send(Ok(WorkerCommand {
+            command: Some(command),
+        }));
+    }
+}
+
+/// Checks what a client-built spec must hold; the HCL loader checks the rest with locations.
+fn validate(spec: &JobSpec) -> Result<(), ControlError> {
+    let invalid = |m: &str| Err(ControlError::Invalid(m.to_owned()));
+    let (Some(model), Some(dataset), Some(training)) = (&spec.model, &spec.dataset, &spec.training)
+    else {
+        return invalid("a job needs model, dataset and training");
+    };
+    if spec.name.is_empty()
+        || !spec
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return invalid("the job name must be non-empty and use only letters, digits, '-' and '_'");
+    }
+    if training.workers == 0 || training.batch_size == 0 || training.epochs == 0 {
+        return invalid("workers, batch_size and epochs must be at least 1");
+    }
+    if !(training.learning_rate > 0.0) {
+        return invalid("learning_rate must be positive");
+    }
+    if model.inputs == 0 || model.classes < 2 || model.inputs != dataset.features {
+        return invalid("model inputs must equal the dataset's features, and classes be >= 2");
+    }
+    if dataset.source.is_none() || !(0.0..1.0).contains(&dataset.validation_split) {
+        return invalid("the dataset needs a source and a validation_split in [0, 1)");
+    }
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `kiln`: declare clusters and training jobs in HCL, run them, watch them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiln_coordinator::bench;
+use kiln_coordinator::cli::{self, CliError};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Distributed training orchestrator with infrastructure-as-code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Remote {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        env = "KILN_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    coordinator: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job end to end on the embedded default: coordinator, local workers, follow.
+    Up {
+        /// Configuration directory (all its *.hcl files).
+        dir: PathBuf,
+        /// Job to run when the configuration declares several.
+        #[arg(long)]
+        job: Option<String>,
+    },
+    /// Check every HCL file of a directory without running anything.
+    Validate {
+        /// Configuration directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a standalone coordinator.
+    Coordinator {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// Directory of the embedded state.
+        #[arg(long, default_value = ".kiln/state")]
+        state: PathBuf,
+        /// File holding the join token; without it a token is generated into the state directory.
+        #[arg(long)]
+        join_token_file: Option<PathBuf>,
+    },
+    /// Submit the jobs of an HCL file (or directory) to a running coordinator.
+    Submit {
+        /// HCL file or configuration directory.
+        path: PathBuf,
+        /// Submit only this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Follow the job until it ends; exit 0 only if it succeeds.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show one job, or all jobs.
+    Status {
+        /// Job id.
+        job: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Cancel a pending or running job.
+    Cancel {
+        /// Job id.
+        job: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Measure kiln's building blocks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Ring all-reduce bandwidth between worker processes on this machine.
+    Allreduce(bench::AllreduceArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kiln")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(CliError::INFRA);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up { dir, job } => cli::up(&dir, job.as_deref()).await.map(drop),
+            Command::Validate { dir } => cli::validate(&dir),
+            Command::Coordinator {
+                listen,
+                state,
+                join_token_file,
+            } => cli::coordinator(listen, &state, join_token_file.as_deref()).await,
+            Command::Submit {
+                path,
+                job,
+                follow,
+                remote,
+            } => cli::submit(&remote.coordinator, &path, job.as_deref(), follow)
+                .await
+                .map(drop),
+            Command::Status { job, json, remote } => {
+                cli::status(&remote.coordinator, job.as_deref(), json).await
+            }
+            Command::Cancel { job, remote } => cli::cancel(&remote.coordinator, &job).await,
+            Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary().and_then(|bin| {
+                bench::allreduce(&args, &bin).map_err(|error| CliError {
+                    code: CliError::INFRA,
+                    error,
+                })
+            }),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Diagnostics render themselves in full; other errors get their cause chain.
+            eprintln!("error: {:#}", e.error);
+            ExitCode::from(e.code)
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The `kiln.v1.Coordinator` gRPC service: decodes requests, calls [`Control`], maps errors
+//! through [`ServiceError`]. No logic lives here.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use futures::Stream;
+use kiln_proto::ServiceError;
+use kiln_proto::v1::coordinator_server::{self, CoordinatorServer};
+use kiln_proto::v1::{
+    Ack, AssignmentsRequest, CancelJobRequest, CheckpointReport, GetJobRequest, HeartbeatRequest,
+    HeartbeatResponse, Job, JobEvent, ListJobsRequest, ListJobsResponse, ProgressReport,
+    RegisterRequest, RegisterResponse, SubmitJobRequest, SubmitJobResponse, TaskEnd,
+    WatchJobRequest, WorkerCommand,
+};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::control::{Control, ControlError};
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+struct Service {
+    control: Control,
+}
+
+fn status(e: ControlError) -> Status {
+    e.to_status()
+}
+
+#[tonic::async_trait]
+impl coordinator_server::Coordinator for Service {
+    #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_name))]
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        self.control
+            .register(request.into_inner())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.control
+            .heartbeat(&request.get_ref().worker_id)
+            .map(|()| Response::new(HeartbeatResponse {}))
+            .map_err(status)
+    }
+
+    type AssignmentsStream = Stream_<WorkerCommand>;
+
+    #[tracing::instrument(skip_all, fields(worker = %request.get_ref().worker_id))]
+    async fn assignments(
+        &self,
+        request: Request<AssignmentsRequest>,
+    ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        self.control
+            .attach(&request.get_ref().worker_id, tx)
+            .map_err(status)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_progress(
+        &self,
+        request: Request<ProgressReport>,
+    ) -> Result<Response<Ack>, Status> {
+        self.control
+            .progress(request.into_inner())
+            .map(|()| Response::new(Ack {}))
+            .map_err(status)
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id, step = request.get_ref().step))]
+    async fn report_checkpoint(
+        &self,
+        request: Request<CheckpointReport>,
+    ) -> Result<Response<Ack>, Status> {
+        self.control
+            .checkpoint(request.into_inner())
+            .map(|()| Response::new(Ack {}))
+            .map_err(status)
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id, worker = %request.get_ref().worker_id))]
+    async fn report_task_end(&self, request: Request<TaskEnd>) -> Result<Response<Ack>, Status> {
+        self.control
+            .task_end(request.into_inner())
+            .map(|()| Response::new(Ack {}))
+            .map_err(status)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn submit_job(
+        &self,
+        request: Request<SubmitJobRequest>,
+    ) -> Result<Response<SubmitJobResponse>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| status(ControlError::Invalid("no job spec".into())))?;
+        self.control
+            .submit(spec)
+            .map(|job_id| Response::new(SubmitJobResponse { job_id }))
+            .map_err(status)
+    }
+
+    async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
+        self.control
+            .job(&request.get_ref().job_id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn list_jobs(
+        &self,
+        _request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
+        Ok(Response::new(ListJobsResponse {
+            jobs: self.control.jobs(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id))]
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        self.control
+            .cancel(&request.get_ref().job_id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    type WatchJobStream = Stream_<JobEvent>;
+
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let id = request.into_inner().job_id;
+        let (job, mut events) = self.control.watch(&id).map_err(status)?;
+        let control = self.control.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut terminal = job.state().is_terminal();
+            if tx
+                .send(Ok(JobEvent {
+                    job: Some(job),
+                    message: String::new(),
+                }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while !terminal {
+                let received = tokio::select! {
+                    r = events.recv() => r,
+                    () = control.stopped() => return,
+                };
+                let event = match received {
+                    Ok(event) if event.job.as_ref().is_some_and(|j| j.id == id) => event,
+                    Ok(_) => continue,
+                    // Too slow a reader: skip to the present rather than fail the stream.
+                    Err(broadcast::error::RecvError::Lagged(_)) => match control.job(&id) {
+                        Ok(job) => JobEvent {
+                            job: Some(job),
+                            message: String::new(),
+                        },
+                        Err(_) => return,
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                terminal = event.job.as_ref().is_some_and(|j| j.state().is_terminal());
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// A running coordinator server.
+pub struct Server {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    control: Control,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Server {
+    /// Serves `control` on `listen` (port 0 picks a free port) until [`Server::shutdown`].
+    pub async fn start(control: Control, listen: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let stop = CancellationToken::new();
+        tokio::spawn(control.clone().reap_leases());
+        let service = CoordinatorServer::new(Service {
+            control: control.clone(),
+        });
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    stop.cancelled_owned(),
+                )
+        });
+        Ok(Self {
+            addr,
+            control,
+            stop,
+            task,
+        })
+    }
+
+    /// The URL clients and workers connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Ends every worker stream (workers exit), then stops serving once calls drain.
+    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
+        self.control.shutdown();
+        self.stop.cancel();
+        match self.task.await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
+    }
+}

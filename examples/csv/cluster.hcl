@@ -1,0 +1,7 @@
+cluster "local" {
+  provider = "local"
+
+  node_pool "cpu" {
+    count = 2
+  }
+}

@@ -1,0 +1,1868 @@
+//! Loading a configuration directory: reads every `*.hcl` file, parses it with `hcl::edit`
+//! (which keeps byte spans), evaluates each attribute's expression to an `hcl::Value`, and
+//! decodes the values by hand into the [`spec`](crate::spec) types, so that every mistake
+//! can be reported at its `file:line:col`.
+//!
+//! It reports every mistake it can find (across all files) rather than stopping at the
+//! first. It does not provision anything and does not read datasets beyond a CSV header.
+//!
+//! Why not `hcl::from_str` + serde: serde gives no locations for semantic errors, and
+//! decoding an expression into a `String` silently stringifies it. Evaluation goes through
+//! one [`Context`] so that variables, locals and functions can be declared there later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use hcl::Value;
+use hcl::edit::Span;
+use hcl::edit::expr::{BinaryOp, BinaryOperator, Expression};
+use hcl::edit::structure::{Attribute, Block, Body, Structure};
+use hcl::edit::visit::{Visit, visit_binary_op};
+use hcl::eval::{Context, ErrorKind, Evaluate};
+
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::spec::{
+    CheckpointSpec, ClusterSpec, Config, DataSource, DatasetSpec, JobSpec, ModelSpec, NodePoolSpec,
+    OptimizerSpec, ProviderKind, StateSpec, StorageSpec, TrainingSpec,
+};
+
+/// Loads every `*.hcl` file of `dir` (in file-name order) into one validated [`Config`].
+///
+/// Relative paths inside the configuration (storage and state locations, CSV files) are
+/// resolved against the canonicalized `dir`, which is also [`Config::dir`]. Paths in
+/// diagnostics and [`JobSpec::file`] are `dir` as given joined with the file name, so they
+/// render the way the user typed them.
+///
+/// # Errors
+///
+/// Every problem found in any of the files: unreadable or missing directory, no `*.hcl`
+/// file, syntax errors, unknown or mistyped attributes, missing required attributes or
+/// blocks, out-of-range values, duplicate names, and references that do not resolve.
+pub fn load_dir(dir: &Path) -> Result<Config, Diagnostics> {
+    let mut loader = Loader::new(dir);
+    let config = loader.load();
+    loader.finish(config)
+}
+
+/// Default `storage.url`.
+const DEFAULT_STORAGE_URL: &str = "file://.kiln/store";
+/// Default `state.path`.
+const DEFAULT_STATE_PATH: &str = ".kiln/state";
+/// Default `dataset.validation_split`.
+const DEFAULT_VALIDATION_SPLIT: f64 = 0.1;
+/// Default Adam learning rate.
+const DEFAULT_LEARNING_RATE: f64 = 0.001;
+/// Default `checkpoint.every_steps`.
+const DEFAULT_EVERY_STEPS: u32 = 100;
+/// Default `checkpoint.keep`.
+const DEFAULT_KEEP: u32 = 3;
+
+const PROVIDERS: &[&str] = &["local"];
+const STATE_BACKENDS: &[&str] = &["embedded"];
+const MODEL_KINDS: &[&str] = &["mlp"];
+const OPTIMIZERS: &[&str] = &["adam"];
+const DATASET_FORMATS: &[&str] = &["csv"];
+const SYNTHETIC_SOURCES: &[&str] = &["blobs"];
+
+/// What a block looks like: its labels, and which attributes and nested blocks it accepts.
+struct Schema {
+    /// The block type, e.g. `node_pool`.
+    ident: &'static str,
+    /// What the labels mean, e.g. `["NAME"]`; empty for unlabeled blocks.
+    labels: &'static [&'static str],
+    attrs: &'static [&'static str],
+    blocks: &'static [&'static str],
+}
+
+impl Schema {
+    /// `node_pool "NAME" { ... }`, shown in hints.
+    fn usage(&self) -> String {
+        let mut usage = self.ident.to_owned();
+        for label in self.labels {
+            usage.push_str(&format!(" \"{label}\""));
+        }
+        usage.push_str(" { ... }");
+        usage
+    }
+}
+
+const CLUSTER: Schema = Schema {
+    ident: "cluster",
+    labels: &["NAME"],
+    attrs: &["provider"],
+    blocks: &["node_pool", "storage", "state"],
+};
+const NODE_POOL: Schema = Schema {
+    ident: "node_pool",
+    labels: &["NAME"],
+    attrs: &["count", "cpus_per_node", "gpus_per_node"],
+    blocks: &[],
+};
+const STORAGE: Schema = Schema {
+    ident: "storage",
+    labels: &[],
+    attrs: &["url"],
+    blocks: &[],
+};
+const STATE: Schema = Schema {
+    ident: "state",
+    labels: &[],
+    attrs: &["backend", "path"],
+    blocks: &[],
+};
+const JOB: Schema = Schema {
+    ident: "job",
+    labels: &["NAME"],
+    attrs: &["cluster"],
+    blocks: &["model", "dataset", "training", "checkpoint"],
+};
+const MODEL: Schema = Schema {
+    ident: "model",
+    labels: &["KIND"],
+    attrs: &["inputs", "hidden", "classes"],
+    blocks: &[],
+};
+const DATASET: Schema = Schema {
+    ident: "dataset",
+    labels: &["NAME"],
+    attrs: &[
+        "source",
+        "samples",
+        "features",
+        "classes",
+        "seed",
+        "validation_split",
+        "format",
+        "label",
+    ],
+    blocks: &[],
+};
+const TRAINING: Schema = Schema {
+    ident: "training",
+    labels: &[],
+    attrs: &["workers", "batch_size", "epochs", "seed"],
+    blocks: &["optimizer"],
+};
+const OPTIMIZER: Schema = Schema {
+    ident: "optimizer",
+    labels: &["KIND"],
+    attrs: &["learning_rate"],
+    blocks: &[],
+};
+const CHECKPOINT: Schema = Schema {
+    ident: "checkpoint",
+    labels: &[],
+    attrs: &["every_steps", "keep"],
+    blocks: &[],
+};
+const TOP_LEVEL_BLOCKS: &[&str] = &["cluster", "job"];
+
+/// One parsed file, with what is needed to turn byte spans into lines and columns.
+struct SourceFile {
+    /// `dir` as given joined with the file name.
+    path: PathBuf,
+    text: String,
+    /// Byte offset of the start of each line.
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    fn new(path: PathBuf, text: String) -> SourceFile {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        SourceFile {
+            path,
+            text,
+            line_starts,
+        }
+    }
+
+    /// An error at `span` (byte offsets into the text; `None` points at the file start).
+    fn error(&self, span: Option<Range<usize>>, summary: impl Into<String>) -> Diagnostic {
+        let span = span.unwrap_or(0..0);
+        let start = floor_char_boundary(&self.text, span.start);
+        let line_index = self
+            .line_starts
+            .partition_point(|&s| s <= start)
+            .saturating_sub(1);
+        let line_start = self.line_starts.get(line_index).copied().unwrap_or(0);
+        let line_end = self.text[line_start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| line_start + i);
+        let line_text = self.text[line_start..line_end].trim_end_matches('\r');
+        let end = floor_char_boundary(
+            &self.text,
+            span.end.clamp(start, line_start + line_text.len()),
+        );
+        Diagnostic {
+            severity: Severity::Error,
+            summary: summary.into(),
+            detail: None,
+            file: self.path.clone(),
+            line: line_index + 1,
+            col: self.text[line_start..start].chars().count() + 1,
+            source_line: line_text.to_owned(),
+            width: self.text[start..end].chars().count(),
+            hint: None,
+        }
+    }
+
+    /// `path:line:col` of `span`, for notes like "first declared at ...".
+    fn location(&self, span: Option<Range<usize>>) -> String {
+        self.error(span, "").location()
+    }
+}
+
+fn floor_char_boundary(text: &str, index: usize) -> usize {
+    let mut index = index.min(text.len());
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+/// The byte offset of a syntax error.
+///
+/// hcl-edit clamps the offset of an error at the end of input to the last byte and adds
+/// one to the column instead, which would put the caret after the last line's newline:
+/// undo that, so that the error lands on the (empty) line after it, like any other.
+fn syntax_error_offset(text: &str, location: &hcl::edit::parser::Location) -> usize {
+    let offset = floor_char_boundary(text, location.offset());
+    if offset + 1 == text.len() {
+        let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        if location.column() > text[line_start..].chars().count() {
+            return text.len();
+        }
+    }
+    offset
+}
+
+/// Whether a syntax error looks like `name { a = 1  b = 2 }`, which HCL does not allow.
+fn second_attribute_on_one_line(diagnostic: &Diagnostic) -> bool {
+    let before: String = diagnostic
+        .source_line
+        .chars()
+        .take(diagnostic.col.saturating_sub(1))
+        .collect();
+    let in_one_line_block = before
+        .rfind('{')
+        .is_some_and(|brace| before[brace..].contains('=') && !before[brace..].contains('}'));
+    in_one_line_block && diagnostic.summary.contains("block body")
+}
+
+/// From the block type to its last label: where "missing attribute" errors point.
+fn header_span(block: &Block) -> Option<Range<usize>> {
+    let start = block.ident.span()?;
+    let end = block
+        .labels
+        .last()
+        .and_then(|label| label.span())
+        .unwrap_or_else(|| start.clone());
+    Some(start.start..end.end.max(start.end))
+}
+
+/// Where errors about an attribute's value point (the value, else the whole attribute).
+fn value_span(attr: &Attribute) -> Option<Range<usize>> {
+    attr.value.span().or_else(|| attr.span())
+}
+
+/// The closest candidate to `name`, if it is close enough to be a plausible typo.
+fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let name_lower = name.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| {
+            (
+                strsim::damerau_levenshtein(&name_lower, &c.to_lowercase()),
+                c,
+            )
+        })
+        .filter(|&(distance, c)| {
+            let longest = name.chars().count().max(c.chars().count());
+            distance <= (longest / 3).max(1)
+        })
+        .min_by_key(|&(distance, _)| distance)
+        .map(|(_, c)| c)
+}
+
+/// "`a`, `b`, `c`".
+fn code_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    items
+        .into_iter()
+        .map(|item| format!("`{item}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Hint for a value that must be one of `known`: a suggestion when one is close, and the list.
+fn one_of_hint(value: &str, known: &[&str], noun: &str) -> String {
+    let list = code_list(known.iter().copied());
+    let known_text = if known.len() == 1 {
+        format!("the only known {noun} is {list}")
+    } else {
+        format!("known {noun}s: {list}")
+    };
+    match suggest(value, known.iter().copied()) {
+        Some(close) if known.len() == 1 => format!("did you mean `{close}`?"),
+        Some(close) => format!("did you mean `{close}`? ({known_text})"),
+        None => known_text,
+    }
+}
+
+/// Finds the first arithmetic operation of an expression.
+///
+/// hcl-primitives 0.1 panics on some number arithmetic (`%` by zero always; overflow and
+/// infinite results in debug builds), and loading must never panic: until evaluation guards
+/// against that, arithmetic is refused before evaluating.
+#[derive(Default)]
+struct FindArithmetic(Option<(BinaryOperator, Option<Range<usize>>)>);
+
+impl Visit for FindArithmetic {
+    fn visit_binary_op(&mut self, node: &BinaryOp) {
+        let operator = *node.operator.value();
+        if self.0.is_none()
+            && matches!(
+                operator,
+                BinaryOperator::Plus
+                    | BinaryOperator::Minus
+                    | BinaryOperator::Mul
+                    | BinaryOperator::Div
+                    | BinaryOperator::Mod
+            )
+        {
+            self.0 = Some((operator, node.span()));
+        }
+        visit_binary_op(self, node);
+    }
+}
+
+/// Why a value does not fit an attribute.
+enum Bad {
+    /// The wrong kind of value (a string where a number is expected, ...).
+    Type(String),
+    /// The right kind, but out of range or not one of the accepted values.
+    Value(String),
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => format!("bool `{b}`"),
+        Value::Number(n) => format!("number `{n}`"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(_) => "a list".to_owned(),
+        Value::Object(_) => "an object".to_owned(),
+    }
+}
+
+fn expect_string(value: &Value) -> Result<String, Bad> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        other => Err(Bad::Type(format!(
+            "expected a string, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+fn expect_number(value: &Value) -> Result<f64, Bad> {
+    match value {
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| Bad::Value(format!("expected a finite number, got `{n}`"))),
+        other => Err(Bad::Type(format!(
+            "expected a number, got {}",
+            describe(other)
+        ))),
+    }
+}
+
+/// A whole number in `min..=max`. Numbers written with a fraction that is zero (`2.0`)
+/// count as whole, as in HCL's own number model.
+fn expect_int(value: &Value, min: u64, max: u64) -> Result<u64, Bad> {
+    let Value::Number(n) = value else {
+        return Err(Bad::Type(format!(
+            "expected a whole number, got {}",
+            describe(value)
+        )));
+    };
+    let whole: i128 = if let Some(u) = n.as_u64() {
+        i128::from(u)
+    } else if let Some(i) = n.as_i64() {
+        i128::from(i)
+    } else {
+        match n.as_f64() {
+            // Beyond 2^100 the exact value does not matter: it is out of range anyway.
+            Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 1e30 => f as i128,
+            _ => {
+                return Err(Bad::Type(format!("expected a whole number, got `{n}`")));
+            }
+        }
+    };
+    if whole < i128::from(min) {
+        return Err(Bad::Value(format!("must be at least {min}, got {n}")));
+    }
+    u64::try_from(whole)
+        .ok()
+        .filter(|&w| w <= max)
+        .ok_or_else(|| Bad::Value(format!("must be at most {max}, got {n}")))
+}
+
+fn expect_u32(value: &Value, min: u32) -> Result<u32, Bad> {
+    expect_int(value, min.into(), u32::MAX.into()).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// The outcome of reading one attribute.
+enum Get<'b, T> {
+    /// Not written.
+    Missing,
+    /// Written but unusable; already reported.
+    Invalid,
+    /// Written and valid.
+    Found(T, &'b Attribute),
+}
+
+impl<T> Get<'_, T> {
+    /// The value, `default` when absent, `None` when invalid (already reported).
+    fn or(self, default: T) -> Option<T> {
+        match self {
+            Get::Missing => Some(default),
+            Get::Invalid => None,
+            Get::Found(value, _) => Some(value),
+        }
+    }
+}
+
+/// A decoded `model` block, with the attributes the job-level cross-checks point at.
+struct DecodedModel<'b> {
+    spec: ModelSpec,
+    inputs: &'b Attribute,
+    classes: &'b Attribute,
+}
+
+/// A decoded `dataset` block, with where its feature and class counts come from.
+struct DecodedDataset {
+    spec: DatasetSpec,
+    features_origin: String,
+    classes_origin: String,
+}
+
+/// What a `source` string names.
+enum SourceKind {
+    Blobs,
+    Csv { path: String },
+}
+
+/// Holds what the whole load shares: the directory, the evaluation context, and the
+/// diagnostics collected so far.
+struct Loader<'d> {
+    /// The directory as given (used to render paths).
+    dir: &'d Path,
+    /// The directory canonicalized (used to resolve relative paths in the specs).
+    base: PathBuf,
+    /// Evaluation context for expressions; empty for now (literals only).
+    ctx: Context<'static>,
+    /// The files in load order, to sort diagnostics by file then position.
+    files: Vec<PathBuf>,
+    diags: Vec<Diagnostic>,
+}
+
+impl<'d> Loader<'d> {
+    fn new(dir: &'d Path) -> Loader<'d> {
+        let base = dir
+            .canonicalize()
+            .or_else(|_| std::path::absolute(dir))
+            .unwrap_or_else(|_| dir.to_path_buf());
+        Loader {
+            dir,
+            base,
+            ctx: Context::new(),
+            files: Vec::new(),
+            diags: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, diagnostic: Diagnostic) {
+        self.diags.push(diagnostic);
+    }
+
+    fn finish(self, config: Option<Config>) -> Result<Config, Diagnostics> {
+        let mut diags = self.diags;
+        let rank = |file: &Path| {
+            self.files
+                .iter()
+                .position(|f| f == file)
+                .map_or(0, |i| i + 1)
+        };
+        diags.sort_by_key(|d| (rank(&d.file), d.line, d.col));
+        let has_errors = diags.iter().any(|d| d.severity == Severity::Error);
+        match config {
+            Some(config) if !has_errors => Ok(config),
+            _ => {
+                if !has_errors {
+                    diags.push(Diagnostic::file_error(
+                        self.dir,
+                        "The configuration could not be loaded",
+                    ));
+                }
+                Err(Diagnostics(diags))
+            }
+        }
+    }
+
+    /// The `*.hcl` files of the directory, sorted by name, as `dir` joined with the name.
+    fn list_files(&mut self) -> Option<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(self.dir) {
+            Ok(entries) => entries,
+            Err(err) => {
+                let summary = match err.kind() {
+                    std::io::ErrorKind::NotFound => "Configuration directory not found",
+                    std::io::ErrorKind::NotADirectory => {
+                        "The configuration path is not a directory"
+                    }
+                    _ => "Cannot read the configuration directory",
+                };
+                self.push(Diagnostic::file_error(self.dir, summary).with_detail(err.to_string()));
+                return None;
+            }
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(entry) => {
+                    let name = entry.file_name();
+                    let path = self.dir.join(&name);
+                    if path.extension().is_some_and(|ext| ext == "hcl") && path.is_file() {
+                        names.push(name);
+                    }
+                }
+                Err(err) => self.push(
+                    Diagnostic::file_error(self.dir, "Cannot read the configuration directory")
+                        .with_detail(err.to_string()),
+                ),
+            }
+        }
+        names.sort();
+        if names.is_empty() {
+            self.push(
+                Diagnostic::file_error(self.dir, "No configuration files")
+                    .with_detail("The directory contains no `*.hcl` file."),
+            );
+            return None;
+        }
+        Some(names.into_iter().map(|name| self.dir.join(name)).collect())
+    }
+
+    /// Reads and parses one file; `None` (reported) when it cannot be read or parsed.
+    fn parse_file(&mut self, path: PathBuf) -> Option<(SourceFile, Body)> {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(err) => {
+                self.push(
+                    Diagnostic::file_error(&path, "Cannot read configuration file")
+                        .with_detail(err.to_string()),
+                );
+                return None;
+            }
+        };
+        match hcl::edit::parser::parse_body(&text) {
+            Ok(body) => Some((SourceFile::new(path, text), body)),
+            Err(err) => {
+                let offset = syntax_error_offset(&text, err.location());
+                let src = SourceFile::new(path, text);
+                let mut diagnostic = src.error(
+                    Some(offset..offset + 1),
+                    format!("Syntax error: {}", err.message()),
+                );
+                if second_attribute_on_one_line(&diagnostic) {
+                    diagnostic = diagnostic.with_hint(
+                        "a block written on one line holds a single attribute; put each attribute on a line of its own",
+                    );
+                }
+                self.push(diagnostic);
+                None
+            }
+        }
+    }
+
+    fn load(&mut self) -> Option<Config> {
+        let paths = self.list_files()?;
+        self.files.clone_from(&paths);
+        let mut files = Vec::new();
+        let mut all_parsed = true;
+        for path in paths {
+            match self.parse_file(path) {
+                Some(file) => files.push(file),
+                None => all_parsed = false,
+            }
+        }
+
+        // Clusters first (from every file): jobs refer to them.
+        let mut clusters: BTreeMap<String, Option<ClusterSpec>> = BTreeMap::new();
+        // References to clusters can be checked only if every cluster's name is known.
+        let mut all_clusters_named = all_parsed;
+        let mut cluster_sites: HashMap<String, String> = HashMap::new();
+        let mut job_blocks = Vec::new();
+        for (src, body) in &files {
+            for structure in body.iter() {
+                let block = match structure {
+                    Structure::Block(block) => block,
+                    Structure::Attribute(attr) => {
+                        self.push(
+                            src.error(
+                                attr.key.span(),
+                                format!("Unexpected attribute `{}` at the top level", attr.key.as_str()),
+                            )
+                            .with_detail("Only `cluster` and `job` blocks may appear at the top level of a file."),
+                        );
+                        continue;
+                    }
+                };
+                match block.ident.as_str() {
+                    "cluster" => {
+                        all_clusters_named &= block.labels.len() == 1;
+                        let Some(name) = self.unique_name(src, block, &CLUSTER, &mut cluster_sites)
+                        else {
+                            continue;
+                        };
+                        let spec = self.cluster(src, block, name);
+                        clusters.insert(name.to_owned(), spec);
+                    }
+                    "job" => job_blocks.push((src, block)),
+                    other => {
+                        let mut diagnostic =
+                            src.error(block.ident.span(), format!("Unknown block type `{other}`"));
+                        diagnostic = match suggest(other, TOP_LEVEL_BLOCKS.iter().copied()) {
+                            Some(close) => diagnostic.with_hint(format!("did you mean `{close}`?")),
+                            None => diagnostic.with_detail(
+                                "Only `cluster` and `job` blocks may appear at the top level of a file.",
+                            ),
+                        };
+                        self.push(diagnostic);
+                    }
+                }
+            }
+        }
+
+        let mut jobs = BTreeMap::new();
+        let mut job_sites = HashMap::new();
+        for (src, block) in job_blocks {
+            let Some(name) = self.unique_name(src, block, &JOB, &mut job_sites) else {
+                continue;
+            };
+            // With a file that did not parse, an unknown cluster may just be declared there.
+            if let Some(job) = self.job(src, block, name, &clusters, all_clusters_named) {
+                jobs.insert(name.to_owned(), job);
+            }
+        }
+
+        Some(Config {
+            dir: self.base.clone(),
+            clusters: clusters
+                .into_iter()
+                .filter_map(|(name, spec)| Some((name, spec?)))
+                .collect(),
+            jobs,
+        })
+    }
+
+    /// The label of a top-level block, checked unique among the blocks of its type
+    /// (`sites` maps each name to where it was first declared).
+    fn unique_name<'b>(
+        &mut self,
+        src: &SourceFile,
+        block: &'b Block,
+        schema: &Schema,
+        sites: &mut HashMap<String, String>,
+    ) -> Option<&'b str> {
+        if !self.check_labels(src, block, schema) {
+            // Still report what is wrong inside.
+            self.check_body(src, &block.body, schema);
+            return None;
+        }
+        let label = block.labels.first()?;
+        let name = label.as_str();
+        if let Some(first) = sites.get(name) {
+            self.push(
+                src.error(
+                    label.span(),
+                    format!("Duplicate {} {name:?}", schema.ident),
+                )
+                .with_detail(format!(
+                    "A {} named {name:?} is already declared at {first}.",
+                    schema.ident
+                ))
+                .with_hint(format!("rename one of them; {} names must be unique across the files of the directory", schema.ident)),
+            );
+            return None;
+        }
+        sites.insert(name.to_owned(), src.location(label.span()));
+        Some(name)
+    }
+
+    /// Checks the number of labels (reported when wrong; empty labels are refused too).
+    fn check_labels(&mut self, src: &SourceFile, block: &Block, schema: &Schema) -> bool {
+        let (want, got) = (schema.labels.len(), block.labels.len());
+        if want == got {
+            if let Some(empty) = block
+                .labels
+                .iter()
+                .find(|label| label.as_str().trim().is_empty())
+            {
+                self.push(
+                    src.error(
+                        empty.span(),
+                        format!("Empty label on `{}` block", schema.ident),
+                    )
+                    .with_hint(format!("write `{}`", schema.usage())),
+                );
+                return false;
+            }
+            return true;
+        }
+        let span = match block.labels.get(want) {
+            Some(extra) => extra.span(),
+            None => header_span(block),
+        };
+        let expected = match want {
+            0 => "no label".to_owned(),
+            1 => format!("1 label ({})", schema.labels.join(", ")),
+            n => format!("{n} labels ({})", schema.labels.join(", ")),
+        };
+        self.push(
+            src.error(
+                span,
+                format!(
+                    "Wrong number of labels on `{}` block: expected {expected}, found {got}",
+                    schema.ident
+                ),
+            )
+            .with_hint(format!("write `{}`", schema.usage())),
+        );
+        false
+    }
+
+    /// Reports attributes and blocks the schema does not know.
+    fn check_body(&mut self, src: &SourceFile, body: &Body, schema: &Schema) {
+        for structure in body.iter() {
+            match structure {
+                Structure::Attribute(attr) => {
+                    let name = attr.key.as_str();
+                    if schema.attrs.contains(&name) {
+                        continue;
+                    }
+                    let diagnostic = if schema.blocks.contains(&name) {
+                        src.error(
+                            attr.key.span(),
+                            format!("`{name}` is a block, not an attribute"),
+                        )
+                        .with_hint(format!("write `{name} {{ ... }}`"))
+                    } else {
+                        let diagnostic =
+                            src.error(attr.key.span(), format!("Unknown attribute `{name}`"));
+                        self.unknown(diagnostic, name, schema.attrs, schema, "attributes")
+                    };
+                    self.push(diagnostic);
+                }
+                Structure::Block(block) => {
+                    let name = block.ident.as_str();
+                    if schema.blocks.contains(&name) {
+                        continue;
+                    }
+                    let diagnostic = if schema.attrs.contains(&name) {
+                        src.error(
+                            block.ident.span(),
+                            format!("`{name}` is an attribute, not a block"),
+                        )
+                        .with_hint(format!("write `{name} = ...`"))
+                    } else {
+                        let diagnostic =
+                            src.error(block.ident.span(), format!("Unknown block `{name}`"));
+                        self.unknown(diagnostic, name, schema.blocks, schema, "blocks")
+                    };
+                    self.push(diagnostic);
+                }
+            }
+        }
+    }
+
+    /// Adds a "did you mean" hint, or the list of what is accepted.
+    fn unknown(
+        &self,
+        diagnostic: Diagnostic,
+        name: &str,
+        known: &[&str],
+        schema: &Schema,
+        what: &str,
+    ) -> Diagnostic {
+        match suggest(name, known.iter().copied()) {
+            Some(close) => diagnostic.with_hint(format!("did you mean `{close}`?")),
+            None if known.is_empty() => {
+                diagnostic.with_detail(format!("A `{}` block has no nested {what}.", schema.ident))
+            }
+            None => diagnostic.with_detail(format!(
+                "A `{}` block accepts the {what} {}.",
+                schema.ident,
+                code_list(known.iter().copied())
+            )),
+        }
+    }
+
+    /// Evaluates an attribute's expression; `None` (reported) when it cannot be evaluated.
+    fn eval(&mut self, src: &SourceFile, attr: &Attribute) -> Option<Value> {
+        let mut arithmetic = FindArithmetic::default();
+        arithmetic.visit_expr(&attr.value);
+        if let Some((operator, span)) = arithmetic.0 {
+            self.push(
+                src.error(
+                    span.or_else(|| value_span(attr)),
+                    format!(
+                        "Unsupported operator `{}` in `{}`",
+                        operator.as_str(),
+                        attr.key.as_str()
+                    ),
+                )
+                .with_hint("arithmetic is not supported yet; write the value as a literal"),
+            );
+            return None;
+        }
+        let expr = hcl::Expression::from(attr.value.clone());
+        match expr.evaluate(&self.ctx) {
+            Ok(value) => Some(value),
+            Err(err) => {
+                let mut diagnostic = src.error(
+                    value_span(attr),
+                    format!("Cannot evaluate `{}`: {}", attr.key.as_str(), err.kind()),
+                );
+                if let Expression::Variable(var) = &attr.value {
+                    diagnostic = diagnostic
+                        .with_hint(format!("strings must be quoted: `\"{}\"`", var.as_str()));
+                } else if matches!(
+                    err.kind(),
+                    ErrorKind::UndefinedVar(_) | ErrorKind::UndefinedFunc(_)
+                ) {
+                    diagnostic = diagnostic.with_hint(
+                        "variables, locals and functions are not supported yet; use a literal value",
+                    );
+                }
+                self.push(diagnostic);
+                None
+            }
+        }
+    }
+
+    fn bad_value(&mut self, src: &SourceFile, span: Option<Range<usize>>, name: &str, bad: Bad) {
+        let summary = match bad {
+            Bad::Type(message) => format!("Wrong type for `{name}`: {message}"),
+            Bad::Value(message) => format!("Invalid value for `{name}`: {message}"),
+        };
+        self.push(src.error(span, summary));
+    }
+
+    /// Reads attribute `name` of `body` through `convert` (errors reported at the value).
+    fn get<'b, T>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+        convert: impl FnOnce(&Value) -> Result<T, Bad>,
+    ) -> Get<'b, T> {
+        let Some(attr) = body.get_attribute(name) else {
+            return Get::Missing;
+        };
+        let Some(value) = self.eval(src, attr) else {
+            return Get::Invalid;
+        };
+        match convert(&value) {
+            Ok(value) => Get::Found(value, attr),
+            Err(bad) => {
+                self.bad_value(src, value_span(attr), name, bad);
+                Get::Invalid
+            }
+        }
+    }
+
+    fn get_u32<'b>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+        min: u32,
+    ) -> Get<'b, u32> {
+        self.get(src, body, name, |v| expect_u32(v, min))
+    }
+
+    fn get_u64<'b>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+        min: u64,
+    ) -> Get<'b, u64> {
+        self.get(src, body, name, |v| expect_int(v, min, u64::MAX))
+    }
+
+    fn get_string<'b>(&mut self, src: &SourceFile, body: &'b Body, name: &str) -> Get<'b, String> {
+        self.get(src, body, name, expect_string)
+    }
+
+    /// A list of whole numbers; a bad element is reported at the element when the list is
+    /// written literally.
+    fn get_u32_list<'b>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+        min: u32,
+    ) -> Get<'b, Vec<u32>> {
+        let Some(attr) = body.get_attribute(name) else {
+            return Get::Missing;
+        };
+        let Some(value) = self.eval(src, attr) else {
+            return Get::Invalid;
+        };
+        let Value::Array(items) = &value else {
+            let bad = Bad::Type(format!(
+                "expected a list of whole numbers, got {}",
+                describe(&value)
+            ));
+            self.bad_value(src, value_span(attr), name, bad);
+            return Get::Invalid;
+        };
+        let literal = match &attr.value {
+            Expression::Array(array) => Some(array),
+            _ => None,
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match expect_u32(item, min) {
+                Ok(n) => out.push(n),
+                Err(bad) => {
+                    let span = literal
+                        .and_then(|array| array.get(i))
+                        .and_then(Span::span)
+                        .or_else(|| value_span(attr));
+                    self.bad_value(src, span, &format!("{name}[{i}]"), bad);
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            Get::Found(out, attr)
+        } else {
+            Get::Invalid
+        }
+    }
+
+    /// A required attribute: reported at the block header when missing.
+    fn required<'b, T>(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+        name: &str,
+        example: &str,
+        got: Get<'b, T>,
+    ) -> Option<(T, &'b Attribute)> {
+        match got {
+            Get::Found(value, attr) => Some((value, attr)),
+            Get::Invalid => None,
+            Get::Missing => {
+                self.push(
+                    src.error(
+                        header_span(block),
+                        format!(
+                            "Missing required attribute `{name}` in `{}` block",
+                            block.ident.as_str()
+                        ),
+                    )
+                    .with_hint(format!("add `{example}`")),
+                );
+                None
+            }
+        }
+    }
+
+    /// A string attribute that must be one of `known` (reported at the value otherwise).
+    fn one_of(
+        &mut self,
+        src: &SourceFile,
+        got: Get<'_, String>,
+        default: &str,
+        known: &[&str],
+        noun: &str,
+    ) -> Option<String> {
+        match got {
+            Get::Missing => Some(default.to_owned()),
+            Get::Invalid => None,
+            Get::Found(value, _) if known.contains(&value.as_str()) => Some(value),
+            Get::Found(value, attr) => {
+                self.push(
+                    src.error(value_span(attr), format!("Unknown {noun} {value:?}"))
+                        .with_hint(one_of_hint(&value, known, noun)),
+                );
+                None
+            }
+        }
+    }
+
+    /// The block label naming a kind (`model "mlp"`), checked against `known`.
+    fn kind_label<'b>(
+        &mut self,
+        src: &SourceFile,
+        block: &'b Block,
+        schema: &Schema,
+        known: &[&str],
+        noun: &str,
+    ) -> Option<&'b str> {
+        if !self.check_labels(src, block, schema) {
+            return None;
+        }
+        let label = block.labels.first()?;
+        let kind = label.as_str();
+        if known.contains(&kind) {
+            return Some(kind);
+        }
+        self.push(
+            src.error(label.span(), format!("Unknown {noun} {kind:?}"))
+                .with_hint(one_of_hint(kind, known, noun)),
+        );
+        None
+    }
+
+    /// The only `schema` block in `body`, if any; further ones are reported.
+    fn at_most_one<'b>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        schema: &Schema,
+        parent: &Schema,
+    ) -> Option<&'b Block> {
+        let mut blocks = body.get_blocks(schema.ident);
+        let first = blocks.next()?;
+        for duplicate in blocks {
+            self.push(
+                src.error(
+                    header_span(duplicate),
+                    format!("Duplicate `{}` block", schema.ident),
+                )
+                .with_detail(format!(
+                    "A `{}` block takes one `{}` block; the first one is at {}.",
+                    parent.ident,
+                    schema.ident,
+                    src.location(header_span(first))
+                )),
+            );
+        }
+        Some(first)
+    }
+
+    /// The `schema` block of `parent_block`, which must have exactly one.
+    fn exactly_one<'b>(
+        &mut self,
+        src: &SourceFile,
+        parent_block: &'b Block,
+        schema: &Schema,
+        parent: &Schema,
+    ) -> Option<&'b Block> {
+        let found = self.at_most_one(src, &parent_block.body, schema, parent);
+        if found.is_none() {
+            self.push(
+                src.error(
+                    header_span(parent_block),
+                    format!(
+                        "Missing `{}` block in `{}` block",
+                        schema.ident, parent.ident
+                    ),
+                )
+                .with_hint(format!("add `{}`", schema.usage())),
+            );
+        }
+        found
+    }
+
+    /// A path from the configuration, made absolute against the configuration directory.
+    fn resolve_path(&self, path: &str) -> PathBuf {
+        let path = Path::new(path);
+        let joined = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base.join(path)
+        };
+        // Drops `.` components; `..` is kept (the target need not exist, so no canonicalize).
+        joined.components().collect()
+    }
+
+    /// A storage URL: relative `file://` paths are made absolute, other schemes pass through.
+    /// The error is a summary and a hint.
+    fn resolve_url(&self, url: &str) -> Result<String, (String, &'static str)> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if path.trim().is_empty() {
+                return Err((
+                    "Invalid value for `url`: empty `file://` path".to_owned(),
+                    "write `file://PATH`; a relative PATH is resolved against the configuration directory",
+                ));
+            }
+            return Ok(format!("file://{}", self.resolve_path(path).display()));
+        }
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        let valid_scheme = scheme.is_some_and(|s| {
+            s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+        if valid_scheme {
+            Ok(url.to_owned())
+        } else {
+            Err((
+                format!("Invalid value for `url`: {url:?} has no scheme"),
+                "write `file://PATH` for a local directory (relative to the configuration directory) or e.g. `s3://BUCKET/PREFIX`",
+            ))
+        }
+    }
+
+    fn cluster(&mut self, src: &SourceFile, block: &Block, name: &str) -> Option<ClusterSpec> {
+        let body = &block.body;
+        self.check_body(src, body, &CLUSTER);
+
+        let provider = self.get_string(src, body, "provider");
+        let provider = self
+            .required(src, block, "provider", "provider = \"local\"", provider)
+            .and_then(|(value, attr)| {
+                self.one_of(src, Get::Found(value, attr), "", PROVIDERS, "provider")
+            })
+            .map(|_| ProviderKind::Local);
+
+        let mut pools = Vec::new();
+        let mut pools_ok = true;
+        let mut pool_sites: HashMap<&str, String> = HashMap::new();
+        for pool in body.get_blocks(NODE_POOL.ident) {
+            if !self.check_labels(src, pool, &NODE_POOL) {
+                self.check_body(src, &pool.body, &NODE_POOL);
+                pools_ok = false;
+                continue;
+            }
+            let Some(label) = pool.labels.first() else {
+                continue;
+            };
+            let pool_name = label.as_str();
+            if let Some(first) = pool_sites.get(pool_name) {
+                self.push(
+                    src.error(
+                        label.span(),
+                        format!("Duplicate node pool {pool_name:?} in cluster {name:?}"),
+                    )
+                    .with_detail(format!(
+                        "The first node pool named {pool_name:?} is at {first}."
+                    )),
+                );
+                pools_ok = false;
+                continue;
+            }
+            pool_sites.insert(pool_name, src.location(label.span()));
+            match self.node_pool(src, pool, pool_name) {
+                Some(spec) => pools.push(spec),
+                None => pools_ok = false,
+            }
+        }
+        if body.get_blocks(NODE_POOL.ident).next().is_none() {
+            self.push(
+                src.error(
+                    header_span(block),
+                    format!("Cluster {name:?} has no `node_pool` block"),
+                )
+                .with_hint("add e.g. `node_pool \"default\" { count = 1 }`"),
+            );
+            pools_ok = false;
+        }
+        let total: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
+        if total > u64::from(u32::MAX) {
+            self.push(src.error(
+                header_span(block),
+                format!(
+                    "Cluster {name:?} has {total} nodes; at most {} are supported",
+                    u32::MAX
+                ),
+            ));
+            pools_ok = false;
+        }
+
+        let storage = match self.at_most_one(src, body, &STORAGE, &CLUSTER) {
+            Some(storage) => self.storage(src, storage),
+            None => self
+                .resolve_url(DEFAULT_STORAGE_URL)
+                .ok()
+                .map(|url| StorageSpec { url }),
+        };
+        let state = match self.at_most_one(src, body, &STATE, &CLUSTER) {
+            Some(state) => self.state(src, state),
+            None => Some(StateSpec::Embedded {
+                path: self.resolve_path(DEFAULT_STATE_PATH),
+            }),
+        };
+
+        Some(ClusterSpec {
+            name: name.to_owned(),
+            provider: provider?,
+            node_pools: pools_ok.then_some(pools)?,
+            storage: storage?,
+            state: state?,
+        })
+    }
+
+    fn node_pool(&mut self, src: &SourceFile, block: &Block, name: &str) -> Option<NodePoolSpec> {
+        let body = &block.body;
+        self.check_body(src, body, &NODE_POOL);
+        let count = self.get_u32(src, body, "count", 1);
+        let count = self.required(src, block, "count", "count = 1", count);
+        let cpus_per_node = self.get_u32(src, body, "cpus_per_node", 1).or(1);
+        let gpus_per_node = self.get_u32(src, body, "gpus_per_node", 0).or(0);
+        Some(NodePoolSpec {
+            name: name.to_owned(),
+            count: count?.0,
+            cpus_per_node: cpus_per_node?,
+            gpus_per_node: gpus_per_node?,
+        })
+    }
+
+    fn storage(&mut self, src: &SourceFile, block: &Block) -> Option<StorageSpec> {
+        let labels_ok = self.check_labels(src, block, &STORAGE);
+        self.check_body(src, &block.body, &STORAGE);
+        let url = match self.get_string(src, &block.body, "url") {
+            Get::Missing => self.resolve_url(DEFAULT_STORAGE_URL).ok(),
+            Get::Invalid => None,
+            Get::Found(url, attr) => match self.resolve_url(&url) {
+                Ok(url) => Some(url),
+                Err((summary, hint)) => {
+                    self.push(src.error(value_span(attr), summary).with_hint(hint));
+                    None
+                }
+            },
+        };
+        labels_ok.then_some(StorageSpec { url: url? })
+    }
+
+    fn state(&mut self, src: &SourceFile, block: &Block) -> Option<StateSpec> {
+        let labels_ok = self.check_labels(src, block, &STATE);
+        let body = &block.body;
+        self.check_body(src, body, &STATE);
+        let backend = self.get_string(src, body, "backend");
+        let backend = self.one_of(src, backend, "embedded", STATE_BACKENDS, "state backend");
+        let path = match self.get_string(src, body, "path") {
+            Get::Missing => Some(self.resolve_path(DEFAULT_STATE_PATH)),
+            Get::Invalid => None,
+            Get::Found(path, attr) if path.trim().is_empty() => {
+                self.bad_value(
+                    src,
+                    value_span(attr),
+                    "path",
+                    Bad::Value("must not be empty".to_owned()),
+                );
+                None
+            }
+            Get::Found(path, _) => Some(self.resolve_path(&path)),
+        };
+        backend?;
+        labels_ok.then_some(StateSpec::Embedded { path: path? })
+    }
+
+    fn job(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+        name: &str,
+        clusters: &BTreeMap<String, Option<ClusterSpec>>,
+        check_refs: bool,
+    ) -> Option<JobSpec> {
+        let body = &block.body;
+        self.check_body(src, body, &JOB);
+
+        let cluster = self.get_string(src, body, "cluster");
+        let cluster = self.required(src, block, "cluster", "cluster = \"NAME\"", cluster);
+        let mut cluster_spec = None;
+        let mut cluster_ok = cluster.is_some();
+        if let Some((cluster_name, attr)) = &cluster {
+            match clusters.get(cluster_name) {
+                Some(spec) => cluster_spec = spec.as_ref(),
+                None => {
+                    cluster_ok = false;
+                    if check_refs {
+                        let mut diagnostic = src.error(
+                            value_span(attr),
+                            format!("Unknown cluster {cluster_name:?}"),
+                        );
+                        diagnostic =
+                            match suggest(cluster_name, clusters.keys().map(String::as_str)) {
+                                Some(close) => {
+                                    diagnostic.with_hint(format!("did you mean `{close}`?"))
+                                }
+                                None if clusters.is_empty() => diagnostic
+                                    .with_detail("No cluster is declared in this directory.")
+                                    .with_hint("declare one with `cluster \"NAME\" { ... }`"),
+                                None => diagnostic.with_detail(format!(
+                                    "Declared clusters: {}.",
+                                    code_list(clusters.keys().map(String::as_str))
+                                )),
+                            };
+                        self.push(diagnostic);
+                    }
+                }
+            }
+        }
+
+        let model = self
+            .exactly_one(src, block, &MODEL, &JOB)
+            .and_then(|model| self.model(src, model));
+        let dataset = self
+            .exactly_one(src, block, &DATASET, &JOB)
+            .and_then(|dataset| self.dataset(src, dataset));
+        let training = self
+            .exactly_one(src, block, &TRAINING, &JOB)
+            .and_then(|training| self.training(src, training));
+        let checkpoint = match self.at_most_one(src, body, &CHECKPOINT, &JOB) {
+            Some(checkpoint) => self.checkpoint(src, checkpoint),
+            None => Some(CheckpointSpec {
+                every_steps: DEFAULT_EVERY_STEPS,
+                keep: DEFAULT_KEEP,
+            }),
+        };
+
+        // Cross-checks, each reported where the fix most likely goes.
+        let mut consistent = true;
+        if let (Some((training, workers)), Some(cluster)) = (&training, cluster_spec) {
+            let nodes = cluster.node_count();
+            if training.workers > nodes {
+                consistent = false;
+                let plural = |n: u32| if n == 1 { "" } else { "s" };
+                let pools = cluster
+                    .node_pools
+                    .iter()
+                    .map(|p| format!("{:?} ({} node{})", p.name, p.count, plural(p.count)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.push(
+                    src.error(
+                        workers.span(),
+                        format!(
+                            "Job {name:?} needs {} workers but cluster {:?} has {nodes} node{}",
+                            training.workers,
+                            cluster.name,
+                            plural(nodes)
+                        ),
+                    )
+                    .with_detail(format!(
+                        "Node pools of cluster {:?}: {pools}.\n\
+                         Each worker needs a node of its own; a job starts only when all its workers have one.",
+                        cluster.name
+                    ))
+                    .with_hint(format!(
+                        "set `workers` to at most {nodes}, or add nodes to cluster {:?}",
+                        cluster.name
+                    )),
+                );
+            }
+        }
+        if let (Some(model), Some(dataset)) = (&model, &dataset) {
+            if model.spec.inputs != dataset.spec.features {
+                consistent = false;
+                self.push(
+                    src.error(
+                        value_span(model.inputs),
+                        format!(
+                            "Model `inputs` ({}) does not match the dataset's feature count ({})",
+                            model.spec.inputs, dataset.spec.features
+                        ),
+                    )
+                    .with_detail(format!("The {}.", dataset.features_origin))
+                    .with_hint(format!("set `inputs = {}`", dataset.spec.features)),
+                );
+            }
+            if model.spec.classes != dataset.spec.classes {
+                consistent = false;
+                self.push(
+                    src.error(
+                        value_span(model.classes),
+                        format!(
+                            "Model `classes` ({}) does not match the dataset's class count ({})",
+                            model.spec.classes, dataset.spec.classes
+                        ),
+                    )
+                    .with_detail(format!("The {}.", dataset.classes_origin))
+                    .with_hint(format!("set `classes = {}`", dataset.spec.classes)),
+                );
+            }
+        }
+
+        if !(consistent && cluster_ok) {
+            return None;
+        }
+        Some(JobSpec {
+            name: name.to_owned(),
+            file: src.path.clone(),
+            cluster: cluster?.0,
+            model: model?.spec,
+            dataset: dataset?.spec,
+            training: training?.0,
+            checkpoint: checkpoint?,
+        })
+    }
+
+    fn model<'b>(&mut self, src: &SourceFile, block: &'b Block) -> Option<DecodedModel<'b>> {
+        // The attributes depend on the kind: with an unknown kind, there is nothing to check.
+        self.kind_label(src, block, &MODEL, MODEL_KINDS, "model kind")?;
+        let body = &block.body;
+        self.check_body(src, body, &MODEL);
+        let inputs = self.get_u32(src, body, "inputs", 1);
+        let inputs = self.required(src, block, "inputs", "inputs = 32", inputs);
+        let hidden = self.get_u32_list(src, body, "hidden", 1).or(Vec::new());
+        let classes = self.get_u32(src, body, "classes", 2);
+        let classes = self.required(src, block, "classes", "classes = 2", classes);
+        let ((inputs, inputs_attr), hidden, (classes, classes_attr)) = (inputs?, hidden?, classes?);
+        Some(DecodedModel {
+            spec: ModelSpec {
+                inputs,
+                hidden,
+                classes,
+            },
+            inputs: inputs_attr,
+            classes: classes_attr,
+        })
+    }
+
+    fn source_kind(
+        &mut self,
+        src: &SourceFile,
+        source: &str,
+        attr: &Attribute,
+    ) -> Option<SourceKind> {
+        if let Some(generator) = source.strip_prefix("synthetic:") {
+            if SYNTHETIC_SOURCES.contains(&generator) {
+                return Some(SourceKind::Blobs);
+            }
+            self.push(
+                src.error(
+                    value_span(attr),
+                    format!("Unknown synthetic dataset {source:?}"),
+                )
+                .with_hint(one_of_hint(
+                    generator,
+                    SYNTHETIC_SOURCES,
+                    "synthetic dataset",
+                )),
+            );
+            return None;
+        }
+        if let Some(path) = source.strip_prefix("file://")
+            && !path.trim().is_empty()
+        {
+            return Some(SourceKind::Csv {
+                path: path.to_owned(),
+            });
+        }
+        self.push(
+            src.error(value_span(attr), format!("Unsupported dataset source {source:?}"))
+                .with_detail(
+                    "Accepted forms:\n  \"synthetic:blobs\"  Gaussian blobs generated from `seed`\n  \"file://PATH.csv\"  a CSV file; a relative PATH is resolved against the configuration directory",
+                ),
+        );
+        None
+    }
+
+    fn dataset(&mut self, src: &SourceFile, block: &Block) -> Option<DecodedDataset> {
+        let labels_ok = self.check_labels(src, block, &DATASET);
+        let name = block.labels.first().map_or("", |label| label.as_str());
+        let body = &block.body;
+        self.check_body(src, body, &DATASET);
+
+        let source = self.get_string(src, body, "source");
+        let source = self.required(src, block, "source", "source = \"synthetic:blobs\"", source);
+        let kind = source
+            .as_ref()
+            .and_then(|(source, attr)| self.source_kind(src, source, attr));
+
+        // Attributes that only make sense for the other kind of source.
+        let foreign: &[&str] = match &kind {
+            Some(SourceKind::Blobs) => &["format", "label"],
+            Some(SourceKind::Csv { .. }) => &["samples", "seed"],
+            None => &[],
+        };
+        for attr_name in foreign {
+            if let Some(attr) = body.get_attribute(attr_name) {
+                let (this, other) = match &kind {
+                    Some(SourceKind::Blobs) => ("a `synthetic:blobs`", "`file://` datasets"),
+                    _ => ("a `file://`", "`synthetic:blobs` datasets"),
+                };
+                self.push(
+                    src.error(
+                        attr.key.span(),
+                        format!("`{attr_name}` does not apply to {this} dataset"),
+                    )
+                    .with_hint(format!("remove it; it only applies to {other}")),
+                );
+            }
+        }
+        let applies = |attr_name: &str| !foreign.contains(&attr_name);
+
+        let features = self.get_u32(src, body, "features", 1);
+        let classes = self.get_u32(src, body, "classes", 2);
+        let classes = self.required(src, block, "classes", "classes = 2", classes);
+        let validation_split = self
+            .get(src, body, "validation_split", |value| {
+                let split = expect_number(value)?;
+                if (0.0..1.0).contains(&split) {
+                    Ok(split)
+                } else {
+                    Err(Bad::Value(format!(
+                        "must be at least 0 and less than 1, got {split}"
+                    )))
+                }
+            })
+            .or(DEFAULT_VALIDATION_SPLIT);
+        let samples = if applies("samples") {
+            self.get_u64(src, body, "samples", 1)
+        } else {
+            Get::Missing
+        };
+        let seed = if applies("seed") {
+            self.get_u64(src, body, "seed", 0)
+        } else {
+            Get::Missing
+        };
+        let format = if applies("format") {
+            self.get_string(src, body, "format")
+        } else {
+            Get::Missing
+        };
+        let label = if applies("label") {
+            self.get_string(src, body, "label")
+        } else {
+            Get::Missing
+        };
+
+        let classes_origin = classes.as_ref().map(|(count, attr)| {
+            format!(
+                "dataset {name:?} declares `classes = {count}` at {}",
+                src.location(attr.span())
+            )
+        });
+
+        let (source, features, features_origin) = match kind? {
+            SourceKind::Blobs => {
+                let samples = self.required(src, block, "samples", "samples = 1000", samples);
+                let features = self.required(src, block, "features", "features = 2", features);
+                let seed = seed.or(0);
+                let (features, features_attr) = features?;
+                let origin = format!(
+                    "dataset {name:?} declares `features = {features}` at {}",
+                    src.location(features_attr.span())
+                );
+                (
+                    DataSource::Blobs {
+                        samples: samples?.0,
+                        seed: seed?,
+                    },
+                    features,
+                    origin,
+                )
+            }
+            SourceKind::Csv { path } => {
+                let format = self.one_of(src, format, "csv", DATASET_FORMATS, "dataset format");
+                let label = self.required(src, block, "label", "label = \"COLUMN\"", label);
+                let source_attr = source.as_ref()?.1;
+                let shown = self.dir.join(&path);
+                let absolute = self.resolve_path(&path);
+                let header = self.csv_header(src, &shown, &absolute, source_attr)?;
+                format?;
+                let (label, label_attr) = label?;
+                if !header.contains(&label) {
+                    let mut diagnostic = src
+                        .error(
+                            value_span(label_attr),
+                            format!(
+                                "Column {label:?} is not in the header of `{}`",
+                                shown.display()
+                            ),
+                        )
+                        .with_detail(format!(
+                            "The header has the columns {}.",
+                            code_list(header.iter().map(String::as_str))
+                        ));
+                    if let Some(close) = suggest(&label, header.iter().map(String::as_str)) {
+                        diagnostic = diagnostic.with_hint(format!("did you mean `{close}`?"));
+                    }
+                    self.push(diagnostic);
+                    return None;
+                }
+                let columns = header.len() - 1;
+                let Some(from_header) = u32::try_from(columns).ok().filter(|&n| n >= 1) else {
+                    self.push(src.error(
+                        value_span(source_attr),
+                        format!(
+                            "`{}` has {} feature columns; at least 1 is needed besides the label",
+                            shown.display(),
+                            columns
+                        ),
+                    ));
+                    return None;
+                };
+                match features {
+                    Get::Found(declared, attr) if declared != from_header => {
+                        self.push(
+                            src.error(
+                                value_span(attr),
+                                format!(
+                                    "`features = {declared}` does not match the header of `{}`, which has {from_header} feature column{}",
+                                    shown.display(),
+                                    if from_header == 1 { "" } else { "s" }
+                                ),
+                            )
+                            .with_detail(format!(
+                                "The header has {} columns, one of which is the label {label:?}.",
+                                header.len()
+                            ))
+                            .with_hint(format!("set `features = {from_header}`, or leave it out")),
+                        );
+                        return None;
+                    }
+                    Get::Invalid => return None,
+                    _ => {}
+                }
+                let origin = format!(
+                    "dataset {name:?} has {from_header} feature column{} in the header of `{}` ({} columns minus the label {label:?})",
+                    if from_header == 1 { "" } else { "s" },
+                    shown.display(),
+                    header.len()
+                );
+                (
+                    DataSource::Csv {
+                        path: absolute,
+                        label,
+                    },
+                    from_header,
+                    origin,
+                )
+            }
+        };
+
+        let (classes, _) = classes?;
+        let spec = DatasetSpec {
+            name: name.to_owned(),
+            source,
+            features,
+            classes,
+            validation_split: validation_split?,
+        };
+        labels_ok.then_some(DecodedDataset {
+            spec,
+            features_origin,
+            classes_origin: classes_origin?,
+        })
+    }
+
+    /// The header row of a CSV file (columns trimmed); `None` (reported at `source`) when
+    /// the file cannot be read or is empty.
+    fn csv_header(
+        &mut self,
+        src: &SourceFile,
+        shown: &Path,
+        absolute: &Path,
+        source_attr: &Attribute,
+    ) -> Option<Vec<String>> {
+        let problem = |summary: String, detail: Option<String>| {
+            let mut diagnostic = src.error(value_span(source_attr), summary);
+            diagnostic.detail = detail;
+            diagnostic
+        };
+        let file =
+            match std::fs::File::open(absolute) {
+                Ok(file) => file,
+                Err(err) => {
+                    let diagnostic = problem(
+                        format!("Cannot open CSV file `{}`", shown.display()),
+                        Some(err.to_string()),
+                    );
+                    self.push(diagnostic.with_hint(
+                        "a relative path is resolved against the configuration directory",
+                    ));
+                    return None;
+                }
+            };
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(file);
+        let mut record = csv::StringRecord::new();
+        match reader.read_record(&mut record) {
+            Ok(true) => Some(record.iter().map(str::to_owned).collect()),
+            Ok(false) => {
+                let diagnostic = problem(format!("CSV file `{}` is empty", shown.display()), None)
+                    .with_hint("the first line must be a header naming the columns");
+                self.push(diagnostic);
+                None
+            }
+            Err(err) => {
+                let diagnostic = problem(
+                    format!("Cannot read the header of CSV file `{}`", shown.display()),
+                    Some(err.to_string()),
+                );
+                self.push(diagnostic);
+                None
+            }
+        }
+    }
+
+    fn training<'b>(
+        &mut self,
+        src: &SourceFile,
+        block: &'b Block,
+    ) -> Option<(TrainingSpec, &'b Attribute)> {
+        let labels_ok = self.check_labels(src, block, &TRAINING);
+        let body = &block.body;
+        self.check_body(src, body, &TRAINING);
+        let workers = self.get_u32(src, body, "workers", 1);
+        let workers = self.required(src, block, "workers", "workers = 1", workers);
+        let batch_size = self.get_u32(src, body, "batch_size", 1);
+        let batch_size = self.required(src, block, "batch_size", "batch_size = 32", batch_size);
+        let epochs = self.get_u32(src, body, "epochs", 1);
+        let epochs = self.required(src, block, "epochs", "epochs = 1", epochs);
+        let seed = self.get_u64(src, body, "seed", 0).or(0);
+        let optimizer = match self.at_most_one(src, body, &OPTIMIZER, &TRAINING) {
+            Some(optimizer) => self.optimizer(src, optimizer),
+            None => Some(OptimizerSpec::Adam {
+                learning_rate: DEFAULT_LEARNING_RATE,
+            }),
+        };
+        let (workers, workers_attr) = workers?;
+        let spec = TrainingSpec {
+            workers,
+            batch_size: batch_size?.0,
+            epochs: epochs?.0,
+            seed: seed?,
+            optimizer: optimizer?,
+        };
+        labels_ok.then_some((spec, workers_attr))
+    }
+
+    fn optimizer(&mut self, src: &SourceFile, block: &Block) -> Option<OptimizerSpec> {
+        self.kind_label(src, block, &OPTIMIZER, OPTIMIZERS, "optimizer")?;
+        let body = &block.body;
+        self.check_body(src, body, &OPTIMIZER);
+        let learning_rate = self
+            .get(src, body, "learning_rate", |value| {
+                let rate = expect_number(value)?;
+                if rate > 0.0 {
+                    Ok(rate)
+                } else {
+                    Err(Bad::Value(format!("must be greater than 0, got {rate}")))
+                }
+            })
+            .or(DEFAULT_LEARNING_RATE)?;
+        Some(OptimizerSpec::Adam { learning_rate })
+    }
+
+    fn checkpoint(&mut self, src: &SourceFile, block: &Block) -> Option<CheckpointSpec> {
+        let labels_ok = self.check_labels(src, block, &CHECKPOINT);
+        let body = &block.body;
+        self.check_body(src, body, &CHECKPOINT);
+        let every_steps = self
+            .get_u32(src, body, "every_steps", 1)
+            .or(DEFAULT_EVERY_STEPS);
+        let keep = self.get_u32(src, body, "keep", 1).or(DEFAULT_KEEP);
+        labels_ok.then_some(CheckpointSpec {
+            every_steps: every_steps?,
+            keep: keep?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_only_plausible_typos() {
+        assert_eq!(
+            suggest("gpus_per_nod", NODE_POOL.attrs.iter().copied()),
+            Some("gpus_per_node")
+        );
+        assert_eq!(suggest("LOCAL", PROVIDERS.iter().copied()), Some("local"));
+        assert_eq!(
+            suggest("lable", DATASET.attrs.iter().copied()),
+            Some("label")
+        );
+        assert_eq!(suggest("shuffle", TRAINING.attrs.iter().copied()), None);
+        assert_eq!(suggest("aws", PROVIDERS.iter().copied()), None);
+    }
+
+    #[test]
+    fn locations_count_characters_and_stop_at_the_line_end() {
+        let src = SourceFile::new("f.hcl".into(), "a = 1\r\n  é = \"xy\nz\"\n".into());
+        let at = |start: usize, end: usize| {
+            let d = src.error(Some(start..end), "x");
+            (d.line, d.col, d.source_line, d.width)
+        };
+        // `é` is two bytes but one column.
+        let value = src.text.find('"').expect("quote");
+        assert_eq!(at(value, value + 6), (2, 7, "  é = \"xy".to_owned(), 3));
+        assert_eq!(at(0, 1), (1, 1, "a = 1".to_owned(), 1));
+        // An offset inside a multibyte character is moved to its start.
+        let e = src.text.find('é').expect("é");
+        assert_eq!(at(e + 1, e + 2).1, 3);
+        // Past the end: the empty last line.
+        let len = src.text.len();
+        assert_eq!(at(len, len + 1), (4, 1, String::new(), 0));
+    }
+
+    #[test]
+    fn syntax_errors_at_end_of_input_land_after_the_last_newline() {
+        let text = "job \"x\" {\n  a = 1\n";
+        let err = hcl::edit::parser::parse_body(text).expect_err("unclosed block");
+        let offset = syntax_error_offset(text, err.location());
+        assert_eq!(offset, text.len());
+        let d = SourceFile::new("f.hcl".into(), text.into()).error(Some(offset..offset + 1), "x");
+        assert_eq!((d.line, d.col), (3, 1));
+    }
+
+    #[test]
+    fn integers_must_be_whole_and_in_range() {
+        let number = |text: &str| hcl::from_str::<Value>(&format!("x = {text}")).expect("parse");
+        let int = |text: &str| {
+            let Value::Object(map) = number(text) else {
+                panic!("not an object")
+            };
+            expect_int(&map["x"], 1, u64::from(u32::MAX)).map_err(|bad| match bad {
+                Bad::Type(m) | Bad::Value(m) => m,
+            })
+        };
+        assert_eq!(int("2").ok(), Some(2));
+        assert_eq!(int("2.0").ok(), Some(2));
+        assert_eq!(
+            int("2.5").err().as_deref(),
+            Some("expected a whole number, got `2.5`")
+        );
+        assert_eq!(int("0").err().as_deref(), Some("must be at least 1, got 0"));
+        assert_eq!(
+            int("4294967296").err().as_deref(),
+            Some("must be at most 4294967295, got 4294967296")
+        );
+        assert_eq!(
+            int("\"2\"").err().as_deref(),
+            Some("expected a whole number, got string \"2\"")
+        );
+    }
+
+    #[test]
+    fn one_line_block_hint_needs_an_attribute_before_the_error() {
+        let mut d = Diagnostic::file_error("f", "Syntax error: invalid block body; expected `}`");
+        d.source_line = "  checkpoint { every_steps = 100  keep = 3 }".into();
+        d.col = 35;
+        assert!(second_attribute_on_one_line(&d));
+        d.source_line = "  checkpoint {".into();
+        d.col = 15;
+        assert!(!second_attribute_on_one_line(&d));
+    }
+}

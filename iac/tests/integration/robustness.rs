@@ -1,0 +1,122 @@
+//! The loader never panics, whatever the input, and every diagnostic it gives points at a
+//! real line of a real file.
+
+use std::path::Path;
+
+use kiln_iac::{Diagnostics, load_dir};
+
+use crate::fixture;
+
+/// Checks what must hold of any diagnostic: the quoted source line is the file's line,
+/// and the column falls within it (or just past its end).
+fn check_locations(diagnostics: &Diagnostics) {
+    for d in diagnostics {
+        if d.line == 0 {
+            continue;
+        }
+        let text = std::fs::read_to_string(&d.file)
+            .unwrap_or_else(|err| panic!("{}: {err}\n{d}", d.file.display()));
+        let line = text
+            .split('\n')
+            .nth(d.line - 1)
+            .unwrap_or_else(|| panic!("line {} is past the end of the file\n{d}", d.line));
+        assert_eq!(d.source_line, line.trim_end_matches('\r'), "{d}");
+        assert!(
+            d.col >= 1 && d.col <= d.source_line.chars().count() + 1,
+            "column out of the line\n{d}"
+        );
+    }
+}
+
+/// Loads `dir` after writing `text` into its file `name`.
+fn load_with(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).expect("write the mutated file");
+    if let Err(diagnostics) = load_dir(dir) {
+        assert!(diagnostics.has_errors());
+        check_locations(&diagnostics);
+    }
+}
+
+/// A copy of the valid fixture with its jobs in one file, `job.hcl`; returns the jobs' text.
+fn scratch_copy_of_valid_fixture() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let valid = fixture("valid");
+    std::fs::copy(valid.join("cluster.hcl"), dir.path().join("cluster.hcl")).expect("copy");
+    std::fs::create_dir(dir.path().join("data")).expect("mkdir data");
+    std::fs::copy(
+        valid.join("data/iris.csv"),
+        dir.path().join("data/iris.csv"),
+    )
+    .expect("copy csv");
+    let jobs = std::fs::read_to_string(valid.join("jobs.hcl")).expect("read jobs.hcl")
+        + &std::fs::read_to_string(valid.join("tabular.hcl")).expect("read tabular.hcl");
+    (dir, jobs)
+}
+
+#[test]
+fn every_truncation_of_a_valid_file_is_handled() {
+    let (dir, jobs) = scratch_copy_of_valid_fixture();
+    for (end, _) in jobs.char_indices().step_by(3) {
+        load_with(dir.path(), "job.hcl", &jobs[..end]);
+    }
+}
+
+#[test]
+fn odd_values_in_every_position_are_handled() {
+    let (dir, jobs) = scratch_copy_of_valid_fixture();
+    let odd = [
+        "-1",
+        "0",
+        "1e400",
+        "18446744073709551616",
+        "4294967296",
+        "0.5",
+        "null",
+        "true",
+        "[]",
+        "[1, \"x\", [2]]",
+        "{ a = 1 }",
+        "\"\"",
+        "\"é😀\"",
+        "\"${x}\"",
+        "upper(\"x\")",
+        "1 / 0",
+        "4 % 0",
+        "18446744073709551615 * 2",
+        "-9223372036854775808 - 1",
+        "1 == 1",
+        "a.b[3]",
+        "\"file://\"",
+        "\"file:///nonexistent/x.csv\"",
+        "\"synthetic:\"",
+    ];
+    let cluster =
+        std::fs::read_to_string(dir.path().join("cluster.hcl")).expect("read cluster.hcl");
+    for (name, text) in [("job.hcl", &jobs), ("cluster.hcl", &cluster)] {
+        // Replace the value of every attribute, one at a time.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let Some((key, _)) = line.split_once(" = ") else {
+                continue;
+            };
+            for value in odd {
+                let mut mutated = lines.clone();
+                let replaced = format!("{key} = {value}");
+                mutated[i] = &replaced;
+                load_with(dir.path(), name, &mutated.join("\n"));
+            }
+        }
+        // Put the original back before mutating the other file.
+        load_with(dir.path(), name, text);
+    }
+}
+
+#[test]
+fn multibyte_characters_anywhere_are_handled() {
+    let (dir, jobs) = scratch_copy_of_valid_fixture();
+    for (at, _) in jobs.char_indices().step_by(5) {
+        let mut mutated = jobs.clone();
+        mutated.insert_str(at, "é😀");
+        load_with(dir.path(), "job.hcl", &mutated);
+    }
+}

@@ -1,0 +1,233 @@
+//! Harness for kiln's end-to-end tests: runs the real `kiln` and `kiln-worker` binaries as
+//! processes on loopback, each test in its own directory, and finds every process a test
+//! started (by an environment tag its children inherit) to prove none outlives the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The directory holding the workspace's built binaries (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
+}
+
+/// Path of a workspace binary; fails with a hint if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the binaries first (cargo build --bins), as scripts/test does",
+        path.display()
+    );
+    path
+}
+
+/// A scratch directory with a kiln configuration, and the tag every process started from it
+/// carries in its environment.
+pub struct Sandbox {
+    /// Owns the directory.
+    pub dir: tempfile::TempDir,
+    /// Unique marker, inherited by `kiln` and its workers through `KILN_TEST_TAG`.
+    pub tag: String,
+}
+
+impl Sandbox {
+    /// An empty sandbox.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tag = format!(
+            "kiln-test-{}-{}",
+            std::process::id(),
+            dir.path()
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("x")
+        );
+        Self { dir, tag }
+    }
+
+    /// Writes `files` (name, contents) into the sandbox.
+    pub fn with_files(self, files: &[(&str, &str)]) -> Self {
+        for (name, contents) in files {
+            let path = self.dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("mkdir");
+            }
+            std::fs::write(path, contents).expect("write config");
+        }
+        self
+    }
+
+    /// The sandbox directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A `kiln` command running in the sandbox with its tag.
+    pub fn kiln(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("kiln"));
+        cmd.args(args)
+            .current_dir(self.path())
+            .env("KILN_TEST_TAG", &self.tag)
+            .env("KILN_WORKER_BIN", bin("kiln-worker"))
+            .env_remove("KILN_COORDINATOR")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `kiln args` to completion, killing it after `timeout`.
+    pub fn run(&self, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+        let child = self
+            .kiln(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning kiln")?;
+        wait_with_timeout(child, timeout)
+    }
+
+    /// Pids of live processes carrying this sandbox's tag.
+    pub fn processes(&self) -> Vec<u32> {
+        tagged_processes(&self.tag)
+    }
+
+    /// Polls until no tagged process is left, failing after `timeout` with the survivors.
+    pub fn assert_no_processes(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = self.processes();
+            if left.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Waits for `child`, killing it (and failing) after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> anyhow::Result<Output> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!(
+                "timed out after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Live (non-zombie) processes whose environment contains `KILN_TEST_TAG=<tag>`.
+pub fn tagged_processes(tag: &str) -> Vec<u32> {
+    let needle = format!("KILN_TEST_TAG={tag}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true);
+            !zombie && environ.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+        })
+        .collect()
+}
+
+/// Stdout and stderr of `out`, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A cluster with one local pool of `nodes` nodes.
+pub fn cluster_hcl(nodes: u32) -> String {
+    format!(
+        r#"cluster "local" {{
+  provider = "local"
+  node_pool "cpu" {{
+    count = {nodes}
+  }}
+  storage {{
+    url = "file://.kiln/store"
+  }}
+  state {{
+    backend = "embedded"
+    path    = ".kiln/state"
+  }}
+}}
+"#
+    )
+}
+
+/// A blobs job named `name` with the given size knobs.
+pub fn blobs_job_hcl(
+    name: &str,
+    workers: u32,
+    samples: u32,
+    epochs: u32,
+    every_steps: u32,
+) -> String {
+    format!(
+        r#"job "{name}" {{
+  cluster = "local"
+  model "mlp" {{
+    inputs  = 16
+    hidden  = [32]
+    classes = 4
+  }}
+  dataset "blobs" {{
+    source           = "synthetic:blobs"
+    samples          = {samples}
+    features         = 16
+    classes          = 4
+    seed             = 7
+    validation_split = 0.1
+  }}
+  training {{
+    workers    = {workers}
+    batch_size = 32
+    epochs     = {epochs}
+    seed       = 42
+    optimizer "adam" {{
+      learning_rate = 0.005
+    }}
+  }}
+  checkpoint {{
+    every_steps = {every_steps}
+    keep        = 2
+  }}
+}}
+"#
+    )
+}

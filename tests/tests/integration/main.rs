@@ -1,0 +1,4 @@
+//! End-to-end tests: the `kiln` CLI and `kiln-worker` processes, on loopback.
+
+mod bad_input;
+mod up;

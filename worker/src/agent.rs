@@ -1,0 +1,450 @@
+//! The worker agent: registers with the coordinator (join token), keeps its lease alive with
+//! heartbeats, and runs the assignments the coordinator streams to it, one at a time.
+//!
+//! The agent lives only as long as its coordinator: when the assignment stream ends or the
+//! lease cannot be renewed for a whole TTL, it aborts the running task and exits, so a dead
+//! coordinator never leaves workers behind.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, NdArray};
+use kiln_proto::error_chain;
+use kiln_proto::v1::coordinator_client::CoordinatorClient;
+use kiln_proto::v1::{
+    Assignment, AssignmentsRequest, CheckpointReport, HeartbeatRequest, Metrics, ProgressReport,
+    RegisterRequest, TaskEnd, worker_command::Command,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::checkpoint::CheckpointStore;
+use crate::collective::{AbortHandle, RingCollective};
+use crate::train::{self, Observer, Task};
+
+/// The CPU training backend.
+pub type CpuBackend = Autodiff<NdArray>;
+
+/// How long ranks wait for each other to form the ring.
+const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the agent connects and how it presents itself.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Coordinator URL, e.g. `http://127.0.0.1:7070`.
+    pub coordinator: String,
+    /// Secret that admits this worker.
+    pub join_token: String,
+    /// Name reported to the coordinator (the provider's node name).
+    pub node_name: String,
+    /// Address the collective listener binds (port 0 = any free port).
+    pub collective_bind: SocketAddr,
+    /// How long to keep trying to reach the coordinator at start.
+    pub connect_timeout: Duration,
+}
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    /// The collective listener could not be bound.
+    #[error("cannot bind the collective listener on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The coordinator could not be reached before the deadline.
+    #[error("cannot reach the coordinator at {url}")]
+    Connect {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The coordinator refused a call (e.g. a wrong join token).
+    #[error("coordinator refused {call}: {status}")]
+    Rpc {
+        /// Which call.
+        call: &'static str,
+        /// The status it returned.
+        status: tonic::Status,
+    },
+    /// The lease could not be renewed for a whole TTL.
+    #[error("lost the lease: no successful heartbeat for {0:?}")]
+    LeaseLost(Duration),
+}
+
+/// A task the agent is running.
+struct Running {
+    job_id: String,
+    generation: u64,
+    cancel: Arc<AtomicBool>,
+    abort: Arc<Mutex<Option<AbortHandle>>>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn stop(&self) {
+        self.cancel.store(true, Ordering::SeqCst);
+        if let Some(abort) = lock(&self.abort).as_ref() {
+            abort.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs the agent until the coordinator goes away. Returns `Ok` when the coordinator closed the
+/// assignment stream (a normal shutdown), an error otherwise.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let listener =
+        TcpListener::bind(config.collective_bind).map_err(|source| AgentError::Bind {
+            addr: config.collective_bind,
+            source,
+        })?;
+    let collective_addr = listener.local_addr().map_err(|source| AgentError::Bind {
+        addr: config.collective_bind,
+        source,
+    })?;
+    let listener = Arc::new(listener);
+    let mut client = connect(&config).await?;
+    let registered = client
+        .register(RegisterRequest {
+            join_token: config.join_token.clone(),
+            collective_addr: collective_addr.to_string(),
+            node_name: config.node_name.clone(),
+            pid: std::process::id(),
+        })
+        .await
+        .map_err(|status| AgentError::Rpc {
+            call: "Register",
+            status,
+        })?
+        .into_inner();
+    let worker_id = registered.worker_id;
+    tracing::info!(%worker_id, %collective_addr, "registered");
+
+    let shutdown = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        worker_id.clone(),
+        Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(50))),
+        Duration::from_millis(u64::from(registered.lease_ttl_ms.max(100))),
+        shutdown.clone(),
+    ));
+
+    let mut stream = client
+        .assignments(AssignmentsRequest {
+            worker_id: worker_id.clone(),
+        })
+        .await
+        .map_err(|status| AgentError::Rpc {
+            call: "Assignments",
+            status,
+        })?
+        .into_inner();
+
+    let mut current: Option<Running> = None;
+    loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            () = shutdown.cancelled() => break,
+        };
+        let command = match message {
+            Ok(Some(cmd)) => cmd.command,
+            Ok(None) => {
+                tracing::info!("coordinator closed the assignment stream; exiting");
+                break;
+            }
+            Err(status) => {
+                tracing::warn!(%status, "assignment stream broke; exiting");
+                break;
+            }
+        };
+        match command {
+            Some(Command::Assign(assignment)) => {
+                if let Some(old) = current.take() {
+                    // The coordinator only assigns idle workers; a stale task is stopped first.
+                    old.stop();
+                    let _ = old.done.await;
+                }
+                current = Some(start_task(
+                    assignment,
+                    client.clone(),
+                    worker_id.clone(),
+                    listener.clone(),
+                ));
+            }
+            Some(Command::Cancel(cancel)) => {
+                if let Some(running) = &current {
+                    if running.job_id == cancel.job_id && running.generation == cancel.generation {
+                        tracing::info!(job = %cancel.job_id, reason = %cancel.reason, "cancelling task");
+                        running.stop();
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    shutdown.cancel();
+    if let Some(running) = current.take() {
+        running.stop();
+        let _ = running.done.await;
+    }
+    match heartbeat.await {
+        Ok(result) => result,
+        Err(_) => Ok(()),
+    }
+}
+
+/// Connects to the coordinator, retrying with backoff until `connect_timeout`.
+async fn connect(config: &AgentConfig) -> Result<CoordinatorClient<Channel>, AgentError> {
+    let deadline = Instant::now() + config.connect_timeout;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match CoordinatorClient::connect(config.coordinator.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(source) if Instant::now() >= deadline => {
+                return Err(AgentError::Connect {
+                    url: config.coordinator.clone(),
+                    source,
+                });
+            }
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Renews the lease every `interval`. Cancels `shutdown` (and fails) when no heartbeat has
+/// succeeded for `ttl`, or when the coordinator no longer knows this worker.
+async fn heartbeat_loop(
+    mut client: CoordinatorClient<Channel>,
+    worker_id: String,
+    interval: Duration,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut last_ok = Instant::now();
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        let request = HeartbeatRequest {
+            worker_id: worker_id.clone(),
+        };
+        match tokio::time::timeout(
+            interval.max(Duration::from_millis(500)),
+            client.heartbeat(request),
+        )
+        .await
+        {
+            Ok(Ok(_)) => last_ok = Instant::now(),
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                shutdown.cancel();
+                return Err(AgentError::Rpc {
+                    call: "Heartbeat",
+                    status,
+                });
+            }
+            _ if last_ok.elapsed() > ttl => {
+                shutdown.cancel();
+                return Err(AgentError::LeaseLost(last_ok.elapsed()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What the training thread reports, forwarded to the coordinator in order.
+enum Report {
+    Progress(Metrics),
+    Checkpoint { step: u64, url: String },
+}
+
+struct ChannelObserver(mpsc::UnboundedSender<Report>);
+
+impl Observer for ChannelObserver {
+    fn progress(&mut self, metrics: &Metrics) {
+        let _ = self.0.send(Report::Progress(*metrics));
+    }
+    fn checkpoint(&mut self, step: u64, manifest_url: &str) {
+        let _ = self.0.send(Report::Checkpoint {
+            step,
+            url: manifest_url.to_owned(),
+        });
+    }
+}
+
+fn start_task(
+    assignment: Assignment,
+    mut client: CoordinatorClient<Channel>,
+    worker_id: String,
+    listener: Arc<TcpListener>,
+) -> Running {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let abort = Arc::new(Mutex::new(None));
+    let (job_id, generation) = (assignment.job_id.clone(), assignment.generation);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+
+    let forward = {
+        let mut client = client.clone();
+        let (worker_id, job_id) = (worker_id.clone(), job_id.clone());
+        tokio::spawn(async move {
+            while let Some(report) = rx.recv().await {
+                let result = match report {
+                    Report::Progress(metrics) => client
+                        .report_progress(ProgressReport {
+                            worker_id: worker_id.clone(),
+                            job_id: job_id.clone(),
+                            generation,
+                            metrics: Some(metrics),
+                        })
+                        .await
+                        .map(drop),
+                    Report::Checkpoint { step, url } => client
+                        .report_checkpoint(CheckpointReport {
+                            worker_id: worker_id.clone(),
+                            job_id: job_id.clone(),
+                            generation,
+                            step,
+                            manifest_url: url,
+                        })
+                        .await
+                        .map(drop),
+                };
+                if let Err(status) = result {
+                    tracing::warn!(%status, "could not report to the coordinator");
+                }
+            }
+        })
+    };
+
+    let training = {
+        let (cancel, abort) = (cancel.clone(), abort.clone());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            run_task(&assignment, &listener, &cancel, &abort, &runtime, tx)
+        })
+    };
+
+    let done = {
+        let job_id = job_id.clone();
+        tokio::spawn(async move {
+            let result = training
+                .await
+                .unwrap_or_else(|e| Err(format!("training thread panicked: {e}")));
+            // Progress and checkpoint reports go out before the end of the task.
+            let _ = forward.await;
+            let (ok, error, final_metrics) = match result {
+                Ok(outcome) => (true, String::new(), Some(outcome.metrics)),
+                Err(e) => (false, e, None),
+            };
+            if let Err(status) = client
+                .report_task_end(TaskEnd {
+                    worker_id,
+                    job_id,
+                    generation,
+                    ok,
+                    error,
+                    final_metrics,
+                })
+                .await
+            {
+                tracing::warn!(%status, "could not report the end of the task");
+            }
+        })
+    };
+    Running {
+        job_id,
+        generation,
+        cancel,
+        abort,
+        done,
+    }
+}
+
+/// Runs one assignment on this thread. Errors are rendered with their causes for the coordinator.
+fn run_task(
+    assignment: &Assignment,
+    listener: &TcpListener,
+    cancel: &AtomicBool,
+    abort: &Mutex<Option<AbortHandle>>,
+    runtime: &tokio::runtime::Handle,
+    reports: mpsc::UnboundedSender<Report>,
+) -> Result<train::Outcome, String> {
+    let spec = assignment
+        .spec
+        .clone()
+        .ok_or("assignment without a job spec")?;
+    let peers = assignment
+        .peers
+        .iter()
+        .map(|p| {
+            p.parse::<SocketAddr>()
+                .map_err(|e| format!("peer address {p:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let session = session_id(&assignment.job_id, assignment.generation);
+    let mut ring = RingCollective::connect(
+        listener,
+        assignment.rank as usize,
+        &peers,
+        session,
+        RENDEZVOUS_TIMEOUT,
+    )
+    .map_err(|e| error_chain(&e))?;
+    *lock(abort) = Some(ring.abort_handle());
+    if cancel.load(Ordering::SeqCst) {
+        return Err("cancelled".into());
+    }
+    let store = if spec.storage_url.is_empty() {
+        None
+    } else {
+        Some(
+            CheckpointStore::open(&spec.storage_url, &assignment.job_id)
+                .map_err(|e| error_chain(&e))?,
+        )
+    };
+    let task = Task {
+        job_id: assignment.job_id.clone(),
+        spec,
+        resume_step: assignment.resume_step,
+    };
+    let mut observer = ChannelObserver(reports);
+    train::train::<CpuBackend>(
+        &task,
+        train::Context {
+            device: Default::default(),
+            collective: &mut ring,
+            store: store.as_ref(),
+            runtime,
+            cancel,
+            observer: &mut observer,
+        },
+    )
+    .map_err(|e| error_chain(&e))
+}
+
+/// Identifies one generation's ring, so a late connection from an older one is refused.
+fn session_id(job_id: &str, generation: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // DefaultHasher with fixed keys is deterministic across processes of the same build.
+    let mut h = std::hash::DefaultHasher::new();
+    job_id.hash(&mut h);
+    generation.hash(&mut h);
+    h.finish()
+}

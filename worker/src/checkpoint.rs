@@ -1,0 +1,257 @@
+//! Checkpoints in object storage: `jobs/<job>/checkpoints/<step>/` holds the objects of one
+//! snapshot and a [`CheckpointManifest`] written **last**. The manifest is the commit point: a
+//! directory without one is a partial upload and is never read, and every object is checked
+//! against the manifest's size and SHA-256 before it is used.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use kiln_proto::manifest::{CheckpointManifest, MANIFEST_NAME, ManifestError, ObjectEntry};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use url::Url;
+
+/// Why a checkpoint could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The storage URL is not one object_store understands.
+    #[error("invalid storage URL {url:?}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The object store failed.
+    #[error("object store")]
+    Store(#[from] object_store::Error),
+    /// The manifest is not valid JSON for its format.
+    #[error("manifest of step {step} is unreadable")]
+    Manifest {
+        /// The checkpoint's step.
+        step: u64,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An object does not match the manifest.
+    #[error("checkpoint {step} is corrupt")]
+    Corrupt {
+        /// The checkpoint's step.
+        step: u64,
+        /// Which object and how.
+        #[source]
+        source: ManifestError,
+    },
+    /// The manifest does not list an object the reader needs.
+    #[error("checkpoint {step} has no object {name:?}")]
+    Missing {
+        /// The checkpoint's step.
+        step: u64,
+        /// The object.
+        name: String,
+    },
+}
+
+/// The checkpoints of one job in one object store.
+#[derive(Clone)]
+pub struct CheckpointStore {
+    store: Arc<dyn ObjectStore>,
+    /// `<url path>/jobs/<job>/checkpoints`.
+    root: Path,
+    /// The same location as a URL, for messages.
+    root_url: String,
+    job_id: String,
+}
+
+impl CheckpointStore {
+    /// Opens the checkpoints of `job_id` under the storage `url` (`file:///…`, `s3://…`).
+    pub fn open(url: &str, job_id: &str) -> Result<Self, CheckpointError> {
+        let url_err = |source: Box<dyn std::error::Error + Send + Sync>| CheckpointError::Url {
+            url: url.to_owned(),
+            source,
+        };
+        let parsed = Url::parse(url).map_err(|e| url_err(Box::new(e)))?;
+        let (store, base) = object_store::parse_url(&parsed).map_err(|e| url_err(Box::new(e)))?;
+        let root = base.child("jobs").child(job_id).child("checkpoints");
+        Ok(Self {
+            store: Arc::from(store),
+            root,
+            root_url: format!("{}/jobs/{job_id}/checkpoints", url.trim_end_matches('/')),
+            job_id: job_id.to_owned(),
+        })
+    }
+
+    fn dir(&self, step: u64) -> Path {
+        self.root.child(step.to_string())
+    }
+
+    /// The URL of the manifest of `step`.
+    pub fn manifest_url(&self, step: u64) -> String {
+        format!("{}/{step}/{MANIFEST_NAME}", self.root_url)
+    }
+
+    /// Writes `objects` as checkpoint `step`, then its manifest (the commit). Returns the
+    /// manifest's URL.
+    pub async fn save(
+        &self,
+        step: u64,
+        objects: Vec<(&str, Vec<u8>)>,
+    ) -> Result<String, CheckpointError> {
+        let dir = self.dir(step);
+        let mut entries = Vec::with_capacity(objects.len());
+        for (name, bytes) in objects {
+            entries.push(ObjectEntry::describe(name, &bytes));
+            self.store.put(&dir.child(name), bytes.into()).await?;
+        }
+        let manifest = CheckpointManifest {
+            version: CheckpointManifest::VERSION,
+            job_id: self.job_id.clone(),
+            step,
+            objects: entries,
+        };
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|source| CheckpointError::Manifest { step, source })?;
+        self.store
+            .put(&dir.child(MANIFEST_NAME), json.into())
+            .await?;
+        Ok(self.manifest_url(step))
+    }
+
+    /// Reads checkpoint `step`, verifying every object against the manifest.
+    pub async fn load(&self, step: u64) -> Result<BTreeMap<String, Vec<u8>>, CheckpointError> {
+        let dir = self.dir(step);
+        let manifest = self
+            .store
+            .get(&dir.child(MANIFEST_NAME))
+            .await?
+            .bytes()
+            .await?;
+        let manifest: CheckpointManifest = serde_json::from_slice(&manifest)
+            .map_err(|source| CheckpointError::Manifest { step, source })?;
+        let mut out = BTreeMap::new();
+        for entry in &manifest.objects {
+            let bytes = self
+                .store
+                .get(&dir.child(entry.name.as_str()))
+                .await?
+                .bytes()
+                .await?;
+            entry
+                .verify(&bytes)
+                .map_err(|source| CheckpointError::Corrupt { step, source })?;
+            out.insert(entry.name.clone(), bytes.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Steps that have a checkpoint directory, ascending, each with whether it is committed
+    /// (has a manifest).
+    async fn steps(&self) -> Result<BTreeMap<u64, bool>, CheckpointError> {
+        let mut steps = BTreeMap::new();
+        let mut listing = self.store.list(Some(&self.root));
+        while let Some(meta) = listing.try_next().await? {
+            let mut parts = meta.location.prefix_match(&self.root).into_iter().flatten();
+            let (Some(dir), Some(file)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if let Ok(step) = dir.as_ref().parse::<u64>() {
+                let committed = steps.entry(step).or_insert(false);
+                *committed |= file.as_ref() == MANIFEST_NAME;
+            }
+        }
+        Ok(steps)
+    }
+
+    /// Committed checkpoint steps, ascending.
+    pub async fn committed(&self) -> Result<Vec<u64>, CheckpointError> {
+        Ok(self
+            .steps()
+            .await?
+            .into_iter()
+            .filter_map(|(step, committed)| committed.then_some(step))
+            .collect())
+    }
+
+    /// Deletes every checkpoint older than the newest `keep` committed ones, partial uploads
+    /// included. The manifest goes first, so an interrupted delete leaves an uncommitted
+    /// directory, never a committed one with missing objects.
+    pub async fn retain(&self, keep: usize) -> Result<(), CheckpointError> {
+        let committed = self.committed().await?;
+        let Some(&oldest_kept) = committed.iter().rev().take(keep.max(1)).last() else {
+            return Ok(());
+        };
+        for step in self.steps().await?.into_keys().filter(|s| *s < oldest_kept) {
+            let dir = self.dir(step);
+            let mut objects: Vec<Path> = self
+                .store
+                .list(Some(&dir))
+                .map_ok(|m| m.location)
+                .try_collect()
+                .await?;
+            objects.sort_by_key(|p| p.filename() != Some(MANIFEST_NAME));
+            for object in objects {
+                self.store.delete(&object).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &tempfile::TempDir) -> CheckpointStore {
+        let url = Url::from_directory_path(dir.path()).expect("abs path");
+        CheckpointStore::open(url.as_str(), "job-1").expect("open")
+    }
+
+    #[tokio::test]
+    async fn save_load_verify_and_retain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(&dir);
+        for step in [10, 20, 30] {
+            store
+                .save(
+                    step,
+                    vec![("a.bin", vec![step as u8; 100]), ("b.json", b"{}".to_vec())],
+                )
+                .await
+                .expect("save");
+        }
+        // A partial upload: objects but no manifest.
+        let partial = dir.path().join("jobs/job-1/checkpoints/40");
+        std::fs::create_dir_all(&partial).expect("mkdir");
+        std::fs::write(partial.join("a.bin"), b"half").expect("write");
+        assert_eq!(store.committed().await.expect("list"), vec![10, 20, 30]);
+
+        let loaded = store.load(20).await.expect("load");
+        assert_eq!(loaded["a.bin"], vec![20u8; 100]);
+
+        // Flip one byte of step 30's object: load reports corruption.
+        let obj = dir.path().join("jobs/job-1/checkpoints/30/a.bin");
+        let mut bytes = std::fs::read(&obj).expect("read");
+        bytes[7] ^= 0xff;
+        std::fs::write(&obj, bytes).expect("write");
+        let err = store.load(30).await.expect_err("corrupt");
+        assert!(
+            matches!(err, CheckpointError::Corrupt { step: 30, .. }),
+            "{err}"
+        );
+
+        store.retain(2).await.expect("retain");
+        assert_eq!(store.committed().await.expect("list"), vec![20, 30]);
+        assert!(
+            !dir.path()
+                .join("jobs/job-1/checkpoints/10")
+                .join("a.bin")
+                .exists()
+        );
+        // The partial upload is newer than the oldest kept one: it stays.
+        assert!(partial.join("a.bin").exists());
+    }
+}

@@ -1,0 +1,90 @@
+//! `kiln-worker`: the process a provider starts on each node. It runs the agent until its
+//! coordinator goes away; `kiln-worker bench-allreduce` is one rank of `kiln bench allreduce`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kiln_worker::agent::{self, AgentConfig};
+use kiln_worker::bench;
+
+#[derive(Parser)]
+#[command(name = "kiln-worker", version, about = "kiln worker agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Coordinator URL.
+    #[arg(
+        long,
+        env = "KILN_COORDINATOR",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    coordinator: String,
+    /// File holding the join token (the token may instead come from KILN_JOIN_TOKEN).
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+    /// Name reported to the coordinator.
+    #[arg(long, env = "KILN_NODE_NAME")]
+    node_name: Option<String>,
+    /// Address the collective (ring all-reduce) listener binds; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    collective_bind: SocketAddr,
+    /// Seconds to keep retrying the coordinator at start.
+    #[arg(long, default_value_t = 15)]
+    connect_timeout_secs: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One rank of `kiln bench allreduce` (driven over stdin/stdout).
+    BenchAllreduce(bench::AllreduceBenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| "warn,kiln_worker=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Some(Command::BenchAllreduce(args)) = cli.command {
+        return bench::run_allreduce_rank(args);
+    }
+    let args = cli.agent;
+    let join_token = match (&args.join_token_file, std::env::var("KILN_JOIN_TOKEN")) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the join token from {}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, Ok(token)) => token,
+        (None, Err(_)) => {
+            anyhow::bail!("no join token: set KILN_JOIN_TOKEN or pass --join-token-file")
+        }
+    };
+    let config = AgentConfig {
+        coordinator: args.coordinator,
+        join_token,
+        node_name: args
+            .node_name
+            .unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        collective_bind: args.collective_bind,
+        connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kiln-worker")
+        .enable_all()
+        .build()?;
+    runtime.block_on(agent::run(config))?;
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! The data-parallel training loop of one rank.
+//!
+//! Each step every rank takes its slice of the global batch, runs forward/backward, flattens its
+//! gradients into one buffer (with its share of the loss appended), all-reduces the buffer (mean)
+//! and applies the same optimizer step. Because the per-rank loss is scaled by
+//! `world / global_batch_len`, the mean over ranks is exactly the gradient of the mean loss over
+//! the global batch, also for the short last batch of an epoch. So N ranks × batch b compute the
+//! same update as 1 rank × batch N·b.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder, RecorderError};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use kiln_proto::v1::{JobSpec, Metrics};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{CheckpointError, CheckpointStore};
+use crate::collective::{Collective, CollectiveError};
+use crate::data::{self, DataError, Samples};
+use crate::model::{Mlp, flatten_grads, flatten_params, unflatten_grads};
+
+/// What one rank runs: a job spec and its place in the generation.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// Job id (names the checkpoint directory).
+    pub job_id: String,
+    /// The job.
+    pub spec: JobSpec,
+    /// Checkpoint step to resume from, if any.
+    pub resume_step: Option<u64>,
+}
+
+/// Receives what a rank reports while it trains. Only rank 0 reports.
+pub trait Observer {
+    /// Training progress, about twice a second and at the end of each epoch.
+    fn progress(&mut self, metrics: &Metrics);
+    /// A checkpoint was committed.
+    fn checkpoint(&mut self, step: u64, manifest_url: &str);
+}
+
+/// How a rank's training ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Final metrics.
+    pub metrics: Metrics,
+    /// Final parameters, flattened in visit order.
+    pub params: Vec<f32>,
+}
+
+/// Why training stopped early.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The job spec is incomplete.
+    #[error("invalid job spec: {0}")]
+    Spec(&'static str),
+    /// The dataset could not be loaded.
+    #[error("dataset")]
+    Data(#[from] DataError),
+    /// The all-reduce failed (a peer died or the ring was aborted).
+    #[error("all-reduce")]
+    Collective(#[from] CollectiveError),
+    /// A checkpoint could not be written or read.
+    #[error("checkpoint")]
+    Checkpoint(#[from] CheckpointError),
+    /// A model or optimizer record could not be encoded or decoded.
+    #[error("record")]
+    Record(#[from] RecorderError),
+    /// The checkpoint's training state is unreadable.
+    #[error("checkpoint state")]
+    State(#[from] serde_json::Error),
+    /// The task was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Training position and metrics stored with every checkpoint (`state.json`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Position {
+    /// Optimizer steps completed.
+    step: u64,
+    /// Current epoch.
+    epoch: u32,
+    /// Samples of this epoch's order already consumed (global, over all ranks).
+    offset: u64,
+    /// Loss of the last step.
+    loss: f64,
+    /// Validation accuracy of the last finished epoch.
+    val_accuracy: Option<f64>,
+}
+
+const MODEL_OBJECT: &str = "model.bin";
+const OPTIMIZER_OBJECT: &str = "optimizer.bin";
+const STATE_OBJECT: &str = "state.json";
+/// Validation runs in batches of this many samples to bound memory.
+const EVAL_BATCH: usize = 1024;
+
+type Rec = BinBytesRecorder<FullPrecisionSettings>;
+
+/// Everything a rank needs besides the task itself.
+pub struct Context<'a, B: AutodiffBackend> {
+    /// Device the model lives on.
+    pub device: B::Device,
+    /// The all-reduce among the ranks of this generation.
+    pub collective: &'a mut dyn Collective,
+    /// Checkpoint storage (read by every rank on resume, written by rank 0); `None` disables
+    /// checkpoints.
+    pub store: Option<&'a CheckpointStore>,
+    /// Runtime for the object store's async I/O.
+    pub runtime: &'a tokio::runtime::Handle,
+    /// Set to stop at the next step boundary.
+    pub cancel: &'a AtomicBool,
+    /// Progress sink (used on rank 0).
+    pub observer: &'a mut dyn Observer,
+}
+
+/// Trains `task` as one rank of `ctx.collective` and returns the final metrics and parameters.
+pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Outcome, TrainError> {
+    let spec = &task.spec;
+    let model_spec = spec.model.as_ref().ok_or(TrainError::Spec("no model"))?;
+    let training = spec
+        .training
+        .as_ref()
+        .ok_or(TrainError::Spec("no training"))?;
+    let dataset = spec
+        .dataset
+        .as_ref()
+        .ok_or(TrainError::Spec("no dataset"))?;
+    let every = spec
+        .checkpoint
+        .as_ref()
+        .map_or(0, |c| u64::from(c.every_steps));
+    let keep = spec.checkpoint.as_ref().map_or(1, |c| c.keep as usize);
+    let (rank, world) = (ctx.collective.rank(), ctx.collective.world_size());
+    let device = ctx.device;
+
+    let splits = data::load(dataset)?;
+    let n = splits.train.len();
+    if n == 0 {
+        return Err(TrainError::Spec("the training split is empty"));
+    }
+    let global_batch = training.batch_size as usize * world;
+    let steps_per_epoch = n.div_ceil(global_batch) as u64;
+    let mut total_steps = steps_per_epoch * u64::from(training.epochs);
+    if training.max_steps > 0 {
+        total_steps = total_steps.min(training.max_steps);
+    }
+
+    let mut model: Mlp<B> = Mlp::new(model_spec, training.seed, &device);
+    let mut optim = AdamConfig::new().init::<B, Mlp<B>>();
+    let mut pos = Position {
+        step: 0,
+        epoch: 0,
+        offset: 0,
+        loss: 0.0,
+        val_accuracy: None,
+    };
+    if let (Some(step), Some(store)) = (task.resume_step, ctx.store) {
+        let objects = ctx.runtime.block_on(store.load(step))?;
+        let get = |name: &str| {
+            objects
+                .get(name)
+                .cloned()
+                .ok_or_else(|| CheckpointError::Missing {
+                    step,
+                    name: name.to_owned(),
+                })
+        };
+        model = model.load_record(Rec::default().load(get(MODEL_OBJECT)?, &device)?);
+        optim = optim.load_record(Rec::default().load(get(OPTIMIZER_OBJECT)?, &device)?);
+        pos = serde_json::from_slice(&get(STATE_OBJECT)?)?;
+    }
+
+    let lr = training.learning_rate;
+    let mut order = data::epoch_order(training.seed, pos.epoch, n);
+    let mut buf = Vec::new();
+    let mut window = (Instant::now(), 0u64);
+    let mut last_report = Instant::now();
+
+    while pos.step < total_steps {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Err(TrainError::Cancelled);
+        }
+        let start = pos.offset as usize;
+        let batch = &order[start..(start + global_batch).min(n)];
+        let (lo, hi) = data::rank_range(batch.len(), rank, world);
+        let scale = world as f32 / batch.len() as f32;
+
+        buf.clear();
+        let local_loss = if lo < hi {
+            let (x, y) = splits.train.gather(&batch[lo..hi]);
+            let loss =
+                summed_loss(&model, &x, &y, splits.train.features, &device).mul_scalar(scale);
+            let value = scalar(loss.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            flatten_grads(&model, &grads, &mut buf);
+            value
+        } else {
+            flatten_grads(&model, &GradientsParams::new(), &mut buf);
+            0.0
+        };
+        buf.push(local_loss);
+        ctx.collective.all_reduce_mean(&mut buf)?;
+        pos.loss = f64::from(buf.pop().unwrap_or_default());
+        let grads = unflatten_grads(&model, &buf, &device);
+        model = optim.step(lr, model, grads);
+
+        pos.step += 1;
+        pos.offset += batch.len() as u64;
+        window.1 += batch.len() as u64;
+        let epoch_done = pos.offset as usize >= n;
+        if epoch_done {
+            if rank == 0 && !splits.validation.is_empty() {
+                pos.val_accuracy = Some(accuracy(&model.valid(), &splits.validation, &device));
+            }
+            pos.epoch += 1;
+            pos.offset = 0;
+            order = data::epoch_order(training.seed, pos.epoch, n);
+        }
+        if rank == 0 && (epoch_done || last_report.elapsed().as_millis() >= 500) {
+            ctx.observer.progress(&metrics(
+                &pos,
+                total_steps,
+                window.1,
+                window.0.elapsed().as_secs_f64(),
+            ));
+            window = (Instant::now(), 0);
+            last_report = Instant::now();
+        }
+        let due = every > 0 && pos.step % every == 0;
+        if rank == 0 && (due || pos.step == total_steps) {
+            if let Some(store) = ctx.store {
+                let objects = vec![
+                    (
+                        MODEL_OBJECT,
+                        Rec::default().record(model.clone().into_record(), ())?,
+                    ),
+                    (
+                        OPTIMIZER_OBJECT,
+                        Rec::default().record(optim.to_record(), ())?,
+                    ),
+                    (STATE_OBJECT, serde_json::to_vec(&pos)?),
+                ];
+                let url = ctx.runtime.block_on(store.save(pos.step, objects))?;
+                ctx.runtime.block_on(store.retain(keep))?;
+                ctx.observer.checkpoint(pos.step, &url);
+            }
+        }
+    }
+    let final_metrics = metrics(
+        &pos,
+        total_steps,
+        window.1,
+        window.0.elapsed().as_secs_f64(),
+    );
+    if rank == 0 {
+        ctx.observer.progress(&final_metrics);
+    }
+    Ok(Outcome {
+        metrics: final_metrics,
+        params: flatten_params(&model),
+    })
+}
+
+fn metrics(pos: &Position, total_steps: u64, samples: u64, secs: f64) -> Metrics {
+    Metrics {
+        epoch: pos.epoch,
+        step: pos.step,
+        total_steps,
+        loss: pos.loss,
+        val_accuracy: pos.val_accuracy,
+        samples_per_sec: if secs > 0.0 {
+            samples as f64 / secs
+        } else {
+            0.0
+        },
+    }
+}
+
+fn inputs<B: Backend>(x: &[f32], rows: usize, features: usize, device: &B::Device) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(x.to_vec(), [rows, features]), device)
+}
+
+/// Sum (not mean) of the cross-entropy of each sample: the caller scales it.
+fn summed_loss<B: Backend>(
+    model: &Mlp<B>,
+    x: &[f32],
+    y: &[u32],
+    features: usize,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let rows = y.len();
+    let logits = model.forward(inputs(x, rows, features, device));
+    let targets = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(y.iter().map(|&c| i64::from(c)).collect(), [rows, 1]),
+        device,
+    );
+    log_softmax(logits, 1).gather(1, targets).sum().neg()
+}
+
+fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
+    t.into_data().iter::<f32>().next().unwrap_or(f32::NAN)
+}
+
+/// Fraction of `samples` whose arg-max logit is the label.
+fn accuracy<B: Backend>(model: &Mlp<B>, samples: &Samples, device: &B::Device) -> f64 {
+    let mut correct = 0usize;
+    let all: Vec<u32> = (0..samples.len() as u32).collect();
+    for chunk in all.chunks(EVAL_BATCH) {
+        let (x, y) = samples.gather(chunk);
+        let predicted = model
+            .forward(inputs(&x, y.len(), samples.features, device))
+            .argmax(1)
+            .into_data();
+        correct += predicted
+            .iter::<i64>()
+            .zip(&y)
+            .filter(|(p, t)| *p == i64::from(**t))
+            .count();
+    }
+    correct as f64 / samples.len() as f64
+}
