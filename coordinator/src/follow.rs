@@ -108,6 +108,9 @@ pub fn print_summary(job: &Job, elapsed: Duration) {
         if let Some(acc) = m.val_accuracy {
             println!("  val accuracy  {acc:.4}");
         }
+        if m.samples_per_sec > 0.0 {
+            println!("  throughput    {:.0} samples/s", m.samples_per_sec);
+        }
     }
     if !job.checkpoint_url.is_empty() {
         println!("  checkpoint    {}", job.checkpoint_url);

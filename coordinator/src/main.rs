@@ -153,7 +153,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Diagnostics render themselves in full; other errors get their cause chain.
-            eprintln!("error: {:#}", e.error);
+            if e.error.is::<kiln_iac::Diagnostics>() {
+                eprintln!("{}", e.error);
+            } else {
+                eprintln!("error: {:#}", e.error);
+            }
             ExitCode::from(e.code)
         }
     }

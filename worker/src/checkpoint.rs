@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use kiln_proto::manifest::{CheckpointManifest, MANIFEST_NAME, ManifestError, ObjectEntry};
 use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use url::Url;
 
@@ -75,10 +76,21 @@ impl CheckpointStore {
             source,
         };
         let parsed = Url::parse(url).map_err(|e| url_err(Box::new(e)))?;
-        let (store, base) = object_store::parse_url(&parsed).map_err(|e| url_err(Box::new(e)))?;
+        let (store, base): (Arc<dyn ObjectStore>, Path) = if parsed.scheme() == "file" {
+            // Retention deletes whole checkpoints: let the local store drop emptied directories.
+            let base = Path::from_url_path(parsed.path()).map_err(|e| url_err(Box::new(e)))?;
+            (
+                Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
+                base,
+            )
+        } else {
+            let (store, base) =
+                object_store::parse_url(&parsed).map_err(|e| url_err(Box::new(e)))?;
+            (Arc::from(store), base)
+        };
         let root = base.child("jobs").child(job_id).child("checkpoints");
         Ok(Self {
-            store: Arc::from(store),
+            store,
             root,
             root_url: format!("{}/jobs/{job_id}/checkpoints", url.trim_end_matches('/')),
             job_id: job_id.to_owned(),

@@ -11,8 +11,9 @@
 //!
 //! The buffer is split into `world` contiguous segments whose sizes differ by at most one
 //! element ([`segment`]). A reduce-scatter of `world - 1` steps leaves rank `r` with the sum of
-//! segment `r + 1`, which it divides by `world`; an all-gather of `world - 1` steps then
-//! circulates the finished segments. Each rank sends `2 (world - 1) / world` of the buffer,
+//! segment `r + 1`, scaled by `1 / world` as its last step adds (for a world that is not a power
+//! of two this may differ from dividing the sum by one ulp); an all-gather of `world - 1` steps
+//! then circulates the finished segments. Each rank sends `2 (world - 1) / world` of the buffer,
 //! which is optimal for bandwidth. In each step a scoped sender thread writes the outgoing
 //! segment to rank `r + 1` while the calling thread reads the incoming one from rank `r - 1`:
 //! doing one after the other would deadlock once a segment outgrows the socket buffers. The
@@ -622,17 +623,19 @@ impl RingCollective {
         }
 
         // Reduce-scatter: at step s rank r passes on segment r - s, which it has just added
-        // its predecessor's partial sum into (or, at s = 0, its own data).
+        // its predecessor's partial sum into (or, at s = 0, its own data). The last step
+        // completes segment r + 1, which is scaled to the mean as its chunks arrive.
+        let scale = 1.0 / world as f32;
         for step in 0..world - 1 {
             let send = segment(buf.len(), world, (rank + world - step) % world);
             let recv = segment(buf.len(), world, (rank + 2 * world - step - 1) % world);
             let (send, recv) = disjoint(buf, send, recv);
-            exchange(links, send, recv, Some(&mut self.scratch))?;
-        }
-        let owned = segment(buf.len(), world, (rank + 1) % world);
-        let divisor = world as f32;
-        for x in &mut buf[owned] {
-            *x /= divisor;
+            let last = step == world - 2;
+            let reduce = Reduce {
+                scratch: &mut self.scratch,
+                scale: last.then_some(scale),
+            };
+            exchange(links, send, recv, Some(reduce))?;
         }
         // All-gather: at step s rank r passes on segment r + 1 - s, finished by itself (s = 0)
         // or received at the previous step, and receives segment r - s in place.
@@ -725,20 +728,28 @@ fn exchange_header(links: &Links, len: usize, seq: u64) -> Result<(), Collective
     Ok(())
 }
 
+/// How a reduce-scatter step folds what it receives into its segment.
+struct Reduce<'a> {
+    /// Where each received chunk lands before it is added; its length is the chunk size.
+    scratch: &'a mut [f32],
+    /// Multiplies the sums by this as they are made: the step that completes a segment turns
+    /// it into the mean without another pass over memory.
+    scale: Option<f32>,
+}
+
 /// One ring step: sends `send` to the successor while receiving as many elements as `recv`
-/// holds from the predecessor, adding them into `recv` (with a `scratch` buffer) or
-/// overwriting it (without).
+/// holds from the predecessor, overwriting `recv` or, with `reduce`, adding into it.
 fn exchange(
     links: &Links,
     send: &[f32],
     recv: &mut [f32],
-    scratch: Option<&mut Vec<f32>>,
+    reduce: Option<Reduce<'_>>,
 ) -> Result<(), CollectiveError> {
     if (send.len().max(recv.len()) * size_of::<f32>()) <= INLINE_BYTES {
         (&links.next)
             .write_all(bytemuck::cast_slice(send))
             .map_err(|e| links.send_error(e))?;
-        return receive(&links.prev, recv, scratch).map_err(|e| links.recv_error(e));
+        return receive(&links.prev, recv, reduce).map_err(|e| links.recv_error(e));
     }
 
     // The first failure is the cause; the other side then fails because of the shutdown.
@@ -756,7 +767,7 @@ fn exchange(
             let _ = first_error.set(CollectiveError::Thread(e));
             return;
         }
-        if let Err(e) = receive(&links.prev, recv, scratch) {
+        if let Err(e) = receive(&links.prev, recv, reduce) {
             let _ = first_error.set(links.recv_error(e));
             links.shutdown();
         }
@@ -768,21 +779,21 @@ fn exchange(
 }
 
 /// Reads `recv.len()` elements from `stream`: straight into `recv`, or chunk by chunk into
-/// `scratch` and added to `recv`.
-fn receive(
-    mut stream: &TcpStream,
-    recv: &mut [f32],
-    scratch: Option<&mut Vec<f32>>,
-) -> io::Result<()> {
-    let Some(scratch) = scratch else {
+/// the scratch buffer and added to `recv` (so adding one chunk overlaps with the kernel
+/// receiving the next).
+fn receive(mut stream: &TcpStream, recv: &mut [f32], reduce: Option<Reduce<'_>>) -> io::Result<()> {
+    let Some(Reduce { scratch, scale }) = reduce else {
         return stream.read_exact(bytemuck::cast_slice_mut(recv));
     };
-    let chunk = scratch.len().max(1);
-    for dst in recv.chunks_mut(chunk) {
+    for dst in recv.chunks_mut(scratch.len().max(1)) {
         let src = &mut scratch[..dst.len()];
         stream.read_exact(bytemuck::cast_slice_mut(src))?;
-        for (d, s) in dst.iter_mut().zip(src.iter()) {
-            *d += *s;
+        match scale {
+            None => dst.iter_mut().zip(src.iter()).for_each(|(d, s)| *d += *s),
+            Some(k) => dst
+                .iter_mut()
+                .zip(src.iter())
+                .for_each(|(d, s)| *d = (*d + *s) * k),
         }
     }
     Ok(())

@@ -180,6 +180,7 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
     let mut order = data::epoch_order(training.seed, pos.epoch, n);
     let mut buf = Vec::new();
     let mut window = (Instant::now(), 0u64);
+    let (run_start, mut trained) = (Instant::now(), 0u64);
     let mut last_report = Instant::now();
 
     while pos.step < total_steps {
@@ -213,6 +214,7 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
         pos.step += 1;
         pos.offset += batch.len() as u64;
         window.1 += batch.len() as u64;
+        trained += batch.len() as u64;
         let epoch_done = pos.offset as usize >= n;
         if epoch_done {
             if rank == 0 && !splits.validation.is_empty() {
@@ -252,11 +254,12 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
             }
         }
     }
+    // The final rate is over the whole run, not the last reporting window.
     let final_metrics = metrics(
         &pos,
         total_steps,
-        window.1,
-        window.0.elapsed().as_secs_f64(),
+        trained,
+        run_start.elapsed().as_secs_f64(),
     );
     if rank == 0 {
         ctx.observer.progress(&final_metrics);

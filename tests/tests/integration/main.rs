@@ -1,4 +1,5 @@
 //! End-to-end tests: the `kiln` CLI and `kiln-worker` processes, on loopback.
 
 mod bad_input;
+mod coordinator;
 mod up;

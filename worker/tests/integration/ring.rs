@@ -103,7 +103,10 @@ fn check_results(inputs: &[Vec<f32>], results: &[Vec<f32>]) {
     let first: Vec<u32> = results[0].iter().map(|x| x.to_bits()).collect();
     for (rank, result) in results.iter().enumerate().skip(1) {
         let bits: Vec<u32> = result.iter().map(|x| x.to_bits()).collect();
-        assert!(bits == first, "rank {rank} differs from rank 0 (world {world}, len {len})");
+        assert!(
+            bits == first,
+            "rank {rank} differs from rank 0 (world {world}, len {len})"
+        );
     }
 }
 
@@ -183,7 +186,6 @@ fn many_successive_all_reduces_on_one_ring() {
     }
 }
 
-
 #[test]
 fn rank_that_leaves_after_the_handshake_fails_the_others_promptly() {
     let world = 4;
@@ -246,13 +248,16 @@ fn peer_closing_halfway_through_a_segment_is_an_error() {
             // Dropping both streams closes them mid-step.
         });
 
-        let mut ring =
-            RingCollective::connect(&listeners[0], 0, &addrs, session, CONNECT_TIMEOUT)
-                .expect("connect to the hand-played peer");
+        let mut ring = RingCollective::connect(&listeners[0], 0, &addrs, session, CONNECT_TIMEOUT)
+            .expect("connect to the hand-played peer");
         let mut buf = vec![1.0f32; LEN];
         let start = Instant::now();
         let result = ring.all_reduce_mean(&mut buf);
-        assert!(start.elapsed() < FAILURE_BOUND, "took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < FAILURE_BOUND,
+            "took {:?}",
+            start.elapsed()
+        );
         assert!(
             matches!(result, Err(CollectiveError::PeerIo { peer_rank: 1, .. })),
             "expected a peer error, got {result:?}"
@@ -303,7 +308,10 @@ fn abort_unblocks_a_blocked_all_reduce() {
         (Ok(()), elapsed)
     });
     let (_, aborted_after) = &outcomes[0];
-    assert!(*aborted_after < FAILURE_BOUND, "abort took {aborted_after:?}");
+    assert!(
+        *aborted_after < FAILURE_BOUND,
+        "abort took {aborted_after:?}"
+    );
     let (late, late_after) = &outcomes[1];
     assert!(late.is_err(), "the aborted rank's peer must fail too");
     assert!(*late_after < FAILURE_BOUND, "peer took {late_after:?}");
@@ -340,7 +348,10 @@ fn hung_peer_times_out() {
         ),
         "got {result:?}"
     );
-    assert!(*elapsed >= op_timeout && *elapsed < FAILURE_BOUND, "took {elapsed:?}");
+    assert!(
+        *elapsed >= op_timeout && *elapsed < FAILURE_BOUND,
+        "took {elapsed:?}"
+    );
 }
 
 #[test]
@@ -374,15 +385,16 @@ fn strangers_and_stale_sessions_are_ignored() {
 
     // A ring of an earlier generation that never completed: its hello to rank 1 stays in the
     // listener's backlog.
-    let stale = RingCollective::connect(
-        &listeners[0],
-        0,
-        &addrs,
-        0x01d,
-        Duration::from_millis(300),
-    );
+    let stale =
+        RingCollective::connect(&listeners[0], 0, &addrs, 0x01d, Duration::from_millis(300));
     assert!(
-        matches!(stale, Err(CollectiveError::Timeout { op: PeerOp::Accept, .. })),
+        matches!(
+            stale,
+            Err(CollectiveError::Timeout {
+                op: PeerOp::Accept,
+                ..
+            })
+        ),
         "got {stale:?}"
     );
 
@@ -437,13 +449,7 @@ fn connect_times_out_when_the_successor_is_not_listening() {
         gone.local_addr().expect("address")
     };
     let start = Instant::now();
-    let result = RingCollective::connect(
-        &listeners[0],
-        0,
-        &addrs,
-        1,
-        Duration::from_millis(300),
-    );
+    let result = RingCollective::connect(&listeners[0], 0, &addrs, 1, Duration::from_millis(300));
     assert!(
         matches!(
             result,
