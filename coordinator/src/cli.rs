@@ -201,13 +201,15 @@ async fn run_on_cluster(
         tokio::select! {
             job = &mut follow => job,
             exit = provider.next_exit() => {
-                // The coordinator fails a running job when a worker's stream breaks; a job
-                // still waiting for workers would wait forever, so stop here.
-                let reason = format!("worker {} (pid {}) exited with {}", exit.node.name, exit.node.pid, exit.status);
+                let reason = format!(
+                    "worker {} (pid {}) exited with {}",
+                    exit.node.name, exit.node.pid, exit.status
+                );
                 eprintln!("kiln: {reason}");
-                let job = follow.await.or_else(|_| Err(tonic::Status::unavailable(reason.clone())));
-                match job {
-                    Ok(job) if job.state().is_terminal() => Ok(job),
+                // A running job fails by itself once the worker's stream breaks; a job still
+                // waiting for workers would wait forever, so give up on it.
+                match tokio::time::timeout(Duration::from_secs(5), follow).await {
+                    Ok(Ok(job)) if job.state().is_terminal() => Ok(job),
                     _ => return Err(CliError::new(CliError::INFRA, anyhow!(reason))),
                 }
             }

@@ -312,10 +312,10 @@ impl Control {
                 .task
                 .map(|(job, _)| (job, format!("{who} was lost: {cause}")))
         };
-        if let Some((job_id, message)) = job {
-            if let Err(e) = self.finish(&job_id, JobState::Failed, message) {
-                tracing::error!(error = %kiln_proto::error_chain(&e), "cannot record a failed job");
-            }
+        if let Some(Err(e)) =
+            job.map(|(job_id, message)| self.finish(&job_id, JobState::Failed, message))
+        {
+            tracing::error!(error = %kiln_proto::error_chain(&e), "cannot record a failed job");
         }
     }
 
@@ -470,17 +470,17 @@ impl Control {
         state.generations.remove(id);
         if to != JobState::Succeeded {
             for worker_id in &job.workers {
-                if let Some(worker) = state.workers.get(worker_id) {
-                    if worker.task.as_ref().is_some_and(|(j, _)| j == id) {
-                        send(
-                            worker,
-                            Command::Cancel(CancelTask {
-                                job_id: id.to_owned(),
-                                generation: job.generation,
-                                reason: message.clone(),
-                            }),
-                        );
-                    }
+                if let Some(worker) = state.workers.get(worker_id)
+                    && worker.task.as_ref().is_some_and(|(j, _)| j == id)
+                {
+                    send(
+                        worker,
+                        Command::Cancel(CancelTask {
+                            job_id: id.to_owned(),
+                            generation: job.generation,
+                            reason: message.clone(),
+                        }),
+                    );
                 }
             }
         }
@@ -615,7 +615,7 @@ fn validate(spec: &JobSpec) -> Result<(), ControlError> {
     if training.workers == 0 || training.batch_size == 0 || training.epochs == 0 {
         return invalid("workers, batch_size and epochs must be at least 1");
     }
-    if !(training.learning_rate > 0.0) {
+    if training.learning_rate.is_nan() || training.learning_rate <= 0.0 {
         return invalid("learning_rate must be positive");
     }
     if model.inputs == 0 || model.classes < 2 || model.inputs != dataset.features {

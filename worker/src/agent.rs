@@ -185,11 +185,12 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 ));
             }
             Some(Command::Cancel(cancel)) => {
-                if let Some(running) = &current {
-                    if running.job_id == cancel.job_id && running.generation == cancel.generation {
-                        tracing::info!(job = %cancel.job_id, reason = %cancel.reason, "cancelling task");
-                        running.stop();
-                    }
+                if let Some(running) = current
+                    .as_ref()
+                    .filter(|r| r.job_id == cancel.job_id && r.generation == cancel.generation)
+                {
+                    tracing::info!(job = %cancel.job_id, reason = %cancel.reason, "cancelling task");
+                    running.stop();
                 }
             }
             None => {}

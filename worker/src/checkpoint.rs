@@ -193,7 +193,12 @@ impl CheckpointStore {
     /// directory, never a committed one with missing objects.
     pub async fn retain(&self, keep: usize) -> Result<(), CheckpointError> {
         let committed = self.committed().await?;
-        let Some(&oldest_kept) = committed.iter().rev().take(keep.max(1)).last() else {
+        let Some(&oldest_kept) = committed
+            .iter()
+            .rev()
+            .nth(keep.max(1) - 1)
+            .or(committed.first())
+        else {
             return Ok(());
         };
         for step in self.steps().await?.into_keys().filter(|s| *s < oldest_kept) {

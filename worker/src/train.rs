@@ -234,24 +234,25 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
             window = (Instant::now(), 0);
             last_report = Instant::now();
         }
-        let due = every > 0 && pos.step % every == 0;
-        if rank == 0 && (due || pos.step == total_steps) {
-            if let Some(store) = ctx.store {
-                let objects = vec![
-                    (
-                        MODEL_OBJECT,
-                        Rec::default().record(model.clone().into_record(), ())?,
-                    ),
-                    (
-                        OPTIMIZER_OBJECT,
-                        Rec::default().record(optim.to_record(), ())?,
-                    ),
-                    (STATE_OBJECT, serde_json::to_vec(&pos)?),
-                ];
-                let url = ctx.runtime.block_on(store.save(pos.step, objects))?;
-                ctx.runtime.block_on(store.retain(keep))?;
-                ctx.observer.checkpoint(pos.step, &url);
-            }
+        let due = every > 0 && pos.step.is_multiple_of(every);
+        if let Some(store) = ctx
+            .store
+            .filter(|_| rank == 0 && (due || pos.step == total_steps))
+        {
+            let objects = vec![
+                (
+                    MODEL_OBJECT,
+                    Rec::default().record(model.clone().into_record(), ())?,
+                ),
+                (
+                    OPTIMIZER_OBJECT,
+                    Rec::default().record(optim.to_record(), ())?,
+                ),
+                (STATE_OBJECT, serde_json::to_vec(&pos)?),
+            ];
+            let url = ctx.runtime.block_on(store.save(pos.step, objects))?;
+            ctx.runtime.block_on(store.retain(keep))?;
+            ctx.observer.checkpoint(pos.step, &url);
         }
     }
     // The final rate is over the whole run, not the last reporting window.
