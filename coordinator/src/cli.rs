@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use kiln_iac::LoadOptions;
 use kiln_iac::provider::{LocalProvider, Provider, WorkerLaunch};
 use kiln_iac::spec::{Config, JobSpec, StateSpec};
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
@@ -57,20 +58,36 @@ impl<T, E: Into<anyhow::Error>> ExitCodeExt<T> for Result<T, E> {
     }
 }
 
-/// `kiln validate DIR`: parses and checks every HCL file; prints the diagnostics.
-pub fn validate(dir: &Path) -> Result<(), CliError> {
-    let config = load(dir)?;
-    println!(
-        "{}: valid ({} cluster(s), {} job(s))",
-        dir.display(),
-        config.clusters.len(),
-        config.jobs.len()
-    );
-    Ok(())
+/// `kiln validate DIR`: parses and checks every HCL file; prints the diagnostics, as JSON
+/// with `json`.
+pub fn validate(dir: &Path, vars: &LoadOptions, json: bool) -> Result<(), CliError> {
+    match kiln_iac::load_dir_with(dir, vars) {
+        Ok(_) if json => {
+            println!("{}", kiln_iac::Diagnostics(Vec::new()).to_json());
+            Ok(())
+        }
+        Ok(config) => {
+            println!(
+                "{}: valid ({} cluster(s), {} job(s))",
+                dir.display(),
+                config.clusters.len(),
+                config.jobs.len()
+            );
+            Ok(())
+        }
+        Err(diagnostics) if json => {
+            println!("{}", diagnostics.to_json());
+            Err(CliError::new(
+                CliError::BAD_INPUT,
+                anyhow!("{} error(s)", diagnostics.error_count()),
+            ))
+        }
+        Err(diagnostics) => Err(CliError::new(CliError::BAD_INPUT, diagnostics)),
+    }
 }
 
-fn load(dir: &Path) -> Result<Config, CliError> {
-    kiln_iac::load_dir(dir).code(CliError::BAD_INPUT)
+fn load(dir: &Path, vars: &LoadOptions) -> Result<Config, CliError> {
+    kiln_iac::load_dir_with(dir, vars).code(CliError::BAD_INPUT)
 }
 
 /// The job to run from `config`: the one named, or the only one.
@@ -126,22 +143,29 @@ fn random_token() -> String {
     hex::encode(rand::rng().random::<[u8; 16]>())
 }
 
-fn state_dir(config: &Config, job: &JobSpec) -> PathBuf {
+fn state_dir(config: &Config, job: &JobSpec) -> Result<PathBuf, CliError> {
     let cluster = &config.clusters[&job.cluster];
     match &cluster.state {
-        StateSpec::Embedded { path } => path.clone(),
+        StateSpec::Embedded { path } => Ok(path.clone()),
+        StateSpec::Etcd { .. } => Err(CliError::new(
+            CliError::BAD_INPUT,
+            anyhow!(
+                "cluster {:?} keeps its state in etcd, which `kiln up` does not support yet; use `state {{ backend = \"embedded\" }}`",
+                cluster.name
+            ),
+        )),
     }
 }
 
 /// `kiln up DIR`: an embedded coordinator, the cluster's nodes as local processes, the job
 /// submitted and followed to its end. Everything started is stopped and reaped on the way out,
 /// also on Ctrl-C.
-pub async fn up(dir: &Path, job_name: Option<&str>) -> Result<Job, CliError> {
-    let config = load(dir)?;
+pub async fn up(dir: &Path, job_name: Option<&str>, vars: &LoadOptions) -> Result<Job, CliError> {
+    let config = load(dir, vars)?;
     let job = pick_job(&config, job_name)?;
     let cluster = &config.clusters[&job.cluster];
     let worker_bin = worker_binary()?;
-    let state = state_dir(&config, job);
+    let state = state_dir(&config, job)?;
     let store = EmbeddedStore::open(&state).code(CliError::INFRA)?;
     let token = random_token();
     let control = Control::new(Arc::new(store), token.clone(), LeaseConfig::default())
@@ -298,6 +322,7 @@ pub async fn submit(
     coordinator: &str,
     path: &Path,
     job_name: Option<&str>,
+    vars: &LoadOptions,
     follow_it: bool,
 ) -> Result<Option<Job>, CliError> {
     let (dir, file) = if path.is_dir() {
@@ -309,7 +334,7 @@ pub async fn submit(
             .unwrap_or(Path::new("."));
         (dir.to_owned(), Some(path))
     };
-    let config = load(&dir)?;
+    let config = load(&dir, vars)?;
     let jobs: Vec<&JobSpec> = match job_name {
         Some(name) => vec![pick_job(&config, Some(name))?],
         None => config

@@ -30,6 +30,28 @@ struct Remote {
     coordinator: String,
 }
 
+/// Values for the configuration's `variable` blocks.
+#[derive(clap::Args)]
+struct Vars {
+    /// Set a variable: NAME=VALUE (an HCL expression, or a plain string). Repeatable; wins over
+    /// --var-file, KILN_VAR_NAME and defaults.
+    #[arg(long = "var", value_name = "NAME=VALUE", value_parser = kiln_iac::parse_var_arg)]
+    vars: Vec<(String, String)>,
+    /// An HCL file of `name = value` lines. Repeatable; later files win.
+    #[arg(long = "var-file", value_name = "FILE")]
+    var_files: Vec<PathBuf>,
+}
+
+impl Vars {
+    fn options(self) -> kiln_iac::LoadOptions {
+        kiln_iac::LoadOptions {
+            vars: self.vars,
+            var_files: self.var_files,
+            ..kiln_iac::LoadOptions::from_env()
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a job end to end on the embedded default: coordinator, local workers, follow.
@@ -39,12 +61,19 @@ enum Command {
         /// Job to run when the configuration declares several.
         #[arg(long)]
         job: Option<String>,
+        #[command(flatten)]
+        vars: Vars,
     },
     /// Check every HCL file of a directory without running anything.
     Validate {
         /// Configuration directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Print the diagnostics as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        vars: Vars,
     },
     /// Run a standalone coordinator.
     Coordinator {
@@ -68,6 +97,8 @@ enum Command {
         /// Follow the job until it ends; exit 0 only if it succeeds.
         #[arg(long)]
         follow: bool,
+        #[command(flatten)]
+        vars: Vars,
         #[command(flatten)]
         remote: Remote,
     },
@@ -122,8 +153,10 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up { dir, job } => cli::up(&dir, job.as_deref()).await.map(drop),
-            Command::Validate { dir } => cli::validate(&dir),
+            Command::Up { dir, job, vars } => cli::up(&dir, job.as_deref(), &vars.options())
+                .await
+                .map(drop),
+            Command::Validate { dir, json, vars } => cli::validate(&dir, &vars.options(), json),
             Command::Coordinator {
                 listen,
                 state,
@@ -133,10 +166,17 @@ fn main() -> ExitCode {
                 path,
                 job,
                 follow,
+                vars,
                 remote,
-            } => cli::submit(&remote.coordinator, &path, job.as_deref(), follow)
-                .await
-                .map(drop),
+            } => cli::submit(
+                &remote.coordinator,
+                &path,
+                job.as_deref(),
+                &vars.options(),
+                follow,
+            )
+            .await
+            .map(drop),
             Command::Status { job, json, remote } => {
                 cli::status(&remote.coordinator, job.as_deref(), json).await
             }

@@ -1,7 +1,8 @@
 cluster "local" {
   provider = "local"
 
+  # One node per worker of the job (`var.workers` is declared in job.hcl).
   node_pool "cpu" {
-    count = 2
+    count = var.workers
   }
 }

@@ -2,8 +2,9 @@
 cluster "local" {
   provider = "local"
 
+  # One node per worker of the job (`var.workers` is declared in job.hcl).
   node_pool "cpu" {
-    count         = 2
+    count         = var.workers
     cpus_per_node = 1
     gpus_per_node = 0
   }

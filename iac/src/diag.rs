@@ -194,6 +194,64 @@ impl Diagnostics {
     }
 }
 
+impl Diagnostics {
+    /// The diagnostics as one JSON document (for `--json`), in rendering order:
+    ///
+    /// ```json
+    /// {
+    ///   "valid": false,
+    ///   "error_count": 1,
+    ///   "warning_count": 0,
+    ///   "diagnostics": [
+    ///     {
+    ///       "severity": "error",
+    ///       "summary": "Unknown attribute `gpus_per_nod`",
+    ///       "detail": null,
+    ///       "file": "examples/quickstart/cluster.hcl",
+    ///       "line": 5,
+    ///       "col": 5,
+    ///       "width": 12,
+    ///       "source_line": "    gpus_per_nod  = 0",
+    ///       "hint": "did you mean `gpus_per_node`?"
+    ///     }
+    ///   ]
+    /// }
+    /// ```
+    ///
+    /// `line` and `col` are 1-based (`col` counts characters); both are 0, and `source_line`
+    /// is empty, for a diagnostic about a whole file or directory. `width` is the number of
+    /// characters the problem spans on that line. `detail` and `hint` are `null` when absent.
+    pub fn to_json(&self) -> String {
+        let diagnostics: Vec<serde_json::Value> = self
+            .0
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "severity": match d.severity {
+                        Severity::Error => "error",
+                        Severity::Warning => "warning",
+                    },
+                    "summary": d.summary,
+                    "detail": d.detail,
+                    "file": d.file.display().to_string(),
+                    "line": d.line,
+                    "col": d.col,
+                    "width": d.width,
+                    "source_line": d.source_line,
+                    "hint": d.hint,
+                })
+            })
+            .collect();
+        let document = serde_json::json!({
+            "valid": !self.has_errors(),
+            "error_count": self.error_count(),
+            "warning_count": self.warning_count(),
+            "diagnostics": diagnostics,
+        });
+        serde_json::to_string_pretty(&document).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
 impl<'a> IntoIterator for &'a Diagnostics {
     type Item = &'a Diagnostic;
     type IntoIter = std::slice::Iter<'a, Diagnostic>;
@@ -268,6 +326,32 @@ mod tests {
         assert_eq!(
             d.to_string(),
             "Error: No `*.hcl` files\n\n  in conf\n\n  a\n\n  b\n"
+        );
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let all = Diagnostics(vec![
+            at(5, 5, "    gpus_per_nod  = 0", 12).with_hint("did you mean `gpus_per_node`?"),
+            Diagnostic::file_error("conf", "No `*.hcl` files").with_detail("none"),
+        ]);
+        let json: serde_json::Value = serde_json::from_str(&all.to_json()).expect("valid JSON");
+        assert_eq!(json["valid"], false);
+        assert_eq!(json["error_count"], 2);
+        let first = &json["diagnostics"][0];
+        assert_eq!(first["severity"], "error");
+        assert_eq!(first["file"], "dir/a.hcl");
+        assert_eq!(
+            (first["line"].as_u64(), first["col"].as_u64()),
+            (Some(5), Some(5))
+        );
+        assert_eq!(first["width"], 12);
+        assert_eq!(first["hint"], "did you mean `gpus_per_node`?");
+        assert!(first["detail"].is_null());
+        let second = &json["diagnostics"][1];
+        assert_eq!(
+            (second["line"].as_u64(), second["detail"].as_str()),
+            (Some(0), Some("none"))
         );
     }
 

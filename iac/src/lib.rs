@@ -1,15 +1,20 @@
 //! kiln infrastructure-as-code: HCL configuration directories → typed, validated specs
-//! ([`spec`]), diagnostics that point at `file:line:col` ([`Diagnostic`]), and the
+//! ([`spec`]), with input variables, locals and a function library ([`LoadOptions`]),
+//! diagnostics that point at `file:line:col` ([`Diagnostic`]), and the
 //! [`provider::Provider`] seam through which clusters get their worker nodes.
 //!
 //! This crate does not run jobs or talk to the coordinator; it only describes and provisions.
+//! The language is documented for users in `docs/hcl.md`.
 #![warn(missing_docs)]
 
 mod diag;
+mod expr;
 mod load;
 pub mod provider;
 pub mod spec;
+mod vars;
 mod wire;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
-pub use load::load_dir;
+pub use load::{load_dir, load_dir_with};
+pub use vars::{ENV_PREFIX, LoadOptions, parse_var_arg};

@@ -1,78 +1,122 @@
 //! Loading a configuration directory: reads every `*.hcl` file, parses it with `hcl::edit`
-//! (which keeps byte spans), evaluates each attribute's expression to an `hcl::Value`, and
-//! decodes the values by hand into the [`spec`](crate::spec) types, so that every mistake
-//! can be reported at its `file:line:col`.
+//! (which keeps byte spans), resolves input variables (`vars.rs`) and local values, evaluates
+//! each attribute's expression to an `hcl::Value` (`expr.rs`), and decodes the values by hand
+//! into the [`spec`](crate::spec) types, so that every mistake can be reported at its
+//! `file:line:col`.
 //!
 //! It reports every mistake it can find (across all files) rather than stopping at the
-//! first. It does not provision anything and does not read datasets beyond a CSV header.
+//! first, and never panics. It does not provision anything and does not read datasets beyond
+//! a CSV header.
 //!
 //! Why not `hcl::from_str` + serde: serde gives no locations for semantic errors, and
-//! decoding an expression into a `String` silently stringifies it. Evaluation goes through
-//! one [`Context`] so that variables, locals and functions can be declared there later.
+//! decoding an expression into a `String` silently stringifies it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use hcl::Value;
 use hcl::edit::Span;
-use hcl::edit::expr::{BinaryOp, BinaryOperator, Expression};
+use hcl::edit::expr::Expression;
 use hcl::edit::structure::{Attribute, Block, Body, Structure};
-use hcl::edit::visit::{Visit, visit_binary_op};
-use hcl::eval::{Context, ErrorKind, Evaluate};
+use hcl::eval::{Context, Evaluate};
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::expr::{self, FUNCTIONS, Problem, Root, describe};
 use crate::spec::{
-    CheckpointSpec, ClusterSpec, Config, DataSource, DatasetSpec, JobSpec, ModelSpec, NodePoolSpec,
-    OptimizerSpec, ProviderKind, StateSpec, StorageSpec, TrainingSpec,
+    Backend, CheckpointSpec, ClusterSpec, Collective, Config, CoordinatorSpec, DataSource,
+    DatasetSpec, DeploySpec, GateSpec, JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec,
+    ProviderKind, RestartSpec, StateSpec, StorageSpec, TrainingSpec,
 };
+use crate::vars::LoadOptions;
 
-/// Loads every `*.hcl` file of `dir` (in file-name order) into one validated [`Config`].
+/// Loads every `*.hcl` file of `dir` (in file-name order) into one validated [`Config`], with
+/// variable values from their defaults and the `KILN_VAR_NAME` environment variables.
 ///
-/// Relative paths inside the configuration (storage and state locations, CSV files) are
-/// resolved against the canonicalized `dir`, which is also [`Config::dir`]. Paths in
-/// diagnostics and [`JobSpec::file`] are `dir` as given joined with the file name, so they
-/// render the way the user typed them.
+/// Same as [`load_dir_with`] with [`LoadOptions::from_env`].
 ///
 /// # Errors
 ///
-/// Every problem found in any of the files: unreadable or missing directory, no `*.hcl`
-/// file, syntax errors, unknown or mistyped attributes, missing required attributes or
-/// blocks, out-of-range values, duplicate names, and references that do not resolve.
+/// See [`load_dir_with`].
 pub fn load_dir(dir: &Path) -> Result<Config, Diagnostics> {
-    let mut loader = Loader::new(dir);
+    load_dir_with(dir, &LoadOptions::from_env())
+}
+
+/// Loads every `*.hcl` file of `dir` (in file-name order) into one validated [`Config`],
+/// with variable values from `options` (see [`LoadOptions`] for the precedence).
+///
+/// Relative paths inside the configuration (storage and state locations, CSV files,
+/// `file()`) are resolved against the canonicalized `dir`, which is also [`Config::dir`].
+/// Paths in diagnostics and [`JobSpec::file`] are `dir` as given joined with the file name,
+/// so they render the way the user typed them. Values of `sensitive` variables, and of
+/// anything computed from them, never appear in a diagnostic's text: they show as
+/// `(sensitive)`.
+///
+/// # Errors
+///
+/// Every problem found in any of the files (and the variable files): unreadable or missing
+/// directory, no `*.hcl` file, syntax errors, unknown or mistyped attributes, missing
+/// required attributes or blocks, out-of-range values, duplicate names, references that do
+/// not resolve, variables without a value or failing a `validation` rule, cycles between
+/// locals, expressions that cannot be evaluated, and inconsistent settings.
+pub fn load_dir_with(dir: &Path, options: &LoadOptions) -> Result<Config, Diagnostics> {
+    let _base = expr::BaseDir::set(&canonical(dir));
+    let mut loader = Loader::new(dir, options);
     let config = loader.load();
     loader.finish(config)
+}
+
+fn canonical(dir: &Path) -> PathBuf {
+    dir.canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf())
 }
 
 /// Default `storage.url`.
 const DEFAULT_STORAGE_URL: &str = "file://.kiln/store";
 /// Default `state.path`.
 const DEFAULT_STATE_PATH: &str = ".kiln/state";
+/// Default `state.prefix` (etcd).
+const DEFAULT_STATE_PREFIX: &str = "/kiln/";
+/// Default `coordinator.listen`: an ephemeral loopback port.
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 /// Default `dataset.validation_split`.
 const DEFAULT_VALIDATION_SPLIT: f64 = 0.1;
 /// Default Adam learning rate.
 const DEFAULT_LEARNING_RATE: f64 = 0.001;
+/// Default `training.epochs` when `max_steps` is not given.
+const DEFAULT_EPOCHS: u32 = 1;
 /// Default `checkpoint.every_steps`.
 const DEFAULT_EVERY_STEPS: u32 = 100;
 /// Default `checkpoint.keep`.
 const DEFAULT_KEEP: u32 = 3;
+/// Default `restart.max_restarts`.
+const DEFAULT_MAX_RESTARTS: u32 = 0;
+/// Default `restart.backoff`.
+const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest `deploy.alias`.
+const MAX_ALIAS_LEN: usize = 63;
 
 const PROVIDERS: &[&str] = &["local"];
-const STATE_BACKENDS: &[&str] = &["embedded"];
+const STATE_BACKENDS: &[&str] = &["embedded", "etcd"];
 const MODEL_KINDS: &[&str] = &["mlp"];
 const OPTIMIZERS: &[&str] = &["adam"];
 const DATASET_FORMATS: &[&str] = &["csv"];
 const SYNTHETIC_SOURCES: &[&str] = &["blobs"];
+const BACKENDS: &[&str] = &["cpu", "cuda"];
+const COLLECTIVES: &[&str] = &["ring", "nccl"];
 
 /// What a block looks like: its labels, and which attributes and nested blocks it accepts.
-struct Schema {
+pub(crate) struct Schema {
     /// The block type, e.g. `node_pool`.
-    ident: &'static str,
+    pub(crate) ident: &'static str,
     /// What the labels mean, e.g. `["NAME"]`; empty for unlabeled blocks.
-    labels: &'static [&'static str],
-    attrs: &'static [&'static str],
-    blocks: &'static [&'static str],
+    pub(crate) labels: &'static [&'static str],
+    pub(crate) attrs: &'static [&'static str],
+    pub(crate) blocks: &'static [&'static str],
 }
 
 impl Schema {
@@ -91,12 +135,19 @@ const CLUSTER: Schema = Schema {
     ident: "cluster",
     labels: &["NAME"],
     attrs: &["provider"],
-    blocks: &["node_pool", "storage", "state"],
+    blocks: &["node_pool", "storage", "state", "coordinator"],
 };
 const NODE_POOL: Schema = Schema {
     ident: "node_pool",
     labels: &["NAME"],
-    attrs: &["count", "cpus_per_node", "gpus_per_node"],
+    attrs: &[
+        "count",
+        "cpus_per_node",
+        "memory_gb",
+        "gpus_per_node",
+        "gpu_type",
+        "labels",
+    ],
     blocks: &[],
 };
 const STORAGE: Schema = Schema {
@@ -108,14 +159,27 @@ const STORAGE: Schema = Schema {
 const STATE: Schema = Schema {
     ident: "state",
     labels: &[],
-    attrs: &["backend", "path"],
+    attrs: &["backend", "path", "endpoints", "prefix"],
+    blocks: &[],
+};
+const COORDINATOR: Schema = Schema {
+    ident: "coordinator",
+    labels: &[],
+    attrs: &["listen", "advertise", "join_token_file"],
     blocks: &[],
 };
 const JOB: Schema = Schema {
     ident: "job",
     labels: &["NAME"],
     attrs: &["cluster"],
-    blocks: &["model", "dataset", "training", "checkpoint"],
+    blocks: &[
+        "model",
+        "dataset",
+        "training",
+        "checkpoint",
+        "restart",
+        "deploy",
+    ],
 };
 const MODEL: Schema = Schema {
     ident: "model",
@@ -141,7 +205,17 @@ const DATASET: Schema = Schema {
 const TRAINING: Schema = Schema {
     ident: "training",
     labels: &[],
-    attrs: &["workers", "batch_size", "epochs", "seed"],
+    attrs: &[
+        "workers",
+        "min_workers",
+        "max_workers",
+        "batch_size",
+        "epochs",
+        "max_steps",
+        "seed",
+        "backend",
+        "collective",
+    ],
     blocks: &["optimizer"],
 };
 const OPTIMIZER: Schema = Schema {
@@ -156,12 +230,32 @@ const CHECKPOINT: Schema = Schema {
     attrs: &["every_steps", "keep"],
     blocks: &[],
 };
-const TOP_LEVEL_BLOCKS: &[&str] = &["cluster", "job"];
+const RESTART: Schema = Schema {
+    ident: "restart",
+    labels: &[],
+    attrs: &["max_restarts", "backoff"],
+    blocks: &[],
+};
+const DEPLOY: Schema = Schema {
+    ident: "deploy",
+    labels: &[],
+    attrs: &["alias"],
+    blocks: &["gate"],
+};
+const GATE: Schema = Schema {
+    ident: "gate",
+    labels: &[],
+    attrs: &["min_val_accuracy"],
+    blocks: &[],
+};
+const TOP_LEVEL_BLOCKS: &[&str] = &["cluster", "job", "variable", "locals"];
+const TOP_LEVEL_TEXT: &str =
+    "Only `cluster`, `job`, `variable` and `locals` blocks may appear at the top level of a file.";
 
 /// One parsed file, with what is needed to turn byte spans into lines and columns.
-struct SourceFile {
-    /// `dir` as given joined with the file name.
-    path: PathBuf,
+pub(crate) struct SourceFile {
+    /// `dir` as given joined with the file name (or a variable file's path as given).
+    pub(crate) path: PathBuf,
     text: String,
     /// Byte offset of the start of each line.
     line_starts: Vec<usize>,
@@ -180,7 +274,11 @@ impl SourceFile {
     }
 
     /// An error at `span` (byte offsets into the text; `None` points at the file start).
-    fn error(&self, span: Option<Range<usize>>, summary: impl Into<String>) -> Diagnostic {
+    pub(crate) fn error(
+        &self,
+        span: Option<Range<usize>>,
+        summary: impl Into<String>,
+    ) -> Diagnostic {
         let span = span.unwrap_or(0..0);
         let start = floor_char_boundary(&self.text, span.start);
         let line_index = self
@@ -210,7 +308,7 @@ impl SourceFile {
     }
 
     /// `path:line:col` of `span`, for notes like "first declared at ...".
-    fn location(&self, span: Option<Range<usize>>) -> String {
+    pub(crate) fn location(&self, span: Option<Range<usize>>) -> String {
         self.error(span, "").location()
     }
 }
@@ -239,6 +337,55 @@ fn syntax_error_offset(text: &str, location: &hcl::edit::parser::Location) -> us
     offset
 }
 
+/// hcl-edit refuses an attribute set twice in one body as a syntax error at the second key:
+/// name the attribute, underline it, and point at the first one.
+fn redefined_attribute(src: &SourceFile, offset: usize, diagnostic: Diagnostic) -> Diagnostic {
+    let rest = &src.text[offset.min(src.text.len())..];
+    let key_len = rest
+        .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+        .unwrap_or(rest.len());
+    let key = &rest[..key_len];
+    if key.is_empty() {
+        return diagnostic;
+    }
+    // The first definition: going up from the second one within the same block (best effort:
+    // braces inside strings are counted too), the line that starts with `key =`.
+    let line_start = src.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let mut depth = 0i64;
+    let mut first = None;
+    for (index, line) in src.text[..line_start]
+        .lines()
+        .enumerate()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        depth += line.matches('}').count() as i64 - line.matches('{').count() as i64;
+        if depth < 0 {
+            break;
+        }
+        let trimmed = line.trim_start();
+        let sets_key = trimmed
+            .strip_prefix(key)
+            .is_some_and(|after| after.trim_start().starts_with('='));
+        if depth == 0 && sets_key {
+            let col = line.len() - trimmed.len() + 1;
+            first = Some(format!("{}:{}:{col}", src.path.display(), index + 1));
+            break;
+        }
+    }
+    let diagnostic = Diagnostic {
+        summary: format!("Duplicate attribute `{key}`"),
+        width: key.chars().count(),
+        ..diagnostic
+    };
+    let diagnostic = match first {
+        Some(first) => diagnostic.with_detail(format!("`{key}` is already set at {first}.")),
+        None => diagnostic,
+    };
+    diagnostic.with_hint("an attribute can be set only once in a block; remove one of them")
+}
+
 /// Whether a syntax error looks like `name { a = 1  b = 2 }`, which HCL does not allow.
 fn second_attribute_on_one_line(diagnostic: &Diagnostic) -> bool {
     let before: String = diagnostic
@@ -253,7 +400,7 @@ fn second_attribute_on_one_line(diagnostic: &Diagnostic) -> bool {
 }
 
 /// From the block type to its last label: where "missing attribute" errors point.
-fn header_span(block: &Block) -> Option<Range<usize>> {
+pub(crate) fn header_span(block: &Block) -> Option<Range<usize>> {
     let start = block.ident.span()?;
     let end = block
         .labels
@@ -264,12 +411,15 @@ fn header_span(block: &Block) -> Option<Range<usize>> {
 }
 
 /// Where errors about an attribute's value point (the value, else the whole attribute).
-fn value_span(attr: &Attribute) -> Option<Range<usize>> {
+pub(crate) fn value_span(attr: &Attribute) -> Option<Range<usize>> {
     attr.value.span().or_else(|| attr.span())
 }
 
 /// The closest candidate to `name`, if it is close enough to be a plausible typo.
-fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let name_lower = name.to_lowercase();
     candidates
         .into_iter()
@@ -288,7 +438,7 @@ fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Opt
 }
 
 /// "`a`, `b`, `c`".
-fn code_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+pub(crate) fn code_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
     items
         .into_iter()
         .map(|item| format!("`{item}`"))
@@ -311,50 +461,85 @@ fn one_of_hint(value: &str, known: &[&str], noun: &str) -> String {
     }
 }
 
-/// Finds the first arithmetic operation of an expression.
-///
-/// hcl-primitives 0.1 panics on some number arithmetic (`%` by zero always; overflow and
-/// infinite results in debug builds), and loading must never panic: until evaluation guards
-/// against that, arithmetic is refused before evaluating.
-#[derive(Default)]
-struct FindArithmetic(Option<(BinaryOperator, Option<Range<usize>>)>);
-
-impl Visit for FindArithmetic {
-    fn visit_binary_op(&mut self, node: &BinaryOp) {
-        let operator = *node.operator.value();
-        if self.0.is_none()
-            && matches!(
-                operator,
-                BinaryOperator::Plus
-                    | BinaryOperator::Minus
-                    | BinaryOperator::Mul
-                    | BinaryOperator::Div
-                    | BinaryOperator::Mod
-            )
-        {
-            self.0 = Some((operator, node.span()));
+/// The texts a sensitive value can appear as in a message: its strings (as written and
+/// quoted) and numbers, longest first.
+fn secret_needles(secrets: &[Value]) -> Vec<String> {
+    fn leaves(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) if !s.is_empty() => {
+                out.push(format!("{s:?}"));
+                out.push(s.clone());
+            }
+            Value::Number(n) => out.push(n.to_string()),
+            Value::Array(items) => items.iter().for_each(|item| leaves(item, out)),
+            Value::Object(map) => map.values().for_each(|item| leaves(item, out)),
+            _ => {}
         }
-        visit_binary_op(self, node);
     }
+    let mut needles = Vec::new();
+    for secret in secrets {
+        leaves(secret, &mut needles);
+    }
+    needles.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    needles.dedup();
+    needles
+}
+
+/// Replaces every sensitive text in what a diagnostic says (not in the quoted source line,
+/// which is the user's own file).
+fn scrub(diagnostic: &mut Diagnostic, needles: &[String]) {
+    if needles.is_empty() {
+        return;
+    }
+    let scrub_text = |text: &str| -> String {
+        needles
+            .iter()
+            .fold(text.to_owned(), |text, needle| replace_token(&text, needle))
+    };
+    let summary = scrub_text(&diagnostic.summary);
+    diagnostic.summary = summary;
+    diagnostic.detail = diagnostic.detail.as_deref().map(scrub_text);
+    diagnostic.hint = diagnostic.hint.as_deref().map(scrub_text);
+}
+
+/// Replaces `needle` by `(sensitive)` where it stands alone (not inside a longer word or
+/// number); a needle of four or more characters that is not a number is replaced anywhere.
+fn replace_token(text: &str, needle: &str) -> String {
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '.';
+    let numeric = needle
+        .chars()
+        .all(|c| c.is_ascii_digit() || "-+.e".contains(c));
+    let anywhere = needle.chars().count() >= 4 && !numeric;
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut previous: Option<char> = None;
+    while let Some(i) = rest.find(needle) {
+        let before = rest[..i].chars().next_back().or(previous);
+        let after = &rest[i + needle.len()..];
+        let continues = match after.chars().next() {
+            Some('.') => after[1..].starts_with(|c: char| c.is_ascii_digit()),
+            Some(c) => word(c),
+            None => false,
+        };
+        out.push_str(&rest[..i]);
+        if anywhere || !(before.is_some_and(word) || continues) {
+            out.push_str("(sensitive)");
+        } else {
+            out.push_str(needle);
+        }
+        previous = needle.chars().next_back();
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Why a value does not fit an attribute.
-enum Bad {
+pub(crate) enum Bad {
     /// The wrong kind of value (a string where a number is expected, ...).
     Type(String),
     /// The right kind, but out of range or not one of the accepted values.
     Value(String),
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_owned(),
-        Value::Bool(b) => format!("bool `{b}`"),
-        Value::Number(n) => format!("number `{n}`"),
-        Value::String(s) => format!("string {s:?}"),
-        Value::Array(_) => "a list".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
-    }
 }
 
 fn expect_string(value: &Value) -> Result<String, Bad> {
@@ -365,6 +550,63 @@ fn expect_string(value: &Value) -> Result<String, Bad> {
             describe(other)
         ))),
     }
+}
+
+fn non_empty_string(value: &Value) -> Result<String, Bad> {
+    let s = expect_string(value)?;
+    if s.trim().is_empty() {
+        return Err(Bad::Value("must not be empty".to_owned()));
+    }
+    Ok(s)
+}
+
+/// Checks `HOST:PORT` (a name or an address, IPv6 in brackets; a port from 1 to 65535).
+/// The error completes a sentence about the value.
+fn check_host_port(text: &str) -> Result<(), String> {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err("has no port".to_owned());
+    };
+    let host_ok = !host.is_empty()
+        && (host.starts_with('[') && host.ends_with(']')
+            || host
+                .chars()
+                .all(|c| c.is_alphanumeric() || "-._".contains(c)));
+    if !host_ok {
+        return Err("does not start with a host name or address".to_owned());
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(format!("has an invalid port {port:?}")),
+    }
+}
+
+/// A duration such as `500ms`, `2s`, `1m30s`, `1.5h`: numbers with units `ms`, `s`, `m`, `h`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit..];
+        total += number * seconds;
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn expect_number(value: &Value) -> Result<f64, Bad> {
@@ -434,6 +676,15 @@ impl<T> Get<'_, T> {
             Get::Found(value, _) => Some(value),
         }
     }
+
+    /// `Some(None)` when absent, `None` when invalid (already reported).
+    fn optional(self) -> Option<Option<T>> {
+        match self {
+            Get::Missing => Some(None),
+            Get::Invalid => None,
+            Get::Found(value, _) => Some(Some(value)),
+        }
+    }
 }
 
 /// A decoded `model` block, with the attributes the job-level cross-checks point at.
@@ -450,43 +701,138 @@ struct DecodedDataset {
     classes_origin: String,
 }
 
+/// A decoded `training` block, with the attributes the job-level cross-checks point at.
+struct DecodedTraining<'b> {
+    spec: TrainingSpec,
+    workers: &'b Attribute,
+    backend: Option<&'b Attribute>,
+}
+
 /// What a `source` string names.
 enum SourceKind {
     Blobs,
     Csv { path: String },
 }
 
-/// Holds what the whole load shares: the directory, the evaluation context, and the
-/// diagnostics collected so far.
-struct Loader<'d> {
+/// A value a name resolves to, and whether it derives from a sensitive variable.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub(crate) value: Value,
+    pub(crate) sensitive: bool,
+}
+
+/// What an expression may refer to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Nothing: variable defaults, variable files, `--var` values (functions are fine).
+    Literal,
+    /// `var.NAME` only: validation rules.
+    Validation,
+    /// `var.NAME` and `local.NAME`: locals, clusters and jobs.
+    Config,
+}
+
+/// Holds what the whole load shares: the directory, the options, the values of variables and
+/// locals, and the diagnostics collected so far.
+pub(crate) struct Loader<'d> {
     /// The directory as given (used to render paths).
     dir: &'d Path,
     /// The directory canonicalized (used to resolve relative paths in the specs).
     base: PathBuf,
-    /// Evaluation context for expressions; empty for now (literals only).
-    ctx: Context<'static>,
+    opts: &'d LoadOptions,
+    /// Every function declared; each evaluation adds the values it refers to.
+    funcs: Context<'static>,
+    /// Declared variables; `None` while (or when) a variable has no usable value.
+    vars: BTreeMap<String, Option<Resolved>>,
+    /// Declared locals; `None` while (or when) a local has no usable value.
+    locals: BTreeMap<String, Option<Resolved>>,
+    /// Whether every file parsed: when not, an unknown name may be declared in a broken file,
+    /// so it is not reported.
+    complete: bool,
+    /// Values of sensitive variables and of what was computed from them: scrubbed from every
+    /// diagnostic's text.
+    secrets: Vec<Value>,
     /// The files in load order, to sort diagnostics by file then position.
     files: Vec<PathBuf>,
     diags: Vec<Diagnostic>,
 }
 
 impl<'d> Loader<'d> {
-    fn new(dir: &'d Path) -> Loader<'d> {
-        let base = dir
-            .canonicalize()
-            .or_else(|_| std::path::absolute(dir))
-            .unwrap_or_else(|_| dir.to_path_buf());
+    fn new(dir: &'d Path, opts: &'d LoadOptions) -> Loader<'d> {
         Loader {
             dir,
-            base,
-            ctx: Context::new(),
+            base: canonical(dir),
+            opts,
+            funcs: expr::functions(),
+            vars: BTreeMap::new(),
+            locals: BTreeMap::new(),
+            complete: true,
+            secrets: Vec::new(),
             files: Vec::new(),
             diags: Vec::new(),
         }
     }
 
-    fn push(&mut self, diagnostic: Diagnostic) {
+    pub(crate) fn push(&mut self, diagnostic: Diagnostic) {
         self.diags.push(diagnostic);
+    }
+
+    pub(crate) fn dir(&self) -> &'d Path {
+        self.dir
+    }
+
+    pub(crate) fn options(&self) -> &'d LoadOptions {
+        self.opts
+    }
+
+    pub(crate) fn functions(&self) -> &Context<'static> {
+        &self.funcs
+    }
+
+    pub(crate) fn complete(&self) -> bool {
+        self.complete
+    }
+
+    pub(crate) fn declare_var(&mut self, name: &str) {
+        self.vars.insert(name.to_owned(), None);
+    }
+
+    pub(crate) fn var_declared(&self, name: &str) -> bool {
+        self.vars.contains_key(name)
+    }
+
+    pub(crate) fn var_names(&self) -> Vec<String> {
+        self.vars.keys().cloned().collect()
+    }
+
+    pub(crate) fn var_sensitive(&self, name: &str) -> bool {
+        self.vars
+            .get(name)
+            .is_some_and(|r| r.as_ref().is_some_and(|r| r.sensitive))
+    }
+
+    pub(crate) fn var_value(&self, name: &str) -> Option<&Value> {
+        self.vars.get(name)?.as_ref().map(|r| &r.value)
+    }
+
+    pub(crate) fn define_var(&mut self, name: &str, value: Value, sensitive: bool) {
+        if sensitive {
+            self.secrets.push(value.clone());
+        }
+        self.vars
+            .insert(name.to_owned(), Some(Resolved { value, sensitive }));
+    }
+
+    pub(crate) fn poison_var(&mut self, name: &str) {
+        self.vars.insert(name.to_owned(), None);
+    }
+
+    pub(crate) fn declare_local(&mut self, name: &str) {
+        self.locals.insert(name.to_owned(), None);
+    }
+
+    pub(crate) fn define_local(&mut self, name: &str, value: Resolved) {
+        self.locals.insert(name.to_owned(), Some(value));
     }
 
     fn finish(self, config: Option<Config>) -> Result<Config, Diagnostics> {
@@ -507,6 +853,10 @@ impl<'d> Loader<'d> {
                         self.dir,
                         "The configuration could not be loaded",
                     ));
+                }
+                let needles = secret_needles(&self.secrets);
+                for diagnostic in &mut diags {
+                    scrub(diagnostic, &needles);
                 }
                 Err(Diagnostics(diags))
             }
@@ -557,12 +907,13 @@ impl<'d> Loader<'d> {
     }
 
     /// Reads and parses one file; `None` (reported) when it cannot be read or parsed.
-    fn parse_file(&mut self, path: PathBuf) -> Option<(SourceFile, Body)> {
+    /// `what` names the kind of file in messages.
+    fn parse_file(&mut self, path: PathBuf, what: &str) -> Option<(SourceFile, Body)> {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(err) => {
                 self.push(
-                    Diagnostic::file_error(&path, "Cannot read configuration file")
+                    Diagnostic::file_error(&path, format!("Cannot read {what}"))
                         .with_detail(err.to_string()),
                 );
                 return None;
@@ -577,7 +928,9 @@ impl<'d> Loader<'d> {
                     Some(offset..offset + 1),
                     format!("Syntax error: {}", err.message()),
                 );
-                if second_attribute_on_one_line(&diagnostic) {
+                if err.message().contains("redefined attribute") {
+                    diagnostic = redefined_attribute(&src, offset, diagnostic);
+                } else if second_attribute_on_one_line(&diagnostic) {
                     diagnostic = diagnostic.with_hint(
                         "a block written on one line holds a single attribute; put each attribute on a line of its own",
                     );
@@ -591,20 +944,25 @@ impl<'d> Loader<'d> {
     fn load(&mut self) -> Option<Config> {
         let paths = self.list_files()?;
         self.files.clone_from(&paths);
+        self.files.extend(self.opts.var_files.iter().cloned());
         let mut files = Vec::new();
-        let mut all_parsed = true;
         for path in paths {
-            match self.parse_file(path) {
+            match self.parse_file(path, "configuration file") {
                 Some(file) => files.push(file),
-                None => all_parsed = false,
+                None => self.complete = false,
+            }
+        }
+        let mut var_files = Vec::new();
+        for path in &self.opts.var_files {
+            if let Some(file) = self.parse_file(path.clone(), "variable file") {
+                var_files.push(file);
             }
         }
 
-        // Clusters first (from every file): jobs refer to them.
-        let mut clusters: BTreeMap<String, Option<ClusterSpec>> = BTreeMap::new();
-        // References to clusters can be checked only if every cluster's name is known.
-        let mut all_clusters_named = all_parsed;
-        let mut cluster_sites: HashMap<String, String> = HashMap::new();
+        // Sorted by kind first: variables, then locals, then clusters (jobs refer to them).
+        let mut variable_blocks = Vec::new();
+        let mut locals_blocks = Vec::new();
+        let mut cluster_blocks = Vec::new();
         let mut job_blocks = Vec::new();
         for (src, body) in &files {
             for structure in body.iter() {
@@ -614,37 +972,48 @@ impl<'d> Loader<'d> {
                         self.push(
                             src.error(
                                 attr.key.span(),
-                                format!("Unexpected attribute `{}` at the top level", attr.key.as_str()),
+                                format!(
+                                    "Unexpected attribute `{}` at the top level",
+                                    attr.key.as_str()
+                                ),
                             )
-                            .with_detail("Only `cluster` and `job` blocks may appear at the top level of a file."),
+                            .with_detail(TOP_LEVEL_TEXT),
                         );
                         continue;
                     }
                 };
                 match block.ident.as_str() {
-                    "cluster" => {
-                        all_clusters_named &= block.labels.len() == 1;
-                        let Some(name) = self.unique_name(src, block, &CLUSTER, &mut cluster_sites)
-                        else {
-                            continue;
-                        };
-                        let spec = self.cluster(src, block, name);
-                        clusters.insert(name.to_owned(), spec);
-                    }
+                    "variable" => variable_blocks.push((src, block)),
+                    "locals" => locals_blocks.push((src, block)),
+                    "cluster" => cluster_blocks.push((src, block)),
                     "job" => job_blocks.push((src, block)),
                     other => {
                         let mut diagnostic =
                             src.error(block.ident.span(), format!("Unknown block type `{other}`"));
                         diagnostic = match suggest(other, TOP_LEVEL_BLOCKS.iter().copied()) {
                             Some(close) => diagnostic.with_hint(format!("did you mean `{close}`?")),
-                            None => diagnostic.with_detail(
-                                "Only `cluster` and `job` blocks may appear at the top level of a file.",
-                            ),
+                            None => diagnostic.with_detail(TOP_LEVEL_TEXT),
                         };
                         self.push(diagnostic);
                     }
                 }
             }
+        }
+
+        self.variables(&variable_blocks, &var_files);
+        self.locals(&locals_blocks);
+
+        let mut clusters: BTreeMap<String, Option<ClusterSpec>> = BTreeMap::new();
+        // References to clusters can be checked only if every cluster's name is known.
+        let mut all_clusters_named = self.complete;
+        let mut cluster_sites: HashMap<String, String> = HashMap::new();
+        for (src, block) in cluster_blocks {
+            all_clusters_named &= block.labels.len() == 1;
+            let Some(name) = self.unique_name(src, block, &CLUSTER, &mut cluster_sites) else {
+                continue;
+            };
+            let spec = self.cluster(src, block, name);
+            clusters.insert(name.to_owned(), spec);
         }
 
         let mut jobs = BTreeMap::new();
@@ -671,7 +1040,7 @@ impl<'d> Loader<'d> {
 
     /// The label of a top-level block, checked unique among the blocks of its type
     /// (`sites` maps each name to where it was first declared).
-    fn unique_name<'b>(
+    pub(crate) fn unique_name<'b>(
         &mut self,
         src: &SourceFile,
         block: &'b Block,
@@ -704,7 +1073,12 @@ impl<'d> Loader<'d> {
     }
 
     /// Checks the number of labels (reported when wrong; empty labels are refused too).
-    fn check_labels(&mut self, src: &SourceFile, block: &Block, schema: &Schema) -> bool {
+    pub(crate) fn check_labels(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+        schema: &Schema,
+    ) -> bool {
         let (want, got) = (schema.labels.len(), block.labels.len());
         if want == got {
             if let Some(empty) = block
@@ -746,7 +1120,7 @@ impl<'d> Loader<'d> {
     }
 
     /// Reports attributes and blocks the schema does not know.
-    fn check_body(&mut self, src: &SourceFile, body: &Body, schema: &Schema) {
+    pub(crate) fn check_body(&mut self, src: &SourceFile, body: &Body, schema: &Schema) {
         for structure in body.iter() {
             match structure {
                 Structure::Attribute(attr) => {
@@ -811,50 +1185,173 @@ impl<'d> Loader<'d> {
         }
     }
 
-    /// Evaluates an attribute's expression; `None` (reported) when it cannot be evaluated.
+    /// Evaluates an attribute's expression (which may refer to variables and locals); `None`
+    /// (reported) when it cannot be evaluated.
     fn eval(&mut self, src: &SourceFile, attr: &Attribute) -> Option<Value> {
-        let mut arithmetic = FindArithmetic::default();
-        arithmetic.visit_expr(&attr.value);
-        if let Some((operator, span)) = arithmetic.0 {
-            self.push(
-                src.error(
-                    span.or_else(|| value_span(attr)),
-                    format!(
-                        "Unsupported operator `{}` in `{}`",
-                        operator.as_str(),
-                        attr.key.as_str()
+        self.evaluate(src, &attr.value, attr.key.as_str(), Scope::Config)
+            .map(|resolved| resolved.value)
+    }
+
+    /// Evaluates `expr` (the value of `what`) in `scope`. `None` when it cannot be evaluated:
+    /// reported, unless it refers to something that has no value because of a mistake
+    /// reported elsewhere.
+    pub(crate) fn evaluate(
+        &mut self,
+        src: &SourceFile,
+        expr: &Expression,
+        what: &str,
+        scope: Scope,
+    ) -> Option<Resolved> {
+        let walk = expr::walk(expr);
+        let mut ok = true;
+        // A bare word as the whole value is most likely a string without its quotes.
+        let quote_hint = match expr {
+            Expression::Variable(word) => {
+                Some(format!("strings must be quoted: `\"{}\"`", word.as_str()))
+            }
+            _ => None,
+        };
+        for problem in &walk.problems {
+            ok = false;
+            let diagnostic = match problem {
+                Problem::BareRoot { root, span } => src
+                    .error(
+                        span.clone(),
+                        format!("Invalid reference `{}` in `{what}`", root.keyword()),
+                    )
+                    .with_detail(format!(
+                        "`{0}` must be followed by a name, as in `{0}.NAME`.",
+                        root.keyword()
+                    )),
+                Problem::UnknownName { name, span } => src
+                    .error(span.clone(), format!("Unknown name `{name}` in `{what}`"))
+                    .with_detail(
+                        "An expression can refer to `var.NAME`, `local.NAME`, and the names bound by an enclosing `for`.",
                     ),
-                )
-                .with_hint("arithmetic is not supported yet; write the value as a literal"),
-            );
+                Problem::UnknownFunction { name, span } => {
+                    let diagnostic = src.error(span.clone(), format!("Unknown function `{name}`"));
+                    let diagnostic = match suggest(name, FUNCTIONS.iter().copied()) {
+                        Some(close) => diagnostic.with_hint(format!("did you mean `{close}`?")),
+                        None => diagnostic.with_detail(format!(
+                            "The functions are {}.",
+                            code_list(FUNCTIONS.iter().copied())
+                        )),
+                    };
+                    self.push(diagnostic);
+                    continue;
+                }
+            };
+            self.push(match &quote_hint {
+                Some(hint) => diagnostic.with_hint(hint.clone()),
+                None => diagnostic,
+            });
+        }
+
+        let mut sensitive = false;
+        let mut vars = hcl::Map::new();
+        let mut locals = hcl::Map::new();
+        for reference in &walk.refs {
+            let name = &reference.name;
+            let keyword = reference.root.keyword();
+            let not_here = match (scope, reference.root) {
+                (Scope::Literal, _) => Some((
+                    "Variables and locals are not allowed here",
+                    "A variable's `default`, `description` and `sensitive`, and the values in variable files and on the command line, cannot refer to variables or locals (functions are fine).",
+                )),
+                (Scope::Validation, Root::Local) => Some((
+                    "Locals are not allowed in a validation rule",
+                    "A validation rule can refer to variables only.",
+                )),
+                _ => None,
+            };
+            if let Some((summary, detail)) = not_here {
+                ok = false;
+                self.push(
+                    src.error(
+                        reference.span.clone(),
+                        format!("{summary}: `{keyword}.{name}`"),
+                    )
+                    .with_detail(detail),
+                );
+                continue;
+            }
+            let table = match reference.root {
+                Root::Var => &self.vars,
+                Root::Local => &self.locals,
+            };
+            match table.get(name) {
+                Some(Some(resolved)) => {
+                    sensitive |= resolved.sensitive;
+                    let value = resolved.value.clone();
+                    match reference.root {
+                        Root::Var => vars.insert(name.clone(), value),
+                        Root::Local => locals.insert(name.clone(), value),
+                    };
+                }
+                // Declared, but without a value because of a mistake reported elsewhere.
+                Some(None) => ok = false,
+                None => {
+                    ok = false;
+                    if !self.complete {
+                        continue;
+                    }
+                    let (noun, declare) = match reference.root {
+                        Root::Var => (
+                            "variable",
+                            format!("declare it with `variable \"{name}\" {{ ... }}`"),
+                        ),
+                        Root::Local => (
+                            "local value",
+                            format!("define it in a `locals {{ ... }}` block: `{name} = ...`"),
+                        ),
+                    };
+                    let diagnostic = src.error(
+                        reference.span.clone(),
+                        format!("Undeclared {noun} `{keyword}.{name}`"),
+                    );
+                    let diagnostic = match suggest(name, table.keys().map(String::as_str)) {
+                        Some(close) => {
+                            diagnostic.with_hint(format!("did you mean `{keyword}.{close}`?"))
+                        }
+                        None => diagnostic.with_hint(declare),
+                    };
+                    self.push(diagnostic);
+                }
+            }
+        }
+        if !ok {
             return None;
         }
-        let expr = hcl::Expression::from(attr.value.clone());
-        match expr.evaluate(&self.ctx) {
-            Ok(value) => Some(value),
-            Err(err) => {
-                let mut diagnostic = src.error(
-                    value_span(attr),
-                    format!("Cannot evaluate `{}`: {}", attr.key.as_str(), err.kind()),
-                );
-                if let Expression::Variable(var) = &attr.value {
-                    diagnostic = diagnostic
-                        .with_hint(format!("strings must be quoted: `\"{}\"`", var.as_str()));
-                } else if matches!(
-                    err.kind(),
-                    ErrorKind::UndefinedVar(_) | ErrorKind::UndefinedFunc(_)
-                ) {
-                    diagnostic = diagnostic.with_hint(
-                        "variables, locals and functions are not supported yet; use a literal value",
-                    );
+
+        let prepared = expr::prepare(expr);
+        let mut ctx = self.funcs.clone();
+        ctx.declare_var("var", Value::Object(vars));
+        ctx.declare_var("local", Value::Object(locals));
+        match prepared.expr.evaluate(&ctx) {
+            Ok(value) => {
+                if sensitive {
+                    self.secrets.push(value.clone());
                 }
-                self.push(diagnostic);
+                Some(Resolved { value, sensitive })
+            }
+            Err(err) => {
+                let (span, message) = expr::locate(&err, &prepared);
+                self.push(src.error(
+                    span.or_else(|| expr.span()),
+                    format!("Cannot evaluate `{what}`: {message}"),
+                ));
                 None
             }
         }
     }
 
-    fn bad_value(&mut self, src: &SourceFile, span: Option<Range<usize>>, name: &str, bad: Bad) {
+    pub(crate) fn bad_value(
+        &mut self,
+        src: &SourceFile,
+        span: Option<Range<usize>>,
+        name: &str,
+        bad: Bad,
+    ) {
         let summary = match bad {
             Bad::Type(message) => format!("Wrong type for `{name}`: {message}"),
             Bad::Value(message) => format!("Invalid value for `{name}`: {message}"),
@@ -876,6 +1373,10 @@ impl<'d> Loader<'d> {
         let Some(value) = self.eval(src, attr) else {
             return Get::Invalid;
         };
+        // As in Terraform, `null` means "not set" (`x = cond ? 1 : null`).
+        if value.is_null() {
+            return Get::Missing;
+        }
         match convert(&value) {
             Ok(value) => Get::Found(value, attr),
             Err(bad) => {
@@ -918,35 +1419,95 @@ impl<'d> Loader<'d> {
         name: &str,
         min: u32,
     ) -> Get<'b, Vec<u32>> {
+        self.get_list(src, body, name, "whole numbers", |v| expect_u32(v, min))
+    }
+
+    /// A list of `what`; a bad element is reported at the element when the list is written
+    /// literally.
+    fn get_list<'b, T>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+        what: &str,
+        convert: impl Fn(&Value) -> Result<T, Bad>,
+    ) -> Get<'b, Vec<T>> {
         let Some(attr) = body.get_attribute(name) else {
             return Get::Missing;
         };
         let Some(value) = self.eval(src, attr) else {
             return Get::Invalid;
         };
+        // As in Terraform, `null` means "not set" (`x = cond ? 1 : null`).
+        if value.is_null() {
+            return Get::Missing;
+        }
         let Value::Array(items) = &value else {
             let bad = Bad::Type(format!(
-                "expected a list of whole numbers, got {}",
+                "expected a list of {what}, got {}",
                 describe(&value)
             ));
             self.bad_value(src, value_span(attr), name, bad);
             return Get::Invalid;
         };
-        let literal = match &attr.value {
-            Expression::Array(array) => Some(array),
-            _ => None,
-        };
         let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            match expect_u32(item, min) {
-                Ok(n) => out.push(n),
+            match convert(item) {
+                Ok(item) => out.push(item),
                 Err(bad) => {
-                    let span = literal
-                        .and_then(|array| array.get(i))
-                        .and_then(Span::span)
-                        .or_else(|| value_span(attr));
+                    let span = crate::vars::span_at(&attr.value, &[crate::vars::Seg::Index(i)]);
                     self.bad_value(src, span, &format!("{name}[{i}]"), bad);
+                    ok = false;
+                }
+            }
+        }
+        if ok {
+            Get::Found(out, attr)
+        } else {
+            Get::Invalid
+        }
+    }
+
+    /// A map (an object) of `what`; a bad element is reported at the element when the map is
+    /// written literally.
+    fn get_map<'b, T>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+        what: &str,
+        convert: impl Fn(&Value) -> Result<T, Bad>,
+    ) -> Get<'b, BTreeMap<String, T>> {
+        let Some(attr) = body.get_attribute(name) else {
+            return Get::Missing;
+        };
+        let Some(value) = self.eval(src, attr) else {
+            return Get::Invalid;
+        };
+        // As in Terraform, `null` means "not set" (`x = cond ? 1 : null`).
+        if value.is_null() {
+            return Get::Missing;
+        }
+        let Value::Object(map) = &value else {
+            let bad = Bad::Type(format!(
+                "expected a map of {what}, got {}",
+                describe(&value)
+            ));
+            self.bad_value(src, value_span(attr), name, bad);
+            return Get::Invalid;
+        };
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (key, item) in map {
+            match convert(item) {
+                Ok(item) => {
+                    out.insert(key.clone(), item);
+                }
+                Err(bad) => {
+                    let span =
+                        crate::vars::span_at(&attr.value, &[crate::vars::Seg::Key(key.clone())]);
+                    self.bad_value(src, span, &format!("{name}[{key:?}]"), bad);
                     ok = false;
                 }
             }
@@ -1203,6 +1764,14 @@ impl<'d> Loader<'d> {
                 path: self.resolve_path(DEFAULT_STATE_PATH),
             }),
         };
+        let coordinator = match self.at_most_one(src, body, &COORDINATOR, &CLUSTER) {
+            Some(coordinator) => self.coordinator(src, coordinator),
+            None => Some(CoordinatorSpec {
+                listen: DEFAULT_LISTEN,
+                advertise: None,
+                join_token_file: None,
+            }),
+        };
 
         Some(ClusterSpec {
             name: name.to_owned(),
@@ -1210,6 +1779,7 @@ impl<'d> Loader<'d> {
             node_pools: pools_ok.then_some(pools)?,
             storage: storage?,
             state: state?,
+            coordinator: coordinator?,
         })
     }
 
@@ -1219,12 +1789,45 @@ impl<'d> Loader<'d> {
         let count = self.get_u32(src, body, "count", 1);
         let count = self.required(src, block, "count", "count = 1", count);
         let cpus_per_node = self.get_u32(src, body, "cpus_per_node", 1).or(1);
+        let memory_gb = self.get_u32(src, body, "memory_gb", 1).optional();
         let gpus_per_node = self.get_u32(src, body, "gpus_per_node", 0).or(0);
+        let gpu_type = match self.get(src, body, "gpu_type", non_empty_string) {
+            Get::Found(_, attr) if gpus_per_node == Some(0) => {
+                self.push(
+                    src.error(
+                        attr.key.span(),
+                        format!("`gpu_type` is set but node pool {name:?} has no GPUs"),
+                    )
+                    .with_hint("set `gpus_per_node` to at least 1, or remove `gpu_type`"),
+                );
+                None
+            }
+            got => got.optional(),
+        };
+        let labels = match self.get_map(src, body, "labels", "strings", expect_string) {
+            Get::Missing => Some(BTreeMap::new()),
+            Get::Invalid => None,
+            Get::Found(labels, attr) => match labels.keys().find(|k| k.trim().is_empty()) {
+                Some(_) => {
+                    self.bad_value(
+                        src,
+                        value_span(attr),
+                        "labels",
+                        Bad::Value("label names must not be empty".to_owned()),
+                    );
+                    None
+                }
+                None => Some(labels),
+            },
+        };
         Some(NodePoolSpec {
             name: name.to_owned(),
             count: count?.0,
             cpus_per_node: cpus_per_node?,
+            memory_gb: memory_gb?,
             gpus_per_node: gpus_per_node?,
+            gpu_type: gpu_type?,
+            labels: labels?,
         })
     }
 
@@ -1250,23 +1853,123 @@ impl<'d> Loader<'d> {
         let body = &block.body;
         self.check_body(src, body, &STATE);
         let backend = self.get_string(src, body, "backend");
-        let backend = self.one_of(src, backend, "embedded", STATE_BACKENDS, "state backend");
-        let path = match self.get_string(src, body, "path") {
+        let backend = self.one_of(src, backend, "embedded", STATE_BACKENDS, "state backend")?;
+        let (foreign, other): (&[&str], &str) = if backend == "etcd" {
+            (&["path"], "embedded")
+        } else {
+            (&["endpoints", "prefix"], "etcd")
+        };
+        let mut ok = labels_ok;
+        for attr_name in foreign {
+            if let Some(attr) = body.get_attribute(attr_name) {
+                ok = false;
+                self.push(
+                    src.error(
+                        attr.key.span(),
+                        format!("`{attr_name}` does not apply to the `{backend}` state backend"),
+                    )
+                    .with_hint(format!(
+                        "remove it; it only applies to `backend = \"{other}\"`"
+                    )),
+                );
+            }
+        }
+        if backend == "etcd" {
+            let endpoints = self.get_list(src, body, "endpoints", "strings", |value| {
+                let endpoint = expect_string(value)?;
+                check_host_port(
+                    endpoint
+                        .strip_prefix("http://")
+                        .or_else(|| endpoint.strip_prefix("https://"))
+                        .unwrap_or(&endpoint),
+                )
+                .map_err(|why| {
+                    Bad::Value(format!(
+                        "{endpoint:?} {why}; write `HOST:PORT` or `http://HOST:PORT`"
+                    ))
+                })?;
+                Ok(endpoint)
+            });
+            let endpoints = match endpoints {
+                Get::Found(endpoints, attr) if endpoints.is_empty() => {
+                    self.bad_value(
+                        src,
+                        value_span(attr),
+                        "endpoints",
+                        Bad::Value("at least one endpoint is needed".to_owned()),
+                    );
+                    None
+                }
+                got => self
+                    .required(
+                        src,
+                        block,
+                        "endpoints",
+                        "endpoints = [\"127.0.0.1:2379\"]",
+                        got,
+                    )
+                    .map(|(endpoints, _)| endpoints),
+            };
+            let prefix = self
+                .get(src, body, "prefix", non_empty_string)
+                .or(DEFAULT_STATE_PREFIX.to_owned());
+            return ok.then_some(StateSpec::Etcd {
+                endpoints: endpoints?,
+                prefix: prefix?,
+            });
+        }
+        let path = match self.get(src, body, "path", non_empty_string) {
             Get::Missing => Some(self.resolve_path(DEFAULT_STATE_PATH)),
             Get::Invalid => None,
-            Get::Found(path, attr) if path.trim().is_empty() => {
-                self.bad_value(
-                    src,
-                    value_span(attr),
-                    "path",
-                    Bad::Value("must not be empty".to_owned()),
-                );
-                None
-            }
             Get::Found(path, _) => Some(self.resolve_path(&path)),
         };
-        backend?;
-        labels_ok.then_some(StateSpec::Embedded { path: path? })
+        ok.then_some(StateSpec::Embedded { path: path? })
+    }
+
+    fn coordinator(&mut self, src: &SourceFile, block: &Block) -> Option<CoordinatorSpec> {
+        let labels_ok = self.check_labels(src, block, &COORDINATOR);
+        let body = &block.body;
+        self.check_body(src, body, &COORDINATOR);
+        let listen = self
+            .get(src, body, "listen", |value| {
+                let listen = expect_string(value)?;
+                listen.parse::<SocketAddr>().map_err(|_| {
+                    Bad::Value(format!(
+                        "{listen:?} is not an IP address and port, such as \"0.0.0.0:7070\""
+                    ))
+                })
+            })
+            .or(DEFAULT_LISTEN);
+        let advertise = self
+            .get(src, body, "advertise", |value| {
+                let advertise = expect_string(value)?;
+                let (scheme, rest) = match advertise.split_once("://") {
+                    Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+                    Some((scheme, _)) => {
+                        return Err(Bad::Value(format!(
+                            "{advertise:?} has the scheme `{scheme}`; the coordinator speaks `http` or `https`"
+                        )));
+                    }
+                    None => ("http", advertise.as_str()),
+                };
+                check_host_port(rest).map_err(|why| {
+                    Bad::Value(format!(
+                        "{advertise:?} {why}; write `HOST:PORT` or `http://HOST:PORT`"
+                    ))
+                })?;
+                Ok(format!("{scheme}://{rest}"))
+            })
+            .optional();
+        let join_token_file = match self.get(src, body, "join_token_file", non_empty_string) {
+            Get::Missing => Some(None),
+            Get::Invalid => None,
+            Get::Found(path, _) => Some(Some(self.resolve_path(&path))),
+        };
+        labels_ok.then_some(CoordinatorSpec {
+            listen: listen?,
+            advertise: advertise?,
+            join_token_file: join_token_file?,
+        })
     }
 
     fn job(
@@ -1279,6 +1982,20 @@ impl<'d> Loader<'d> {
     ) -> Option<JobSpec> {
         let body = &block.body;
         self.check_body(src, body, &JOB);
+        // Job names travel to the coordinator and into object-store paths.
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            self.push(
+                src.error(
+                    block.labels.first().and_then(|l| l.span()),
+                    format!("Invalid job name {name:?}"),
+                )
+                .with_hint("a job name uses only ASCII letters, digits, `-` and `_`"),
+            );
+        }
 
         let cluster = self.get_string(src, body, "cluster");
         let cluster = self.required(src, block, "cluster", "cluster = \"NAME\"", cluster);
@@ -1329,10 +2046,55 @@ impl<'d> Loader<'d> {
                 keep: DEFAULT_KEEP,
             }),
         };
+        let restart = match self.at_most_one(src, body, &RESTART, &JOB) {
+            Some(restart) => self.restart(src, restart),
+            None => Some(RestartSpec {
+                max_restarts: DEFAULT_MAX_RESTARTS,
+                backoff: DEFAULT_BACKOFF,
+            }),
+        };
+        let deploy = match self.at_most_one(src, body, &DEPLOY, &JOB) {
+            Some(deploy) => self.deploy(src, deploy).map(Some),
+            None => Some(None),
+        };
 
         // Cross-checks, each reported where the fix most likely goes.
-        let mut consistent = true;
-        if let (Some((training, workers)), Some(cluster)) = (&training, cluster_spec) {
+        let mut consistent = name_ok;
+        if let (Some(training), Some(cluster)) = (&training, cluster_spec)
+            && training.spec.backend == Backend::Cuda
+            && cluster
+                .node_pools
+                .iter()
+                .all(|pool| pool.gpus_per_node == 0)
+        {
+            consistent = false;
+            let pools = cluster
+                .node_pools
+                .iter()
+                .map(|p| format!("{:?} (gpus_per_node = {})", p.name, p.gpus_per_node))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.push(
+                src.error(
+                    training.backend.and_then(value_span),
+                    format!(
+                        "Job {name:?} uses `backend = \"cuda\"` but cluster {:?} has no GPUs",
+                        cluster.name
+                    ),
+                )
+                .with_detail(format!(
+                    "Node pools of cluster {:?}: {pools}.",
+                    cluster.name
+                ))
+                .with_hint(format!(
+                    "set `gpus_per_node` on a node pool of cluster {:?}, or use `backend = \"cpu\"`",
+                    cluster.name
+                )),
+            );
+        }
+        if let (Some(training), Some(cluster)) = (&training, cluster_spec) {
+            let workers = training.workers;
+            let training = &training.spec;
             let nodes = cluster.node_count();
             if training.workers > nodes {
                 consistent = false;
@@ -1405,8 +2167,10 @@ impl<'d> Loader<'d> {
             cluster: cluster?.0,
             model: model?.spec,
             dataset: dataset?.spec,
-            training: training?.0,
+            training: training?.spec,
             checkpoint: checkpoint?,
+            restart: restart?,
+            deploy: deploy?,
         })
     }
 
@@ -1715,36 +2479,124 @@ impl<'d> Loader<'d> {
         }
     }
 
-    fn training<'b>(
-        &mut self,
-        src: &SourceFile,
-        block: &'b Block,
-    ) -> Option<(TrainingSpec, &'b Attribute)> {
+    fn training<'b>(&mut self, src: &SourceFile, block: &'b Block) -> Option<DecodedTraining<'b>> {
         let labels_ok = self.check_labels(src, block, &TRAINING);
         let body = &block.body;
         self.check_body(src, body, &TRAINING);
         let workers = self.get_u32(src, body, "workers", 1);
         let workers = self.required(src, block, "workers", "workers = 1", workers);
+        let min_workers = self.get_u32(src, body, "min_workers", 1);
+        let max_workers = self.get_u32(src, body, "max_workers", 1);
         let batch_size = self.get_u32(src, body, "batch_size", 1);
         let batch_size = self.required(src, block, "batch_size", "batch_size = 32", batch_size);
         let epochs = self.get_u32(src, body, "epochs", 1);
-        let epochs = self.required(src, block, "epochs", "epochs = 1", epochs);
+        let max_steps = self.get_u64(src, body, "max_steps", 1);
         let seed = self.get_u64(src, body, "seed", 0).or(0);
+        let backend_attr = body.get_attribute("backend");
+        let backend = self.get_string(src, body, "backend");
+        let backend = self
+            .one_of(src, backend, "cpu", BACKENDS, "backend")
+            .map(|b| {
+                if b == "cuda" {
+                    Backend::Cuda
+                } else {
+                    Backend::Cpu
+                }
+            });
+        let collective_attr = body.get_attribute("collective");
+        let collective = self.get_string(src, body, "collective");
+        let collective = self
+            .one_of(src, collective, "ring", COLLECTIVES, "collective")
+            .map(|c| {
+                if c == "nccl" {
+                    Collective::Nccl
+                } else {
+                    Collective::Ring
+                }
+            });
         let optimizer = match self.at_most_one(src, body, &OPTIMIZER, &TRAINING) {
             Some(optimizer) => self.optimizer(src, optimizer),
             None => Some(OptimizerSpec::Adam {
                 learning_rate: DEFAULT_LEARNING_RATE,
             }),
         };
+
+        // Stop at whichever of `epochs` and `max_steps` comes first; neither: one epoch.
+        let (epochs, max_steps) = match (epochs, max_steps) {
+            (Get::Invalid, _) | (_, Get::Invalid) => (None, None),
+            (Get::Missing, Get::Missing) => (Some(Some(DEFAULT_EPOCHS)), Some(None)),
+            (epochs, max_steps) => (epochs.optional(), max_steps.optional()),
+        };
+
+        let mut ok = labels_ok;
         let (workers, workers_attr) = workers?;
+        let min = match min_workers {
+            Get::Found(n, attr) => Some((n, Some(attr))),
+            Get::Missing => Some((workers, None)),
+            Get::Invalid => None,
+        };
+        let max = match max_workers {
+            Get::Found(n, attr) => Some((n, Some(attr))),
+            Get::Missing => Some((workers, None)),
+            Get::Invalid => None,
+        };
+        if let (Some((min, min_attr)), Some((max, max_attr))) = (min, max) {
+            let problem = match (min_attr, max_attr) {
+                (Some(min_attr), Some(_)) if min > max => Some((
+                    value_span(min_attr),
+                    format!("`min_workers` ({min}) is greater than `max_workers` ({max})"),
+                    "lower `min_workers` or raise `max_workers`".to_owned(),
+                )),
+                _ if workers < min => Some((
+                    value_span(workers_attr),
+                    format!("`workers` ({workers}) is below `min_workers` ({min})"),
+                    format!("set `workers` to at least {min}, or lower `min_workers`"),
+                )),
+                _ if workers > max => Some((
+                    value_span(workers_attr),
+                    format!("`workers` ({workers}) is above `max_workers` ({max})"),
+                    format!("set `workers` to at most {max}, or raise `max_workers`"),
+                )),
+                _ => None,
+            };
+            if let Some((span, summary, hint)) = problem {
+                ok = false;
+                self.push(
+                    src.error(span, summary)
+                        .with_detail("A job starts with `workers` ranks and may run with any number from `min_workers` to `max_workers` (both default to `workers`).")
+                        .with_hint(hint),
+                );
+            }
+        }
+        if collective == Some(Collective::Nccl) && backend == Some(Backend::Cpu) {
+            ok = false;
+            self.push(
+                src.error(
+                    collective_attr.and_then(value_span),
+                    "`collective = \"nccl\"` needs `backend = \"cuda\"`",
+                )
+                .with_detail("NCCL all-reduces GPU memory; the CPU backend uses the ring.")
+                .with_hint("set `backend = \"cuda\"`, or use `collective = \"ring\"`"),
+            );
+        }
+
         let spec = TrainingSpec {
             workers,
+            min_workers: min?.0,
+            max_workers: max?.0,
             batch_size: batch_size?.0,
-            epochs: epochs?.0,
+            epochs: epochs?,
+            max_steps: max_steps?,
             seed: seed?,
+            backend: backend?,
+            collective: collective?,
             optimizer: optimizer?,
         };
-        labels_ok.then_some((spec, workers_attr))
+        ok.then_some(DecodedTraining {
+            spec,
+            workers: workers_attr,
+            backend: backend_attr,
+        })
     }
 
     fn optimizer(&mut self, src: &SourceFile, block: &Block) -> Option<OptimizerSpec> {
@@ -1775,6 +2627,85 @@ impl<'d> Loader<'d> {
         labels_ok.then_some(CheckpointSpec {
             every_steps: every_steps?,
             keep: keep?,
+        })
+    }
+
+    fn restart(&mut self, src: &SourceFile, block: &Block) -> Option<RestartSpec> {
+        let labels_ok = self.check_labels(src, block, &RESTART);
+        let body = &block.body;
+        self.check_body(src, body, &RESTART);
+        let max_restarts = self
+            .get_u32(src, body, "max_restarts", 0)
+            .or(DEFAULT_MAX_RESTARTS);
+        let backoff = self
+            .get(src, body, "backoff", |value| {
+                let text = expect_string(value)?;
+                parse_duration(&text).ok_or_else(|| {
+                    Bad::Value(format!(
+                        "{text:?} is not a duration such as \"500ms\", \"2s\", \"1m30s\" (units: ms, s, m, h)"
+                    ))
+                })
+            })
+            .or(DEFAULT_BACKOFF);
+        labels_ok.then_some(RestartSpec {
+            max_restarts: max_restarts?,
+            backoff: backoff?,
+        })
+    }
+
+    fn deploy(&mut self, src: &SourceFile, block: &Block) -> Option<DeploySpec> {
+        let labels_ok = self.check_labels(src, block, &DEPLOY);
+        let body = &block.body;
+        self.check_body(src, body, &DEPLOY);
+        let alias = self.get(src, body, "alias", |value| {
+            let alias = expect_string(value)?;
+            let valid = alias.len() <= MAX_ALIAS_LEN
+                && alias.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && alias
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if valid {
+                Ok(alias)
+            } else {
+                Err(Bad::Value(format!(
+                    "{alias:?} is not an alias: use ASCII letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most {MAX_ALIAS_LEN} characters"
+                )))
+            }
+        });
+        let alias = self.required(src, block, "alias", "alias = \"production\"", alias);
+        let gate = match self.at_most_one(src, body, &GATE, &DEPLOY) {
+            Some(gate) => self.gate(src, gate).map(Some),
+            None => Some(None),
+        };
+        labels_ok.then_some(DeploySpec {
+            alias: alias?.0,
+            gate: gate?,
+        })
+    }
+
+    fn gate(&mut self, src: &SourceFile, block: &Block) -> Option<GateSpec> {
+        let labels_ok = self.check_labels(src, block, &GATE);
+        let body = &block.body;
+        self.check_body(src, body, &GATE);
+        let accuracy = self.get(src, body, "min_val_accuracy", |value| {
+            let accuracy = expect_number(value)?;
+            if (0.0..=1.0).contains(&accuracy) {
+                Ok(accuracy)
+            } else {
+                Err(Bad::Value(format!(
+                    "must be between 0 and 1, got {accuracy}"
+                )))
+            }
+        });
+        let accuracy = self.required(
+            src,
+            block,
+            "min_val_accuracy",
+            "min_val_accuracy = 0.9",
+            accuracy,
+        );
+        labels_ok.then_some(GateSpec {
+            min_val_accuracy: accuracy?.0,
         })
     }
 }

@@ -2,7 +2,9 @@
 //! once `load_dir` returns a [`Config`], its values are in range and its references resolve.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// One configuration directory: every `*.hcl` file in it, merged.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,14 +29,17 @@ pub enum ProviderKind {
 pub struct ClusterSpec {
     /// The block label.
     pub name: String,
-    /// `provider`.
+    /// `provider` (required).
     pub provider: ProviderKind,
-    /// `node_pool "NAME" { ... }` blocks, in file order (at least one).
+    /// `node_pool "NAME" { ... }` blocks, in file order (at least one; names unique).
     pub node_pools: Vec<NodePoolSpec>,
-    /// `storage { url }`: where checkpoints go.
+    /// `storage { url }`: where checkpoints go (default `file://.kiln/store`).
     pub storage: StorageSpec,
-    /// `state { backend, path }`: where the coordinator keeps its state.
+    /// `state { ... }`: where the coordinator keeps its state (default: embedded in
+    /// `.kiln/state`).
     pub state: StateSpec,
+    /// `coordinator { ... }`: how the coordinator is reached (defaults when absent).
+    pub coordinator: CoordinatorSpec,
 }
 
 impl ClusterSpec {
@@ -44,17 +49,24 @@ impl ClusterSpec {
     }
 }
 
-/// `node_pool "NAME" { count, cpus_per_node, gpus_per_node }`.
+/// `node_pool "NAME" { count, cpus_per_node, memory_gb, gpus_per_node, gpu_type, labels }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodePoolSpec {
     /// The block label.
     pub name: String,
-    /// Number of nodes (>= 1).
+    /// Number of nodes (>= 1, required).
     pub count: u32,
     /// CPU threads each node's worker may use (>= 1, default 1).
     pub cpus_per_node: u32,
+    /// Memory per node in whole GiB (>= 1); `None` (the default) leaves it unconstrained.
+    pub memory_gb: Option<u32>,
     /// GPUs per node (default 0).
     pub gpus_per_node: u32,
+    /// GPU model, e.g. `"h100"` (non-empty); only allowed with `gpus_per_node >= 1`.
+    /// Default `None`: any GPU.
+    pub gpu_type: Option<String>,
+    /// Free-form `map(string)` labels attached to the pool's nodes (default empty).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `storage { url }`.
@@ -65,14 +77,38 @@ pub struct StorageSpec {
     pub url: String,
 }
 
-/// `state { backend, path }`.
+/// `state { backend, path | endpoints, prefix }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StateSpec {
-    /// Embedded durable store in a file; `path` is absolute (resolved against the config directory).
+    /// `backend = "embedded"` (the default): a durable store in a local directory; `path` is
+    /// absolute (resolved against the config directory).
     Embedded {
-        /// Directory holding the state database.
+        /// Directory holding the state database (default `.kiln/state`).
         path: PathBuf,
     },
+    /// `backend = "etcd"`: an etcd cluster.
+    Etcd {
+        /// Client endpoints, each `host:port` or `http(s)://host:port` (at least one, required).
+        endpoints: Vec<String>,
+        /// Key prefix under which kiln keeps its keys (non-empty, default `/kiln/`).
+        prefix: String,
+    },
+}
+
+/// `coordinator { listen, advertise, join_token_file }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorSpec {
+    /// Address the coordinator's gRPC server binds (default `127.0.0.1:0`: an ephemeral
+    /// loopback port).
+    pub listen: SocketAddr,
+    /// URL workers and clients use to reach the coordinator when it differs from `listen`
+    /// (NAT, containers), always with a scheme (`host:port` is read as `http://host:port`).
+    /// Default `None`: the address it actually bound.
+    pub advertise: Option<String>,
+    /// File holding the join token workers present (absolute, resolved against the config
+    /// directory; read when the coordinator starts, never by the loader). Default `None`: a
+    /// random token per run.
+    pub join_token_file: Option<PathBuf>,
 }
 
 /// `job "NAME" { ... }`.
@@ -92,6 +128,10 @@ pub struct JobSpec {
     pub training: TrainingSpec,
     /// `checkpoint { ... }` (defaults when absent).
     pub checkpoint: CheckpointSpec,
+    /// `restart { ... }` (defaults when absent: no restart).
+    pub restart: RestartSpec,
+    /// `deploy { ... }`; `None` when absent (nothing is deployed).
+    pub deploy: Option<DeploySpec>,
 }
 
 /// `model "mlp" { inputs, hidden, classes }`: a multi-layer perceptron classifier.
@@ -149,17 +189,50 @@ pub enum OptimizerSpec {
     },
 }
 
+/// The compute backend a job's ranks train on: `training.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `"cpu"` (the default).
+    Cpu,
+    /// `"cuda"`: needs a cluster with at least one pool with `gpus_per_node >= 1`.
+    Cuda,
+}
+
+/// How gradients are all-reduced between ranks: `training.collective`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collective {
+    /// `"ring"` (the default): kiln's ring all-reduce over TCP.
+    Ring,
+    /// `"nccl"`: NVIDIA NCCL; needs `backend = "cuda"`.
+    Nccl,
+}
+
 /// `training { ... }`.
+///
+/// When to stop: after `epochs` passes or `max_steps` optimizer steps, whichever comes first.
+/// `epochs` defaults to 1 unless `max_steps` is given, in which case it defaults to no limit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainingSpec {
-    /// Number of workers (ranks), gang-placed: the job starts only when all are free.
+    /// Number of workers (ranks), gang-placed: the job starts only when all are free
+    /// (>= 1, required, at most the cluster's node count, in `min_workers..=max_workers`).
     pub workers: u32,
-    /// Samples per worker per step.
+    /// Fewest workers the job may run with (>= 1, default `workers`).
+    pub min_workers: u32,
+    /// Most workers the job may run with (>= `min_workers`, default `workers`).
+    pub max_workers: u32,
+    /// Samples per worker per step (>= 1, required).
     pub batch_size: u32,
-    /// Passes over the training split.
-    pub epochs: u32,
-    /// Seed for parameter initialisation and the per-epoch sample order.
+    /// Passes over the training split (>= 1). `None` only when `max_steps` is set and
+    /// `epochs` is not: training runs until `max_steps`.
+    pub epochs: Option<u32>,
+    /// Stop after this many optimizer steps (>= 1); `None` (the default): no step limit.
+    pub max_steps: Option<u64>,
+    /// Seed for parameter initialisation and the per-epoch sample order (default 0).
     pub seed: u64,
+    /// Compute backend (default [`Backend::Cpu`]).
+    pub backend: Backend,
+    /// Gradient all-reduce (default [`Collective::Ring`]).
+    pub collective: Collective,
     /// The optimizer (default Adam, lr 0.001).
     pub optimizer: OptimizerSpec,
 }
@@ -171,4 +244,32 @@ pub struct CheckpointSpec {
     pub every_steps: u32,
     /// Committed checkpoints retained (>= 1, default 3).
     pub keep: u32,
+}
+
+/// `restart { max_restarts, backoff }`: what happens when a rank fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartSpec {
+    /// How many times the job is restarted from its last checkpoint before it fails
+    /// (default 0: a failure fails the job).
+    pub max_restarts: u32,
+    /// Wait before each restart, written as a duration string such as `"500ms"`, `"2s"`,
+    /// `"1m30s"` (default 5 s).
+    pub backoff: Duration,
+}
+
+/// `deploy { alias, gate { ... } }`: where a trained model goes when it is good enough.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploySpec {
+    /// Name the model version is published under, e.g. `"production"` (required; letters,
+    /// digits, `-`, `_`, `.`; at most 63 characters).
+    pub alias: String,
+    /// The condition the final validation metrics must meet; `None` (no `gate` block): always.
+    pub gate: Option<GateSpec>,
+}
+
+/// `gate { min_val_accuracy }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateSpec {
+    /// Lowest accepted validation accuracy, in `[0, 1]` (required in a `gate` block).
+    pub min_val_accuracy: f64,
 }

@@ -6,6 +6,12 @@ use crate::spec::{ClusterSpec, DataSource, JobSpec, OptimizerSpec};
 
 impl JobSpec {
     /// The job as submitted to the coordinator; `cluster` supplies the storage location.
+    ///
+    /// `max_steps` travels as 0 when there is no step limit. Without an epoch limit (only
+    /// `max_steps` was given), `epochs` travels as `u32::MAX`: the wire form has no "none",
+    /// and the worker stops at `min(epochs × steps per epoch, max_steps)`.
+    /// Fields the wire form does not carry yet (elastic bounds, backend, collective, restart,
+    /// deploy) are for the coordinator to read from the spec itself.
     pub fn to_wire(&self, cluster: &ClusterSpec) -> v1::JobSpec {
         let OptimizerSpec::Adam { learning_rate } = self.training.optimizer;
         let source = match &self.dataset.source {
@@ -37,10 +43,10 @@ impl JobSpec {
             training: Some(v1::TrainingSpec {
                 workers: self.training.workers,
                 batch_size: self.training.batch_size,
-                epochs: self.training.epochs,
+                epochs: self.training.epochs.unwrap_or(u32::MAX),
                 seed: self.training.seed,
                 learning_rate,
-                max_steps: 0,
+                max_steps: self.training.max_steps.unwrap_or(0),
             }),
             checkpoint: Some(v1::CheckpointSpec {
                 every_steps: self.checkpoint.every_steps,

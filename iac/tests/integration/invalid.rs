@@ -33,42 +33,79 @@ macro_rules! single_mistake {
 }
 
 single_mistake! {
-    arithmetic_expression,
     attribute_at_top_level,
     bad_dataset_source,
-    block_written_as_attribute,
+    bad_duration,
+    batch_size_zero,
     blobs_with_label,
+    block_written_as_attribute,
     classes_mismatch,
     cluster_without_label,
+    conditional_not_bool,
+    coordinator_bad_advertise,
+    coordinator_bad_listen,
     count_zero,
     csv_features_mismatch,
     csv_label_not_in_header,
     csv_missing_file,
     csv_unknown_format,
     csv_with_samples,
+    cuda_without_gpus,
+    deploy_bad_alias,
+    deploy_without_alias,
+    division_by_zero,
+    duplicate_attribute,
     duplicate_cluster,
     duplicate_job,
     duplicate_model_block,
     duplicate_node_pool,
+    embedded_with_endpoints,
+    etcd_bad_endpoint,
+    etcd_with_path,
+    etcd_without_endpoints,
+    file_missing,
+    for_over_number,
+    format_argument_mismatch,
+    function_wrong_argument,
+    gate_accuracy_out_of_range,
+    gpu_type_without_gpus,
     hidden_layer_zero,
+    index_out_of_range,
     inputs_mismatch,
+    integer_overflow,
+    invalid_job_name,
+    labels_not_strings,
     learning_rate_zero,
+    local_cycle,
+    local_duplicate,
+    local_undeclared,
+    locals_with_block,
+    max_steps_zero,
+    memory_gb_zero,
+    min_workers_above_max,
     missing_block_label,
     missing_dataset_block,
     missing_node_pool,
     missing_required_attribute,
     missing_required_in_training,
+    modulo_by_zero,
+    nccl_without_cuda,
     negative_seed,
-    non_literal_expression,
     not_an_integer,
+    restart_negative,
     storage_url_without_scheme,
     syntax_missing_equals,
     syntax_two_attributes_on_one_line,
     syntax_unclosed_block,
+    template_undeclared_variable,
+    undeclared_variable,
     unknown_attribute,
     unknown_attribute_without_close_match,
+    unknown_backend,
     unknown_block,
     unknown_cluster,
+    unknown_collective,
+    unknown_function,
     unknown_model_kind,
     unknown_optimizer,
     unknown_provider,
@@ -76,7 +113,27 @@ single_mistake! {
     unknown_top_level_block,
     unquoted_string,
     validation_split_out_of_range,
+    var_bare_reference,
+    var_default_wrong_type,
+    var_duplicate,
+    var_in_default,
+    var_invalid_name,
+    var_list_element_wrong_type,
+    var_missing_value,
+    var_object_missing_attribute,
+    var_sensitive_not_bool,
+    var_type_quoted,
+    var_undeclared_typo,
+    var_unknown_type,
+    var_validation_failed,
+    var_validation_failed_sensitive,
+    var_validation_not_bool,
+    var_validation_uses_local,
+    var_validation_without_reference,
+    workers_above_max,
+    workers_below_min,
     workers_exceed_nodes,
+    wrong_type_from_function,
     wrong_type_number_for_list,
     wrong_type_string_for_integer,
 }
@@ -121,6 +178,31 @@ fn all_mistakes_across_files_are_reported() {
         ]
     );
     insta::assert_snapshot!("multi", diagnostics.to_string());
+}
+
+#[test]
+fn all_language_mistakes_are_reported() {
+    let diagnostics =
+        load_dir(&fixture("multi_language")).expect_err("the multi_language fixture is invalid");
+    let located: Vec<(String, usize, usize)> = diagnostics
+        .iter()
+        .map(|d| {
+            assert_eq!(d.severity, Severity::Error);
+            (d.file.display().to_string(), d.line, d.col)
+        })
+        .collect();
+    let at = |file: &str, line, col| (format!("tests/fixtures/multi_language/{file}"), line, col);
+    assert_eq!(
+        located,
+        [
+            at("cluster.hcl", 6, 5),   // gpu_type without GPUs
+            at("job.hcl", 19, 18),     // 64 / 0
+            at("job.hcl", 24, 15),     // backoff = "soon"
+            at("locals.hcl", 2, 3),    // local.first → local.second → local.first
+            at("variables.hcl", 1, 1), // no value for var.region
+        ]
+    );
+    insta::assert_snapshot!("multi_language", diagnostics.to_string());
 }
 
 #[test]

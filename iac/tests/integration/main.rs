@@ -5,6 +5,7 @@
 //! hold no machine-specific path.
 
 mod invalid;
+mod language;
 mod robustness;
 mod valid;
 

@@ -89,6 +89,45 @@ fn odd_values_in_every_position_are_handled() {
         "\"file://\"",
         "\"file:///nonexistent/x.csv\"",
         "\"synthetic:\"",
+        // The language: references, functions and operators at their limits.
+        "var",
+        "var.x",
+        "local.y",
+        "local[\"y\"]",
+        "[for v in var.x : v]",
+        "[for x in range(3) : x / 0]",
+        "\"${1 % 0}\"",
+        "\"%{ for x in [1, 2] }${x % 0}%{ endfor }\"",
+        "-(-9223372036854775808)",
+        "9223372036854775807 * -2",
+        "1e308 * 1e308",
+        "1e308 + 1e308",
+        "0.5 % 0",
+        "-9223372036854775808 % -1",
+        "abs(-9223372036854775808)",
+        "ceil(1e308)",
+        "min()",
+        "max()",
+        "range(0, 1, 1e-300)",
+        "range(1e300)",
+        "format(\"%1025d\", 1)",
+        "format(\"%.1000f\", 1e308)",
+        "format(\"%\")",
+        "tonumber(\"1e999\")",
+        "tonumber(\"-\")",
+        "lookup({}, \"a\")",
+        "merge(1)",
+        "join(\",\")",
+        "split(\"\", \"é😀\")",
+        "coalesce()",
+        "file(\"\")",
+        "file(\".\")",
+        "__kiln_op(0, \"/\", 1, 0)",
+        "provider::x::y(1)",
+        "true ? 1 : \"x\"",
+        "{ for k, v in { a = 1 } : \"k\" => v }",
+        "[1, 2][-1]",
+        "null",
     ];
     let cluster =
         std::fs::read_to_string(dir.path().join("cluster.hcl")).expect("read cluster.hcl");
@@ -118,5 +157,22 @@ fn multibyte_characters_anywhere_are_handled() {
         let mut mutated = jobs.clone();
         mutated.insert_str(at, "é😀");
         load_with(dir.path(), "job.hcl", &mutated);
+    }
+}
+
+#[test]
+fn every_truncation_of_variables_and_locals_is_handled() {
+    let source = fixture("expressions");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&source).expect("read the fixture") {
+        let entry = entry.expect("directory entry");
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).expect("copy");
+    }
+    for name in ["variables.hcl", "locals.hcl"] {
+        let text = std::fs::read_to_string(source.join(name)).expect("read");
+        for (end, _) in text.char_indices().step_by(2) {
+            load_with(dir.path(), name, &text[..end]);
+        }
+        load_with(dir.path(), name, &text);
     }
 }

@@ -1,14 +1,48 @@
 //! A valid configuration decodes to exactly the expected specs, defaults included.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use kiln_iac::load_dir;
 use kiln_iac::spec::{
-    CheckpointSpec, ClusterSpec, DataSource, DatasetSpec, JobSpec, ModelSpec, NodePoolSpec,
-    OptimizerSpec, ProviderKind, StateSpec, StorageSpec, TrainingSpec,
+    Backend, CheckpointSpec, ClusterSpec, Collective, CoordinatorSpec, DataSource, DatasetSpec,
+    JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec, ProviderKind, RestartSpec, StateSpec,
+    StorageSpec, TrainingSpec,
 };
+use kiln_iac::spec::{DeploySpec, GateSpec};
 
 use crate::fixture;
+
+/// A node pool with only `name` and `count` set.
+fn pool(name: &str, count: u32) -> NodePoolSpec {
+    NodePoolSpec {
+        name: name.into(),
+        count,
+        cpus_per_node: 1,
+        memory_gb: None,
+        gpus_per_node: 0,
+        gpu_type: None,
+        labels: BTreeMap::new(),
+    }
+}
+
+/// `coordinator` when the block is absent.
+fn default_coordinator() -> CoordinatorSpec {
+    CoordinatorSpec {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        advertise: None,
+        join_token_file: None,
+    }
+}
+
+/// `restart` when the block is absent.
+fn no_restart() -> RestartSpec {
+    RestartSpec {
+        max_restarts: 0,
+        backoff: Duration::from_secs(5),
+    }
+}
 
 fn canonical_fixture_dir() -> PathBuf {
     fixture("valid")
@@ -33,17 +67,11 @@ fn loads_every_cluster_with_defaults() {
             name: "local".into(),
             provider: ProviderKind::Local,
             node_pools: vec![
+                pool("cpu", 2),
                 NodePoolSpec {
-                    name: "cpu".into(),
-                    count: 2,
-                    cpus_per_node: 1,
-                    gpus_per_node: 0,
-                },
-                NodePoolSpec {
-                    name: "gpu".into(),
-                    count: 1,
                     cpus_per_node: 4,
                     gpus_per_node: 1,
+                    ..pool("gpu", 1)
                 },
             ],
             storage: StorageSpec {
@@ -52,6 +80,7 @@ fn loads_every_cluster_with_defaults() {
             state: StateSpec::Embedded {
                 path: base.join(".kiln/state"),
             },
+            coordinator: default_coordinator(),
         }
     );
     assert_eq!(local.node_count(), 3);
@@ -63,18 +92,14 @@ fn loads_every_cluster_with_defaults() {
         ClusterSpec {
             name: "minimal".into(),
             provider: ProviderKind::Local,
-            node_pools: vec![NodePoolSpec {
-                name: "default".into(),
-                count: 1,
-                cpus_per_node: 1,
-                gpus_per_node: 0,
-            }],
+            node_pools: vec![pool("default", 1)],
             storage: StorageSpec {
                 url: format!("file://{}/.kiln/store", base.display()),
             },
             state: StateSpec::Embedded {
                 path: base.join(".kiln").join("state"),
             },
+            coordinator: default_coordinator(),
         }
     );
 
@@ -119,9 +144,14 @@ fn loads_a_fully_specified_blobs_job() {
             },
             training: TrainingSpec {
                 workers: 3,
+                min_workers: 3,
+                max_workers: 3,
                 batch_size: 64,
-                epochs: 5,
+                epochs: Some(5),
+                max_steps: None,
                 seed: 42,
+                backend: Backend::Cpu,
+                collective: Collective::Ring,
                 optimizer: OptimizerSpec::Adam {
                     learning_rate: 0.01,
                 },
@@ -130,6 +160,8 @@ fn loads_a_fully_specified_blobs_job() {
                 every_steps: 50,
                 keep: 2,
             },
+            restart: no_restart(),
+            deploy: None,
         }
     );
 }
@@ -161,9 +193,14 @@ fn loads_a_minimal_csv_job_with_defaults() {
             },
             training: TrainingSpec {
                 workers: 1,
+                min_workers: 1,
+                max_workers: 1,
                 batch_size: 8,
-                epochs: 2,
+                epochs: Some(2),
+                max_steps: None,
                 seed: 0,
+                backend: Backend::Cpu,
+                collective: Collective::Ring,
                 optimizer: OptimizerSpec::Adam {
                     learning_rate: 0.001,
                 },
@@ -172,6 +209,8 @@ fn loads_a_minimal_csv_job_with_defaults() {
                 every_steps: 100,
                 keep: 3,
             },
+            restart: no_restart(),
+            deploy: None,
         }
     );
 }
@@ -204,4 +243,199 @@ fn whole_numbers_written_with_a_zero_fraction_are_accepted() {
     let config = load_dir(dir.path()).unwrap_or_else(|d| panic!("{d}"));
     assert_eq!(config.clusters["c"].node_pools[0].count, 2);
     assert!(config.jobs.is_empty());
+}
+
+#[test]
+fn loads_every_attribute_of_the_schema() {
+    let dir = fixture("full");
+    let config = load_dir(&dir).unwrap_or_else(|d| panic!("{d}"));
+    let base = dir.canonicalize().expect("canonical");
+    assert_eq!(
+        config.clusters["gpu"],
+        ClusterSpec {
+            name: "gpu".into(),
+            provider: ProviderKind::Local,
+            node_pools: vec![NodePoolSpec {
+                cpus_per_node: 8,
+                memory_gb: Some(64),
+                gpus_per_node: 1,
+                gpu_type: Some("h100".into()),
+                labels: [("team", "ml"), ("kiln.dev/tier", "gold")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                ..pool("trainers", 2)
+            }],
+            storage: StorageSpec {
+                url: "s3://kiln-checkpoints/runs".into(),
+            },
+            state: StateSpec::Etcd {
+                endpoints: vec![
+                    "10.0.0.1:2379".into(),
+                    "https://etcd-2.internal:2379".into()
+                ],
+                prefix: "/kiln/prod/".into(),
+            },
+            coordinator: CoordinatorSpec {
+                listen: "0.0.0.0:7070".parse().expect("address"),
+                advertise: Some("http://kiln.internal:7070".into()),
+                join_token_file: Some(base.join("secrets/join-token")),
+            },
+        }
+    );
+
+    let full = &config.jobs["full"];
+    assert_eq!(
+        full.training,
+        TrainingSpec {
+            workers: 2,
+            min_workers: 1,
+            max_workers: 2,
+            batch_size: 16,
+            epochs: Some(10),
+            max_steps: Some(500),
+            seed: 9,
+            backend: Backend::Cuda,
+            collective: Collective::Nccl,
+            optimizer: OptimizerSpec::Adam {
+                learning_rate: 0.0003,
+            },
+        }
+    );
+    assert_eq!((full.checkpoint.every_steps, full.checkpoint.keep), (50, 5));
+    assert_eq!(
+        full.restart,
+        RestartSpec {
+            max_restarts: 3,
+            backoff: Duration::from_secs(90),
+        }
+    );
+    assert_eq!(
+        full.deploy,
+        Some(DeploySpec {
+            alias: "production".into(),
+            gate: Some(GateSpec {
+                min_val_accuracy: 0.95,
+            }),
+        })
+    );
+    let wire = full.to_wire(&config.clusters["gpu"]);
+    let training = wire.training.expect("training");
+    assert_eq!((training.epochs, training.max_steps), (10, 500));
+    assert_eq!(wire.storage_url, "s3://kiln-checkpoints/runs");
+
+    // Only `max_steps`: no epoch limit, which the wire form carries as u32::MAX.
+    let steps_only = &config.jobs["steps_only"];
+    assert_eq!(
+        (steps_only.training.epochs, steps_only.training.max_steps),
+        (None, Some(100))
+    );
+    assert_eq!(steps_only.restart.backoff, Duration::from_millis(250));
+    assert_eq!(
+        steps_only.deploy,
+        Some(DeploySpec {
+            alias: "latest".into(),
+            gate: None,
+        })
+    );
+    let training = steps_only
+        .to_wire(&config.clusters["gpu"])
+        .training
+        .expect("training");
+    assert_eq!((training.epochs, training.max_steps), (u32::MAX, 100));
+
+    // Neither: one epoch, no step limit, 0 on the wire.
+    let valid = load_dir(&fixture("valid")).unwrap_or_else(|d| panic!("{d}"));
+    let quickstart = &valid.jobs["quickstart"];
+    let training = quickstart
+        .to_wire(&valid.clusters["local"])
+        .training
+        .expect("training");
+    assert_eq!((training.epochs, training.max_steps), (5, 0));
+}
+
+#[test]
+fn epochs_default_to_one_without_max_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("main.hcl"),
+        r#"cluster "c" {
+  provider = "local"
+  node_pool "p" { count = 1 }
+}
+job "j" {
+  cluster = "c"
+  model "mlp" {
+    inputs  = 2
+    classes = 2
+  }
+  dataset "d" {
+    source   = "synthetic:blobs"
+    samples  = 10
+    features = 2
+    classes  = 2
+  }
+  training {
+    workers    = 1
+    batch_size = 2
+  }
+}
+"#,
+    )
+    .expect("write config");
+    let config = load_dir(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    let training = &config.jobs["j"].training;
+    assert_eq!((training.epochs, training.max_steps), (Some(1), None));
+}
+
+#[test]
+fn examples_load_with_their_documented_values() {
+    let defaults = kiln_iac::LoadOptions::default();
+    let quickstart = kiln_iac::load_dir_with(Path::new("../examples/quickstart"), &defaults)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let job = &quickstart.jobs["quickstart"];
+    let cluster = &quickstart.clusters["local"];
+    assert_eq!(cluster.node_count(), 2);
+    assert_eq!(
+        (
+            job.model.inputs,
+            job.model.hidden.as_slice(),
+            job.model.classes
+        ),
+        (32, &[64, 64][..], 4)
+    );
+    assert_eq!((job.dataset.features, job.dataset.classes), (32, 4));
+    assert_eq!(
+        (job.training.workers, job.training.epochs, job.training.seed),
+        (2, Some(5), 42)
+    );
+    let wire = job.to_wire(cluster);
+    let training = wire.training.expect("training");
+    assert_eq!(
+        (
+            training.workers,
+            training.batch_size,
+            training.epochs,
+            training.max_steps
+        ),
+        (2, 64, 5, 0)
+    );
+
+    let csv = kiln_iac::load_dir_with(Path::new("../examples/csv"), &defaults)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let job = &csv.jobs["csv-classifier"];
+    assert_eq!(csv.clusters["local"].node_count(), 2);
+    assert_eq!((job.model.inputs, job.model.classes), (4, 3));
+    assert_eq!((job.dataset.features, job.dataset.classes), (4, 3));
+    assert_eq!((job.training.workers, job.training.epochs), (2, Some(20)));
+
+    // One variable sizes both the cluster and the job.
+    let one = kiln_iac::LoadOptions {
+        vars: vec![("workers".into(), "1".into())],
+        ..kiln_iac::LoadOptions::default()
+    };
+    let config = kiln_iac::load_dir_with(Path::new("../examples/quickstart"), &one)
+        .unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(config.clusters["local"].node_count(), 1);
+    assert_eq!(config.jobs["quickstart"].training.workers, 1);
 }

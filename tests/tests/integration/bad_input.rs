@@ -70,3 +70,55 @@ fn validate_accepts_the_examples() {
         assert!(out.status.success(), "{name}: {}", describe(&out));
     }
 }
+
+#[test]
+fn validate_json_reports_every_error_with_its_location() {
+    let job =
+        blobs_job_hcl("j", 3, 512, 1, 10).replace("cluster = \"local\"", "cluster = \"locl\"");
+    let cluster = cluster_hcl(2).replace("count = 2", "count = 2\n    gpus_per_nod = 0");
+    let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster), ("job.hcl", &job)]);
+    let out = sandbox
+        .run(&["validate", ".", "--json"], Duration::from_secs(30))
+        .expect("kiln validate finishes");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json on stdout");
+    assert_eq!(report["valid"], false, "{report}");
+    let diags = report["diagnostics"].as_array().expect("diagnostics");
+    let at = |file: &str, line: u64| {
+        diags
+            .iter()
+            .any(|d| d["file"].as_str().is_some_and(|f| f.ends_with(file)) && d["line"] == line)
+    };
+    assert!(at("cluster.hcl", 5), "unknown attribute located: {report}");
+    assert!(at("job.hcl", 2), "unknown cluster located: {report}");
+}
+
+#[test]
+fn var_flag_overrides_the_default() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let dir = examples.to_str().expect("utf-8 path");
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .run(
+            &["validate", dir, "--var", "workers=0"],
+            Duration::from_secs(30),
+        )
+        .expect("kiln validate finishes");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "workers = 0 is invalid: {}",
+        describe(&out)
+    );
+    let out = sandbox
+        .run(
+            &["validate", dir, "--var", "workers=3"],
+            Duration::from_secs(30),
+        )
+        .expect("kiln validate finishes");
+    assert!(
+        out.status.success(),
+        "3 nodes for 3 workers: {}",
+        describe(&out)
+    );
+}
