@@ -146,7 +146,7 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
     }
     let global_batch = training.batch_size as usize * world;
     let steps_per_epoch = n.div_ceil(global_batch) as u64;
-    let mut total_steps = steps_per_epoch * u64::from(training.epochs);
+    let mut total_steps = steps_per_epoch.saturating_mul(u64::from(training.epochs));
     if training.max_steps > 0 {
         total_steps = total_steps.min(training.max_steps);
     }
