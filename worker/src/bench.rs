@@ -48,6 +48,9 @@ pub struct AllreduceBenchArgs {
     /// SO_SNDBUF/SO_RCVBUF for the ring sockets, in bytes (default: kernel autotuning).
     #[arg(long)]
     pub socket_buffer_bytes: Option<usize>,
+    /// How long to retry the sockets before sleeping, in microseconds (default: the ring's).
+    #[arg(long)]
+    pub spin_us: Option<u64>,
 }
 
 /// What rank 0 prints for one size: one JSON object per line.
@@ -114,6 +117,9 @@ pub fn run_allreduce_rank(args: AllreduceBenchArgs) -> anyhow::Result<()> {
     let mut options = RingOptions::default().with_socket_buffer_bytes(args.socket_buffer_bytes);
     if let Some(chunk) = args.chunk_bytes {
         options = options.with_chunk_bytes(chunk);
+    }
+    if let Some(spin) = args.spin_us {
+        options = options.with_spin(Duration::from_micros(spin));
     }
     // The session only has to tell this ring from strangers on the same ports, and every rank
     // must derive the same one: the peer list is what they share.

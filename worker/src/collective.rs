@@ -14,13 +14,18 @@
 //! segment `r + 1`, scaled by `1 / world` as its last step adds (for a world that is not a power
 //! of two this may differ from dividing the sum by one ulp); an all-gather of `world - 1` steps
 //! then circulates the finished segments. Each rank sends `2 (world - 1) / world` of the buffer,
-//! which is optimal for bandwidth. In each step a scoped sender thread writes the outgoing
-//! segment to rank `r + 1` while the calling thread reads the incoming one from rank `r - 1`:
-//! doing one after the other would deadlock once a segment outgrows the socket buffers. The
-//! reduce-scatter reads in chunks ([`RingOptions::chunk_bytes`]) into a scratch buffer, so adding
-//! one chunk overlaps with the kernel receiving the next; the all-gather reads straight into the
-//! caller's buffer. Every rank ends with bit-identical values: each element is computed once, by
-//! the rank owning its segment, and copied everywhere else.
+//! which is optimal for bandwidth. In each step a rank sends the outgoing segment to rank `r + 1`
+//! while it receives the incoming one from rank `r - 1`, concurrently: doing one after the other
+//! would deadlock once a segment outgrows the socket buffers. The concurrency is an event loop
+//! on non-blocking sockets in the calling thread (`epoll` through `mio`), writing whatever the
+//! successor's connection accepts and reading whatever the predecessor's has (spinning
+//! briefly, [`RingOptions::spin`], before it sleeps), rather than a
+//! sender thread per step: it costs no thread start per step (which dominated small
+//! all-reduces) and leaves one runnable thread per rank, which matters when ranks share a
+//! few cores. The reduce-scatter reads in chunks ([`RingOptions::chunk_bytes`]) into a scratch
+//! buffer and adds each chunk as it completes; the all-gather reads straight into the caller's
+//! buffer. Every rank ends with bit-identical values: each element is computed once, by the
+//! rank owning its segment, and copied everywhere else.
 //!
 //! # Wire format
 //!
@@ -43,8 +48,8 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -58,10 +63,6 @@ const MAGIC: [u8; 8] = *b"KILNRING";
 const PROTOCOL_VERSION: u32 = 1;
 const HELLO_LEN: usize = 32;
 const HEADER_LEN: usize = 16;
-/// A step whose segments are at most this large writes, then reads, on the calling thread:
-/// the kernel socket buffers always absorb it, and spawning a sender thread would cost more
-/// than the transfer.
-const INLINE_BYTES: usize = 8 << 10;
 /// Pause between attempts to reach a successor that is not listening or not accepting yet.
 const DIAL_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// Poll interval of the accept loop while nothing is happening.
@@ -182,33 +183,40 @@ pub enum CollectiveError {
     /// An earlier operation on this ring failed; the ring must be rebuilt.
     #[error("ring is unusable after an earlier failure; reconnect")]
     Broken,
-    /// The sender thread of a step could not be started.
-    #[error("could not start the ring sender thread")]
-    Thread(#[source] io::Error),
+    /// The event loop's poller could not be set up or waited on.
+    #[error("ring event loop failed")]
+    Poll(#[source] io::Error),
 }
 
 /// Tuning knobs of a [`RingCollective`]; [`Default`] suits loopback and datacenter networks.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RingOptions {
-    /// Longest a single socket read or write may block without progress before the all-reduce
-    /// fails with [`CollectiveError::Timeout`]: what bounds the wait on a hung peer. A peer that
-    /// dies is noticed at once (end of file or reset), not after this.
+    /// Longest an all-reduce may go without sending or receiving a byte before it fails with
+    /// [`CollectiveError::Timeout`]: what bounds the wait on a hung peer. A peer that dies is
+    /// noticed at once (end of file or reset), not after this.
     pub op_timeout: Duration,
     /// Reduce-scatter receive granularity, in bytes: small enough for the scratch chunk to
-    /// stay in cache while it is added, large enough to keep system calls few.
+    /// stay in cache while it is added, large enough to keep system calls few. On loopback,
+    /// 32–64 KiB beat 16 KiB and 128 KiB–1 MiB (`docs/benchmarks.md`).
     pub chunk_bytes: usize,
     /// `SO_SNDBUF`/`SO_RCVBUF` for the ring sockets; `None` leaves the kernel's autotuning,
     /// which on Linux also grows past `net.core.{w,r}mem_max`.
     pub socket_buffer_bytes: Option<usize>,
+    /// How long a step keeps retrying its sockets after the last byte moved before it sleeps
+    /// in `epoll`. A short spin saves the sleep and wake-up (an inter-processor interrupt, a
+    /// VM exit on virtual machines) that would otherwise separate most packets; it burns at
+    /// most this much CPU per wait. Zero sleeps at once.
+    pub spin: Duration,
 }
 
 impl Default for RingOptions {
     fn default() -> Self {
         Self {
             op_timeout: Duration::from_secs(30),
-            chunk_bytes: 256 << 10,
+            chunk_bytes: 64 << 10,
             socket_buffer_bytes: None,
+            spin: Duration::from_micros(20),
         }
     }
 }
@@ -225,6 +233,13 @@ impl RingOptions {
     #[must_use]
     pub fn with_chunk_bytes(mut self, chunk_bytes: usize) -> Self {
         self.chunk_bytes = chunk_bytes;
+        self
+    }
+
+    /// Sets [`RingOptions::spin`].
+    #[must_use]
+    pub fn with_spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
         self
     }
 
@@ -307,21 +322,28 @@ pub struct RingCollective {
     scratch: Vec<f32>,
 }
 
-/// The two connections of a rank: to its successor and from its predecessor.
+/// The two connections of a rank, to its successor and from its predecessor (non-blocking),
+/// and the poller that waits on them.
 #[derive(Debug)]
 struct Links {
-    next: TcpStream,
+    next: mio::net::TcpStream,
     next_rank: usize,
     next_addr: SocketAddr,
-    prev: TcpStream,
+    prev: mio::net::TcpStream,
     prev_rank: usize,
     prev_addr: SocketAddr,
     op_timeout: Duration,
+    spin: Duration,
+    poll: mio::Poll,
+    events: mio::Events,
 }
 
+const NEXT: mio::Token = mio::Token(0);
+const PREV: mio::Token = mio::Token(1);
+
 impl Links {
-    /// Shuts both connections down so the other thread of a step, and the neighbours, stop
-    /// waiting for data that will never come.
+    /// Shuts both connections down so the neighbours stop waiting for data that will never
+    /// come.
     fn shutdown(&self) {
         let _ = self.next.shutdown(Shutdown::Both);
         let _ = self.prev.shutdown(Shutdown::Both);
@@ -356,7 +378,8 @@ fn peer_error(
     source: io::Error,
 ) -> CollectiveError {
     match source.kind() {
-        // What a blocking socket with SO_RCVTIMEO/SO_SNDTIMEO reports when the timeout expires.
+        // What a blocking socket with SO_RCVTIMEO/SO_SNDTIMEO reports when the timeout expires
+        // (handshake), and what the event loop reports when a peer makes no progress.
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CollectiveError::Timeout {
             op,
             peer_rank,
@@ -569,6 +592,8 @@ impl RingCollective {
             configure_stream(stream, &options)
                 .map_err(|source| peer_error(op, peer_rank, peer_addr, timeout, source))?;
         }
+        // Clones share the connections (and their non-blocking mode): the abort handle shuts
+        // the same sockets down.
         let clones = [&next, &prev]
             .into_iter()
             .zip([
@@ -581,6 +606,16 @@ impl RingCollective {
                     .map_err(|source| peer_error(op, peer_rank, peer_addr, timeout, source))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mut next = mio::net::TcpStream::from_std(next);
+        let mut prev = mio::net::TcpStream::from_std(prev);
+        let poll = mio::Poll::new().map_err(CollectiveError::Poll)?;
+        poll.registry()
+            .register(&mut next, NEXT, mio::Interest::WRITABLE)
+            .and_then(|()| {
+                poll.registry()
+                    .register(&mut prev, PREV, mio::Interest::READABLE)
+            })
+            .map_err(CollectiveError::Poll)?;
         tracing::debug!(rank, world, session, "ring connected");
         Ok(Self {
             rank,
@@ -593,6 +628,9 @@ impl RingCollective {
                 prev_rank,
                 prev_addr,
                 op_timeout: options.op_timeout,
+                spin: options.spin,
+                poll,
+                events: mio::Events::with_capacity(4),
             }),
             abort: AbortHandle::new(clones),
             broken: false,
@@ -608,7 +646,11 @@ impl RingCollective {
         self.abort.clone()
     }
 
-    fn ring_all_reduce(&mut self, links: &Links, buf: &mut [f32]) -> Result<(), CollectiveError> {
+    fn ring_all_reduce(
+        &mut self,
+        links: &mut Links,
+        buf: &mut [f32],
+    ) -> Result<(), CollectiveError> {
         let (world, rank) = (self.world, self.rank);
         let seq = self.seq;
         self.seq += 1;
@@ -631,11 +673,14 @@ impl RingCollective {
             let recv = segment(buf.len(), world, (rank + 2 * world - step - 1) % world);
             let (send, recv) = disjoint(buf, send, recv);
             let last = step == world - 2;
-            let reduce = Reduce {
+            let mut sink = Accumulate {
+                dst: recv,
+                done: 0,
                 scratch: &mut self.scratch,
+                filled: 0,
                 scale: last.then_some(scale),
             };
-            exchange(links, send, recv, Some(reduce))?;
+            transfer(links, bytemuck::cast_slice(send), &mut sink)?;
         }
         // All-gather: at step s rank r passes on segment r + 1 - s, finished by itself (s = 0)
         // or received at the previous step, and receives segment r - s in place.
@@ -643,7 +688,11 @@ impl RingCollective {
             let send = segment(buf.len(), world, (rank + 1 + world - step) % world);
             let recv = segment(buf.len(), world, (rank + world - step) % world);
             let (send, recv) = disjoint(buf, send, recv);
-            exchange(links, send, recv, None)?;
+            let mut sink = Overwrite {
+                dst: bytemuck::cast_slice_mut(recv),
+                done: 0,
+            };
+            transfer(links, bytemuck::cast_slice(send), &mut sink)?;
         }
         Ok(())
     }
@@ -665,11 +714,11 @@ impl Collective for RingCollective {
         if self.broken {
             return Err(CollectiveError::Broken);
         }
-        let Some(links) = self.links.take() else {
+        let Some(mut links) = self.links.take() else {
             // The mean of one rank's values is those values.
             return Ok(());
         };
-        let result = self.ring_all_reduce(&links, buf);
+        let result = self.ring_all_reduce(&mut links, buf);
         if let Err(error) = &result {
             self.broken = true;
             // Tell the neighbours now rather than when the ring is dropped.
@@ -697,17 +746,19 @@ fn disjoint(buf: &mut [f32], send: Range<usize>, recv: Range<usize>) -> (&[f32],
 }
 
 /// Sends this rank's header to the successor and checks the predecessor's against it.
-fn exchange_header(links: &Links, len: usize, seq: u64) -> Result<(), CollectiveError> {
+fn exchange_header(links: &mut Links, len: usize, seq: u64) -> Result<(), CollectiveError> {
     let mut header = [0u8; HEADER_LEN];
     header[0..8].copy_from_slice(&(len as u64).to_le_bytes());
     header[8..16].copy_from_slice(&seq.to_le_bytes());
-    (&links.next)
-        .write_all(&header)
-        .map_err(|e| links.send_error(e))?;
     let mut theirs = [0u8; HEADER_LEN];
-    (&links.prev)
-        .read_exact(&mut theirs)
-        .map_err(|e| links.recv_error(e))?;
+    transfer(
+        links,
+        &header,
+        &mut Overwrite {
+            dst: &mut theirs,
+            done: 0,
+        },
+    )?;
     let (their_len, their_seq) = theirs.split_at(8);
     let their_len = u64::from_le_bytes(their_len.try_into().unwrap_or_default());
     let their_seq = u64::from_le_bytes(their_seq.try_into().unwrap_or_default());
@@ -728,82 +779,155 @@ fn exchange_header(links: &Links, len: usize, seq: u64) -> Result<(), Collective
     Ok(())
 }
 
-/// How a reduce-scatter step folds what it receives into its segment.
-struct Reduce<'a> {
-    /// Where each received chunk lands before it is added; its length is the chunk size.
+/// Where the bytes a step receives go.
+trait Sink {
+    /// Bytes still to receive.
+    fn remaining(&self) -> usize;
+    /// Where the next bytes go: not empty while [`Sink::remaining`] is not zero.
+    fn space(&mut self) -> &mut [u8];
+    /// Takes note that `n` bytes were written to the front of [`Sink::space`].
+    fn advance(&mut self, n: usize);
+}
+
+/// Receives straight into the destination (all-gather, headers).
+struct Overwrite<'a> {
+    dst: &'a mut [u8],
+    done: usize,
+}
+
+impl Sink for Overwrite<'_> {
+    fn remaining(&self) -> usize {
+        self.dst.len() - self.done
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.dst[self.done..]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.done += n;
+    }
+}
+
+/// Receives chunk by chunk into a scratch buffer and adds each complete chunk into the
+/// destination (reduce-scatter), while it is still in cache.
+struct Accumulate<'a> {
+    dst: &'a mut [f32],
+    /// Elements of `dst` already summed.
+    done: usize,
+    /// Holds the chunk being received; its length is the chunk size.
     scratch: &'a mut [f32],
+    /// Bytes of the current chunk received so far.
+    filled: usize,
     /// Multiplies the sums by this as they are made: the step that completes a segment turns
     /// it into the mean without another pass over memory.
     scale: Option<f32>,
 }
 
-/// One ring step: sends `send` to the successor while receiving as many elements as `recv`
-/// holds from the predecessor, overwriting `recv` or, with `reduce`, adding into it.
-fn exchange(
-    links: &Links,
-    send: &[f32],
-    recv: &mut [f32],
-    reduce: Option<Reduce<'_>>,
-) -> Result<(), CollectiveError> {
-    if (send.len().max(recv.len()) * size_of::<f32>()) <= INLINE_BYTES {
-        (&links.next)
-            .write_all(bytemuck::cast_slice(send))
-            .map_err(|e| links.send_error(e))?;
-        return receive(&links.prev, recv, reduce).map_err(|e| links.recv_error(e));
-    }
-
-    // The first failure is the cause; the other side then fails because of the shutdown.
-    let first_error: OnceLock<CollectiveError> = OnceLock::new();
-    thread::scope(|scope| {
-        let sender = thread::Builder::new()
-            .name("kiln-ring-send".to_owned())
-            .spawn_scoped(scope, || {
-                if let Err(e) = (&links.next).write_all(bytemuck::cast_slice(send)) {
-                    let _ = first_error.set(links.send_error(e));
-                    links.shutdown();
-                }
-            });
-        if let Err(e) = sender {
-            let _ = first_error.set(CollectiveError::Thread(e));
-            return;
-        }
-        if let Err(e) = receive(&links.prev, recv, reduce) {
-            let _ = first_error.set(links.recv_error(e));
-            links.shutdown();
-        }
-    });
-    match first_error.into_inner() {
-        Some(error) => Err(error),
-        None => Ok(()),
+impl Accumulate<'_> {
+    /// Elements in the chunk being received.
+    fn chunk_len(&self) -> usize {
+        self.scratch.len().min(self.dst.len() - self.done)
     }
 }
 
-/// Reads `recv.len()` elements from `stream`: straight into `recv`, or chunk by chunk into
-/// the scratch buffer and added to `recv` (so adding one chunk overlaps with the kernel
-/// receiving the next).
-fn receive(mut stream: &TcpStream, recv: &mut [f32], reduce: Option<Reduce<'_>>) -> io::Result<()> {
-    let Some(Reduce { scratch, scale }) = reduce else {
-        return stream.read_exact(bytemuck::cast_slice_mut(recv));
-    };
-    for dst in recv.chunks_mut(scratch.len().max(1)) {
-        let src = &mut scratch[..dst.len()];
-        stream.read_exact(bytemuck::cast_slice_mut(src))?;
-        match scale {
-            None => dst.iter_mut().zip(src.iter()).for_each(|(d, s)| *d += *s),
+impl Sink for Accumulate<'_> {
+    fn remaining(&self) -> usize {
+        (self.dst.len() - self.done) * size_of::<f32>() - self.filled
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        let len = self.chunk_len();
+        &mut bytemuck::cast_slice_mut(&mut self.scratch[..len])[self.filled..]
+    }
+
+    fn advance(&mut self, n: usize) {
+        self.filled += n;
+        let len = self.chunk_len();
+        if self.filled < len * size_of::<f32>() {
+            return;
+        }
+        let src = &self.scratch[..len];
+        let dst = &mut self.dst[self.done..self.done + len];
+        match self.scale {
+            None => dst.iter_mut().zip(src).for_each(|(d, s)| *d += *s),
             Some(k) => dst
                 .iter_mut()
-                .zip(src.iter())
+                .zip(src)
                 .for_each(|(d, s)| *d = (*d + *s) * k),
         }
+        self.done += len;
+        self.filled = 0;
     }
-    Ok(())
+}
+
+/// One ring step: sends `out` to the successor while receiving `sink.remaining()` bytes from
+/// the predecessor, both as fast as the two connections allow, until both are done.
+fn transfer(links: &mut Links, out: &[u8], sink: &mut impl Sink) -> Result<(), CollectiveError> {
+    let mut sent = 0;
+    let mut last_progress = Instant::now();
+    loop {
+        // Readiness is edge-triggered: each direction goes on until it would block (or is done)
+        // before the loop may wait.
+        let mut progressed = false;
+        while sent < out.len() {
+            match (&links.next).write(&out[sent..]) {
+                Ok(0) => return Err(links.send_error(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    sent += n;
+                    progressed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(links.send_error(e)),
+            }
+        }
+        while sink.remaining() > 0 {
+            match (&links.prev).read(sink.space()) {
+                Ok(0) => return Err(links.recv_error(io::ErrorKind::UnexpectedEof.into())),
+                Ok(n) => {
+                    sink.advance(n);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(links.recv_error(e)),
+            }
+        }
+        if sent == out.len() && sink.remaining() == 0 {
+            return Ok(());
+        }
+
+        let now = Instant::now();
+        if progressed {
+            last_progress = now;
+        }
+        let left = links
+            .op_timeout
+            .saturating_sub(now.duration_since(last_progress));
+        if left.is_zero() {
+            let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+            return Err(if sink.remaining() > 0 {
+                links.recv_error(timed_out)
+            } else {
+                links.send_error(timed_out)
+            });
+        }
+        if now.duration_since(last_progress) < links.spin {
+            std::hint::spin_loop();
+            continue;
+        }
+        match links.poll.poll(&mut links.events, Some(left)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(CollectiveError::Poll(e)),
+        }
+    }
 }
 
 fn configure_stream(stream: &TcpStream, options: &RingOptions) -> io::Result<()> {
-    stream.set_nonblocking(false)?;
+    stream.set_nonblocking(true)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(options.op_timeout))?;
-    stream.set_write_timeout(Some(options.op_timeout))?;
     if let Some(bytes) = options.socket_buffer_bytes {
         let socket = socket2::SockRef::from(stream);
         socket.set_send_buffer_size(bytes)?;
@@ -1009,6 +1133,62 @@ mod tests {
             let (min, max) = (sizes.iter().min().copied(), sizes.iter().max().copied());
             prop_assert!(max.unwrap_or(0) - min.unwrap_or(0) <= 1);
         }
+    }
+
+    proptest! {
+        /// However the kernel splits the stream, every element is summed (and scaled) once.
+        #[test]
+        fn accumulate_sums_whatever_the_read_sizes(
+            len in 0usize..300,
+            chunk in 1usize..40,
+            reads in prop::collection::vec(1usize..50, 1..16),
+            scale in prop::option::of(Just(0.25f32)),
+        ) {
+            let start: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let incoming: Vec<f32> = (0..len).map(|i| (3 * i) as f32 + 0.5).collect();
+            let bytes: &[u8] = bytemuck::cast_slice(&incoming);
+            let mut dst = start.clone();
+            let mut scratch = vec![0.0f32; chunk];
+            let mut sink = Accumulate {
+                dst: &mut dst,
+                done: 0,
+                scratch: &mut scratch,
+                filled: 0,
+                scale,
+            };
+            let mut fed = 0;
+            let mut reads = reads.iter().copied().cycle();
+            while sink.remaining() > 0 {
+                prop_assert_eq!(sink.remaining(), bytes.len() - fed);
+                let space = sink.space();
+                prop_assert!(!space.is_empty());
+                let n = reads.next().unwrap_or(1).min(space.len());
+                space[..n].copy_from_slice(&bytes[fed..fed + n]);
+                sink.advance(n);
+                fed += n;
+            }
+            prop_assert_eq!(fed, bytes.len());
+            for i in 0..len {
+                let sum = start[i] + incoming[i];
+                prop_assert_eq!(dst[i], scale.map_or(sum, |k| sum * k));
+            }
+        }
+    }
+
+    #[test]
+    fn overwrite_fills_the_destination_in_order() {
+        let mut dst = [0u8; 5];
+        let mut sink = Overwrite {
+            dst: &mut dst,
+            done: 0,
+        };
+        sink.space()[..2].copy_from_slice(b"ab");
+        sink.advance(2);
+        assert_eq!(sink.remaining(), 3);
+        sink.space().copy_from_slice(b"cde");
+        sink.advance(3);
+        assert_eq!(sink.remaining(), 0);
+        assert_eq!(&dst, b"abcde");
     }
 
     #[test]
