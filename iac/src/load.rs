@@ -667,6 +667,21 @@ enum Get<'b, T> {
     Found(T, &'b Attribute),
 }
 
+/// Why [`Get`] found no value.
+enum Absent {
+    Missing,
+    Invalid,
+}
+
+impl<T> From<Absent> for Get<'_, T> {
+    fn from(absent: Absent) -> Self {
+        match absent {
+            Absent::Missing => Get::Missing,
+            Absent::Invalid => Get::Invalid,
+        }
+    }
+}
+
 impl<T> Get<'_, T> {
     /// The value, `default` when absent, `None` when invalid (already reported).
     fn or(self, default: T) -> Option<T> {
@@ -1359,6 +1374,22 @@ impl<'d> Loader<'d> {
         self.push(src.error(span, summary));
     }
 
+    /// Attribute `name` of `body` and its value, unless it is not written, is `null` (as in
+    /// Terraform, "not set": `x = cond ? 1 : null`), or failed to evaluate (already reported).
+    fn eval_set<'b>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+    ) -> Result<(&'b Attribute, Value), Absent> {
+        let attr = body.get_attribute(name).ok_or(Absent::Missing)?;
+        let value = self.eval(src, attr).ok_or(Absent::Invalid)?;
+        if value.is_null() {
+            return Err(Absent::Missing);
+        }
+        Ok((attr, value))
+    }
+
     /// Reads attribute `name` of `body` through `convert` (errors reported at the value).
     fn get<'b, T>(
         &mut self,
@@ -1367,16 +1398,10 @@ impl<'d> Loader<'d> {
         name: &str,
         convert: impl FnOnce(&Value) -> Result<T, Bad>,
     ) -> Get<'b, T> {
-        let Some(attr) = body.get_attribute(name) else {
-            return Get::Missing;
+        let (attr, value) = match self.eval_set(src, body, name) {
+            Ok(found) => found,
+            Err(absent) => return absent.into(),
         };
-        let Some(value) = self.eval(src, attr) else {
-            return Get::Invalid;
-        };
-        // As in Terraform, `null` means "not set" (`x = cond ? 1 : null`).
-        if value.is_null() {
-            return Get::Missing;
-        }
         match convert(&value) {
             Ok(value) => Get::Found(value, attr),
             Err(bad) => {
@@ -1432,16 +1457,10 @@ impl<'d> Loader<'d> {
         what: &str,
         convert: impl Fn(&Value) -> Result<T, Bad>,
     ) -> Get<'b, Vec<T>> {
-        let Some(attr) = body.get_attribute(name) else {
-            return Get::Missing;
+        let (attr, value) = match self.eval_set(src, body, name) {
+            Ok(found) => found,
+            Err(absent) => return absent.into(),
         };
-        let Some(value) = self.eval(src, attr) else {
-            return Get::Invalid;
-        };
-        // As in Terraform, `null` means "not set" (`x = cond ? 1 : null`).
-        if value.is_null() {
-            return Get::Missing;
-        }
         let Value::Array(items) = &value else {
             let bad = Bad::Type(format!(
                 "expected a list of {what}, got {}",
@@ -1479,16 +1498,10 @@ impl<'d> Loader<'d> {
         what: &str,
         convert: impl Fn(&Value) -> Result<T, Bad>,
     ) -> Get<'b, BTreeMap<String, T>> {
-        let Some(attr) = body.get_attribute(name) else {
-            return Get::Missing;
+        let (attr, value) = match self.eval_set(src, body, name) {
+            Ok(found) => found,
+            Err(absent) => return absent.into(),
         };
-        let Some(value) = self.eval(src, attr) else {
-            return Get::Invalid;
-        };
-        // As in Terraform, `null` means "not set" (`x = cond ? 1 : null`).
-        if value.is_null() {
-            return Get::Missing;
-        }
         let Value::Object(map) = &value else {
             let bad = Bad::Type(format!(
                 "expected a map of {what}, got {}",
