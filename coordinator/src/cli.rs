@@ -22,6 +22,9 @@ use crate::follow;
 use crate::service::Server;
 use crate::state::EmbeddedStore;
 
+/// Where clients look for a coordinator when nothing else says.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
+
 /// A failed command and the exit code it maps to.
 #[derive(Debug)]
 pub struct CliError {
@@ -39,7 +42,7 @@ impl CliError {
     /// Infrastructure: state, network, processes.
     pub const INFRA: u8 = 3;
 
-    fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
+    pub(crate) fn new(code: u8, error: impl Into<anyhow::Error>) -> Self {
         Self {
             code,
             error: error.into(),
@@ -48,7 +51,7 @@ impl CliError {
 }
 
 /// Tags an error with an exit code.
-trait ExitCodeExt<T> {
+pub(crate) trait ExitCodeExt<T> {
     fn code(self, code: u8) -> Result<T, CliError>;
 }
 
@@ -86,7 +89,7 @@ pub fn validate(dir: &Path, vars: &LoadOptions, json: bool) -> Result<(), CliErr
     }
 }
 
-fn load(dir: &Path, vars: &LoadOptions) -> Result<Config, CliError> {
+pub(crate) fn load(dir: &Path, vars: &LoadOptions) -> Result<Config, CliError> {
     kiln_iac::load_dir_with(dir, vars).code(CliError::BAD_INPUT)
 }
 
@@ -138,7 +141,7 @@ pub fn worker_binary() -> Result<PathBuf, CliError> {
     }
 }
 
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     use rand::Rng;
     hex::encode(rand::rng().random::<[u8; 16]>())
 }
@@ -272,15 +275,33 @@ async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
         .code(CliError::INFRA)
 }
 
+/// How `kiln coordinator` serves.
+pub struct CoordinatorOptions {
+    /// Address to bind.
+    pub listen: SocketAddr,
+    /// Directory of the embedded state.
+    pub state: PathBuf,
+    /// File holding the join token; `None` generates one into the state directory.
+    pub join_token_file: Option<PathBuf>,
+    /// URL to announce instead of the bound address.
+    pub advertise: Option<String>,
+    /// File to write the URL into once the coordinator accepts connections.
+    pub ready_file: Option<PathBuf>,
+}
+
 /// `kiln coordinator`: serves until Ctrl-C or SIGTERM.
-pub async fn coordinator(
-    listen: SocketAddr,
-    state: &Path,
-    join_token_file: Option<&Path>,
-) -> Result<(), CliError> {
+pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
+    let CoordinatorOptions {
+        listen,
+        state,
+        join_token_file,
+        advertise,
+        ready_file,
+    } = options;
+    let state = state.as_path();
     let store = EmbeddedStore::open(state).code(CliError::INFRA)?;
     let token = match join_token_file {
-        Some(path) => std::fs::read_to_string(path)
+        Some(ref path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the join token from {}", path.display()))
             .code(CliError::BAD_INPUT)?
             .trim()
@@ -299,7 +320,16 @@ pub async fn coordinator(
         .await
         .with_context(|| format!("listening on {listen}"))
         .code(CliError::INFRA)?;
-    eprintln!("kiln: coordinator listening on {}", server.url());
+    let url = advertise.unwrap_or_else(|| server.url());
+    eprintln!("kiln: coordinator listening on {} ({url})", server.addr);
+    if let Some(path) = ready_file {
+        // Written whole, then renamed: a supervisor polling for it never reads half a URL.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &url)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("writing {}", path.display()))
+            .code(CliError::INFRA)?;
+    }
     interrupted().await;
     eprintln!("kiln: shutting down");
     server.shutdown().await.code(CliError::INFRA)
@@ -319,7 +349,7 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 
 /// `kiln submit PATH`: submits the jobs declared in PATH (a file, or every job of a directory).
 pub async fn submit(
-    coordinator: &str,
+    coordinator: Option<&str>,
     path: &Path,
     job_name: Option<&str>,
     vars: &LoadOptions,
@@ -355,7 +385,12 @@ pub async fn submit(
             anyhow!("--follow takes one job; pick it with --job"),
         ));
     }
-    let mut client = connect(coordinator).await?;
+    let url = match coordinator {
+        Some(url) => url.to_owned(),
+        None => crate::infra::applied_coordinator(&config.dir, &jobs[0].cluster)?
+            .unwrap_or_else(|| DEFAULT_COORDINATOR.to_owned()),
+    };
+    let mut client = connect(&url).await?;
     let mut last = None;
     for job in jobs {
         let id = client
@@ -482,5 +517,45 @@ pub async fn cancel(coordinator: &str, job: &str) -> Result<(), CliError> {
         .code(CliError::BAD_INPUT)?
         .into_inner();
     println!("{} {}", job.id, job.state().label());
+    Ok(())
+}
+
+/// `kiln fmt [--check] DIR`: rewrites the `*.hcl` files of `dir` that are not in canonical
+/// layout (see [`kiln_iac::fmt`]) and prints their paths. With `check`, changes nothing:
+/// prints the path and a unified diff of each such file, and fails with
+/// [`CliError::BAD_INPUT`] if there is any. A directory with a syntax error anywhere is
+/// reported and left untouched.
+pub fn fmt(dir: &Path, check: bool) -> Result<(), CliError> {
+    let files = kiln_iac::fmt::format_dir(dir).code(CliError::BAD_INPUT)?;
+    let changed: Vec<_> = files.iter().filter(|file| file.changed()).collect();
+    if check {
+        for file in &changed {
+            let name = file.path.display().to_string();
+            println!("{name}");
+            let diff = similar::TextDiff::from_lines(&file.original, &file.formatted);
+            print!(
+                "{}",
+                diff.unified_diff()
+                    .header(&name, &format!("{name} (formatted)"))
+            );
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        return Err(CliError::new(
+            CliError::BAD_INPUT,
+            anyhow!(
+                "{} file(s) not in canonical format: run `kiln fmt {}`",
+                changed.len(),
+                dir.display()
+            ),
+        ));
+    }
+    for file in changed {
+        kiln_iac::fmt::write_formatted(file)
+            .with_context(|| format!("cannot rewrite {}", file.path.display()))
+            .code(CliError::INFRA)?;
+        println!("{}", file.path.display());
+    }
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kiln_coordinator::bench;
 use kiln_coordinator::cli::{self, CliError};
+use kiln_coordinator::{bench, infra};
 
 #[derive(Parser)]
 #[command(
@@ -25,7 +25,7 @@ struct Remote {
     #[arg(
         long,
         env = "KILN_COORDINATOR",
-        default_value = "http://127.0.0.1:7070"
+        default_value = cli::DEFAULT_COORDINATOR
     )]
     coordinator: String,
 }
@@ -75,6 +75,20 @@ enum Command {
         #[command(flatten)]
         vars: Vars,
     },
+    /// Rewrite the HCL files of a directory in canonical layout, keeping comments.
+    ///
+    /// Changes only layout (indentation, spacing around `=` and aligned `=`, blank lines,
+    /// trailing whitespace), never a value, a string or a comment's text. Prints each file it
+    /// rewrites. A directory with a syntax error is reported and left untouched.
+    Fmt {
+        /// Configuration directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Change nothing: print a diff of each file that is not in canonical layout and exit
+        /// with code 2 if there is any.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a standalone coordinator.
     Coordinator {
         /// Address to listen on.
@@ -86,6 +100,12 @@ enum Command {
         /// File holding the join token; without it a token is generated into the state directory.
         #[arg(long)]
         join_token_file: Option<PathBuf>,
+        /// URL workers and clients should use, when it differs from the listen address.
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Write the coordinator's URL to this file once it accepts connections.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
     },
     /// Submit the jobs of an HCL file (or directory) to a running coordinator.
     Submit {
@@ -99,8 +119,10 @@ enum Command {
         follow: bool,
         #[command(flatten)]
         vars: Vars,
-        #[command(flatten)]
-        remote: Remote,
+        /// Coordinator URL. Default: the coordinator `kiln apply` started for the job's
+        /// cluster, else http://127.0.0.1:7070.
+        #[arg(long, env = "KILN_COORDINATOR")]
+        coordinator: Option<String>,
     },
     /// Show one job, or all jobs.
     Status {
@@ -118,6 +140,45 @@ enum Command {
         job: String,
         #[command(flatten)]
         remote: Remote,
+    },
+    /// Show what `apply` would change: refresh the recorded resources, diff them against the
+    /// configuration.
+    Plan {
+        /// Configuration directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Save the plan; `kiln apply FILE` then applies exactly it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        vars: Vars,
+    },
+    /// Create, update or replace the clusters' coordinators and nodes to match the
+    /// configuration (or a saved plan).
+    Apply {
+        /// Configuration directory, or a plan file from `kiln plan --out`.
+        #[arg(default_value = ".")]
+        target: PathBuf,
+        /// Apply without asking for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+        #[command(flatten)]
+        vars: Vars,
+    },
+    /// Stop every resource the state records.
+    Destroy {
+        /// Configuration directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Destroy without asking for confirmation.
+        #[arg(long)]
+        auto_approve: bool,
+    },
+    /// List the resources the state records and whether each still runs.
+    State {
+        /// Configuration directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
     },
     /// Measure kiln's building blocks.
     #[command(subcommand)]
@@ -157,19 +218,31 @@ fn main() -> ExitCode {
                 .await
                 .map(drop),
             Command::Validate { dir, json, vars } => cli::validate(&dir, &vars.options(), json),
+            Command::Fmt { dir, check } => cli::fmt(&dir, check),
             Command::Coordinator {
                 listen,
                 state,
                 join_token_file,
-            } => cli::coordinator(listen, &state, join_token_file.as_deref()).await,
+                advertise,
+                ready_file,
+            } => {
+                cli::coordinator(cli::CoordinatorOptions {
+                    listen,
+                    state,
+                    join_token_file,
+                    advertise,
+                    ready_file,
+                })
+                .await
+            }
             Command::Submit {
                 path,
                 job,
                 follow,
                 vars,
-                remote,
+                coordinator,
             } => cli::submit(
-                &remote.coordinator,
+                coordinator.as_deref(),
                 &path,
                 job.as_deref(),
                 &vars.options(),
@@ -181,6 +254,14 @@ fn main() -> ExitCode {
                 cli::status(&remote.coordinator, job.as_deref(), json).await
             }
             Command::Cancel { job, remote } => cli::cancel(&remote.coordinator, &job).await,
+            Command::Plan { dir, out, vars } => infra::plan(&dir, &vars.options(), out.as_deref()),
+            Command::Apply {
+                target,
+                auto_approve,
+                vars,
+            } => infra::apply(&target, &vars.options(), auto_approve).await,
+            Command::Destroy { dir, auto_approve } => infra::destroy(&dir, auto_approve).await,
+            Command::State { dir } => infra::show(&dir),
             Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary().and_then(|bin| {
                 bench::allreduce(&args, &bin).map_err(|error| CliError {
                     code: CliError::INFRA,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 
@@ -37,6 +37,14 @@ pub trait StateStore: Send + Sync {
     fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError>;
     /// Every key starting with `prefix`, in key order, with its value.
     fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError>;
+    /// One atomic transaction, as etcd's: if every `(key, value)` of `expect` holds (`None`:
+    /// the key is absent), applies `writes` (`None` deletes the key) and returns `Ok(())`;
+    /// otherwise writes nothing and returns the current value of the first key that differs.
+    fn write_if(
+        &self,
+        expect: &[(&str, Option<&[u8]>)],
+        writes: &[(&str, Option<&[u8]>)],
+    ) -> Result<Result<(), Option<Vec<u8>>>, StateError>;
 }
 
 /// The embedded default: one redb database file, `<dir>/state.redb`.
@@ -84,6 +92,32 @@ impl StateStore for EmbeddedStore {
         tx.commit().map_err(io)
     }
 
+    fn write_if(
+        &self,
+        expect: &[(&str, Option<&[u8]>)],
+        writes: &[(&str, Option<&[u8]>)],
+    ) -> Result<Result<(), Option<Vec<u8>>>, StateError> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut table = tx.open_table(TABLE).map_err(io)?;
+            for (key, want) in expect {
+                let have = table.get(*key).map_err(io)?.map(|v| v.value().to_vec());
+                if have.as_deref() != *want {
+                    return Ok(Err(have));
+                }
+            }
+            for (key, value) in writes {
+                match value {
+                    Some(value) => table.insert(*key, *value).map(drop),
+                    None => table.remove(*key).map(drop),
+                }
+                .map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)?;
+        Ok(Ok(()))
+    }
+
     fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let tx = self.db.begin_read().map_err(io)?;
         let table = tx.open_table(TABLE).map_err(io)?;
@@ -119,6 +153,24 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).expect("reopen");
         assert_eq!(store.get("meta/n").expect("get"), Some(b"3".to_vec()));
         assert_eq!(store.get("missing").expect("get"), None);
+        assert_eq!(
+            store
+                .write_if(&[("meta/n", Some(b"4"))], &[("meta/n", None)])
+                .expect("txn"),
+            Err(Some(b"3".to_vec())),
+            "a failed comparison writes nothing"
+        );
+        assert_eq!(
+            store
+                .write_if(
+                    &[("meta/n", Some(b"3")), ("x", None)],
+                    &[("meta/n", None), ("x", Some(b"1"))]
+                )
+                .expect("txn"),
+            Ok(())
+        );
+        assert_eq!(store.get("meta/n").expect("get"), None);
+        assert_eq!(store.get("x").expect("get"), Some(b"1".to_vec()));
         let jobs = store.list("jobs/").expect("list");
         assert_eq!(
             jobs,

@@ -9,7 +9,9 @@
 
 mod diag;
 mod expr;
+pub mod fmt;
 mod load;
+pub mod plan;
 pub mod provider;
 pub mod spec;
 mod vars;

@@ -290,6 +290,9 @@ impl SourceFile {
             .find('\n')
             .map_or(self.text.len(), |i| line_start + i);
         let line_text = self.text[line_start..line_end].trim_end_matches('\r');
+        // A span starting on a line's trailing `\r`s (not part of `line_text`) points just
+        // past the line's end.
+        let start = start.min(line_start + line_text.len());
         let end = floor_char_boundary(
             &self.text,
             span.end.clamp(start, line_start + line_text.len()),
@@ -335,6 +338,73 @@ fn syntax_error_offset(text: &str, location: &hcl::edit::parser::Location) -> us
         }
     }
     offset
+}
+
+/// The `*.hcl` files of `dir`, sorted by name, as `dir` joined with the name (the file set of
+/// a configuration directory, for the loader and `kiln fmt`). `None` when the directory
+/// cannot be read or holds no such file; every problem is pushed to `diags`.
+pub(crate) fn hcl_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            let summary = match err.kind() {
+                std::io::ErrorKind::NotFound => "Configuration directory not found",
+                std::io::ErrorKind::NotADirectory => "The configuration path is not a directory",
+                _ => "Cannot read the configuration directory",
+            };
+            diags.push(Diagnostic::file_error(dir, summary).with_detail(err.to_string()));
+            return None;
+        }
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => {
+                let name = entry.file_name();
+                let path = dir.join(&name);
+                if path.extension().is_some_and(|ext| ext == "hcl") && path.is_file() {
+                    names.push(name);
+                }
+            }
+            Err(err) => diags.push(
+                Diagnostic::file_error(dir, "Cannot read the configuration directory")
+                    .with_detail(err.to_string()),
+            ),
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        diags.push(
+            Diagnostic::file_error(dir, "No configuration files")
+                .with_detail("The directory contains no `*.hcl` file."),
+        );
+        return None;
+    }
+    Some(names.into_iter().map(|name| dir.join(name)).collect())
+}
+
+/// The diagnostic for a file `hcl::edit` cannot parse: located at the error, with a hint for
+/// the common mistakes.
+pub(crate) fn syntax_error(
+    path: PathBuf,
+    text: String,
+    err: &hcl::edit::parser::Error,
+) -> Diagnostic {
+    let offset = syntax_error_offset(&text, err.location());
+    let src = SourceFile::new(path, text);
+    let diagnostic = src.error(
+        Some(offset..offset + 1),
+        format!("Syntax error: {}", err.message()),
+    );
+    if err.message().contains("redefined attribute") {
+        redefined_attribute(&src, offset, diagnostic)
+    } else if second_attribute_on_one_line(&diagnostic) {
+        diagnostic.with_hint(
+            "a block written on one line holds a single attribute; put each attribute on a line of its own",
+        )
+    } else {
+        diagnostic
+    }
 }
 
 /// hcl-edit refuses an attribute set twice in one body as a syntax error at the second key:
@@ -880,45 +950,7 @@ impl<'d> Loader<'d> {
 
     /// The `*.hcl` files of the directory, sorted by name, as `dir` joined with the name.
     fn list_files(&mut self) -> Option<Vec<PathBuf>> {
-        let entries = match std::fs::read_dir(self.dir) {
-            Ok(entries) => entries,
-            Err(err) => {
-                let summary = match err.kind() {
-                    std::io::ErrorKind::NotFound => "Configuration directory not found",
-                    std::io::ErrorKind::NotADirectory => {
-                        "The configuration path is not a directory"
-                    }
-                    _ => "Cannot read the configuration directory",
-                };
-                self.push(Diagnostic::file_error(self.dir, summary).with_detail(err.to_string()));
-                return None;
-            }
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            match entry {
-                Ok(entry) => {
-                    let name = entry.file_name();
-                    let path = self.dir.join(&name);
-                    if path.extension().is_some_and(|ext| ext == "hcl") && path.is_file() {
-                        names.push(name);
-                    }
-                }
-                Err(err) => self.push(
-                    Diagnostic::file_error(self.dir, "Cannot read the configuration directory")
-                        .with_detail(err.to_string()),
-                ),
-            }
-        }
-        names.sort();
-        if names.is_empty() {
-            self.push(
-                Diagnostic::file_error(self.dir, "No configuration files")
-                    .with_detail("The directory contains no `*.hcl` file."),
-            );
-            return None;
-        }
-        Some(names.into_iter().map(|name| self.dir.join(name)).collect())
+        hcl_files(self.dir, &mut self.diags)
     }
 
     /// Reads and parses one file; `None` (reported) when it cannot be read or parsed.
@@ -937,20 +969,7 @@ impl<'d> Loader<'d> {
         match hcl::edit::parser::parse_body(&text) {
             Ok(body) => Some((SourceFile::new(path, text), body)),
             Err(err) => {
-                let offset = syntax_error_offset(&text, err.location());
-                let src = SourceFile::new(path, text);
-                let mut diagnostic = src.error(
-                    Some(offset..offset + 1),
-                    format!("Syntax error: {}", err.message()),
-                );
-                if err.message().contains("redefined attribute") {
-                    diagnostic = redefined_attribute(&src, offset, diagnostic);
-                } else if second_attribute_on_one_line(&diagnostic) {
-                    diagnostic = diagnostic.with_hint(
-                        "a block written on one line holds a single attribute; put each attribute on a line of its own",
-                    );
-                }
-                self.push(diagnostic);
+                self.push(syntax_error(path, text, &err));
                 None
             }
         }

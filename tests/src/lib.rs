@@ -160,6 +160,16 @@ pub fn tagged_processes(tag: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Sends `signal` (`"KILL"`, `"INT"`, ...) to `pid`; false if there was no such process.
+/// Unsafe code is denied workspace-wide, so it goes through kill(1), not libc::kill.
+pub fn signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Stdout and stderr of `out`, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

@@ -4,6 +4,7 @@
 //! integration tests), so diagnostics render them as `tests/fixtures/...`: the snapshots
 //! hold no machine-specific path.
 
+mod fmt;
 mod invalid;
 mod language;
 mod robustness;

@@ -2,4 +2,6 @@
 
 mod bad_input;
 mod coordinator;
+mod fmt;
+mod infra;
 mod up;

@@ -102,12 +102,7 @@ fn interrupted_up_cancels_and_reaps_every_worker() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    // Unsafe code is denied workspace-wide, so the signal goes through kill(1), not libc::kill.
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    assert!(kiln_tests::signal(pid, "INT"));
     let out = kiln_tests::wait_with_timeout(child, Duration::from_secs(30)).expect("kiln exits");
     assert!(!out.status.success(), "an interrupted job is not a success");
     let stderr = String::from_utf8_lossy(&out.stderr);

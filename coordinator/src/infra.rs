@@ -1,0 +1,561 @@
+//! `kiln plan / apply / destroy / state`: the configuration's clusters as declared
+//! infrastructure, Terraform-style.
+//!
+//! What exists is recorded in a state store of its own, `<config dir>/.kiln/infra/state.redb`
+//! (separate from the coordinators' job state, which a running coordinator holds open): every
+//! resource with its provider handle, a `serial` that grows with every write and a `lineage`
+//! that names this state for good. Commands open the database only for a moment, so several
+//! can take turns; an operation that changes things holds a lock record naming its holder,
+//! and every state write checks that it still holds that lock.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use kiln_iac::LoadOptions;
+use kiln_iac::plan::{self, Action, Change, Plan, Recorded, ResourceKind};
+use kiln_iac::provider::{ApplyContext, LocalProvider, Provider};
+use kiln_iac::spec::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{CliError, ExitCodeExt, load, random_token, worker_binary};
+use crate::state::{EmbeddedStore, StateError, StateStore};
+
+const STATE_KEY: &str = "infra/state";
+const LOCK_KEY: &str = "infra/lock";
+/// How long a command waits for another one's brief hold on the database file.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Version of the plan file format.
+const PLAN_FORMAT: u32 = 1;
+/// How long a destroyed process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What exists, as last recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InfraState {
+    lineage: String,
+    serial: u64,
+    resources: Vec<Recorded>,
+}
+
+/// Who holds the lock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LockInfo {
+    id: String,
+    operation: String,
+    pid: u32,
+    host: String,
+    user: String,
+    since_unix_ms: u64,
+}
+
+impl LockInfo {
+    fn describe(&self) -> String {
+        let age = unix_ms().saturating_sub(self.since_unix_ms) / 1000;
+        format!(
+            "`kiln {}` (pid {} on {}, user {}) for {age}s",
+            self.operation, self.pid, self.host, self.user
+        )
+    }
+
+    /// Held by a process of this host that no longer runs.
+    fn is_stale(&self) -> bool {
+        self.host == hostname()
+            && rustix::process::Pid::from_raw(self.pid as i32)
+                .is_some_and(|pid| rustix::process::test_kill_process(pid).is_err())
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The infrastructure state of one configuration directory.
+struct Infra {
+    dir: PathBuf,
+}
+
+/// The held lock; released on drop.
+struct LockGuard<'a> {
+    infra: &'a Infra,
+    lock: Vec<u8>,
+}
+
+fn state_err(e: StateError) -> CliError {
+    CliError::new(CliError::INFRA, e)
+}
+
+impl Infra {
+    fn of(config_dir: &Path) -> Self {
+        Self {
+            dir: config_dir.join(".kiln").join("infra"),
+        }
+    }
+
+    /// Opens the database, waiting while another command has it open.
+    fn open(&self) -> Result<EmbeddedStore, CliError> {
+        let deadline = Instant::now() + OPEN_TIMEOUT;
+        loop {
+            match EmbeddedStore::open(&self.dir) {
+                Err(StateError::Locked(_)) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.map_err(state_err),
+            }
+        }
+    }
+
+    fn read(&self) -> Result<InfraState, CliError> {
+        let store = self.open()?;
+        loop {
+            if let Some(bytes) = store.get(STATE_KEY).map_err(state_err)? {
+                return serde_json::from_slice(&bytes)
+                    .with_context(|| format!("the state in {} is unreadable", self.dir.display()))
+                    .code(CliError::INFRA);
+            }
+            // A new state gets its lineage once, so that plans made before the first apply
+            // match it.
+            let fresh = InfraState {
+                lineage: random_token(),
+                serial: 0,
+                resources: Vec::new(),
+            };
+            let bytes = serde_json::to_vec(&fresh).code(CliError::INFRA)?;
+            let created = store
+                .write_if(&[(STATE_KEY, None)], &[(STATE_KEY, Some(&bytes))])
+                .map_err(state_err)?;
+            if created.is_ok() {
+                return Ok(fresh);
+            }
+        }
+    }
+
+    /// Takes the lock for `operation`, or says who holds it. A lock left by a process of
+    /// this host that no longer runs is taken over.
+    fn lock(&self, operation: &str) -> Result<LockGuard<'_>, CliError> {
+        let info = LockInfo {
+            id: random_token(),
+            operation: operation.to_owned(),
+            pid: std::process::id(),
+            host: hostname(),
+            user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            since_unix_ms: unix_ms(),
+        };
+        let lock = serde_json::to_vec(&info).code(CliError::INFRA)?;
+        let store = self.open()?;
+        let held = match store
+            .write_if(&[(LOCK_KEY, None)], &[(LOCK_KEY, Some(&lock))])
+            .map_err(state_err)?
+        {
+            Ok(()) => return Ok(LockGuard { infra: self, lock }),
+            Err(held) => held.unwrap_or_default(),
+        };
+        let holder: Option<LockInfo> = serde_json::from_slice(&held).ok();
+        match holder {
+            Some(holder) if holder.is_stale() => {
+                eprintln!(
+                    "kiln: taking over the lock left by {} (that process is gone)",
+                    holder.describe()
+                );
+                match store
+                    .write_if(&[(LOCK_KEY, Some(&held))], &[(LOCK_KEY, Some(&lock))])
+                    .map_err(state_err)?
+                {
+                    Ok(()) => Ok(LockGuard { infra: self, lock }),
+                    Err(_) => Err(locked(self, "another command took it first")),
+                }
+            }
+            Some(holder) => Err(locked(self, &holder.describe())),
+            None => Err(locked(self, "an unreadable lock record")),
+        }
+    }
+}
+
+fn locked(infra: &Infra, holder: &str) -> CliError {
+    CliError::new(
+        CliError::INFRA,
+        anyhow!(
+            "the state in {} is locked by {holder}; wait for it to finish",
+            infra.dir.display()
+        ),
+    )
+}
+
+impl LockGuard<'_> {
+    /// Writes `state`, provided the lock is still ours.
+    fn save(&self, state: &InfraState) -> Result<(), CliError> {
+        let bytes = serde_json::to_vec(state).code(CliError::INFRA)?;
+        let store = self.infra.open()?;
+        store
+            .write_if(
+                &[(LOCK_KEY, Some(&self.lock))],
+                &[(STATE_KEY, Some(&bytes))],
+            )
+            .map_err(state_err)?
+            .map_err(|_| {
+                CliError::new(
+                    CliError::INFRA,
+                    anyhow!(
+                        "lost the lock on {} while applying; the last change is not recorded",
+                        self.infra.dir.display()
+                    ),
+                )
+            })
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let released = self.infra.open().and_then(|store| {
+            store
+                .write_if(&[(LOCK_KEY, Some(&self.lock))], &[(LOCK_KEY, None)])
+                .map_err(state_err)
+        });
+        if let Err(e) = released {
+            eprintln!("kiln: could not release the state lock: {:#}", e.error);
+        }
+    }
+}
+
+/// The local provider runs coordinators on embedded state only; say so before planning.
+fn check_supported(config: &Config) -> Result<(), CliError> {
+    for cluster in config.clusters.values() {
+        if !matches!(cluster.state, kiln_iac::spec::StateSpec::Embedded { .. }) {
+            return Err(CliError::new(
+                CliError::BAD_INPUT,
+                anyhow!(
+                    "cluster {:?}: `kiln apply` runs coordinators on embedded state only; use `state {{ backend = \"embedded\" }}`",
+                    cluster.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes `state` through `provider` and diffs it against `config`.
+fn make_plan(provider: &LocalProvider, config: &Config, state: &InfraState) -> Plan {
+    let observed = provider.refresh(&state.resources);
+    Plan {
+        lineage: state.lineage.clone(),
+        serial: state.serial,
+        changes: provider.plan(&plan::desired(config), &observed),
+    }
+}
+
+/// A saved plan: the plan and the configuration directory it applies to.
+#[derive(Serialize, Deserialize)]
+struct PlanFile {
+    format: u32,
+    dir: PathBuf,
+    plan: Plan,
+}
+
+/// `kiln plan DIR [--out FILE]`.
+pub fn plan(dir: &Path, vars: &LoadOptions, out: Option<&Path>) -> Result<(), CliError> {
+    let config = load(dir, vars)?;
+    check_supported(&config)?;
+    let infra = Infra::of(&config.dir);
+    let plan = make_plan(&LocalProvider::new(), &config, &infra.read()?);
+    println!("{plan}");
+    if let Some(out) = out {
+        let file = PlanFile {
+            format: PLAN_FORMAT,
+            dir: config.dir.clone(),
+            plan,
+        };
+        let json = serde_json::to_vec_pretty(&file).code(CliError::INFRA)?;
+        write_atomically(out, &json)
+            .with_context(|| format!("writing the plan to {}", out.display()))
+            .code(CliError::INFRA)?;
+        println!(
+            "\nSaved the plan to {}; `kiln apply {}` applies exactly these changes.",
+            out.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// `kiln apply DIR | PLANFILE [--auto-approve]`.
+pub async fn apply(target: &Path, vars: &LoadOptions, auto_approve: bool) -> Result<(), CliError> {
+    let mut provider = LocalProvider::new();
+    if target.is_file() {
+        let file: PlanFile = std::fs::read(target)
+            .map_err(anyhow::Error::from)
+            .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
+            .with_context(|| format!("{} is not a kiln plan file", target.display()))
+            .code(CliError::BAD_INPUT)?;
+        if file.format != PLAN_FORMAT {
+            return Err(CliError::new(
+                CliError::BAD_INPUT,
+                anyhow!(
+                    "{} has plan format {}, this kiln reads {PLAN_FORMAT}",
+                    target.display(),
+                    file.format
+                ),
+            ));
+        }
+        let infra = Infra::of(&file.dir);
+        let guard = infra.lock("apply")?;
+        let mut state = infra.read()?;
+        if (state.lineage.as_str(), state.serial) != (file.plan.lineage.as_str(), file.plan.serial)
+        {
+            return Err(CliError::new(
+                CliError::BAD_INPUT,
+                anyhow!(
+                    "the plan in {} is stale: it was made at state serial {}, and the state is at serial {} now; run `kiln plan` again",
+                    target.display(),
+                    file.plan.serial,
+                    state.serial
+                ),
+            ));
+        }
+        println!("{}", file.plan);
+        return execute(
+            &mut provider,
+            &file.plan,
+            &mut state,
+            &guard,
+            &file.dir,
+            "Apply",
+        )
+        .await;
+    }
+    let config = load(target, vars)?;
+    check_supported(&config)?;
+    let infra = Infra::of(&config.dir);
+    let guard = infra.lock("apply")?;
+    let mut state = infra.read()?;
+    let plan = make_plan(&provider, &config, &state);
+    println!("{plan}");
+    if plan.changes.is_empty() {
+        return Ok(());
+    }
+    confirm(auto_approve, "Apply these changes?")?;
+    execute(
+        &mut provider,
+        &plan,
+        &mut state,
+        &guard,
+        &config.dir,
+        "Apply",
+    )
+    .await
+}
+
+/// `kiln destroy DIR [--auto-approve]`: stops everything the state records. The configuration
+/// is not needed (it may be broken or gone).
+pub async fn destroy(dir: &Path, auto_approve: bool) -> Result<(), CliError> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", dir.display()))
+        .code(CliError::BAD_INPUT)?;
+    let infra = Infra::of(&dir);
+    let mut provider = LocalProvider::new();
+    let guard = infra.lock("destroy")?;
+    let mut state = infra.read()?;
+    let plan = Plan {
+        lineage: state.lineage.clone(),
+        serial: state.serial,
+        changes: plan::destroy_all(&provider.refresh(&state.resources)),
+    };
+    println!("{plan}");
+    if plan.changes.is_empty() {
+        return Ok(());
+    }
+    confirm(auto_approve, "Destroy all of these resources?")?;
+    execute(&mut provider, &plan, &mut state, &guard, &dir, "Destroy").await
+}
+
+/// Asks on the terminal; only `yes` goes on. Without a terminal, only `--auto-approve` does.
+fn confirm(auto_approve: bool, question: &str) -> Result<(), CliError> {
+    if auto_approve {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::new(
+            CliError::BAD_INPUT,
+            anyhow!("no terminal to confirm on; review the plan and pass --auto-approve"),
+        ));
+    }
+    print!("\n{question} Only 'yes' is accepted: ");
+    std::io::stdout().flush().code(CliError::INFRA)?;
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .code(CliError::INFRA)?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(CliError::new(
+            CliError::JOB_FAILED,
+            anyhow!("cancelled; nothing was changed"),
+        ))
+    }
+}
+
+/// Applies `plan` change by change, recording the state after each one, so that a failure or
+/// a crash part-way leaves a state that says what exists.
+async fn execute(
+    provider: &mut LocalProvider,
+    plan: &Plan,
+    state: &mut InfraState,
+    guard: &LockGuard<'_>,
+    config_dir: &Path,
+    what: &str,
+) -> Result<(), CliError> {
+    let cx = ApplyContext {
+        kiln_bin: std::env::current_exe().code(CliError::INFRA)?,
+        worker_bin: worker_binary()?,
+        log_dir: config_dir.join(".kiln").join("logs"),
+        grace: STOP_GRACE,
+    };
+    println!();
+    for change in &plan.changes {
+        let started = Instant::now();
+        let record = provider
+            .apply(change, &state.resources, &cx)
+            .await
+            .with_context(|| format!("{} failed", verb(change)))
+            .code(CliError::INFRA);
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                println!("{}: failed", change.address);
+                return Err(e);
+            }
+        };
+        state.resources.retain(|r| r.address != change.address);
+        let detail = record.as_ref().map(describe).unwrap_or_default();
+        state.resources.extend(record);
+        state.resources.sort_by(|a, b| a.address.cmp(&b.address));
+        state.serial += 1;
+        guard.save(state)?;
+        println!(
+            "{}: {} in {:.1}s{detail}",
+            change.address,
+            done(change.action),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let (add, change, destroy) = plan.counts();
+    println!(
+        "\n{what} complete: {add} added, {change} changed, {destroy} destroyed (state serial {}).",
+        state.serial
+    );
+    for coordinator in state
+        .resources
+        .iter()
+        .filter(|r| r.address.kind == ResourceKind::Coordinator)
+    {
+        if let Some(url) = coordinator.handle.get("url").and_then(|u| u.as_str()) {
+            println!(
+                "cluster {}: coordinator at {url}",
+                coordinator.address.cluster
+            );
+        }
+    }
+    Ok(())
+}
+
+fn verb(change: &Change) -> String {
+    let verb = match change.action {
+        Action::Create => "creating",
+        Action::Update => "updating",
+        Action::Replace => "replacing",
+        Action::Delete => "destroying",
+    };
+    format!("{verb} {}", change.address)
+}
+
+fn done(action: Action) -> &'static str {
+    match action {
+        Action::Create => "created",
+        Action::Update => "updated",
+        Action::Replace => "replaced",
+        Action::Delete => "destroyed",
+    }
+}
+
+/// ` (pid N, http://...)` for a record's handle.
+fn describe(record: &Recorded) -> String {
+    let pid = record.handle.get("pid").map(|p| format!("pid {p}"));
+    let url = record
+        .handle
+        .get("url")
+        .and_then(|u| u.as_str())
+        .map(str::to_owned);
+    let parts: Vec<String> = pid.into_iter().chain(url).collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+/// The URL of the coordinator `kiln apply` started for `cluster` of the configuration in
+/// `config_dir`, if the state records a running one.
+pub(crate) fn applied_coordinator(
+    config_dir: &Path,
+    cluster: &str,
+) -> Result<Option<String>, CliError> {
+    let infra = Infra::of(config_dir);
+    if !infra.dir.exists() {
+        return Ok(None);
+    }
+    let state = infra.read()?;
+    let provider = LocalProvider::new();
+    Ok(provider
+        .refresh(&state.resources)
+        .into_iter()
+        .find(|o| {
+            o.gone.is_none()
+                && o.recorded.address.cluster == cluster
+                && o.recorded.address.kind == ResourceKind::Coordinator
+        })
+        .and_then(|o| o.recorded.handle.get("url")?.as_str().map(str::to_owned)))
+}
+
+/// `kiln state DIR`: what the state records, and whether each resource still exists.
+pub fn show(dir: &Path) -> Result<(), CliError> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read {}", dir.display()))
+        .code(CliError::BAD_INPUT)?;
+    let state = Infra::of(&dir).read()?;
+    println!("state serial {}, lineage {}", state.serial, state.lineage);
+    if state.resources.is_empty() {
+        println!("no resources");
+        return Ok(());
+    }
+    for observed in LocalProvider::new().refresh(&state.resources) {
+        let status = match &observed.gone {
+            None => "running".to_owned(),
+            Some(why) => format!("gone: {why}"),
+        };
+        println!(
+            "{}{}  {status}",
+            observed.recorded.address,
+            describe(&observed.recorded)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! [`LocalProvider`]: every node is a `kiln-worker` process on this machine, and a declared
+//! cluster's coordinator a `kiln coordinator` process.
+//!
+//! Ephemeral nodes (`kiln up`) are children of this process, killed and reaped on
+//! [`Provider::shutdown`] and, as a last resort, when the provider is dropped. Declared
+//! resources (`kiln apply`) are detached and recorded by pid and process start time.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::Child;
+
+use super::process::{Identity, log_tail, spawn_detached};
+use super::{ApplyContext, Node, NodeExit, Provider, ProviderError, WorkerLaunch};
+use crate::plan::{
+    self, Action, Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind,
+};
+use crate::spec::{ClusterSpec, ProviderKind};
+
+/// How long a new coordinator gets to start listening.
+const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs each node as a process on this machine.
+#[derive(Default)]
+pub struct LocalProvider {
+    children: Vec<(Node, Child)>,
+}
+
+impl LocalProvider {
+    /// A provider with no nodes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// The command line and environment of node `name`'s worker.
+fn worker_command(
+    bin: &Path,
+    coordinator_url: &str,
+    join_token: &str,
+    name: &str,
+    cpus: u64,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.env("KILN_COORDINATOR", coordinator_url)
+        .env("KILN_JOIN_TOKEN", join_token)
+        .env("KILN_NODE_NAME", name)
+        .env("RAYON_NUM_THREADS", cpus.to_string());
+    cmd
+}
+
+fn create_log_dir(dir: &Path) -> Result<(), ProviderError> {
+    std::fs::create_dir_all(dir).map_err(|e| ProviderError::Logs(dir.to_owned(), e))
+}
+
+impl Provider for LocalProvider {
+    async fn launch(
+        &mut self,
+        cluster: &ClusterSpec,
+        launch: &WorkerLaunch,
+    ) -> Result<Vec<Node>, ProviderError> {
+        match cluster.provider {
+            ProviderKind::Local => {}
+        }
+        create_log_dir(&launch.log_dir)?;
+        let mut nodes = Vec::new();
+        for pool in &cluster.node_pools {
+            for i in 0..pool.count {
+                let name = format!("{}-{i}", pool.name);
+                let spawn_err = |source| ProviderError::Spawn {
+                    bin: launch.worker_bin.clone(),
+                    node: name.clone(),
+                    source,
+                };
+                let log = std::fs::File::create(launch.log_dir.join(format!("{name}.log")))
+                    .map_err(spawn_err)?;
+                let mut cmd = tokio::process::Command::from(worker_command(
+                    &launch.worker_bin,
+                    &launch.coordinator_url,
+                    &launch.join_token,
+                    &name,
+                    pool.cpus_per_node.into(),
+                ));
+                let child = cmd
+                    .stdin(Stdio::null())
+                    .stdout(log.try_clone().map_err(spawn_err)?)
+                    .stderr(log)
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(spawn_err)?;
+                let node = Node {
+                    name,
+                    pid: child.id().unwrap_or_default(),
+                };
+                tracing::info!(node = %node.name, pid = node.pid, "worker started");
+                nodes.push(node.clone());
+                self.children.push((node, child));
+            }
+        }
+        Ok(nodes)
+    }
+    async fn next_exit(&mut self) -> NodeExit {
+        if self.children.is_empty() {
+            return std::future::pending().await;
+        }
+        let waits = self
+            .children
+            .iter_mut()
+            .map(|(_, child)| Box::pin(child.wait()));
+        let (status, index, _) = futures::future::select_all(waits).await;
+        let (node, _) = self.children.remove(index);
+        NodeExit {
+            node,
+            // A failed wait means the child is already reaped; report it as a kill.
+            status: status.unwrap_or_else(|_| killed_status()),
+        }
+    }
+
+    async fn shutdown(&mut self, grace: Duration) -> Vec<NodeExit> {
+        let mut exits = Vec::new();
+        let deadline = tokio::time::Instant::now() + grace;
+        for (node, mut child) in self.children.drain(..) {
+            let status = match tokio::time::timeout_at(deadline, child.wait()).await {
+                Ok(Ok(status)) => status,
+                _ => {
+                    tracing::warn!(node = %node.name, pid = node.pid, "worker did not exit; killing it");
+                    let _ = child.start_kill();
+                    child.wait().await.unwrap_or_else(|_| killed_status())
+                }
+            };
+            exits.push(NodeExit { node, status });
+        }
+        exits
+    }
+
+    fn refresh(&self, recorded: &[Recorded]) -> Vec<Observed> {
+        recorded
+            .iter()
+            .map(|r| Observed {
+                recorded: r.clone(),
+                gone: match identity(r) {
+                    Ok(id) => id.gone(),
+                    Err(e) => Some(e.to_string()),
+                },
+            })
+            .collect()
+    }
+
+    fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change> {
+        plan::diff(desired, observed, forces_replacement)
+    }
+
+    async fn apply(
+        &mut self,
+        change: &Change,
+        state: &[Recorded],
+        cx: &ApplyContext,
+    ) -> Result<Option<Recorded>, ProviderError> {
+        if matches!(change.action, Action::Delete | Action::Replace)
+            && let Some(before) = &change.before
+        {
+            self.destroy(before, cx.grace).await?;
+        }
+        let Some(after) = &change.after else {
+            return Ok(None);
+        };
+        if change.action == Action::Update
+            && let Some(before) = &change.before
+        {
+            // Only attributes that need no restart change in place: record them.
+            return Ok(Some(Recorded {
+                address: after.address.clone(),
+                attrs: after.attrs.clone(),
+                handle: before.handle.clone(),
+            }));
+        }
+        create_log_dir(&cx.log_dir)?;
+        let handle = match &after.address.kind {
+            ResourceKind::Coordinator => start_coordinator(after, cx).await?,
+            ResourceKind::Node { .. } => start_node(after, state, cx)?,
+        };
+        Ok(Some(Recorded {
+            address: after.address.clone(),
+            attrs: after.attrs.clone(),
+            handle,
+        }))
+    }
+
+    async fn destroy(&mut self, resource: &Recorded, grace: Duration) -> Result<(), ProviderError> {
+        let Ok(id) = identity(resource) else {
+            // A handle without a process never started one: nothing to stop.
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || id.stop(grace))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(|source| ProviderError::Stop {
+                resource: resource.address.to_string(),
+                source,
+            })
+    }
+}
+
+/// Which changed attributes the local provider cannot apply to a running process: everything
+/// but a node's labels (which only the state carries).
+fn forces_replacement(address: &Address, attribute: &str) -> bool {
+    !(matches!(address.kind, ResourceKind::Node { .. }) && attribute == "labels")
+}
+
+fn invalid(address: &Address, detail: impl Into<String>) -> ProviderError {
+    ProviderError::Invalid {
+        resource: address.to_string(),
+        detail: detail.into(),
+    }
+}
+
+fn identity(r: &Recorded) -> Result<Identity, ProviderError> {
+    let field = |name| r.handle.get(name).and_then(Value::as_u64);
+    match (field("pid"), field("start_ticks")) {
+        (Some(pid), Some(start_ticks)) => Ok(Identity {
+            pid: u32::try_from(pid).map_err(|_| invalid(&r.address, "pid out of range"))?,
+            start_ticks,
+        }),
+        _ => Err(invalid(&r.address, "the state records no process for it")),
+    }
+}
+
+fn str_attr<'a>(attrs: &'a Attributes, name: &str) -> Option<&'a str> {
+    attrs.get(name).and_then(Value::as_str)
+}
+
+fn handle(
+    id: Identity,
+    log: &Path,
+    extra: impl IntoIterator<Item = (&'static str, Value)>,
+) -> Attributes {
+    let mut handle: Attributes = [
+        ("pid".to_owned(), Value::from(id.pid)),
+        ("start_ticks".to_owned(), Value::from(id.start_ticks)),
+        ("log".to_owned(), Value::from(log.display().to_string())),
+    ]
+    .into_iter()
+    .collect();
+    handle.extend(extra.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    handle
+}
+
+/// Starts `kiln coordinator` for the resource and waits until it listens.
+async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes, ProviderError> {
+    let address = &r.address;
+    if str_attr(&r.attrs, "state_backend") != Some("embedded") {
+        return Err(invalid(
+            address,
+            "the local provider runs coordinators on embedded state only; use `state { backend = \"embedded\" }`",
+        ));
+    }
+    let state = PathBuf::from(
+        str_attr(&r.attrs, "state").ok_or_else(|| invalid(address, "no state path"))?,
+    );
+    let listen =
+        str_attr(&r.attrs, "listen").ok_or_else(|| invalid(address, "no listen address"))?;
+    let name = format!("{}-coordinator", address.cluster);
+    let log = cx.log_dir.join(format!("{name}.log"));
+    let ready = cx.log_dir.join(format!("{name}.url"));
+    let _ = std::fs::remove_file(&ready);
+    let mut cmd = std::process::Command::new(&cx.kiln_bin);
+    cmd.arg("coordinator")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--state")
+        .arg(&state)
+        .arg("--ready-file")
+        .arg(&ready);
+    if let Some(advertise) = str_attr(&r.attrs, "advertise") {
+        cmd.arg("--advertise").arg(advertise);
+    }
+    let token_file = match str_attr(&r.attrs, "join_token_file") {
+        Some(file) => {
+            cmd.arg("--join-token-file").arg(file);
+            PathBuf::from(file)
+        }
+        // `kiln coordinator` writes a fresh token there before it listens.
+        None => state.join("join-token"),
+    };
+    let (mut child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
+        bin: cx.kiln_bin.clone(),
+        node: address.to_string(),
+        source,
+    })?;
+    let deadline = Instant::now() + COORDINATOR_READY_TIMEOUT;
+    let url = loop {
+        if let Ok(url) = std::fs::read_to_string(&ready)
+            && !url.trim().is_empty()
+        {
+            break url.trim().to_owned();
+        }
+        let not_ready = |detail: String| ProviderError::NotReady {
+            resource: address.to_string(),
+            detail: format!(
+                "{detail}; last lines of {}:\n{}",
+                log.display(),
+                log_tail(&log, 10)
+            ),
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(not_ready(format!("it exited with {status}")));
+        }
+        if Instant::now() > deadline {
+            let _ = id.stop(Duration::ZERO);
+            return Err(not_ready(format!(
+                "not listening after {COORDINATOR_READY_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tracing::info!(%address, pid = id.pid, %url, "coordinator started");
+    Ok(handle(
+        id,
+        &log,
+        [
+            ("url", Value::from(url)),
+            (
+                "join_token_file",
+                Value::from(token_file.display().to_string()),
+            ),
+        ],
+    ))
+}
+
+/// Starts the node's worker, registered with its cluster's coordinator from `state`.
+fn start_node(
+    r: &Resource,
+    state: &[Recorded],
+    cx: &ApplyContext,
+) -> Result<Attributes, ProviderError> {
+    let address = &r.address;
+    let coordinator = state
+        .iter()
+        .find(|c| {
+            c.address.cluster == address.cluster && c.address.kind == ResourceKind::Coordinator
+        })
+        .ok_or_else(|| invalid(address, "its cluster has no coordinator in the state"))?;
+    let url = str_attr(&coordinator.handle, "url")
+        .ok_or_else(|| invalid(address, "the coordinator's URL is not recorded"))?;
+    let token_file = str_attr(&coordinator.handle, "join_token_file")
+        .ok_or_else(|| invalid(address, "the coordinator's join token file is not recorded"))?;
+    let token = std::fs::read_to_string(token_file).map_err(|e| {
+        invalid(
+            address,
+            format!("cannot read the join token from {token_file}: {e}"),
+        )
+    })?;
+    let name = address.node_name().unwrap_or_default();
+    let cpus = r
+        .attrs
+        .get("cpus_per_node")
+        .and_then(Value::as_u64)
+        .unwrap_or(1);
+    let log = cx.log_dir.join(format!("{}-{name}.log", address.cluster));
+    let cmd = worker_command(&cx.worker_bin, url, token.trim(), &name, cpus);
+    let (_child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
+        bin: cx.worker_bin.clone(),
+        node: address.to_string(),
+        source,
+    })?;
+    tracing::info!(%address, pid = id.pid, "worker started");
+    Ok(handle(id, &log, []))
+}
+
+fn killed_status() -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    ExitStatus::from_raw(9)
+}

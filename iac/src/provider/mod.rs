@@ -1,0 +1,154 @@
+//! Providers turn a cluster's resources (its coordinator and one node per pool slot) into
+//! running processes or machines.
+//!
+//! A provider serves two lifecycles:
+//! - **Ephemeral** (`kiln up`): [`Provider::launch`] starts every node for one run,
+//!   [`Provider::next_exit`] reports a node that ends, [`Provider::shutdown`] stops them all.
+//! - **Declared** (`kiln plan / apply / destroy`): [`Provider::refresh`] looks at what the state
+//!   records, [`Provider::plan`] diffs it against the configuration, [`Provider::apply`] carries
+//!   out one change, [`Provider::destroy`] removes one resource. What these create outlives the
+//!   command; the state (kept by the caller) is how later commands find it again.
+
+mod local;
+mod process;
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+pub use local::LocalProvider;
+
+use crate::plan::{Change, Observed, Recorded, Resource};
+use crate::spec::{ClusterSpec, ProviderKind};
+
+/// What every worker process is told at start.
+#[derive(Debug, Clone)]
+pub struct WorkerLaunch {
+    /// The `kiln-worker` executable.
+    pub worker_bin: PathBuf,
+    /// Coordinator URL the workers connect to.
+    pub coordinator_url: String,
+    /// Join token (passed through the environment, never on the command line).
+    pub join_token: String,
+    /// Directory for per-node log files (`<node>.log`).
+    pub log_dir: PathBuf,
+}
+
+/// What [`Provider::apply`] needs besides the change itself.
+#[derive(Debug, Clone)]
+pub struct ApplyContext {
+    /// The `kiln` executable (runs coordinators).
+    pub kiln_bin: PathBuf,
+    /// The `kiln-worker` executable (runs nodes).
+    pub worker_bin: PathBuf,
+    /// Directory for log files.
+    pub log_dir: PathBuf,
+    /// How long a destroyed process gets to exit after SIGTERM before it is killed.
+    pub grace: Duration,
+}
+
+/// One provisioned node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// `<pool>-<index>`.
+    pub name: String,
+    /// Process id of its worker.
+    pub pid: u32,
+}
+
+/// A node whose worker process ended.
+#[derive(Debug, Clone)]
+pub struct NodeExit {
+    /// The node.
+    pub node: Node,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// Why provisioning failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// The provider kind cannot run here.
+    #[error("provider {0:?} is not available in this build")]
+    Unsupported(ProviderKind),
+    /// A process could not be started.
+    #[error("cannot start {bin} for {node}")]
+    Spawn {
+        /// The executable.
+        bin: PathBuf,
+        /// The node or coordinator.
+        node: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log directory could not be created.
+    #[error("cannot create the log directory {0}")]
+    Logs(PathBuf, #[source] std::io::Error),
+    /// A resource was created but did not become ready.
+    #[error("{resource} did not start: {detail}")]
+    NotReady {
+        /// The resource's address.
+        resource: String,
+        /// What was seen (exit status, log tail, timeout).
+        detail: String,
+    },
+    /// A resource's attributes or handle cannot be acted on.
+    #[error("{resource}: {detail}")]
+    Invalid {
+        /// The resource's address.
+        resource: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A resource could not be stopped.
+    #[error("cannot stop {resource}")]
+    Stop {
+        /// The resource's address.
+        resource: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Provisions and tears down the resources of a cluster.
+pub trait Provider {
+    /// Starts one worker per node of every pool of `cluster`, for the lifetime of this
+    /// provider (ephemeral).
+    fn launch(
+        &mut self,
+        cluster: &ClusterSpec,
+        launch: &WorkerLaunch,
+    ) -> impl Future<Output = Result<Vec<Node>, ProviderError>> + Send;
+
+    /// Waits until some launched node's worker ends; pending forever when there are none.
+    fn next_exit(&mut self) -> impl Future<Output = NodeExit> + Send;
+
+    /// Stops every launched node: waits up to `grace` for workers to exit on their own (they
+    /// do once the coordinator is gone), then kills the rest. Every process is reaped.
+    fn shutdown(&mut self, grace: Duration) -> impl Future<Output = Vec<NodeExit>> + Send;
+
+    /// Looks at each recorded resource: does it still exist as recorded?
+    fn refresh(&self, recorded: &[Recorded]) -> Vec<Observed>;
+
+    /// The changes that turn `observed` into `desired`, in the order they must be applied.
+    fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change>;
+
+    /// Carries out one change. `state` is the state as it stands before the change (new nodes
+    /// find their cluster's coordinator in it). Returns the new record, `None` after a delete.
+    fn apply(
+        &mut self,
+        change: &Change,
+        state: &[Recorded],
+        cx: &ApplyContext,
+    ) -> impl Future<Output = Result<Option<Recorded>, ProviderError>> + Send;
+
+    /// Stops and removes one recorded resource; nothing happens if it is already gone.
+    fn destroy(
+        &mut self,
+        resource: &Recorded,
+        grace: Duration,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+}
