@@ -222,22 +222,31 @@ async fn run_on_cluster(
         .code(CliError::BAD_INPUT)?
         .into_inner()
         .job_id;
-    let followed = {
-        let follow = follow::follow(&mut client, &job_id, interrupted());
-        let mut follow = std::pin::pin!(follow);
+    // A node whose worker dies is replaced as often as the job may restart: the coordinator
+    // restarts the job from its last checkpoint once the replacement registers.
+    let replacements = job.restart.max_restarts;
+    let mut replaced = 0;
+    let follow = follow::follow(&mut client, &job_id, interrupted());
+    let mut follow = std::pin::pin!(follow);
+    let followed = loop {
         tokio::select! {
-            job = &mut follow => job,
+            job = &mut follow => break job,
             exit = provider.next_exit() => {
-                let reason = format!(
-                    "worker {} (pid {}) exited with {}",
-                    exit.node.name, exit.node.pid, exit.status
-                );
-                eprintln!("kiln: {reason}");
+                if replaced < replacements {
+                    replaced += 1;
+                    let node = provider.relaunch(&exit.node, launch).await.code(CliError::INFRA)?;
+                    eprintln!(
+                        "kiln: {exit}; replaced by pid {} ({replaced}/{replacements})",
+                        node.pid
+                    );
+                    continue;
+                }
+                eprintln!("kiln: {exit}");
                 // A running job fails by itself once the worker's stream breaks; a job still
                 // waiting for workers would wait forever, so give up on it.
                 match tokio::time::timeout(Duration::from_secs(5), follow).await {
-                    Ok(Ok(job)) if job.state().is_terminal() => Ok(job),
-                    _ => return Err(CliError::new(CliError::INFRA, anyhow!(reason))),
+                    Ok(Ok(job)) if job.state().is_terminal() => break Ok(job),
+                    _ => return Err(CliError::new(CliError::INFRA, anyhow!("{exit}"))),
                 }
             }
         }
@@ -499,6 +508,9 @@ fn job_json(job: &Job) -> serde_json::Value {
             "val_accuracy": m.val_accuracy,
             "samples_per_sec": m.samples_per_sec,
         },
+        "restarts": job.restarts,
+        "last_failure": job.last_failure,
+        "params_digest": job.params_digest,
         "checkpoint_step": job.checkpoint_step,
         "checkpoint_url": job.checkpoint_url,
         "submitted_unix_ms": job.submitted_unix_ms,

@@ -106,6 +106,8 @@ struct State {
     /// Submission order of pending jobs (FIFO: a big job is never starved by small ones).
     queue: Vec<String>,
     generations: BTreeMap<String, Generation>,
+    /// Jobs waiting out their restart backoff: not scheduled before the instant.
+    held_until: BTreeMap<String, Instant>,
     next_worker: u64,
     next_job: u64,
 }
@@ -299,24 +301,109 @@ impl Control {
         self.schedule()
     }
 
-    /// Forgets a worker and fails the job it was running.
+    /// Forgets a worker; the generation it was part of fails.
     fn worker_lost(&self, worker_id: &str, cause: &str) {
-        let job = {
+        let task = {
             let mut state = self.lock();
             let Some(worker) = state.workers.remove(worker_id) else {
                 return;
             };
             let who = worker.describe(worker_id);
-            tracing::warn!(worker = %worker_id, cause, "worker lost");
+            tracing::info!(worker = %worker_id, cause, "worker lost");
             worker
                 .task
-                .map(|(job, _)| (job, format!("{who} was lost: {cause}")))
+                .map(|(job, generation)| (job, generation, format!("{who} was lost: {cause}")))
         };
-        if let Some(Err(e)) =
-            job.map(|(job_id, message)| self.finish(&job_id, JobState::Failed, message))
+        if let Some((job_id, generation, cause)) = task
+            && let Err(e) = self.generation_failed(&job_id, generation, cause)
         {
-            tracing::error!(error = %kiln_proto::error_chain(&e), "cannot record a failed job");
+            tracing::error!(error = %kiln_proto::error_chain(&e), "cannot record a failure");
         }
+    }
+
+    /// Generation `generation` of job `id` failed with `cause`. Within the job's restart policy
+    /// the generation ends (its other ranks are told to stop at once) and the job goes back to
+    /// the front of the queue, to resume from its last committed checkpoint after the backoff;
+    /// past it the job fails. A failure of a generation that already ended is ignored.
+    fn generation_failed(
+        &self,
+        id: &str,
+        generation: u64,
+        cause: String,
+    ) -> Result<(), ControlError> {
+        let mut state = self.lock();
+        let Some(job) = current_job(&mut state, id, generation)? else {
+            return Ok(());
+        };
+        let policy = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart)
+            .unwrap_or_default();
+        // Progress reports lag; a checkpoint proves the step was reached.
+        let at_step = job
+            .metrics
+            .map_or(0, |m| m.step)
+            .max(job.checkpoint_step.unwrap_or(0));
+        job.last_failure = format!("{cause} (generation {generation}, step {at_step})");
+        if job.restarts >= policy.max_restarts {
+            let message = match policy.max_restarts {
+                0 => cause,
+                n => format!("{cause}; no restarts left (max_restarts = {n})"),
+            };
+            drop(state);
+            return self.finish(id, JobState::Failed, message);
+        }
+        job.restarts += 1;
+        job.set_state(JobState::Pending);
+        let job = job.clone();
+        self.save(&job)?;
+        for worker in job.workers.iter().filter_map(|w| state.workers.get(w)) {
+            if worker.task.as_ref() == Some(&(id.to_owned(), generation)) {
+                send(
+                    worker,
+                    Command::Cancel(CancelTask {
+                        job_id: id.to_owned(),
+                        generation,
+                        reason: format!("generation {generation} failed: {cause}"),
+                    }),
+                );
+            }
+        }
+        state.generations.remove(id);
+        state.queue.retain(|q| q != id);
+        // It ran before anything now queued was admitted: it keeps its turn.
+        state.queue.insert(0, id.to_owned());
+        let backoff = Duration::from_millis(policy.backoff_ms);
+        state
+            .held_until
+            .insert(id.to_owned(), Instant::now() + backoff);
+        let from = job.checkpoint_step.map_or_else(
+            || "from the start".to_owned(),
+            |s| format!("from checkpoint {s}"),
+        );
+        let message = format!(
+            "{cause} at step {at_step} → restart {}/{}: generation {} resumes {from}{}",
+            job.restarts,
+            policy.max_restarts,
+            generation + 1,
+            if backoff.is_zero() {
+                String::new()
+            } else {
+                format!(" after {backoff:?}")
+            }
+        );
+        tracing::info!(job = %id, %message, "generation failed");
+        self.announce(job, message);
+        drop(state);
+        let control = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(backoff).await;
+            if let Err(e) = control.schedule() {
+                tracing::error!(error = %kiln_proto::error_chain(&e), "cannot schedule");
+            }
+        });
+        Ok(())
     }
 
     /// Stores a new job and tries to place it.
@@ -388,9 +475,11 @@ impl Control {
         let mut state = self.lock();
         let job = current_job(&mut state, &report.job_id, report.generation)?;
         if let Some(job) = job {
-            job.metrics = report.metrics;
+            if report.metrics.is_some() {
+                job.metrics = report.metrics;
+            }
             let job = job.clone();
-            self.announce(job, String::new());
+            self.announce(job, report.note);
         }
         Ok(())
     }
@@ -431,23 +520,26 @@ impl Control {
                 .position(|w| *w == end.worker_id)
                 .unwrap_or_default() as u32;
             if !end.ok {
-                Some((
-                    JobState::Failed,
-                    format!("rank {rank} ({who}) failed: {}", end.error),
-                ))
+                Err(format!("rank {rank} ({who}) failed: {}", end.error))
             } else {
                 if rank == 0 {
                     job.metrics = end.final_metrics;
+                    job.params_digest = end.params_digest;
                 }
                 let world = job.workers.len();
                 let generation = state.generations.entry(end.job_id.clone()).or_default();
                 generation.done.insert(rank);
-                (generation.done.len() == world)
-                    .then(|| (JobState::Succeeded, "all ranks finished".to_owned()))
+                Ok(generation.done.len() == world)
             }
         };
-        if let Some((to, message)) = outcome {
-            self.finish(&end.job_id, to, message)?;
+        match outcome {
+            Err(cause) => self.generation_failed(&end.job_id, end.generation, cause)?,
+            Ok(true) => self.finish(
+                &end.job_id,
+                JobState::Succeeded,
+                "all ranks finished".to_owned(),
+            )?,
+            Ok(false) => {}
         }
         self.schedule()
     }
@@ -468,6 +560,7 @@ impl Control {
         self.save(&job)?;
         state.queue.retain(|q| q != id);
         state.generations.remove(id);
+        state.held_until.remove(id);
         if to != JobState::Succeeded {
             for worker_id in &job.workers {
                 if let Some(worker) = state.workers.get(worker_id)
@@ -498,6 +591,14 @@ impl Control {
                 state.queue.remove(0);
                 continue;
             };
+            if state
+                .held_until
+                .get(&id)
+                .is_some_and(|t| *t > Instant::now())
+            {
+                // Restart backoff; a timer schedules again when it is over.
+                return Ok(());
+            }
             let spec = job.spec.clone().unwrap_or_default();
             let need = spec.training.map_or(1, |t| t.workers) as usize;
             let idle: Vec<String> = state
@@ -511,6 +612,7 @@ impl Control {
                 return Ok(());
             }
             state.queue.remove(0);
+            state.held_until.remove(&id);
             let peers: Vec<String> = idle
                 .iter()
                 .map(|w| state.workers[w].collective_addr.clone())
@@ -545,10 +647,15 @@ impl Control {
                 );
             }
             let nodes: Vec<String> = idle.iter().map(|w| state.workers[w].describe(w)).collect();
+            let resume = match (job.restarts, job.checkpoint_step) {
+                (0, _) => String::new(),
+                (_, Some(step)) => format!(", resuming from checkpoint {step}"),
+                (_, None) => ", starting over (no checkpoint yet)".to_owned(),
+            };
             self.announce(
                 job.clone(),
                 format!(
-                    "generation {} started on {} workers: {}",
+                    "generation {} started on {} workers{resume}: {}",
                     job.generation,
                     idle.len(),
                     nodes.join(", ")

@@ -112,7 +112,16 @@ pub fn print_summary(job: &Job, elapsed: Duration) {
             println!("  throughput    {:.0} samples/s", m.samples_per_sec);
         }
     }
+    if job.restarts > 0 {
+        println!(
+            "  restarts      {} (last: {})",
+            job.restarts, job.last_failure
+        );
+    }
     if !job.checkpoint_url.is_empty() {
         println!("  checkpoint    {}", job.checkpoint_url);
+    }
+    if !job.params_digest.is_empty() {
+        println!("  params        sha256:{}", job.params_digest);
     }
 }

@@ -10,8 +10,8 @@ impl JobSpec {
     /// `max_steps` travels as 0 when there is no step limit. Without an epoch limit (only
     /// `max_steps` was given), `epochs` travels as `u32::MAX`: the wire form has no "none",
     /// and the worker stops at `min(epochs × steps per epoch, max_steps)`.
-    /// Fields the wire form does not carry yet (elastic bounds, backend, collective, restart,
-    /// deploy) are for the coordinator to read from the spec itself.
+    /// Fields the wire form does not carry yet (elastic bounds, backend, collective, deploy)
+    /// are for the coordinator to read from the spec itself.
     pub fn to_wire(&self, cluster: &ClusterSpec) -> v1::JobSpec {
         let OptimizerSpec::Adam { learning_rate } = self.training.optimizer;
         let source = match &self.dataset.source {
@@ -53,6 +53,10 @@ impl JobSpec {
                 keep: self.checkpoint.keep,
             }),
             storage_url: cluster.storage.url.clone(),
+            restart: Some(v1::RestartSpec {
+                max_restarts: self.restart.max_restarts,
+                backoff_ms: self.restart.backoff.as_millis() as u64,
+            }),
         }
     }
 }

@@ -272,20 +272,36 @@ async fn heartbeat_loop(
 
 /// What the training thread reports, forwarded to the coordinator in order.
 enum Report {
-    Progress(Metrics),
-    Checkpoint { step: u64, url: String },
+    /// Metrics, a note for the user, or both.
+    Progress {
+        metrics: Option<Metrics>,
+        note: String,
+    },
+    Checkpoint {
+        step: u64,
+        url: String,
+    },
 }
 
 struct ChannelObserver(mpsc::UnboundedSender<Report>);
 
 impl Observer for ChannelObserver {
     fn progress(&mut self, metrics: &Metrics) {
-        let _ = self.0.send(Report::Progress(*metrics));
+        let _ = self.0.send(Report::Progress {
+            metrics: Some(*metrics),
+            note: String::new(),
+        });
     }
     fn checkpoint(&mut self, step: u64, manifest_url: &str) {
         let _ = self.0.send(Report::Checkpoint {
             step,
             url: manifest_url.to_owned(),
+        });
+    }
+    fn note(&mut self, message: &str) {
+        let _ = self.0.send(Report::Progress {
+            metrics: None,
+            note: message.to_owned(),
         });
     }
 }
@@ -307,12 +323,13 @@ fn start_task(
         tokio::spawn(async move {
             while let Some(report) = rx.recv().await {
                 let result = match report {
-                    Report::Progress(metrics) => client
+                    Report::Progress { metrics, note } => client
                         .report_progress(ProgressReport {
                             worker_id: worker_id.clone(),
                             job_id: job_id.clone(),
                             generation,
-                            metrics: Some(metrics),
+                            metrics,
+                            note,
                         })
                         .await
                         .map(drop),
@@ -350,9 +367,14 @@ fn start_task(
                 .unwrap_or_else(|e| Err(format!("training thread panicked: {e}")));
             // Progress and checkpoint reports go out before the end of the task.
             let _ = forward.await;
-            let (ok, error, final_metrics) = match result {
-                Ok(outcome) => (true, String::new(), Some(outcome.metrics)),
-                Err(e) => (false, e, None),
+            let (ok, error, final_metrics, params_digest) = match result {
+                Ok(outcome) => (
+                    true,
+                    String::new(),
+                    Some(outcome.metrics),
+                    outcome.params_digest(),
+                ),
+                Err(e) => (false, e, None, String::new()),
             };
             if let Err(status) = client
                 .report_task_end(TaskEnd {
@@ -362,6 +384,7 @@ fn start_task(
                     ok,
                     error,
                     final_metrics,
+                    params_digest,
                 })
                 .await
             {

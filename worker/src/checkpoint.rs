@@ -57,6 +57,20 @@ pub enum CheckpointError {
     },
 }
 
+impl CheckpointError {
+    /// The checkpoint itself is bad (corrupt, truncated, half-deleted), as opposed to the
+    /// store being unreachable: an older checkpoint may still serve.
+    pub fn is_unusable_checkpoint(&self) -> bool {
+        matches!(
+            self,
+            CheckpointError::Corrupt { .. }
+                | CheckpointError::Manifest { .. }
+                | CheckpointError::Missing { .. }
+                | CheckpointError::Store(object_store::Error::NotFound { .. })
+        )
+    }
+}
+
 /// The checkpoints of one job in one object store.
 #[derive(Clone)]
 pub struct CheckpointStore {

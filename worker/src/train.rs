@@ -41,6 +41,8 @@ pub trait Observer {
     fn progress(&mut self, metrics: &Metrics);
     /// A checkpoint was committed.
     fn checkpoint(&mut self, step: u64, manifest_url: &str);
+    /// Something the user should hear about, such as a checkpoint skipped on resume.
+    fn note(&mut self, message: &str);
 }
 
 /// How a rank's training ended.
@@ -50,6 +52,15 @@ pub struct Outcome {
     pub metrics: Metrics,
     /// Final parameters, flattened in visit order.
     pub params: Vec<f32>,
+}
+
+impl Outcome {
+    /// SHA-256 of the final parameters as little-endian f32 in visit order: equal digests mean
+    /// bit-identical models.
+    pub fn params_digest(&self) -> String {
+        let bytes: Vec<u8> = self.params.iter().flat_map(|p| p.to_le_bytes()).collect();
+        kiln_proto::manifest::sha256_hex(&bytes)
+    }
 }
 
 /// Why training stopped early.
@@ -160,8 +171,13 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
         loss: 0.0,
         val_accuracy: None,
     };
-    if let (Some(step), Some(store)) = (task.resume_step, ctx.store) {
-        let objects = ctx.runtime.block_on(store.load(step))?;
+    if let (Some(wanted), Some(store)) = (task.resume_step, ctx.store) {
+        let (step, objects) = ctx.runtime.block_on(load_usable(store, wanted))?;
+        if step != wanted && rank == 0 {
+            ctx.observer.note(&format!(
+                "resuming from checkpoint {step}: the newer ones up to {wanted} are unusable (see the worker log)"
+            ));
+        }
         let get = |name: &str| {
             objects
                 .get(name)
@@ -269,6 +285,42 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
         metrics: final_metrics,
         params: flatten_params(&model),
     })
+}
+
+/// The newest committed checkpoint at or below `wanted` that loads and verifies. Every rank
+/// reads the same store, so all of them pick the same one.
+async fn load_usable(
+    store: &CheckpointStore,
+    wanted: u64,
+) -> Result<(u64, std::collections::BTreeMap<String, Vec<u8>>), CheckpointError> {
+    let mut candidates = vec![wanted];
+    candidates.extend(
+        store
+            .committed()
+            .await?
+            .into_iter()
+            .rev()
+            .filter(|s| *s < wanted),
+    );
+    let mut last = None;
+    for step in candidates {
+        match store.load(step).await {
+            Ok(objects) => return Ok((step, objects)),
+            Err(e) if e.is_unusable_checkpoint() => {
+                tracing::warn!(
+                    step,
+                    error = %kiln_proto::error_chain(&e),
+                    "checkpoint unusable; trying the previous one"
+                );
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(CheckpointError::Missing {
+        step: wanted,
+        name: "manifest.json".to_owned(),
+    }))
 }
 
 fn metrics(pos: &Position, total_steps: u64, samples: u64, secs: f64) -> Metrics {

@@ -5,6 +5,7 @@
 //! [`Provider::shutdown`] and, as a last resort, when the provider is dropped. Declared
 //! resources (`kiln apply`) are detached and recorded by pid and process start time.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -26,12 +27,60 @@ const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Default)]
 pub struct LocalProvider {
     children: Vec<(Node, Child)>,
+    /// CPU threads of each launched node, for relaunching it.
+    cpus: BTreeMap<String, u32>,
 }
 
 impl LocalProvider {
     /// A provider with no nodes yet.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl LocalProvider {
+    /// Starts the worker of ephemeral node `name`; its log is truncated, or appended to when
+    /// `again` (a replacement keeps its predecessor's log).
+    fn spawn_child(
+        &mut self,
+        name: String,
+        launch: &WorkerLaunch,
+        again: bool,
+    ) -> Result<Node, ProviderError> {
+        let spawn_err = |source| ProviderError::Spawn {
+            bin: launch.worker_bin.clone(),
+            node: name.clone(),
+            source,
+        };
+        let log = std::fs::File::options()
+            .create(true)
+            .write(true)
+            .append(again)
+            .truncate(!again)
+            .open(launch.log_dir.join(format!("{name}.log")))
+            .map_err(spawn_err)?;
+        let cpus = self.cpus.get(&name).copied().unwrap_or(1);
+        let mut cmd = tokio::process::Command::from(worker_command(
+            &launch.worker_bin,
+            &launch.coordinator_url,
+            &launch.join_token,
+            &name,
+            cpus.into(),
+        ));
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(spawn_err)?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(spawn_err)?;
+        let node = Node {
+            name,
+            pid: child.id().unwrap_or_default(),
+        };
+        tracing::info!(node = %node.name, pid = node.pid, "worker started");
+        self.children.push((node.clone(), child));
+        Ok(node)
     }
 }
 
@@ -69,38 +118,21 @@ impl Provider for LocalProvider {
         for pool in &cluster.node_pools {
             for i in 0..pool.count {
                 let name = format!("{}-{i}", pool.name);
-                let spawn_err = |source| ProviderError::Spawn {
-                    bin: launch.worker_bin.clone(),
-                    node: name.clone(),
-                    source,
-                };
-                let log = std::fs::File::create(launch.log_dir.join(format!("{name}.log")))
-                    .map_err(spawn_err)?;
-                let mut cmd = tokio::process::Command::from(worker_command(
-                    &launch.worker_bin,
-                    &launch.coordinator_url,
-                    &launch.join_token,
-                    &name,
-                    pool.cpus_per_node.into(),
-                ));
-                let child = cmd
-                    .stdin(Stdio::null())
-                    .stdout(log.try_clone().map_err(spawn_err)?)
-                    .stderr(log)
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(spawn_err)?;
-                let node = Node {
-                    name,
-                    pid: child.id().unwrap_or_default(),
-                };
-                tracing::info!(node = %node.name, pid = node.pid, "worker started");
-                nodes.push(node.clone());
-                self.children.push((node, child));
+                self.cpus.insert(name.clone(), pool.cpus_per_node);
+                nodes.push(self.spawn_child(name, launch, false)?);
             }
         }
         Ok(nodes)
     }
+
+    async fn relaunch(
+        &mut self,
+        node: &Node,
+        launch: &WorkerLaunch,
+    ) -> Result<Node, ProviderError> {
+        self.spawn_child(node.name.clone(), launch, true)
+    }
+
     async fn next_exit(&mut self) -> NodeExit {
         if self.children.is_empty() {
             return std::future::pending().await;

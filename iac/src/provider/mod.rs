@@ -65,6 +65,19 @@ pub struct NodeExit {
     pub status: ExitStatus,
 }
 
+impl std::fmt::Display for NodeExit {
+    /// `worker cpu-1 (pid 4242) was killed by signal 9`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::unix::process::ExitStatusExt;
+        write!(f, "worker {} (pid {}) ", self.node.name, self.node.pid)?;
+        match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => write!(f, "exited with code {code}"),
+            (None, Some(signal)) => write!(f, "was killed by signal {signal}"),
+            (None, None) => write!(f, "ended ({})", self.status),
+        }
+    }
+}
+
 /// Why provisioning failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -122,6 +135,13 @@ pub trait Provider {
         cluster: &ClusterSpec,
         launch: &WorkerLaunch,
     ) -> impl Future<Output = Result<Vec<Node>, ProviderError>> + Send;
+
+    /// Starts a launched node's worker again after it ended (ephemeral).
+    fn relaunch(
+        &mut self,
+        node: &Node,
+        launch: &WorkerLaunch,
+    ) -> impl Future<Output = Result<Node, ProviderError>> + Send;
 
     /// Waits until some launched node's worker ends; pending forever when there are none.
     fn next_exit(&mut self) -> impl Future<Output = NodeExit> + Send;

@@ -4,4 +4,5 @@ mod bad_input;
 mod coordinator;
 mod fmt;
 mod infra;
+mod recovery;
 mod up;

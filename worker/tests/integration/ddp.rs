@@ -20,6 +20,7 @@ struct Quiet;
 impl Observer for Quiet {
     fn progress(&mut self, _: &Metrics) {}
     fn checkpoint(&mut self, _: u64, _: &str) {}
+    fn note(&mut self, _: &str) {}
 }
 
 fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
@@ -54,6 +55,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             keep: 1,
         }),
         storage_url: String::new(),
+        restart: None,
     }
 }
 

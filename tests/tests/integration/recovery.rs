@@ -1,0 +1,246 @@
+//! Failure recovery under `kiln up`: worker processes killed with SIGKILL at random steps are
+//! replaced, the job resumes from its last committed checkpoint and ends with parameters
+//! bit-identical to an uninterrupted run; a corrupt checkpoint is skipped for the previous one;
+//! past `max_restarts` the job fails with its cause.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe, signal, wait_with_timeout};
+
+const T: Duration = Duration::from_secs(180);
+
+/// 3687 training samples / (2 × 32) = 58 steps an epoch, 1740 in all; a checkpoint every 25.
+fn job(max_restarts: u32, backoff: &str) -> String {
+    let job = blobs_job_hcl("chaos", 2, 4096, 30, 25);
+    let end = job.rfind('}').expect("job block ends");
+    format!(
+        "{}  restart {{\n    max_restarts = {max_restarts}\n    backoff      = \"{backoff}\"\n  }}\n}}\n",
+        &job[..end]
+    )
+}
+
+fn sandbox(max_restarts: u32, backoff: &str) -> Sandbox {
+    Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &job(max_restarts, backoff)),
+    ])
+}
+
+/// `params        sha256:<hex>` from the summary.
+fn digest(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("params"))
+        .map(|d| d.trim().to_owned())
+        .unwrap_or_else(|| panic!("no params digest in\n{}", describe(out)))
+}
+
+/// A `kiln up` whose stderr (the job's events) the test reads line by line.
+struct Up {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Up {
+    fn start(sandbox: &Sandbox) -> Self {
+        let mut child = sandbox
+            .kiln(&["up", "."])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kiln up");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads events until one satisfies `pred`, returning it.
+    fn wait_for(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("never saw {what}; events:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Waits for a committed checkpoint at `step` or later.
+    fn wait_for_checkpoint(&mut self, step: u64) {
+        self.wait_for(&format!("checkpoint >= {step}"), |l| {
+            checkpoint_step(l).is_some_and(|s| s >= step)
+        });
+    }
+
+    fn finish(self) -> (Output, String) {
+        let out = wait_with_timeout(self.child, T).expect("kiln up ends");
+        let mut events = self.seen;
+        events.extend(self.lines.try_iter());
+        (out, events.join("\n"))
+    }
+}
+
+fn checkpoint_step(line: &str) -> Option<u64> {
+    line.split("checkpoint ")
+        .nth(1)?
+        .strip_suffix(" committed")?
+        .parse()
+        .ok()
+}
+
+/// Live `kiln-worker` processes of the sandbox.
+fn workers(sandbox: &Sandbox) -> Vec<u32> {
+    sandbox
+        .processes()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("kiln-worker"))
+        })
+        .collect()
+}
+
+/// xorshift64: the chaos is random, and its seed is printed so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+fn uninterrupted_digest() -> String {
+    let sandbox = sandbox(0, "0s");
+    let out = sandbox.run(&["up", "."], T).expect("kiln up");
+    assert!(out.status.success(), "{}", describe(&out));
+    digest(&out)
+}
+
+#[test]
+fn killed_workers_are_replaced_and_the_run_ends_bit_identical() {
+    let reference = uninterrupted_digest();
+    let seed = std::env::var("KILN_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    eprintln!("chaos seed {seed} (KILN_CHAOS_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+
+    let sandbox = sandbox(3, "0s");
+    let mut up = Up::start(&sandbox);
+    let mut at = 0;
+    for kill in 1..=3u64 {
+        at += 50 + rng.below(300);
+        up.wait_for_checkpoint(at);
+        let live = workers(&sandbox);
+        assert_eq!(live.len(), 2, "two workers run: {live:?}");
+        let victim = live[rng.below(2) as usize];
+        assert!(signal(victim, "KILL"));
+        eprintln!("kill {kill}: worker pid {victim} after checkpoint {at}");
+        up.wait_for("the restarted generation", |l| {
+            l.contains(&format!("generation {} started", kill + 1))
+        });
+    }
+    let (out, events) = up.finish();
+    assert!(out.status.success(), "{}\n{events}", describe(&out));
+    assert!(
+        events.contains("resuming from checkpoint"),
+        "resumed from checkpoints:\n{events}"
+    );
+    assert_eq!(
+        events
+            .matches("was killed by signal 9; replaced by pid")
+            .count(),
+        3,
+        "{events}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("restarts      3"), "{stdout}");
+    assert_eq!(
+        digest(&out),
+        reference,
+        "a run killed and resumed 3 times ends bit-identical to an uninterrupted one"
+    );
+    sandbox.assert_no_processes(Duration::from_secs(10));
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
+    let reference = uninterrupted_digest();
+    // The backoff leaves time to damage the checkpoint the restart will resume from.
+    let sandbox = sandbox(1, "2s");
+    let mut up = Up::start(&sandbox);
+    up.wait_for_checkpoint(100);
+    assert!(signal(workers(&sandbox)[0], "KILL"));
+    let failed = up.wait_for("the restart announcement", |l| l.contains("resumes from"));
+    let step: u64 = failed
+        .split("resumes from checkpoint ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no checkpoint in {failed:?}"));
+    let model = sandbox.path().join(format!(
+        ".kiln/store/jobs/chaos-1/checkpoints/{step}/model.bin"
+    ));
+    let mut bytes = std::fs::read(&model).expect("model object");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&model, bytes).expect("flip one byte");
+
+    let note = up.wait_for("the fallback note", |l| l.contains("unusable"));
+    assert!(
+        note.contains(&format!("up to {step} are unusable")),
+        "{note}"
+    );
+    let (out, events) = up.finish();
+    assert!(out.status.success(), "{}\n{events}", describe(&out));
+    assert_eq!(digest(&out), reference, "resumed from an older checkpoint");
+    sandbox.assert_no_processes(Duration::from_secs(10));
+}
+
+#[test]
+fn past_max_restarts_the_job_fails_with_its_cause() {
+    let sandbox = sandbox(1, "0s");
+    let mut up = Up::start(&sandbox);
+    up.wait_for_checkpoint(50);
+    assert!(signal(workers(&sandbox)[0], "KILL"));
+    up.wait_for("generation 2", |l| l.contains("generation 2 started"));
+    up.wait_for_checkpoint(100);
+    assert!(signal(workers(&sandbox)[0], "KILL"));
+    let (out, events) = up.finish();
+    assert_eq!(out.status.code(), Some(1), "{}\n{events}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{events}\n{stderr}");
+    assert!(all.contains("no restarts left (max_restarts = 1)"), "{all}");
+    sandbox.assert_no_processes(Duration::from_secs(10));
+}
