@@ -176,3 +176,16 @@ fn every_truncation_of_variables_and_locals_is_handled() {
         load_with(dir.path(), name, &text);
     }
 }
+
+/// Inputs on which `scripts/fuzz` found a panic, minimized (`cargo fuzz tmin`).
+#[test]
+fn fuzzer_findings_are_handled() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let findings: &[&str] = &[
+        // A syntax error on a line holding only `\r`: the span started past the line's end.
+        "b{\n\r",
+    ];
+    for text in findings {
+        load_with(dir.path(), "a.hcl", text);
+    }
+}
