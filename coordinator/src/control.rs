@@ -137,8 +137,8 @@ fn now_ms() -> i64 {
 }
 
 impl Control {
-    /// Loads the durable state and starts the lease reaper. Jobs that were running when a
-    /// previous coordinator stopped are marked failed (their workers are gone with it).
+    /// Loads the durable state. Jobs that were running when a previous coordinator stopped are
+    /// queued again ahead of the pending ones, to resume from their last checkpoint.
     pub fn new(
         store: Arc<dyn StateStore>,
         join_token: String,
@@ -164,26 +164,36 @@ impl Control {
                 shutdown: CancellationToken::new(),
             }),
         };
-        let mut pending: Vec<&Job> = state
+        // Jobs that were running go first, in submission order: their workers are gone with the
+        // old coordinator (they register again), so each resumes from its last checkpoint in a
+        // new generation. That is the coordinator's failure, not the job's: no restart counted.
+        let mut queued: Vec<&mut Job> = state
             .jobs
-            .values()
-            .filter(|j| j.state() == JobState::Pending)
+            .values_mut()
+            .filter(|j| matches!(j.state(), JobState::Pending | JobState::Running))
             .collect();
-        pending.sort_by_key(|j| j.submitted_unix_ms);
-        state.queue = pending.iter().map(|j| j.id.clone()).collect();
-        let interrupted: Vec<String> = state
-            .jobs
-            .values()
-            .filter(|j| j.state() == JobState::Running)
-            .map(|j| j.id.clone())
-            .collect();
+        queued.sort_by_key(|j| (j.state() != JobState::Running, j.submitted_unix_ms));
+        let mut resumed = Vec::new();
+        for job in queued {
+            if job.state() == JobState::Running {
+                job.set_state(JobState::Pending);
+                control.save(job)?;
+                resumed.push(job.clone());
+            }
+            state.queue.push(job.id.clone());
+        }
         *control.lock() = state;
-        for id in interrupted {
-            control.finish(
-                &id,
-                JobState::Failed,
-                "the coordinator stopped while the job was running".into(),
-            )?;
+        for job in resumed {
+            let from = job
+                .checkpoint_step
+                .map_or_else(|| "from the start".to_owned(), |s| format!("from checkpoint {s}"));
+            let message = format!(
+                "the coordinator restarted while generation {} ran; generation {} resumes {from}",
+                job.generation,
+                job.generation + 1
+            );
+            tracing::info!(job = %job.id, %message, "resuming");
+            control.announce(job, message);
         }
         Ok(control)
     }

@@ -1,9 +1,11 @@
 //! The worker agent: registers with the coordinator (join token), keeps its lease alive with
 //! heartbeats, and runs the assignments the coordinator streams to it, one at a time.
 //!
-//! The agent lives only as long as its coordinator: when the assignment stream ends or the
-//! lease cannot be renewed for a whole TTL, it aborts the running task and exits, so a dead
-//! coordinator never leaves workers behind.
+//! The agent follows its coordinator: when the coordinator closes the assignment stream (a
+//! planned shutdown) it exits. When the coordinator is lost instead (the stream breaks, the
+//! lease cannot be renewed for a whole TTL, or a restarted coordinator no longer knows this
+//! worker) it aborts the running task and registers again with backoff, for up to
+//! `reconnect_timeout`, then exits: a dead coordinator never leaves workers behind for long.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +17,7 @@ use kiln_proto::error_chain;
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{
     Assignment, AssignmentsRequest, CheckpointReport, HeartbeatRequest, Metrics, ProgressReport,
-    RegisterRequest, TaskEnd, worker_command::Command,
+    RegisterRequest, RegisterResponse, TaskEnd, worker_command::Command,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,9 @@ pub struct AgentConfig {
     pub collective_bind: SocketAddr,
     /// How long to keep trying to reach the coordinator at start.
     pub connect_timeout: Duration,
+    /// How long to keep trying to get back to a coordinator that was lost (crashed or
+    /// restarting) before giving up and exiting.
+    pub reconnect_timeout: Duration,
 }
 
 /// Why the agent stopped.
@@ -103,8 +108,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Runs the agent until the coordinator goes away. Returns `Ok` when the coordinator closed the
-/// assignment stream (a normal shutdown), an error otherwise.
+/// How a session with the coordinator ended.
+enum SessionEnd {
+    /// The coordinator closed the assignment stream: a planned shutdown.
+    Closed,
+    /// The coordinator became unreachable or forgot this worker (it crashed or restarted).
+    Lost(String),
+}
+
+/// Runs the agent: registers, runs assignments, and after losing the coordinator registers
+/// again (with backoff, for up to `reconnect_timeout`), so a restarted coordinator gets its
+/// workers back. Returns `Ok` when the coordinator closed the assignment stream (a planned
+/// shutdown), an error when it refused this worker or stayed away too long.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let listener =
         TcpListener::bind(config.collective_bind).map_err(|source| AgentError::Bind {
@@ -116,22 +131,63 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         source,
     })?;
     let listener = Arc::new(listener);
-    let mut client = connect(&config).await?;
-    let registered = client
-        .register(RegisterRequest {
+    let mut timeout = config.connect_timeout;
+    loop {
+        let (client, registered) = register(&config, collective_addr, timeout).await?;
+        match session(client, registered, listener.clone()).await? {
+            SessionEnd::Closed => return Ok(()),
+            SessionEnd::Lost(cause) => {
+                tracing::warn!(%cause, "lost the coordinator; registering again");
+                timeout = config.reconnect_timeout;
+            }
+        }
+    }
+}
+
+/// Connects and registers, retrying while the coordinator is unreachable for up to `timeout`.
+async fn register(
+    config: &AgentConfig,
+    collective_addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(CoordinatorClient<Channel>, RegisterResponse), AgentError> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut client = connect(&config.coordinator, deadline).await?;
+        let request = RegisterRequest {
             join_token: config.join_token.clone(),
             collective_addr: collective_addr.to_string(),
             node_name: config.node_name.clone(),
             pid: std::process::id(),
-        })
-        .await
-        .map_err(|status| AgentError::Rpc {
-            call: "Register",
-            status,
-        })?
-        .into_inner();
+        };
+        match client.register(request).await {
+            Ok(response) => return Ok((client, response.into_inner())),
+            // Still starting (or shutting down): try again.
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Err(status) => {
+                return Err(AgentError::Rpc {
+                    call: "Register",
+                    status,
+                });
+            }
+        }
+    }
+}
+
+/// One registration's worth of work: heartbeats and assignments until the coordinator closes
+/// the stream or is lost. The running task is stopped either way.
+async fn session(
+    mut client: CoordinatorClient<Channel>,
+    registered: RegisterResponse,
+    listener: Arc<TcpListener>,
+) -> Result<SessionEnd, AgentError> {
     let worker_id = registered.worker_id;
-    tracing::info!(%worker_id, %collective_addr, "registered");
+    tracing::info!(%worker_id, "registered");
 
     let shutdown = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -142,33 +198,32 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         shutdown.clone(),
     ));
 
-    let mut stream = client
+    let stream = client
         .assignments(AssignmentsRequest {
             worker_id: worker_id.clone(),
         })
-        .await
-        .map_err(|status| AgentError::Rpc {
-            call: "Assignments",
-            status,
-        })?
-        .into_inner();
+        .await;
+    let mut stream = match stream {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => {
+            shutdown.cancel();
+            return Ok(SessionEnd::Lost(format!("Assignments: {status}")));
+        }
+    };
 
     let mut current: Option<Running> = None;
-    loop {
+    let end = loop {
         let message = tokio::select! {
             m = stream.message() => m,
-            () = shutdown.cancelled() => break,
+            () = shutdown.cancelled() => break SessionEnd::Lost("the lease could not be renewed".into()),
         };
         let command = match message {
             Ok(Some(cmd)) => cmd.command,
             Ok(None) => {
                 tracing::info!("coordinator closed the assignment stream; exiting");
-                break;
+                break SessionEnd::Closed;
             }
-            Err(status) => {
-                tracing::warn!(%status, "assignment stream broke; exiting");
-                break;
-            }
+            Err(status) => break SessionEnd::Lost(format!("assignment stream broke: {status}")),
         };
         match command {
             Some(Command::Assign(assignment)) => {
@@ -195,28 +250,35 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             }
             None => {}
         }
-    }
+    };
     shutdown.cancel();
     if let Some(running) = current.take() {
         running.stop();
         let _ = running.done.await;
     }
     match heartbeat.await {
-        Ok(result) => result,
-        Err(_) => Ok(()),
+        // A refused call (e.g. the restarted coordinator does not know this worker id) is a
+        // lost coordinator too: register again.
+        Ok(Err(e)) => {
+            tracing::info!(error = %error_chain(&e), "heartbeats stopped");
+            match end {
+                SessionEnd::Closed => Ok(SessionEnd::Closed),
+                lost => Ok(lost),
+            }
+        }
+        _ => Ok(end),
     }
 }
 
-/// Connects to the coordinator, retrying with backoff until `connect_timeout`.
-async fn connect(config: &AgentConfig) -> Result<CoordinatorClient<Channel>, AgentError> {
-    let deadline = Instant::now() + config.connect_timeout;
+/// Connects to the coordinator, retrying with backoff until `deadline`.
+async fn connect(url: &str, deadline: Instant) -> Result<CoordinatorClient<Channel>, AgentError> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match CoordinatorClient::connect(config.coordinator.clone()).await {
+        match CoordinatorClient::connect(url.to_owned()).await {
             Ok(client) => return Ok(client),
             Err(source) if Instant::now() >= deadline => {
                 return Err(AgentError::Connect {
-                    url: config.coordinator.clone(),
+                    url: url.to_owned(),
                     source,
                 });
             }

@@ -40,6 +40,9 @@ struct AgentArgs {
     /// Seconds to keep retrying the coordinator at start.
     #[arg(long, default_value_t = 15)]
     connect_timeout_secs: u64,
+    /// Seconds to keep trying to get back to a lost coordinator before exiting.
+    #[arg(long, env = "KILN_RECONNECT_TIMEOUT_SECS", default_value_t = 30)]
+    reconnect_timeout_secs: u64,
 }
 
 #[derive(Subcommand)]
@@ -79,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("worker-{}", std::process::id())),
         collective_bind: args.collective_bind,
         connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+        reconnect_timeout: Duration::from_secs(args.reconnect_timeout_secs),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

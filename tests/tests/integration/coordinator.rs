@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{Sandbox, bin, blobs_job_hcl, cluster_hcl, describe, wait_with_timeout};
+use kiln_tests::{Sandbox, bin, blobs_job_hcl, cluster_hcl, describe, signal, wait_with_timeout};
 
 /// Kills and reaps the child when dropped, so a failing test leaves nothing behind.
 struct Reaped(Child);
@@ -14,6 +14,16 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Stops a coordinator the planned way (SIGTERM) and waits for it.
+fn stop(mut coordinator: Reaped) {
+    assert!(signal(coordinator.0.id(), "TERM"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while coordinator.0.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "coordinator ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -127,8 +137,123 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
         describe(&out)
     );
 
-    // Stopping the coordinator makes its workers exit on their own.
-    drop(_coordinator);
+    // Stopping the coordinator (SIGTERM: a planned shutdown) makes its workers exit on their own.
+    stop(_coordinator);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sandbox.processes().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "workers outlived their coordinator"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn coordinator(sandbox: &Sandbox, listen: &str) -> Reaped {
+    Reaped(
+        sandbox
+            .kiln(&[
+                "coordinator",
+                "--listen",
+                listen,
+                "--state",
+                "state",
+                "--join-token-file",
+                "token",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start coordinator"),
+    )
+}
+
+fn status(sandbox: &Sandbox, url: &str, job: &str) -> Option<serde_json::Value> {
+    let out = sandbox
+        .run(
+            &["status", job, "--json", "--coordinator", url],
+            Duration::from_secs(30),
+        )
+        .ok()?;
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
+}
+
+/// Polls `kiln status JOB --json` until `pred` holds.
+fn wait_for_status(
+    sandbox: &Sandbox,
+    url: &str,
+    job: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let current = status(sandbox, url, job);
+        if let Some(s) = current.as_ref().filter(|s| pred(s)) {
+            return s.clone();
+        }
+        assert!(Instant::now() < deadline, "never {what}: {current:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
+    let reference = crate::recovery::uninterrupted_digest();
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &crate::recovery::job(0, "0s")),
+        ("token", "s3cret\n"),
+    ]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}");
+    let first = coordinator(&sandbox, &listen);
+    let _workers: Vec<Reaped> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            Reaped(
+                worker(&sandbox, &url, "token", n)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn worker"),
+            )
+        })
+        .collect();
+    let out = sandbox
+        .run(
+            &["submit", "job.hcl", "--coordinator", &url],
+            Duration::from_secs(60),
+        )
+        .expect("submit");
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for_status(&sandbox, &url, "chaos-1", "checkpointed", |s| {
+        s["checkpoint_step"].as_u64().is_some_and(|c| c >= 100)
+    });
+
+    drop(first); // SIGKILL
+    let second = coordinator(&sandbox, &listen);
+    let done = wait_for_status(&sandbox, &url, "chaos-1", "finished", |s| {
+        s["state"] != "pending" && s["state"] != "running"
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        done["generation"].as_u64() >= Some(2),
+        "a new generation ran: {done}"
+    );
+    assert_eq!(
+        done["restarts"], 0,
+        "the coordinator's crash is not the job's: {done}"
+    );
+    assert_eq!(
+        done["params_digest"],
+        reference.trim_start_matches("sha256:"),
+        "resumed after a coordinator crash, bit-identical to an uninterrupted run"
+    );
+    stop(second);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sandbox.processes().is_empty() {
         assert!(

@@ -13,7 +13,7 @@ use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe, signal, wait_wit
 const T: Duration = Duration::from_secs(180);
 
 /// 3687 training samples / (2 × 32) = 58 steps an epoch, 1740 in all; a checkpoint every 25.
-fn job(max_restarts: u32, backoff: &str) -> String {
+pub(crate) fn job(max_restarts: u32, backoff: &str) -> String {
     let job = blobs_job_hcl("chaos", 2, 4096, 30, 25);
     let end = job.rfind('}').expect("job block ends");
     format!(
@@ -134,7 +134,7 @@ impl Rng {
     }
 }
 
-fn uninterrupted_digest() -> String {
+pub(crate) fn uninterrupted_digest() -> String {
     let sandbox = sandbox(0, "0s");
     let out = sandbox.run(&["up", "."], T).expect("kiln up");
     assert!(out.status.success(), "{}", describe(&out));
