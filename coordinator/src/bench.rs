@@ -1,5 +1,7 @@
 //! `kiln bench allreduce`: measures the workers' ring all-reduce with real processes on this
-//! machine, the way `nccl-tests` measures NCCL.
+//! machine, the way `nccl-tests` measures NCCL. `kiln bench checkpoint`: what checkpoints cost
+//! the training loop, background uploads against blocking saves of the same state, and the
+//! throughput with checkpoints against none ([`checkpoint`]).
 //!
 //! This module owns the benchmark's processes and its report: it starts one
 //! `kiln-worker bench-allreduce` per rank, brokers the exchange of ring addresses over their
@@ -7,10 +9,13 @@
 //! The children are killed and reaped on every way out, errors included. It does not link the
 //! worker (no Burn in the CLI): the all-reduce and its timing loop live in the worker binary.
 //!
+//! The checkpoint benchmark is one `kiln-worker bench-checkpoint` process that trains and
+//! prints its timings as one JSON line; this module summarises them.
+//!
 //! Bandwidths follow NCCL's definitions: algbw = bytes / time, and busbw = algbw · 2(n-1)/n,
 //! the rate each rank's link must sustain, comparable across rank counts. GB is 10⁹ bytes.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -353,6 +358,253 @@ pub fn allreduce(args: &AllreduceArgs, worker_bin: &Path) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Arguments of `kiln bench checkpoint`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckpointArgs {
+    /// Hidden layer widths of the MLP (64 inputs, 10 classes), comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,1024")]
+    pub hidden: Vec<u32>,
+    /// Samples per step.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Optimizer steps per training run.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: u64,
+    /// Checkpoint every this many steps in the runs that checkpoint.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub every: u32,
+    /// Runs of each kind (none, async, sync), interleaved.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeats: u32,
+    /// Gives up (and kills the worker) if the whole benchmark takes longer, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub timeout_secs: u64,
+}
+
+/// What `kiln-worker bench-checkpoint` prints (the schema is repeated here, as for
+/// [`SizeResult`]).
+#[derive(Debug, Clone, serde::Deserialize)]
+struct CheckpointResult {
+    params: u64,
+    checkpoint_bytes: u64,
+    steps: u64,
+    every: u32,
+    batch_size: u32,
+    runs: Vec<CheckpointRun>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+struct CheckpointRun {
+    kind: RunKind,
+    repeat: u32,
+    samples_per_sec: f64,
+    stalls_s: Vec<f64>,
+    checkpoint_waits: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RunKind {
+    None,
+    Async,
+    Sync,
+}
+
+/// The runs of one kind, summarised.
+#[derive(Debug, Clone, PartialEq)]
+struct KindSummary {
+    runs: usize,
+    checkpoints: usize,
+    /// Median over every checkpoint of every run.
+    median_stall_s: f64,
+    max_stall_s: f64,
+    /// Median over the runs.
+    samples_per_sec: f64,
+    waits: u32,
+}
+
+impl KindSummary {
+    fn new(result: &CheckpointResult, kind: RunKind) -> anyhow::Result<Self> {
+        let runs: Vec<&CheckpointRun> = result.runs.iter().filter(|r| r.kind == kind).collect();
+        ensure!(!runs.is_empty(), "the worker reported no {kind:?} run");
+        let stalls: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| r.stalls_s.iter().copied())
+            .collect();
+        let rates: Vec<f64> = runs.iter().map(|r| r.samples_per_sec).collect();
+        ensure!(
+            rates.iter().all(|r| r.is_finite() && *r > 0.0)
+                && stalls.iter().all(|s| s.is_finite() && *s >= 0.0),
+            "the worker reported unusable timings for {kind:?} runs"
+        );
+        Ok(Self {
+            runs: runs.len(),
+            checkpoints: stalls.len(),
+            median_stall_s: median(&stalls).unwrap_or(0.0),
+            max_stall_s: stalls.iter().copied().fold(0.0, f64::max),
+            samples_per_sec: median(&rates).unwrap_or(0.0),
+            waits: runs.iter().map(|r| r.checkpoint_waits).sum(),
+        })
+    }
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
+}
+
+fn render_checkpoint_table(hidden: &[u32], result: &CheckpointResult) -> anyhow::Result<String> {
+    let none = KindSummary::new(result, RunKind::None)?;
+    let background = KindSummary::new(result, RunKind::Async)?;
+    let blocking = KindSummary::new(result, RunKind::Sync)?;
+    let widths = hidden
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join("-");
+    let mut out = format!(
+        "checkpoints of an MLP 64-{widths}-10 ({} parameters, {:.1} MiB per checkpoint), batch \
+         {}, {} steps per run, every {} steps, {} run(s) of each kind, interleaved\n\
+         {:<26} {:>11} {:>15} {:>12} {:>10} {:>6}\n",
+        result.params,
+        result.checkpoint_bytes as f64 / f64::from(1 << 20),
+        result.batch_size,
+        result.steps,
+        result.every,
+        none.runs,
+        "",
+        "checkpoints",
+        "median stall ms",
+        "max stall ms",
+        "samples/s",
+        "waits"
+    );
+    for (name, kind) in [
+        ("none", &none),
+        ("async (background upload)", &background),
+        ("sync (blocking save)", &blocking),
+    ] {
+        out.push_str(&format!(
+            "{name:<26} {:>11} {:>15.3} {:>12.3} {:>10.1} {:>6}\n",
+            kind.checkpoints,
+            kind.median_stall_s * 1e3,
+            kind.max_stall_s * 1e3,
+            kind.samples_per_sec,
+            kind.waits
+        ));
+    }
+    let ratio = if blocking.median_stall_s > 0.0 {
+        background.median_stall_s / blocking.median_stall_s
+    } else {
+        f64::NAN
+    };
+    out.push_str(&format!(
+        "median stall per checkpoint, async / sync: {ratio:.4} (goal <= 0.05)\n\
+         throughput loss with checkpoints every {} steps vs none, median of {} rounds (min, \
+         max):\n",
+        result.every, none.runs
+    ));
+    for (name, kind, goal) in [
+        ("async", RunKind::Async, " (goal <= 1 %)"),
+        ("sync", RunKind::Sync, ""),
+    ] {
+        let (median, min, max) = paired_loss(result, kind)?;
+        out.push_str(&format!(
+            "  {name:<5} {median:>6.2} % ({min:.2}, {max:.2}){goal}\n"
+        ));
+    }
+    Ok(out)
+}
+
+/// The throughput loss of `kind` against the run without checkpoints of the same round, in
+/// percent: median, min and max over the rounds. Pairing by round cancels the machine's slow
+/// drift, which on a shared machine is larger than the effect measured.
+fn paired_loss(result: &CheckpointResult, kind: RunKind) -> anyhow::Result<(f64, f64, f64)> {
+    let rate = |kind: RunKind, repeat: u32| {
+        result
+            .runs
+            .iter()
+            .find(|r| r.kind == kind && r.repeat == repeat)
+            .map(|r| r.samples_per_sec)
+    };
+    let losses: Vec<f64> = result
+        .runs
+        .iter()
+        .filter(|r| r.kind == kind)
+        .filter_map(|r| Some((1.0 - r.samples_per_sec / rate(RunKind::None, r.repeat)?) * 100.0))
+        .collect();
+    let median = median(&losses)
+        .ok_or_else(|| anyhow!("no round has both a {kind:?} run and one without checkpoints"))?;
+    let min = losses.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = losses.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    Ok((median, min, max))
+}
+
+/// Runs the checkpoint benchmark with `worker_bin` (the `kiln-worker` executable) and prints
+/// the table on stdout.
+pub fn checkpoint(args: &CheckpointArgs, worker_bin: &Path) -> anyhow::Result<()> {
+    ensure!(!args.hidden.is_empty(), "no hidden layers");
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let hidden = args
+        .hidden
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut child = Command::new(worker_bin)
+        .arg("bench-checkpoint")
+        .args(["--hidden", &hidden])
+        .args(["--batch-size", &args.batch_size.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .args(["--every", &args.every.to_string()])
+        .args(["--repeats", &args.repeats.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", worker_bin.display()))?;
+    let stdout = child.stdout.take();
+    let mut workers = Workers {
+        children: vec![child],
+        readers: Vec::new(),
+    };
+    let mut stdout = stdout.ok_or_else(|| anyhow!("the worker has no stdout pipe"))?;
+    let (output, inbox) = mpsc::channel();
+    workers.readers.push(
+        thread::Builder::new()
+            .name("bench-checkpoint".into())
+            .spawn(move || {
+                let mut text = String::new();
+                let _ = output.send(stdout.read_to_string(&mut text).map(|_| text));
+            })
+            .context("starting a reader thread")?,
+    );
+    let text = inbox
+        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        .map_err(|_| anyhow!("timed out after {}s", args.timeout_secs))?
+        .context("reading the worker's output")?;
+    workers.wait_all(deadline)?;
+    let line = text
+        .lines()
+        .last()
+        .ok_or_else(|| anyhow!("the worker printed no result"))?;
+    let result: CheckpointResult = serde_json::from_str(line)
+        .with_context(|| format!("the worker printed {line:?}, not a result"))?;
+    let table = render_checkpoint_table(&args.hidden, &result)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(table.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("printing the table")?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,5 +713,60 @@ mod tests {
         assert!(lines[1].contains("busbw GB/s"));
         assert!(lines[2].trim_start().starts_with("1 MiB") && lines[2].contains("1.049"));
         assert!(lines[3].trim_start().starts_with("64 MiB") && lines[3].contains("50.000"));
+    }
+
+    #[test]
+    fn checkpoint_table_compares_medians() {
+        let run =
+            |kind, repeat, samples_per_sec, stalls_s: &[f64], checkpoint_waits| CheckpointRun {
+                kind,
+                repeat,
+                samples_per_sec,
+                stalls_s: stalls_s.to_vec(),
+                checkpoint_waits,
+            };
+        let result = CheckpointResult {
+            params: 1_126_410,
+            checkpoint_bytes: 13 << 20,
+            steps: 200,
+            every: 100,
+            batch_size: 64,
+            runs: vec![
+                run(RunKind::None, 0, 1000.0, &[], 0),
+                run(RunKind::Async, 0, 995.0, &[0.001, 0.002, 0.3], 1),
+                run(RunKind::Sync, 0, 900.0, &[0.2, 0.25], 0),
+                run(RunKind::Async, 1, 990.0, &[0.003, 0.2], 0),
+                run(RunKind::Sync, 1, 909.0, &[0.2, 0.2], 0),
+                run(RunKind::None, 1, 1010.0, &[], 0),
+            ],
+        };
+        let background = KindSummary::new(&result, RunKind::Async).expect("summary");
+        assert_eq!(
+            (background.runs, background.checkpoints, background.waits),
+            (2, 5, 1)
+        );
+        assert_eq!(background.median_stall_s, 0.003);
+        assert_eq!(background.max_stall_s, 0.3);
+        assert_eq!(background.samples_per_sec, 992.5);
+
+        let table = render_checkpoint_table(&[1024, 1024], &result).expect("table");
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 9, "{table}");
+        assert!(lines[0].contains("64-1024-1024-10") && lines[0].contains("13.0 MiB"));
+        assert!(lines[2].starts_with("none") && lines[2].contains("1005.0"));
+        assert!(lines[3].starts_with("async") && lines[3].contains("3.000"));
+        assert!(lines[4].starts_with("sync") && lines[4].contains("200.000"));
+        // 0.003 / 0.2.
+        assert!(lines[5].ends_with("0.0150 (goal <= 0.05)"), "{}", lines[5]);
+        assert!(lines[6].contains("median of 2 rounds"), "{}", lines[6]);
+        // Round 0: 1 - 995/1000, round 1: 1 - 990/1010; sync loses 10 % in both.
+        assert_eq!(lines[7], "  async   1.24 % (0.50, 1.98) (goal <= 1 %)");
+        assert_eq!(lines[8], "  sync   10.00 % (10.00, 10.00)");
+
+        let missing = CheckpointResult {
+            runs: result.runs[..2].to_vec(),
+            ..result
+        };
+        assert!(render_checkpoint_table(&[8], &missing).is_err());
     }
 }

@@ -13,7 +13,8 @@ use kiln_iac::provider::{LocalProvider, Provider, WorkerLaunch};
 use kiln_iac::spec::{Config, JobSpec, StateSpec};
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{
-    CancelJobRequest, GetJobRequest, Job, JobState, ListJobsRequest, SubmitJobRequest,
+    CancelJobRequest, GetJobRequest, Job, JobState, ListJobsRequest, ResumeJobRequest,
+    SubmitJobRequest,
 };
 use tonic::transport::Channel;
 
@@ -171,8 +172,11 @@ pub async fn up(dir: &Path, job_name: Option<&str>, vars: &LoadOptions) -> Resul
     let state = state_dir(&config, job)?;
     let store = EmbeddedStore::open(&state).code(CliError::INFRA)?;
     let token = random_token();
-    let control = Control::new(Arc::new(store), token.clone(), LeaseConfig::default())
-        .code(CliError::INFRA)?;
+    let lease = LeaseConfig {
+        heartbeat_interval: cluster.coordinator.heartbeat_interval,
+        ttl: cluster.coordinator.lease_ttl,
+    };
+    let control = Control::new(Arc::new(store), token.clone(), lease).code(CliError::INFRA)?;
     let server = Server::start(control, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .context("starting the coordinator")
@@ -232,13 +236,18 @@ async fn run_on_cluster(
         tokio::select! {
             job = &mut follow => break job,
             exit = provider.next_exit() => {
-                if replaced < replacements {
-                    replaced += 1;
+                // A worker that left cleanly (preempted with SIGTERM: it checkpointed first) is
+                // replaced without counting against the job's restarts.
+                let planned = exit.status.success();
+                if planned || replaced < replacements {
+                    let count = if planned {
+                        "planned".to_owned()
+                    } else {
+                        replaced += 1;
+                        format!("{replaced}/{replacements}")
+                    };
                     let node = provider.relaunch(&exit.node, launch).await.code(CliError::INFRA)?;
-                    eprintln!(
-                        "kiln: {exit}; replaced by pid {} ({replaced}/{replacements})",
-                        node.pid
-                    );
+                    eprintln!("kiln: {exit}; replaced by pid {} ({count})", node.pid);
                     continue;
                 }
                 eprintln!("kiln: {exit}");
@@ -296,6 +305,8 @@ pub struct CoordinatorOptions {
     pub advertise: Option<String>,
     /// File to write the URL into once the coordinator accepts connections.
     pub ready_file: Option<PathBuf>,
+    /// Worker lease timing.
+    pub lease: LeaseConfig,
 }
 
 /// `kiln coordinator`: serves until Ctrl-C or SIGTERM.
@@ -306,6 +317,7 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
         join_token_file,
         advertise,
         ready_file,
+        lease,
     } = options;
     let state = state.as_path();
     let store = EmbeddedStore::open(state).code(CliError::INFRA)?;
@@ -323,8 +335,7 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
             token
         }
     };
-    let control =
-        Control::new(Arc::new(store), token, LeaseConfig::default()).code(CliError::INFRA)?;
+    let control = Control::new(Arc::new(store), token, lease).code(CliError::INFRA)?;
     let server = Server::start(control, listen)
         .await
         .with_context(|| format!("listening on {listen}"))
@@ -516,6 +527,32 @@ fn job_json(job: &Job) -> serde_json::Value {
         "submitted_unix_ms": job.submitted_unix_ms,
         "finished_unix_ms": job.finished_unix_ms,
     })
+}
+
+/// `kiln resume JOB [--from STEP] [--follow]`.
+pub async fn resume(
+    coordinator: &str,
+    job: &str,
+    from_step: Option<u64>,
+    follow_it: bool,
+) -> Result<(), CliError> {
+    let mut client = connect(coordinator).await?;
+    let job = client
+        .resume_job(ResumeJobRequest {
+            job_id: job.to_owned(),
+            from_step,
+        })
+        .await
+        .code(CliError::BAD_INPUT)?
+        .into_inner();
+    println!("{}: {}", job.id, job.message);
+    if follow_it {
+        let job = follow::follow(&mut client, &job.id, interrupted())
+            .await
+            .code(CliError::INFRA)?;
+        finish(job)?;
+    }
+    Ok(())
 }
 
 /// `kiln cancel JOB`.

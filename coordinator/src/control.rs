@@ -93,6 +93,19 @@ impl Worker {
     }
 }
 
+/// How a generation ended.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// A worker died or a rank failed: counts against `max_restarts`, waits for the backoff.
+    Failed,
+    /// A worker was asked to leave and the ranks stopped together, at `checkpoint` if the
+    /// job keeps checkpoints.
+    Planned {
+        /// The checkpoint committed at the stop.
+        checkpoint: Option<u64>,
+    },
+}
+
 /// Per-generation bookkeeping that need not survive a restart.
 #[derive(Default)]
 struct Generation {
@@ -184,9 +197,7 @@ impl Control {
         }
         *control.lock() = state;
         for job in resumed {
-            let from = job
-                .checkpoint_step
-                .map_or_else(|| "from the start".to_owned(), |s| format!("from checkpoint {s}"));
+            let from = resume_point(&job);
             let message = format!(
                 "the coordinator restarted while generation {} ran; generation {} resumes {from}",
                 job.generation,
@@ -341,6 +352,19 @@ impl Control {
         generation: u64,
         cause: String,
     ) -> Result<(), ControlError> {
+        self.generation_ended(id, generation, cause, Ending::Failed)
+    }
+
+    /// Ends generation `generation` of running job `id` and queues the next one (see
+    /// [`Self::generation_failed`]). A planned ending (a preempted worker left after a
+    /// checkpoint) neither counts against `max_restarts` nor waits for the backoff.
+    fn generation_ended(
+        &self,
+        id: &str,
+        generation: u64,
+        cause: String,
+        ending: Ending,
+    ) -> Result<(), ControlError> {
         let mut state = self.lock();
         let Some(job) = current_job(&mut state, id, generation)? else {
             return Ok(());
@@ -355,16 +379,28 @@ impl Control {
             .metrics
             .map_or(0, |m| m.step)
             .max(job.checkpoint_step.unwrap_or(0));
-        job.last_failure = format!("{cause} (generation {generation}, step {at_step})");
-        if job.restarts >= policy.max_restarts {
-            let message = match policy.max_restarts {
-                0 => cause,
-                n => format!("{cause}; no restarts left (max_restarts = {n})"),
-            };
-            drop(state);
-            return self.finish(id, JobState::Failed, message);
-        }
-        job.restarts += 1;
+        let backoff = match ending {
+            Ending::Planned { checkpoint } => {
+                // Rank 0's own report of it may come later, and would then be stale.
+                if checkpoint.is_some() {
+                    job.checkpoint_step = checkpoint;
+                }
+                Duration::ZERO
+            }
+            Ending::Failed => {
+                job.last_failure = format!("{cause} (generation {generation}, step {at_step})");
+                if job.restarts >= policy.max_restarts {
+                    let message = match policy.max_restarts {
+                        0 => cause,
+                        n => format!("{cause}; no restarts left (max_restarts = {n})"),
+                    };
+                    drop(state);
+                    return self.finish(id, JobState::Failed, message);
+                }
+                job.restarts += 1;
+                Duration::from_millis(policy.backoff_ms)
+            }
+        };
         job.set_state(JobState::Pending);
         let job = job.clone();
         self.save(&job)?;
@@ -375,7 +411,7 @@ impl Control {
                     Command::Cancel(CancelTask {
                         job_id: id.to_owned(),
                         generation,
-                        reason: format!("generation {generation} failed: {cause}"),
+                        reason: format!("generation {generation} ended: {cause}"),
                     }),
                 );
             }
@@ -384,26 +420,27 @@ impl Control {
         state.queue.retain(|q| q != id);
         // It ran before anything now queued was admitted: it keeps its turn.
         state.queue.insert(0, id.to_owned());
-        let backoff = Duration::from_millis(policy.backoff_ms);
         state
             .held_until
             .insert(id.to_owned(), Instant::now() + backoff);
-        let from = job.checkpoint_step.map_or_else(
-            || "from the start".to_owned(),
-            |s| format!("from checkpoint {s}"),
-        );
-        let message = format!(
-            "{cause} at step {at_step} → restart {}/{}: generation {} resumes {from}{}",
-            job.restarts,
-            policy.max_restarts,
-            generation + 1,
-            if backoff.is_zero() {
-                String::new()
-            } else {
-                format!(" after {backoff:?}")
+        let from = resume_point(&job);
+        let next = generation + 1;
+        let message = match ending {
+            Ending::Planned { .. } => {
+                format!("{cause} → generation {next} resumes {from} (planned)")
             }
-        );
-        tracing::info!(job = %id, %message, "generation failed");
+            Ending::Failed => format!(
+                "{cause} at step {at_step} → restart {}/{}: generation {next} resumes {from}{}",
+                job.restarts,
+                policy.max_restarts,
+                if backoff.is_zero() {
+                    String::new()
+                } else {
+                    format!(" after {backoff:?}")
+                }
+            ),
+        };
+        tracing::info!(job = %id, %message, "generation ended");
         self.announce(job, message);
         drop(state);
         let control = self.clone();
@@ -468,6 +505,38 @@ impl Control {
         self.job(id)
     }
 
+    /// Queues a failed or cancelled job again, to resume from `from_step` or its last committed
+    /// checkpoint, with its restart budget renewed.
+    pub fn resume(&self, id: &str, from_step: Option<u64>) -> Result<Job, ControlError> {
+        {
+            let mut state = self.lock();
+            let job = state
+                .jobs
+                .get_mut(id)
+                .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))?;
+            if !matches!(job.state(), JobState::Failed | JobState::Cancelled) {
+                return Err(ControlError::Invalid(format!(
+                    "job {id} is {}; only a failed or cancelled job can be resumed",
+                    job.state().label()
+                )));
+            }
+            if let Some(step) = from_step {
+                job.checkpoint_step = Some(step);
+            }
+            job.set_state(JobState::Pending);
+            job.restarts = 0;
+            job.finished_unix_ms = 0;
+            let from = resume_point(job);
+            job.message = format!("resumed by request {from}");
+            let job = job.clone();
+            self.save(&job)?;
+            state.queue.push(id.to_owned());
+            self.announce(job.clone(), job.message);
+        }
+        self.schedule()?;
+        self.job(id)
+    }
+
     /// Subscribes to job events, returning the job as it is at subscription time.
     pub fn watch(&self, id: &str) -> Result<(Job, broadcast::Receiver<JobEvent>), ControlError> {
         // Subscribing under the lock orders the snapshot before every event the receiver sees.
@@ -520,6 +589,11 @@ impl Control {
             }
             worker.task = None;
             let who = worker.describe(&end.worker_id);
+            if end.preempted {
+                // It is leaving: never schedule it again (its stream closes when it exits).
+                state.workers.remove(&end.worker_id);
+                tracing::info!(worker = %end.worker_id, "worker left");
+            }
             let Some(job) = current_job(&mut state, &end.job_id, end.generation)? else {
                 drop(state);
                 return self.schedule();
@@ -529,7 +603,9 @@ impl Control {
                 .iter()
                 .position(|w| *w == end.worker_id)
                 .unwrap_or_default() as u32;
-            if !end.ok {
+            if end.preempted {
+                Err(format!("rank {rank} ({who}) left: {}", end.error))
+            } else if !end.ok {
                 Err(format!("rank {rank} ({who}) failed: {}", end.error))
             } else {
                 if rank == 0 {
@@ -543,6 +619,26 @@ impl Control {
             }
         };
         match outcome {
+            Err(cause) if end.peer_failed => {
+                // A symptom of a peer's failure. The lost worker's own signal (its stream
+                // closing, its lease expiring) names the real cause and normally arrives within
+                // milliseconds; only if none has by the time a lease would expire does the
+                // symptom stand as the cause.
+                let control = self.clone();
+                let wait = self.inner.lease.ttl + self.inner.lease.heartbeat_interval;
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if let Err(e) = control.generation_failed(&end.job_id, end.generation, cause) {
+                        tracing::error!(error = %kiln_proto::error_chain(&e), "cannot record a failure");
+                    }
+                });
+            }
+            Err(cause) if end.preempted => {
+                let ending = Ending::Planned {
+                    checkpoint: end.checkpoint_step,
+                };
+                self.generation_ended(&end.job_id, end.generation, cause, ending)?;
+            }
             Err(cause) => self.generation_failed(&end.job_id, end.generation, cause)?,
             Ok(true) => self.finish(
                 &end.job_id,
@@ -703,6 +799,14 @@ fn current_job<'a>(
         .get_mut(id)
         .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))?;
     Ok((job.state() == JobState::Running && job.generation == generation).then_some(job))
+}
+
+/// Where the next generation of `job` starts: `from checkpoint N` or `from the start`.
+fn resume_point(job: &Job) -> String {
+    job.checkpoint_step.map_or_else(
+        || "from the start".to_owned(),
+        |s| format!("from checkpoint {s}"),
+    )
 }
 
 fn send(worker: &Worker, command: Command) {

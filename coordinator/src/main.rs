@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kiln_coordinator::cli::{self, CliError};
+use kiln_coordinator::control::LeaseConfig;
 use kiln_coordinator::{bench, infra};
 
 #[derive(Parser)]
@@ -106,6 +108,12 @@ enum Command {
         /// Write the coordinator's URL to this file once it accepts connections.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// How often workers renew their lease, e.g. 500ms, 1s.
+        #[arg(long, default_value = "1s", value_parser = duration)]
+        heartbeat_interval: Duration,
+        /// A worker silent this long is declared dead (longer than --heartbeat-interval).
+        #[arg(long, default_value = "3s", value_parser = duration)]
+        lease_ttl: Duration,
     },
     /// Submit the jobs of an HCL file (or directory) to a running coordinator.
     Submit {
@@ -138,6 +146,19 @@ enum Command {
     Cancel {
         /// Job id.
         job: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Restart a failed or cancelled job from its last committed checkpoint.
+    Resume {
+        /// Job id.
+        job: String,
+        /// Resume from this checkpoint step instead of the last one.
+        #[arg(long, value_name = "STEP")]
+        from: Option<u64>,
+        /// Follow the job until it ends; exit 0 only if it succeeds.
+        #[arg(long)]
+        follow: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -189,6 +210,14 @@ enum Command {
 enum BenchCommand {
     /// Ring all-reduce bandwidth between worker processes on this machine.
     Allreduce(bench::AllreduceArgs),
+    /// What checkpoints cost training: background uploads vs blocking saves, and throughput.
+    Checkpoint(bench::CheckpointArgs),
+}
+
+/// Parses `500ms`, `2s`, `1m30s`, as in HCL.
+fn duration(text: &str) -> Result<Duration, String> {
+    kiln_iac::parse_duration(text)
+        .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 2s or 1m30s"))
 }
 
 fn main() -> ExitCode {
@@ -225,6 +254,8 @@ fn main() -> ExitCode {
                 join_token_file,
                 advertise,
                 ready_file,
+                heartbeat_interval,
+                lease_ttl,
             } => {
                 cli::coordinator(cli::CoordinatorOptions {
                     listen,
@@ -232,6 +263,10 @@ fn main() -> ExitCode {
                     join_token_file,
                     advertise,
                     ready_file,
+                    lease: LeaseConfig {
+                        heartbeat_interval,
+                        ttl: lease_ttl,
+                    },
                 })
                 .await
             }
@@ -254,6 +289,12 @@ fn main() -> ExitCode {
                 cli::status(&remote.coordinator, job.as_deref(), json).await
             }
             Command::Cancel { job, remote } => cli::cancel(&remote.coordinator, &job).await,
+            Command::Resume {
+                job,
+                from,
+                follow,
+                remote,
+            } => cli::resume(&remote.coordinator, &job, from, follow).await,
             Command::Plan { dir, out, vars } => infra::plan(&dir, &vars.options(), out.as_deref()),
             Command::Apply {
                 target,
@@ -268,6 +309,14 @@ fn main() -> ExitCode {
                     error,
                 })
             }),
+            Command::Bench(BenchCommand::Checkpoint(args)) => {
+                cli::worker_binary().and_then(|bin| {
+                    bench::checkpoint(&args, &bin).map_err(|error| CliError {
+                        code: CliError::INFRA,
+                        error,
+                    })
+                })
+            }
         }
     });
     match result {

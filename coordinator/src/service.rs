@@ -10,8 +10,8 @@ use kiln_proto::v1::coordinator_server::{self, CoordinatorServer};
 use kiln_proto::v1::{
     Ack, AssignmentsRequest, CancelJobRequest, CheckpointReport, GetJobRequest, HeartbeatRequest,
     HeartbeatResponse, Job, JobEvent, ListJobsRequest, ListJobsResponse, ProgressReport,
-    RegisterRequest, RegisterResponse, SubmitJobRequest, SubmitJobResponse, TaskEnd,
-    WatchJobRequest, WorkerCommand,
+    RegisterRequest, RegisterResponse, ResumeJobRequest, SubmitJobRequest, SubmitJobResponse,
+    TaskEnd, WatchJobRequest, WorkerCommand,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -134,6 +134,17 @@ impl coordinator_server::Coordinator for Service {
     ) -> Result<Response<Job>, Status> {
         self.control
             .cancel(&request.get_ref().job_id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<ResumeJobRequest>,
+    ) -> Result<Response<Job>, Status> {
+        let request = request.into_inner();
+        self.control
+            .resume(&request.job_id, request.from_step)
             .map(Response::new)
             .map_err(status)
     }

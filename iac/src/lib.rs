@@ -18,5 +18,5 @@ mod vars;
 mod wire;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
-pub use load::{load_dir, load_dir_with};
+pub use load::{load_dir, load_dir_with, parse_duration};
 pub use vars::{ENV_PREFIX, LoadOptions, parse_var_arg};

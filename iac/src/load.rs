@@ -95,6 +95,10 @@ const DEFAULT_EVERY_STEPS: u32 = 100;
 const DEFAULT_KEEP: u32 = 3;
 /// Default `restart.max_restarts`.
 const DEFAULT_MAX_RESTARTS: u32 = 0;
+/// Default `coordinator.heartbeat_interval`.
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Default `coordinator.lease_ttl`.
+const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 /// Default `restart.backoff`.
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
 /// Longest `deploy.alias`.
@@ -165,7 +169,13 @@ const STATE: Schema = Schema {
 const COORDINATOR: Schema = Schema {
     ident: "coordinator",
     labels: &[],
-    attrs: &["listen", "advertise", "join_token_file"],
+    attrs: &[
+        "listen",
+        "advertise",
+        "join_token_file",
+        "heartbeat_interval",
+        "lease_ttl",
+    ],
     blocks: &[],
 };
 const JOB: Schema = Schema {
@@ -651,7 +661,7 @@ fn check_host_port(text: &str) -> Result<(), String> {
 }
 
 /// A duration such as `500ms`, `2s`, `1m30s`, `1.5h`: numbers with units `ms`, `s`, `m`, `h`.
-fn parse_duration(text: &str) -> Option<Duration> {
+pub fn parse_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return None;
@@ -677,6 +687,24 @@ fn parse_duration(text: &str) -> Option<Duration> {
         total += number * seconds;
     }
     Duration::try_from_secs_f64(total).ok()
+}
+
+fn expect_duration(value: &Value) -> Result<Duration, Bad> {
+    let text = expect_string(value)?;
+    parse_duration(&text).ok_or_else(|| {
+        Bad::Value(format!(
+            "{text:?} is not a duration such as \"500ms\", \"2s\", \"1m30s\" (units: ms, s, m, h)"
+        ))
+    })
+}
+
+fn expect_positive_duration(value: &Value) -> Result<Duration, Bad> {
+    match expect_duration(value)? {
+        d if d.is_zero() => Err(Bad::Value(
+            "a zero duration; it must be positive".to_owned(),
+        )),
+        d => Ok(d),
+    }
 }
 
 fn expect_number(value: &Value) -> Result<f64, Bad> {
@@ -1802,6 +1830,8 @@ impl<'d> Loader<'d> {
                 listen: DEFAULT_LISTEN,
                 advertise: None,
                 join_token_file: None,
+                heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+                lease_ttl: DEFAULT_LEASE_TTL,
             }),
         };
 
@@ -1997,10 +2027,36 @@ impl<'d> Loader<'d> {
             Get::Invalid => None,
             Get::Found(path, _) => Some(Some(self.resolve_path(&path))),
         };
-        labels_ok.then_some(CoordinatorSpec {
+        let heartbeat_interval = self
+            .get(src, body, "heartbeat_interval", expect_positive_duration)
+            .or(DEFAULT_HEARTBEAT_INTERVAL);
+        let lease_ttl = match self.get(src, body, "lease_ttl", expect_positive_duration) {
+            Get::Found(ttl, attr) => Some((ttl, Some(attr))),
+            Get::Missing => Some((DEFAULT_LEASE_TTL, None)),
+            Get::Invalid => None,
+        };
+        let mut ok = labels_ok;
+        if let (Some(interval), Some((ttl, ttl_attr))) = (heartbeat_interval, lease_ttl)
+            && ttl <= interval
+        {
+            ok = false;
+            self.push(
+                src.error(
+                    ttl_attr.and_then(value_span).or_else(|| header_span(block)),
+                    format!(
+                        "`lease_ttl` ({ttl:?}) is not longer than `heartbeat_interval` ({interval:?})"
+                    ),
+                )
+                .with_detail("A worker whose lease is not renewed within `lease_ttl` is declared dead; with a TTL this short one late heartbeat would do it.")
+                .with_hint("make `lease_ttl` at least two or three heartbeat intervals"),
+            );
+        }
+        ok.then_some(CoordinatorSpec {
             listen: listen?,
             advertise: advertise?,
             join_token_file: join_token_file?,
+            heartbeat_interval: heartbeat_interval?,
+            lease_ttl: lease_ttl?.0,
         })
     }
 
@@ -2670,14 +2726,7 @@ impl<'d> Loader<'d> {
             .get_u32(src, body, "max_restarts", 0)
             .or(DEFAULT_MAX_RESTARTS);
         let backoff = self
-            .get(src, body, "backoff", |value| {
-                let text = expect_string(value)?;
-                parse_duration(&text).ok_or_else(|| {
-                    Bad::Value(format!(
-                        "{text:?} is not a duration such as \"500ms\", \"2s\", \"1m30s\" (units: ms, s, m, h)"
-                    ))
-                })
-            })
+            .get(src, body, "backoff", expect_duration)
             .or(DEFAULT_BACKOFF);
         labels_ok.then_some(RestartSpec {
             max_restarts: max_restarts?,

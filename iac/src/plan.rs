@@ -125,6 +125,11 @@ pub fn desired(config: &Config) -> Vec<Resource> {
                 ),
                 ("state_backend", state_backend.into()),
                 ("state", state_location),
+                (
+                    "heartbeat_interval_ms",
+                    (c.heartbeat_interval.as_millis() as u64).into(),
+                ),
+                ("lease_ttl_ms", (c.lease_ttl.as_millis() as u64).into()),
             ]),
         });
         for pool in &cluster.node_pools {

@@ -95,7 +95,7 @@ pub enum StateSpec {
     },
 }
 
-/// `coordinator { listen, advertise, join_token_file }`.
+/// `coordinator { listen, advertise, join_token_file, heartbeat_interval, lease_ttl }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorSpec {
     /// Address the coordinator's gRPC server binds (default `127.0.0.1:0`: an ephemeral
@@ -109,6 +109,11 @@ pub struct CoordinatorSpec {
     /// directory; read when the coordinator starts, never by the loader). Default `None`: a
     /// random token per run.
     pub join_token_file: Option<PathBuf>,
+    /// How often workers renew their lease (positive, default 1 s).
+    pub heartbeat_interval: Duration,
+    /// A worker whose lease is not renewed for this long is declared dead and its generation
+    /// fails (longer than `heartbeat_interval`, default 3 s).
+    pub lease_ttl: Duration,
 }
 
 /// `job "NAME" { ... }`.

@@ -84,6 +84,9 @@ pub enum AgentError {
     /// The lease could not be renewed for a whole TTL.
     #[error("lost the lease: no successful heartbeat for {0:?}")]
     LeaseLost(Duration),
+    /// The SIGTERM handler could not be installed.
+    #[error("cannot handle SIGTERM")]
+    Signal(#[source] std::io::Error),
 }
 
 /// A task the agent is running.
@@ -91,6 +94,8 @@ struct Running {
     job_id: String,
     generation: u64,
     cancel: Arc<AtomicBool>,
+    /// Set on SIGTERM: the ranks stop together after a checkpoint (see `train::Context::leave`).
+    leave: Arc<AtomicBool>,
     abort: Arc<Mutex<Option<AbortHandle>>>,
     done: tokio::task::JoinHandle<()>,
 }
@@ -131,10 +136,13 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         source,
     })?;
     let listener = Arc::new(listener);
+    // SIGTERM is a request to leave: preemption, a scale-down, `kiln destroy`.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::Signal)?;
     let mut timeout = config.connect_timeout;
     loop {
         let (client, registered) = register(&config, collective_addr, timeout).await?;
-        match session(client, registered, listener.clone()).await? {
+        match session(client, registered, listener.clone(), &mut sigterm).await? {
             SessionEnd::Closed => return Ok(()),
             SessionEnd::Lost(cause) => {
                 tracing::warn!(%cause, "lost the coordinator; registering again");
@@ -185,6 +193,7 @@ async fn session(
     mut client: CoordinatorClient<Channel>,
     registered: RegisterResponse,
     listener: Arc<TcpListener>,
+    sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<SessionEnd, AgentError> {
     let worker_id = registered.worker_id;
     tracing::info!(%worker_id, "registered");
@@ -212,10 +221,28 @@ async fn session(
     };
 
     let mut current: Option<Running> = None;
+    let mut leaving = false;
     let end = loop {
         let message = tokio::select! {
             m = stream.message() => m,
             () = shutdown.cancelled() => break SessionEnd::Lost("the lease could not be renewed".into()),
+            _ = sigterm.recv(), if !leaving => match &current {
+                Some(running) => {
+                    tracing::info!("SIGTERM: leaving after a checkpoint at the next step boundary");
+                    running.leave.store(true, Ordering::SeqCst);
+                    leaving = true;
+                    continue;
+                }
+                None => {
+                    tracing::info!("SIGTERM: leaving");
+                    break SessionEnd::Closed;
+                }
+            },
+            _ = async { current.as_mut().map(|r| &mut r.done).expect("guarded").await }, if leaving && current.is_some() => {
+                // The task has reported its end (after the checkpoint): leave.
+                current = None;
+                break SessionEnd::Closed;
+            }
         };
         let command = match message {
             Ok(Some(cmd)) => cmd.command,
@@ -375,6 +402,7 @@ fn start_task(
     listener: Arc<TcpListener>,
 ) -> Running {
     let cancel = Arc::new(AtomicBool::new(false));
+    let leave = Arc::new(AtomicBool::new(false));
     let abort = Arc::new(Mutex::new(None));
     let (job_id, generation) = (assignment.job_id.clone(), assignment.generation);
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -414,10 +442,18 @@ fn start_task(
     };
 
     let training = {
-        let (cancel, abort) = (cancel.clone(), abort.clone());
+        let (cancel, leave, abort) = (cancel.clone(), leave.clone(), abort.clone());
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            run_task(&assignment, &listener, &cancel, &abort, &runtime, tx)
+            run_task(
+                &assignment,
+                &listener,
+                &cancel,
+                &leave,
+                &abort,
+                &runtime,
+                tx,
+            )
         })
     };
 
@@ -426,27 +462,30 @@ fn start_task(
         tokio::spawn(async move {
             let result = training
                 .await
-                .unwrap_or_else(|e| Err(format!("training thread panicked: {e}")));
+                .unwrap_or_else(|e| Err(format!("training thread panicked: {e}").into()));
             // Progress and checkpoint reports go out before the end of the task.
             let _ = forward.await;
-            let (ok, error, final_metrics, params_digest) = match result {
-                Ok(outcome) => (
-                    true,
-                    String::new(),
-                    Some(outcome.metrics),
-                    outcome.params_digest(),
-                ),
-                Err(e) => (false, e, None, String::new()),
+            let end = match result {
+                Ok(outcome) => TaskEnd {
+                    ok: true,
+                    final_metrics: Some(outcome.metrics),
+                    params_digest: outcome.params_digest(),
+                    ..TaskEnd::default()
+                },
+                Err(e) => TaskEnd {
+                    error: e.message,
+                    peer_failed: e.peer,
+                    preempted: e.left.is_some(),
+                    checkpoint_step: e.left.flatten(),
+                    ..TaskEnd::default()
+                },
             };
             if let Err(status) = client
                 .report_task_end(TaskEnd {
                     worker_id,
                     job_id,
                     generation,
-                    ok,
-                    error,
-                    final_metrics,
-                    params_digest,
+                    ..end
                 })
                 .await
             {
@@ -458,20 +497,48 @@ fn start_task(
         job_id,
         generation,
         cancel,
+        leave,
         abort,
         done,
     }
 }
 
-/// Runs one assignment on this thread. Errors are rendered with their causes for the coordinator.
+/// Why a task failed, rendered with its causes for the coordinator.
+struct TaskFailure {
+    message: String,
+    /// A peer of the collective failed, vanished or left: a symptom, whose cause the
+    /// coordinator learns about on its own.
+    peer: bool,
+    /// This worker left on SIGTERM, with the checkpoint committed at the stop (if any).
+    left: Option<Option<u64>>,
+}
+
+impl From<String> for TaskFailure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            peer: false,
+            left: None,
+        }
+    }
+}
+
+impl From<&str> for TaskFailure {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+/// Runs one assignment on this thread.
 fn run_task(
     assignment: &Assignment,
     listener: &TcpListener,
     cancel: &AtomicBool,
+    leave: &AtomicBool,
     abort: &Mutex<Option<AbortHandle>>,
     runtime: &tokio::runtime::Handle,
     reports: mpsc::UnboundedSender<Report>,
-) -> Result<train::Outcome, String> {
+) -> Result<train::Outcome, TaskFailure> {
     let spec = assignment
         .spec
         .clone()
@@ -492,7 +559,11 @@ fn run_task(
         session,
         RENDEZVOUS_TIMEOUT,
     )
-    .map_err(|e| error_chain(&e))?;
+    .map_err(|e| TaskFailure {
+        message: error_chain(&e),
+        peer: true,
+        left: None,
+    })?;
     *lock(abort) = Some(ring.abort_handle());
     if cancel.load(Ordering::SeqCst) {
         return Err("cancelled".into());
@@ -519,10 +590,25 @@ fn run_task(
             store: store.as_ref(),
             runtime,
             cancel,
+            leave,
             observer: &mut observer,
         },
     )
-    .map_err(|e| error_chain(&e))
+    .map_err(|e| {
+        let this_one_left = leave.load(Ordering::SeqCst);
+        let left = match e {
+            train::TrainError::Left { checkpoint, .. } if this_one_left => Some(checkpoint),
+            _ => None,
+        };
+        TaskFailure {
+            peer: matches!(
+                e,
+                train::TrainError::Collective(_) | train::TrainError::Left { .. }
+            ) && left.is_none(),
+            left,
+            message: error_chain(&e),
+        }
+    })
 }
 
 /// Identifies one generation's ring, so a late connection from an older one is refused.

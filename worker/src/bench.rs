@@ -1,5 +1,6 @@
-//! The worker side of `kiln bench allreduce`: one rank of a [`RingCollective`] benchmark,
-//! run as `kiln-worker bench-allreduce`.
+//! The worker sides of `kiln bench`: one rank of a [`RingCollective`] benchmark, run as
+//! `kiln-worker bench-allreduce`, and the checkpoint benchmark, run as
+//! `kiln-worker bench-checkpoint` ([`run_checkpoint_bench`]).
 //!
 //! The coordinator starts one process per rank and talks to each over its standard streams:
 //! the process binds its ring listener, prints the address as one line on stdout, reads the
@@ -8,15 +9,24 @@
 //! iterations, and the timed ones; rank 0 then prints one JSON line per size on stdout
 //! ([`SizeResult`]). Timings are rank 0's wall time around each call. Logs go to stderr.
 //!
-//! This module does not compute bandwidths or print tables: the coordinator does.
+//! This module does not compute bandwidths, medians or print tables: the coordinator does.
 
 use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
+use kiln_proto::v1::{
+    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, ModelSpec, TrainingSpec,
+    dataset_spec::Source,
+};
 
+use crate::agent::CpuBackend;
+use crate::checkpoint::CheckpointStore;
 use crate::collective::{Collective, RingCollective, RingOptions};
+use crate::train::{self, CheckpointMode, Observer, Task};
 
 /// Arguments of `kiln-worker bench-allreduce`.
 #[derive(clap::Args, Debug, Clone)]
@@ -186,4 +196,289 @@ fn measure(
         bail!("wrong result: element {i} is {x}, expected {expected}");
     }
     Ok(times)
+}
+
+/// Arguments of `kiln-worker bench-checkpoint`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckpointBenchArgs {
+    /// Hidden layer widths of the MLP, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1024,1024")]
+    pub hidden: Vec<u32>,
+    /// Input features (of the model and of the synthetic blobs).
+    #[arg(long, default_value_t = 64)]
+    pub inputs: u32,
+    /// Output classes.
+    #[arg(long, default_value_t = 10)]
+    pub classes: u32,
+    /// Samples per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: u32,
+    /// Optimizer steps per run.
+    #[arg(long, default_value_t = 300)]
+    pub steps: u64,
+    /// Checkpoint every this many steps (and at the end) in the runs that checkpoint.
+    #[arg(long, default_value_t = 100)]
+    pub every: u32,
+    /// Committed checkpoints retained.
+    #[arg(long, default_value_t = 3)]
+    pub keep: u32,
+    /// Runs of each kind, interleaved.
+    #[arg(long, default_value_t = 5)]
+    pub repeats: u32,
+    /// Directory of the `file://` store (default: a new one under the system's temporary
+    /// directory, removed at the end).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Which checkpointing a benchmark run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// No checkpoints.
+    None,
+    /// Checkpoints uploaded in the background ([`CheckpointMode::Background`]).
+    Async,
+    /// Checkpoints saved at the step boundary ([`CheckpointMode::Blocking`]).
+    Sync,
+}
+
+/// One training run of the checkpoint benchmark.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RunResult {
+    /// How it checkpointed.
+    pub kind: RunKind,
+    /// Which round of runs it belongs to (one run of each kind per round).
+    pub repeat: u32,
+    /// Samples per second of the training loop (the wait for the final checkpoint's commit
+    /// after the last step is in that checkpoint's stall, not here).
+    pub samples_per_sec: f64,
+    /// How long each checkpoint held the training loop up, in seconds.
+    pub stalls_s: Vec<f64>,
+    /// Checkpoints that came due while the previous one was still uploading.
+    pub checkpoint_waits: u32,
+}
+
+/// What `kiln-worker bench-checkpoint` prints: one JSON object on one line.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CheckpointBenchResult {
+    /// Model parameters.
+    pub params: u64,
+    /// Bytes of one checkpoint (all its objects and the manifest).
+    pub checkpoint_bytes: u64,
+    /// Steps per run.
+    pub steps: u64,
+    /// Checkpoint interval in steps.
+    pub every: u32,
+    /// Samples per step.
+    pub batch_size: u32,
+    /// Every run, in the order they ran.
+    pub runs: Vec<RunResult>,
+}
+
+/// After an unmeasured warm-up run, trains the same model `repeats` times each without
+/// checkpoints, with background ones and with blocking ones (one of each per round, rotating
+/// the order), one rank on this thread, checkpoints to a local `file://` store written through
+/// `runtime`, and prints a [`CheckpointBenchResult`] on stdout.
+pub fn run_checkpoint_bench(
+    args: CheckpointBenchArgs,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<()> {
+    ensure!(args.steps >= 1, "--steps must be at least 1");
+    ensure!(args.every >= 1, "--every must be at least 1");
+    ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    ensure!(args.batch_size >= 1, "--batch-size must be at least 1");
+    ensure!(
+        args.inputs >= 1 && args.classes >= 1,
+        "--inputs and --classes must be at least 1"
+    );
+    let dir = match &args.dir {
+        Some(dir) => ScratchDir::keep(dir.clone()),
+        None => ScratchDir::create()?,
+    };
+    let url = url::Url::from_directory_path(&dir.path)
+        .map_err(|()| anyhow::anyhow!("{} is not an absolute path", dir.path.display()))?;
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a listener")?;
+    let peers = [listener
+        .local_addr()
+        .context("reading the listener address")?];
+    let mut ring = RingCollective::connect(&listener, 0, &peers, 0, Duration::from_secs(1))
+        .context("a one-rank ring")?;
+
+    let mut run_once =
+        |kind: RunKind, job_id: &str, steps: u64| -> anyhow::Result<train::Outcome> {
+            let store = CheckpointStore::open(url.as_str(), job_id)
+                .context("opening the checkpoint store")?;
+            let mut spec = bench_spec(&args, url.as_str());
+            if let Some(training) = &mut spec.training {
+                training.max_steps = steps;
+            }
+            let task = Task {
+                job_id: job_id.to_owned(),
+                spec,
+                resume_step: None,
+            };
+            let mode = match kind {
+                RunKind::Sync => CheckpointMode::Blocking,
+                RunKind::None | RunKind::Async => CheckpointMode::Background,
+            };
+            let outcome = train::train_with::<CpuBackend>(
+                &task,
+                train::Context {
+                    device: Default::default(),
+                    collective: &mut ring,
+                    store: (kind != RunKind::None).then_some(&store),
+                    runtime,
+                    cancel: &AtomicBool::new(false),
+                    leave: &AtomicBool::new(false),
+                    observer: &mut Silent,
+                },
+                mode,
+            )
+            .with_context(|| format!("training run {job_id}"))?;
+            tracing::info!(
+                job_id,
+                samples_per_sec = outcome.metrics.samples_per_sec,
+                "run done"
+            );
+            Ok(outcome)
+        };
+
+    // The first run of a process is slower (page faults, allocator, caches): not measured.
+    let warmup = run_once(RunKind::None, "bench-warmup", args.steps.min(100))?;
+    let params = warmup.params.len() as u64;
+    let kinds = [RunKind::None, RunKind::Async, RunKind::Sync];
+    let mut runs = Vec::new();
+    for repeat in 0..args.repeats {
+        for i in 0..kinds.len() {
+            let kind = kinds[(i + repeat as usize) % kinds.len()];
+            let job_id = format!("bench-{repeat}-{kind:?}").to_ascii_lowercase();
+            let outcome = run_once(kind, &job_id, args.steps)?;
+            runs.push(RunResult {
+                kind,
+                repeat,
+                samples_per_sec: outcome.metrics.samples_per_sec,
+                stalls_s: outcome
+                    .checkpoint_stalls
+                    .iter()
+                    .map(Duration::as_secs_f64)
+                    .collect(),
+                checkpoint_waits: outcome.metrics.checkpoint_waits,
+            });
+        }
+    }
+    let checkpoint_bytes = dir_bytes(
+        &dir.path
+            .join("jobs/bench-0-async/checkpoints")
+            .join(args.steps.to_string()),
+    )?;
+    let result = CheckpointBenchResult {
+        params,
+        checkpoint_bytes,
+        steps: args.steps,
+        every: args.every,
+        batch_size: args.batch_size,
+        runs,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let json = serde_json::to_string(&result).context("encoding the result")?;
+    writeln!(stdout, "{json}")
+        .and_then(|()| stdout.flush())
+        .context("printing the result")?;
+    Ok(())
+}
+
+fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
+    JobSpec {
+        name: "bench-checkpoint".into(),
+        model: Some(ModelSpec {
+            inputs: args.inputs,
+            hidden: args.hidden.clone(),
+            classes: args.classes,
+        }),
+        dataset: Some(DatasetSpec {
+            name: "blobs".into(),
+            // Ten steps of samples an epoch; no validation split, whose evaluation would only
+            // add the same time to every run.
+            source: Some(Source::Blobs(BlobsSource {
+                samples: u64::from(args.batch_size) * 10,
+                seed: 1,
+            })),
+            features: args.inputs,
+            classes: args.classes,
+            validation_split: 0.0,
+        }),
+        training: Some(TrainingSpec {
+            workers: 1,
+            batch_size: args.batch_size,
+            epochs: u32::MAX,
+            seed: 7,
+            learning_rate: 0.001,
+            max_steps: args.steps,
+        }),
+        checkpoint: Some(CheckpointSpec {
+            every_steps: args.every,
+            keep: args.keep,
+        }),
+        storage_url: storage_url.to_owned(),
+        restart: None,
+    }
+}
+
+/// Total size of the files directly in `dir`.
+fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        total += entry
+            .metadata()
+            .with_context(|| format!("reading {}", entry.path().display()))?
+            .len();
+    }
+    Ok(total)
+}
+
+/// The benchmark's store directory; one it created is removed when dropped.
+struct ScratchDir {
+    path: PathBuf,
+    remove: bool,
+}
+
+impl ScratchDir {
+    fn keep(path: PathBuf) -> Self {
+        Self {
+            path,
+            remove: false,
+        }
+    }
+
+    fn create() -> anyhow::Result<Self> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "kiln-bench-checkpoint-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self { path, remove: true })
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if self.remove
+            && let Err(error) = std::fs::remove_dir_all(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove the store");
+        }
+    }
+}
+
+struct Silent;
+
+impl Observer for Silent {
+    fn progress(&mut self, _: &Metrics) {}
+    fn checkpoint(&mut self, _: u64, _: &str) {}
+    fn note(&mut self, _: &str) {}
 }

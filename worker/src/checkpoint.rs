@@ -2,15 +2,18 @@
 //! snapshot and a [`CheckpointManifest`] written **last**. The manifest is the commit point: a
 //! directory without one is a partial upload and is never read, and every object is checked
 //! against the manifest's size and SHA-256 before it is used.
+//!
+//! [`CheckpointStore::save_in_background`] encodes and writes a snapshot on the runtime's
+//! blocking pool while training goes on; what to snapshot and when belongs to `train`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 use kiln_proto::manifest::{CheckpointManifest, MANIFEST_NAME, ManifestError, ObjectEntry};
-use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreScheme};
 use url::Url;
 
 /// Why a checkpoint could not be written or read.
@@ -55,6 +58,24 @@ pub enum CheckpointError {
         /// The object.
         name: String,
     },
+    /// The snapshot could not be encoded into the checkpoint's objects.
+    #[error("checkpoint {step} could not be encoded")]
+    Encode {
+        /// The checkpoint's step.
+        step: u64,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The background task writing a checkpoint panicked, or the runtime shut down under it.
+    #[error("the task writing checkpoint {step} failed")]
+    Task {
+        /// The checkpoint's step.
+        step: u64,
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 impl CheckpointError {
@@ -85,22 +106,34 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     /// Opens the checkpoints of `job_id` under the storage `url` (`file:///…`, `s3://…`).
     pub fn open(url: &str, job_id: &str) -> Result<Self, CheckpointError> {
-        let url_err = |source: Box<dyn std::error::Error + Send + Sync>| CheckpointError::Url {
-            url: url.to_owned(),
-            source,
-        };
-        let parsed = Url::parse(url).map_err(|e| url_err(Box::new(e)))?;
-        let (store, base): (Arc<dyn ObjectStore>, Path) = if parsed.scheme() == "file" {
+        let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
+        let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
             // Retention deletes whole checkpoints: let the local store drop emptied directories.
-            let base = Path::from_url_path(parsed.path()).map_err(|e| url_err(Box::new(e)))?;
-            (
-                Arc::new(LocalFileSystem::new().with_automatic_cleanup(true)),
-                base,
-            )
+            Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))
         } else {
-            let (store, base) =
-                object_store::parse_url(&parsed).map_err(|e| url_err(Box::new(e)))?;
-            (Arc::from(store), base)
+            let (store, _) =
+                object_store::parse_url(&parsed).map_err(|e| url_error(url, Box::new(e)))?;
+            Arc::from(store)
+        };
+        Self::with_object_store(store, url, job_id)
+    }
+
+    /// Opens the checkpoints of `job_id` in `store`, an object store for the bucket (or file
+    /// system) of `url`: the URL's path is the prefix, as with [`CheckpointStore::open`]. For
+    /// stores built in code, such as tests' wrappers.
+    pub fn with_object_store(
+        store: Arc<dyn ObjectStore>,
+        url: &str,
+        job_id: &str,
+    ) -> Result<Self, CheckpointError> {
+        let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
+        // The prefix as `object_store::parse_url` derives it, file URLs percent-decoded.
+        let base = if parsed.scheme() == "file" {
+            Path::from_url_path(parsed.path()).map_err(|e| url_error(url, Box::new(e)))?
+        } else {
+            ObjectStoreScheme::parse(&parsed)
+                .and_then(|(_, path)| Ok(Path::parse(path)?))
+                .map_err(|e| url_error(url, Box::new(e)))?
         };
         let root = base.child("jobs").child(job_id).child("checkpoints");
         Ok(Self {
@@ -145,6 +178,45 @@ impl CheckpointStore {
             .put(&dir.child(MANIFEST_NAME), json.into())
             .await?;
         Ok(self.manifest_url(step))
+    }
+
+    /// Starts checkpoint `step` in the background: on the runtime's blocking pool, `encode`
+    /// turns the snapshot into objects, which are [saved](Self::save) (the manifest last, the
+    /// commit), then [retention](Self::retain) keeps the newest `keep`. The caller owns the
+    /// returned handle and waits for it; the encoding and hashing never occupy the runtime's
+    /// async workers.
+    pub fn save_in_background<F>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        step: u64,
+        keep: usize,
+        encode: F,
+    ) -> InFlight
+    where
+        F: FnOnce() -> Result<Vec<(&'static str, Vec<u8>)>, CheckpointError> + Send + 'static,
+    {
+        let (store, io) = (self.clone(), runtime.clone());
+        let task = runtime.spawn_blocking(move || {
+            let start = std::time::Instant::now();
+            let objects = encode()?;
+            let encoded = start.elapsed();
+            let bytes: usize = objects.iter().map(|(_, b)| b.len()).sum();
+            io.block_on(async {
+                let url = store.save(step, objects).await?;
+                let saved = start.elapsed();
+                store.retain(keep).await?;
+                tracing::debug!(
+                    step,
+                    bytes,
+                    encode_ms = encoded.as_secs_f64() * 1e3,
+                    save_ms = (saved - encoded).as_secs_f64() * 1e3,
+                    retain_ms = (start.elapsed() - saved).as_secs_f64() * 1e3,
+                    "checkpoint committed"
+                );
+                Ok(url)
+            })
+        });
+        InFlight { step, task }
     }
 
     /// Reads checkpoint `step`, verifying every object against the manifest.
@@ -229,6 +301,44 @@ impl CheckpointStore {
             }
         }
         Ok(())
+    }
+}
+
+fn url_error(url: &str, source: Box<dyn std::error::Error + Send + Sync>) -> CheckpointError {
+    CheckpointError::Url {
+        url: url.to_owned(),
+        source,
+    }
+}
+
+/// A checkpoint being written by [`CheckpointStore::save_in_background`].
+///
+/// Dropping it does not stop the task, which runs to its end unobserved: whoever starts one
+/// waits for it.
+#[must_use = "a checkpoint in flight is committed only once its task is waited for"]
+pub struct InFlight {
+    step: u64,
+    task: tokio::task::JoinHandle<Result<String, CheckpointError>>,
+}
+
+impl InFlight {
+    /// The checkpoint's step.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Whether the task has ended, so [`InFlight::wait`] returns at once.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Blocks the calling thread (which must not be one of `runtime`'s async workers) until
+    /// the checkpoint is committed and retention ran; returns the manifest's URL.
+    pub fn wait(self, runtime: &tokio::runtime::Handle) -> Result<String, CheckpointError> {
+        let step = self.step;
+        runtime
+            .block_on(self.task)
+            .map_err(|source| CheckpointError::Task { step, source })?
     }
 }
 

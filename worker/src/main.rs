@@ -1,5 +1,6 @@
 //! `kiln-worker`: the process a provider starts on each node. It runs the agent until its
-//! coordinator goes away; `kiln-worker bench-allreduce` is one rank of `kiln bench allreduce`.
+//! coordinator goes away; `kiln-worker bench-allreduce` is one rank of `kiln bench allreduce`,
+//! `kiln-worker bench-checkpoint` the work of `kiln bench checkpoint`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ struct AgentArgs {
 enum Command {
     /// One rank of `kiln bench allreduce` (driven over stdin/stdout).
     BenchAllreduce(bench::AllreduceBenchArgs),
+    /// The training runs of `kiln bench checkpoint` (prints one JSON line).
+    BenchCheckpoint(bench::CheckpointBenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,8 +63,18 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    if let Some(Command::BenchAllreduce(args)) = cli.command {
-        return bench::run_allreduce_rank(args);
+    match cli.command {
+        Some(Command::BenchAllreduce(args)) => return bench::run_allreduce_rank(args),
+        Some(Command::BenchCheckpoint(args)) => {
+            // For the checkpoint uploads; training runs on this thread.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("kiln-bench")
+                .enable_all()
+                .build()?;
+            return bench::run_checkpoint_bench(args, runtime.handle());
+        }
+        None => {}
     }
     let args = cli.agent;
     let join_token = match (&args.join_token_file, std::env::var("KILN_JOIN_TOKEN")) {

@@ -6,9 +6,16 @@
 //! `world / global_batch_len`, the mean over ranks is exactly the gradient of the mean loss over
 //! the global batch, also for the short last batch of an epoch. So N ranks × batch b compute the
 //! same update as 1 rank × batch N·b.
+//!
+//! Rank 0 checkpoints without stopping: at the step boundary it snapshots the model, the
+//! optimizer and the position (clones of Burn's tensors, which are values: the next optimizer
+//! step writes new buffers, it never mutates the ones a clone still holds), and a background task
+//! encodes and uploads the snapshot while training goes on. At most one checkpoint is in flight;
+//! it is reported to the [`Observer`] from this thread once committed, and waited for before
+//! `train` returns, on errors too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
@@ -19,7 +26,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use kiln_proto::v1::{JobSpec, Metrics};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{CheckpointError, CheckpointStore};
+use crate::checkpoint::{CheckpointError, CheckpointStore, InFlight};
 use crate::collective::{Collective, CollectiveError};
 use crate::data::{self, DataError, Samples};
 use crate::model::{Mlp, flatten_grads, flatten_params, unflatten_grads};
@@ -52,6 +59,21 @@ pub struct Outcome {
     pub metrics: Metrics,
     /// Final parameters, flattened in visit order.
     pub params: Vec<f32>,
+    /// How long each checkpoint held training up (rank 0): taking the snapshot and waiting for
+    /// the previous upload (the last one also waits for its own after the last step), or with
+    /// [`CheckpointMode::Blocking`] the whole save.
+    pub checkpoint_stalls: Vec<Duration>,
+}
+
+/// How rank 0 writes its checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CheckpointMode {
+    /// Snapshot at the step boundary and upload in the background while training goes on.
+    #[default]
+    Background,
+    /// Wait at the step boundary until the checkpoint is committed: the baseline that
+    /// `kiln bench checkpoint` measures the background mode against.
+    Blocking,
 }
 
 impl Outcome {
@@ -88,6 +110,15 @@ pub enum TrainError {
     /// The task was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// A worker of the generation was asked to leave: every rank stopped after `step`, once
+    /// rank 0 had committed `checkpoint` there (`None` when the job keeps no checkpoints).
+    #[error("stopped after step {step} for a departing worker")]
+    Left {
+        /// The last step taken.
+        step: u64,
+        /// The checkpoint committed at that step.
+        checkpoint: Option<u64>,
+    },
 }
 
 /// Training position and metrics stored with every checkpoint (`state.json`).
@@ -126,12 +157,89 @@ pub struct Context<'a, B: AutodiffBackend> {
     pub runtime: &'a tokio::runtime::Handle,
     /// Set to stop at the next step boundary.
     pub cancel: &'a AtomicBool,
+    /// Set when this worker is asked to leave (SIGTERM). Every rank votes through the
+    /// all-reduce, so all of them stop at the same step boundary, after rank 0 has committed a
+    /// checkpoint of that step.
+    pub leave: &'a AtomicBool,
     /// Progress sink (used on rank 0).
     pub observer: &'a mut dyn Observer,
 }
 
-/// Trains `task` as one rank of `ctx.collective` and returns the final metrics and parameters.
+/// Trains `task` as one rank of `ctx.collective` and returns the final metrics and parameters,
+/// checkpointing in the background.
 pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Outcome, TrainError> {
+    train_with(task, ctx, CheckpointMode::Background)
+}
+
+/// [`train`] with the checkpoint `mode` chosen.
+pub fn train_with<B: AutodiffBackend>(
+    task: &Task,
+    mut ctx: Context<'_, B>,
+    mode: CheckpointMode,
+) -> Result<Outcome, TrainError> {
+    let mut checkpoints = Checkpoints {
+        mode,
+        in_flight: None,
+        waits: 0,
+        stalls: Vec::new(),
+    };
+    let result = run(task, &mut ctx, &mut checkpoints);
+    if let Err(error) = &result {
+        // The upload must not outlive the task, and what it commits is a checkpoint a restart
+        // can resume from.
+        if let Err(failed) = checkpoints.settle(ctx.runtime, &mut *ctx.observer) {
+            tracing::warn!(
+                error = %kiln_proto::error_chain(error),
+                checkpoint = %kiln_proto::error_chain(&failed),
+                "the checkpoint in flight failed too"
+            );
+        }
+    }
+    result
+}
+
+/// Rank 0's checkpoints in flight (at most one) and what they cost the training loop.
+struct Checkpoints {
+    mode: CheckpointMode,
+    in_flight: Option<InFlight>,
+    /// Checkpoints that were due while the previous one was still uploading.
+    waits: u32,
+    stalls: Vec<Duration>,
+}
+
+impl Checkpoints {
+    /// Reports the checkpoint in flight if its task has ended; a failed one fails training.
+    fn poll(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        observer: &mut dyn Observer,
+    ) -> Result<(), CheckpointError> {
+        if self.in_flight.as_ref().is_some_and(InFlight::is_finished) {
+            self.settle(runtime, observer)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the checkpoint in flight, if any, and reports it once committed.
+    fn settle(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        observer: &mut dyn Observer,
+    ) -> Result<(), CheckpointError> {
+        if let Some(in_flight) = self.in_flight.take() {
+            let step = in_flight.step();
+            let url = in_flight.wait(runtime)?;
+            observer.checkpoint(step, &url);
+        }
+        Ok(())
+    }
+}
+
+fn run<B: AutodiffBackend>(
+    task: &Task,
+    ctx: &mut Context<'_, B>,
+    checkpoints: &mut Checkpoints,
+) -> Result<Outcome, TrainError> {
     let spec = &task.spec;
     let model_spec = spec.model.as_ref().ok_or(TrainError::Spec("no model"))?;
     let training = spec
@@ -148,7 +256,7 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
         .map_or(0, |c| u64::from(c.every_steps));
     let keep = spec.checkpoint.as_ref().map_or(1, |c| c.keep as usize);
     let (rank, world) = (ctx.collective.rank(), ctx.collective.world_size());
-    let device = ctx.device;
+    let device = ctx.device.clone();
 
     let splits = data::load(dataset)?;
     let n = splits.train.len();
@@ -222,7 +330,13 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
             0.0
         };
         buf.push(local_loss);
+        buf.push(if ctx.leave.load(Ordering::Relaxed) {
+            1.0
+        } else {
+            0.0
+        });
         ctx.collective.all_reduce_mean(&mut buf)?;
+        let leaving = buf.pop().unwrap_or_default() > 0.0;
         pos.loss = f64::from(buf.pop().unwrap_or_default());
         let grads = unflatten_grads(&model, &buf, &device);
         model = optim.step(lr, model, grads);
@@ -246,44 +360,90 @@ pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Out
                 total_steps,
                 window.1,
                 window.0.elapsed().as_secs_f64(),
+                checkpoints.waits,
             ));
             window = (Instant::now(), 0);
             last_report = Instant::now();
         }
+        checkpoints.poll(ctx.runtime, &mut *ctx.observer)?;
         let due = every > 0 && pos.step.is_multiple_of(every);
         if let Some(store) = ctx
             .store
-            .filter(|_| rank == 0 && (due || pos.step == total_steps))
+            .filter(|_| rank == 0 && (due || leaving || pos.step == total_steps))
         {
-            let objects = vec![
-                (
-                    MODEL_OBJECT,
-                    Rec::default().record(model.clone().into_record(), ())?,
-                ),
-                (
-                    OPTIMIZER_OBJECT,
-                    Rec::default().record(optim.to_record(), ())?,
-                ),
-                (STATE_OBJECT, serde_json::to_vec(&pos)?),
-            ];
-            let url = ctx.runtime.block_on(store.save(pos.step, objects))?;
-            ctx.runtime.block_on(store.retain(keep))?;
-            ctx.observer.checkpoint(pos.step, &url);
+            let stall = Instant::now();
+            if checkpoints.in_flight.is_some() {
+                checkpoints.waits += 1;
+                checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+            }
+            // The snapshot: clones of the tensors after this step, encoded off this thread.
+            let model_record = model.valid().into_record();
+            let optim_record = optim.to_record();
+            let state = serde_json::to_vec(&pos)?;
+            let step = pos.step;
+            let encode_error = move |e: RecorderError| CheckpointError::Encode {
+                step,
+                source: Box::new(e),
+            };
+            let encode = move || {
+                Ok(vec![
+                    (
+                        MODEL_OBJECT,
+                        Rec::default()
+                            .record(model_record, ())
+                            .map_err(encode_error)?,
+                    ),
+                    (
+                        OPTIMIZER_OBJECT,
+                        Rec::default()
+                            .record(optim_record, ())
+                            .map_err(encode_error)?,
+                    ),
+                    (STATE_OBJECT, state),
+                ])
+            };
+            checkpoints.in_flight = Some(store.save_in_background(ctx.runtime, step, keep, encode));
+            if checkpoints.mode == CheckpointMode::Blocking {
+                checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+            }
+            checkpoints.stalls.push(stall.elapsed());
+        }
+        if leaving {
+            let checkpoint = match ctx.store {
+                Some(_) => {
+                    if rank == 0 {
+                        checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+                    }
+                    // A barrier: no rank reports its end before the checkpoint is committed.
+                    ctx.collective.all_reduce_mean(&mut [0.0])?;
+                    Some(pos.step)
+                }
+                None => None,
+            };
+            return Err(TrainError::Left {
+                step: pos.step,
+                checkpoint,
+            });
         }
     }
-    // The final rate is over the whole run, not the last reporting window.
-    let final_metrics = metrics(
-        &pos,
-        total_steps,
-        trained,
-        run_start.elapsed().as_secs_f64(),
-    );
+    // The rate is over the whole loop, not the last reporting window. The final checkpoint is
+    // committed (and reported) before training ends: waiting for it is that checkpoint's stall.
+    let loop_secs = run_start.elapsed().as_secs_f64();
+    if checkpoints.in_flight.is_some() {
+        let wait = Instant::now();
+        checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+        if let Some(last) = checkpoints.stalls.last_mut() {
+            *last += wait.elapsed();
+        }
+    }
+    let final_metrics = metrics(&pos, total_steps, trained, loop_secs, checkpoints.waits);
     if rank == 0 {
         ctx.observer.progress(&final_metrics);
     }
     Ok(Outcome {
         metrics: final_metrics,
         params: flatten_params(&model),
+        checkpoint_stalls: std::mem::take(&mut checkpoints.stalls),
     })
 }
 
@@ -323,7 +483,13 @@ async fn load_usable(
     }))
 }
 
-fn metrics(pos: &Position, total_steps: u64, samples: u64, secs: f64) -> Metrics {
+fn metrics(
+    pos: &Position,
+    total_steps: u64,
+    samples: u64,
+    secs: f64,
+    checkpoint_waits: u32,
+) -> Metrics {
     Metrics {
         epoch: pos.epoch,
         step: pos.step,
@@ -335,6 +501,7 @@ fn metrics(pos: &Position, total_steps: u64, samples: u64, secs: f64) -> Metrics
         } else {
             0.0
         },
+        checkpoint_waits,
     }
 }
 

@@ -306,6 +306,14 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
         .arg(&state)
         .arg("--ready-file")
         .arg(&ready);
+    for (attr, flag) in [
+        ("heartbeat_interval_ms", "--heartbeat-interval"),
+        ("lease_ttl_ms", "--lease-ttl"),
+    ] {
+        if let Some(ms) = r.attrs.get(attr).and_then(Value::as_u64) {
+            cmd.arg(flag).arg(format!("{ms}ms"));
+        }
+    }
     if let Some(advertise) = str_attr(&r.attrs, "advertise") {
         cmd.arg("--advertise").arg(advertise);
     }

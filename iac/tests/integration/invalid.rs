@@ -76,6 +76,7 @@ single_mistake! {
     invalid_job_name,
     labels_not_strings,
     learning_rate_zero,
+    lease_ttl_not_above_heartbeat,
     local_cycle,
     local_duplicate,
     local_undeclared,

@@ -33,6 +33,8 @@ fn default_coordinator() -> CoordinatorSpec {
         listen: "127.0.0.1:0".parse().expect("address"),
         advertise: None,
         join_token_file: None,
+        heartbeat_interval: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(3),
     }
 }
 
@@ -280,6 +282,8 @@ fn loads_every_attribute_of_the_schema() {
                 listen: "0.0.0.0:7070".parse().expect("address"),
                 advertise: Some("http://kiln.internal:7070".into()),
                 join_token_file: Some(base.join("secrets/join-token")),
+                heartbeat_interval: Duration::from_millis(500),
+                lease_ttl: Duration::from_secs(2),
             },
         }
     );

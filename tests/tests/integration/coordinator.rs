@@ -149,8 +149,11 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
     }
 }
 
+/// Starts `kiln coordinator` on `listen` and waits until it accepts connections.
 fn coordinator(sandbox: &Sandbox, listen: &str) -> Reaped {
-    Reaped(
+    let ready = sandbox.path().join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let coordinator = Reaped(
         sandbox
             .kiln(&[
                 "coordinator",
@@ -160,12 +163,20 @@ fn coordinator(sandbox: &Sandbox, listen: &str) -> Reaped {
                 "state",
                 "--join-token-file",
                 "token",
+                "--ready-file",
+                "ready",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start coordinator"),
-    )
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        assert!(Instant::now() < deadline, "the coordinator never listened");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    coordinator
 }
 
 fn status(sandbox: &Sandbox, url: &str, job: &str) -> Option<serde_json::Value> {
@@ -200,43 +211,70 @@ fn wait_for_status(
     }
 }
 
+/// A standalone coordinator and two workers, `a` and `b`, running the chaos job of
+/// `recovery` (no restarts) until it has committed checkpoint 100 or later.
+struct Running {
+    sandbox: Sandbox,
+    listen: String,
+    url: String,
+}
+
+impl Running {
+    fn start() -> (Self, Reaped, Reaped, Reaped) {
+        let sandbox = Sandbox::new().with_files(&[
+            ("cluster.hcl", &cluster_hcl(2)),
+            ("job.hcl", &crate::recovery::job(0, "0s")),
+            ("token", "s3cret\n"),
+        ]);
+        let listen = format!("127.0.0.1:{}", free_port());
+        let url = format!("http://{listen}");
+        let running = Self {
+            sandbox,
+            listen,
+            url,
+        };
+        let coordinator = coordinator(&running.sandbox, &running.listen);
+        let (a, b) = (running.worker("a"), running.worker("b"));
+        let out = running
+            .sandbox
+            .run(
+                &["submit", "job.hcl", "--coordinator", &running.url],
+                Duration::from_secs(60),
+            )
+            .expect("submit");
+        assert!(out.status.success(), "{}", describe(&out));
+        running.wait_for("checkpointed", |s| {
+            s["checkpoint_step"].as_u64().is_some_and(|c| c >= 100)
+        });
+        (running, coordinator, a, b)
+    }
+
+    fn worker(&self, name: &str) -> Reaped {
+        Reaped(
+            worker(&self.sandbox, &self.url, "token", name)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn worker"),
+        )
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        wait_for_status(&self.sandbox, &self.url, "chaos-1", what, pred)
+    }
+}
+
 #[test]
 fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
     let reference = crate::recovery::uninterrupted_digest();
-    let sandbox = Sandbox::new().with_files(&[
-        ("cluster.hcl", &cluster_hcl(2)),
-        ("job.hcl", &crate::recovery::job(0, "0s")),
-        ("token", "s3cret\n"),
-    ]);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{listen}");
-    let first = coordinator(&sandbox, &listen);
-    let _workers: Vec<Reaped> = ["a", "b"]
-        .iter()
-        .map(|n| {
-            Reaped(
-                worker(&sandbox, &url, "token", n)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn worker"),
-            )
-        })
-        .collect();
-    let out = sandbox
-        .run(
-            &["submit", "job.hcl", "--coordinator", &url],
-            Duration::from_secs(60),
-        )
-        .expect("submit");
-    assert!(out.status.success(), "{}", describe(&out));
-    wait_for_status(&sandbox, &url, "chaos-1", "checkpointed", |s| {
-        s["checkpoint_step"].as_u64().is_some_and(|c| c >= 100)
-    });
+    let (running, first, _a, _b) = Running::start();
+    let Running {
+        sandbox, listen, ..
+    } = &running;
 
     drop(first); // SIGKILL
-    let second = coordinator(&sandbox, &listen);
-    let done = wait_for_status(&sandbox, &url, "chaos-1", "finished", |s| {
+    let second = coordinator(sandbox, listen);
+    let done = running.wait_for("finished", |s| {
         s["state"] != "pending" && s["state"] != "running"
     });
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -262,4 +300,57 @@ fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
+    let reference = crate::recovery::uninterrupted_digest();
+    let (running, coordinator, _a, b) = Running::start();
+    let Running { sandbox, url, .. } = &running;
+
+    drop(b); // SIGKILL; max_restarts = 0
+    let failed = running.wait_for("failed", |s| s["state"] == "failed");
+    let cause = failed["message"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("(b, pid"),
+        "the cause names the lost worker: {failed}"
+    );
+    assert!(
+        !failed["last_failure"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    let _c = running.worker("c");
+    let out = sandbox
+        .run(
+            &["resume", "chaos-1", "--follow", "--coordinator", url],
+            Duration::from_secs(120),
+        )
+        .expect("resume");
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("resumed by request from checkpoint"),
+        "{stdout}"
+    );
+    let done = status(sandbox, url, "chaos-1").expect("status");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["params_digest"],
+        reference.trim_start_matches("sha256:"),
+        "{done}"
+    );
+
+    // Only a failed or cancelled job can be resumed.
+    let out = sandbox
+        .run(
+            &["resume", "chaos-1", "--coordinator", url],
+            Duration::from_secs(30),
+        )
+        .expect("resume");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only a failed or cancelled job"));
+    stop(coordinator);
 }

@@ -244,3 +244,42 @@ fn past_max_restarts_the_job_fails_with_its_cause() {
     assert!(all.contains("no restarts left (max_restarts = 1)"), "{all}");
     sandbox.assert_no_processes(Duration::from_secs(10));
 }
+
+#[test]
+fn sigterm_checkpoints_at_the_next_step_and_leaves_without_a_restart() {
+    let reference = uninterrupted_digest();
+    // No restarts allowed: a planned departure must not need one.
+    let sandbox = sandbox(0, "0s");
+    let mut up = Up::start(&sandbox);
+    up.wait_for_checkpoint(60);
+    let leaver = workers(&sandbox)[0];
+    assert!(signal(leaver, "TERM"));
+    let ended = up.wait_for("the planned end of generation 1", |l| {
+        l.contains("(planned)")
+    });
+    assert!(ended.contains("left: stopped after step"), "{ended}");
+    let step: u64 = ended
+        .split("stopped after step ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no step in {ended:?}"));
+    assert!(
+        ended.contains(&format!("resumes from checkpoint {step} ")),
+        "the checkpoint is the step it stopped at: {ended}"
+    );
+    up.wait_for("the replacement", |l| {
+        l.contains(&format!(
+            "(pid {leaver}) exited with code 0; replaced by pid"
+        )) && l.contains("(planned)")
+    });
+    let (out, events) = up.finish();
+    assert!(out.status.success(), "{}\n{events}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("restarts"),
+        "no restart counted:\n{stdout}"
+    );
+    assert_eq!(digest(&out), reference, "{events}");
+    sandbox.assert_no_processes(Duration::from_secs(10));
+}

@@ -93,6 +93,7 @@ fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
                             store: None,
                             runtime: handle,
                             cancel: &cancel,
+                            leave: &AtomicBool::new(false),
                             observer: &mut Quiet,
                         },
                     )
