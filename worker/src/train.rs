@@ -281,9 +281,13 @@ fn run<B: AutodiffBackend>(
     };
     if let (Some(wanted), Some(store)) = (task.resume_step, ctx.store) {
         let (step, objects) = ctx.runtime.block_on(load_usable(store, wanted))?;
-        if step != wanted && rank == 0 {
+        if step < wanted && rank == 0 {
             ctx.observer.note(&format!(
                 "resuming from checkpoint {step}: the newer ones up to {wanted} are unusable (see the worker log)"
+            ));
+        } else if step > wanted && rank == 0 {
+            ctx.observer.note(&format!(
+                "resuming from checkpoint {step}: checkpoint {wanted} and the older ones are unusable or gone, and {step} was committed after it"
             ));
         }
         let get = |name: &str| {
@@ -447,21 +451,20 @@ fn run<B: AutodiffBackend>(
     })
 }
 
-/// The newest committed checkpoint at or below `wanted` that loads and verifies. Every rank
-/// reads the same store, so all of them pick the same one.
+/// The checkpoint to resume from: `wanted` if it loads and verifies, else the newest older
+/// commit that does, else the newest newer one. Every rank reads the same store, so all of them
+/// pick the same one.
 async fn load_usable(
     store: &CheckpointStore,
     wanted: u64,
 ) -> Result<(u64, std::collections::BTreeMap<String, Vec<u8>>), CheckpointError> {
+    // `wanted`, then older commits, newest first. Last, newer commits: the generation that
+    // failed may have committed more (and retention may have deleted `wanted`) before it
+    // stopped; every commit lies on the same trajectory, so resuming there is exact too.
+    let committed = store.committed().await?;
     let mut candidates = vec![wanted];
-    candidates.extend(
-        store
-            .committed()
-            .await?
-            .into_iter()
-            .rev()
-            .filter(|s| *s < wanted),
-    );
+    candidates.extend(committed.iter().rev().filter(|s| **s < wanted));
+    candidates.extend(committed.iter().rev().filter(|s| **s > wanted));
     let mut last = None;
     for step in candidates {
         match store.load(step).await {
@@ -470,7 +473,7 @@ async fn load_usable(
                 tracing::warn!(
                     step,
                     error = %kiln_proto::error_chain(&e),
-                    "checkpoint unusable; trying the previous one"
+                    "checkpoint unusable; trying another"
                 );
                 last = Some(e);
             }

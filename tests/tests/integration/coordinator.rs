@@ -55,22 +55,7 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
     ]);
     let listen = format!("127.0.0.1:{}", free_port());
     let url = format!("http://{listen}");
-    let _coordinator = Reaped(
-        sandbox
-            .kiln(&[
-                "coordinator",
-                "--listen",
-                &listen,
-                "--state",
-                "state",
-                "--join-token-file",
-                "token",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start coordinator"),
-    );
+    let _coordinator = coordinator(&sandbox, &listen);
 
     // A worker with the wrong token is refused and exits with the reason.
     let refused = worker(&sandbox, &url, "wrong-token", "intruder")
