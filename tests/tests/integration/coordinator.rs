@@ -197,7 +197,7 @@ fn wait_for_status(
 }
 
 /// A standalone coordinator and two workers, `a` and `b`, running the chaos job of
-/// `recovery` (no restarts) until it has committed checkpoint 100 or later.
+/// `recovery` with `max_restarts` until it has committed checkpoint `step` or later.
 struct Running {
     sandbox: Sandbox,
     listen: String,
@@ -205,10 +205,10 @@ struct Running {
 }
 
 impl Running {
-    fn start() -> (Self, Reaped, Reaped, Reaped) {
+    fn start(max_restarts: u32, step: u64) -> (Self, Reaped, Reaped, Reaped) {
         let sandbox = Sandbox::new().with_files(&[
             ("cluster.hcl", &cluster_hcl(2)),
-            ("job.hcl", &crate::recovery::job(0, "0s")),
+            ("job.hcl", &crate::recovery::job(max_restarts, "0s")),
             ("token", "s3cret\n"),
         ]);
         let listen = format!("127.0.0.1:{}", free_port());
@@ -228,10 +228,14 @@ impl Running {
             )
             .expect("submit");
         assert!(out.status.success(), "{}", describe(&out));
-        running.wait_for("checkpointed", |s| {
-            s["checkpoint_step"].as_u64().is_some_and(|c| c >= 100)
-        });
+        running.wait_for_checkpoint(step);
         (running, coordinator, a, b)
+    }
+
+    fn wait_for_checkpoint(&self, step: u64) {
+        self.wait_for(&format!("checkpoint >= {step}"), |s| {
+            s["checkpoint_step"].as_u64().is_some_and(|c| c >= step)
+        });
     }
 
     fn worker(&self, name: &str) -> Reaped {
@@ -252,7 +256,7 @@ impl Running {
 #[test]
 fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
     let reference = crate::recovery::uninterrupted_digest();
-    let (running, first, _a, _b) = Running::start();
+    let (running, first, _a, _b) = Running::start(0, 100);
     let Running {
         sandbox, listen, ..
     } = &running;
@@ -290,7 +294,7 @@ fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
 #[test]
 fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
     let reference = crate::recovery::uninterrupted_digest();
-    let (running, coordinator, _a, b) = Running::start();
+    let (running, coordinator, _a, b) = Running::start(0, 100);
     let Running { sandbox, url, .. } = &running;
 
     drop(b); // SIGKILL; max_restarts = 0
@@ -338,4 +342,39 @@ fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only a failed or cancelled job"));
     stop(coordinator);
+}
+
+#[test]
+fn chaos_three_worker_kills_and_a_coordinator_kill_end_bit_identical() {
+    let reference = crate::recovery::uninterrupted_digest();
+    let mut rng = crate::recovery::Rng::seeded();
+    let (running, mut coordinator_process, a, b) = Running::start(3, 50);
+    let mut workers = [a, b];
+    let coordinator_round = rng.below(4);
+    let mut at = 50;
+    for round in 0..4 {
+        at += 100 + rng.below(200);
+        running.wait_for_checkpoint(at);
+        if round == coordinator_round {
+            eprintln!("round {round}: kill -9 the coordinator after checkpoint {at}");
+            drop(coordinator_process);
+            coordinator_process = coordinator(&running.sandbox, &running.listen);
+        } else {
+            let victim = rng.below(2) as usize;
+            eprintln!("round {round}: kill -9 worker {victim} after checkpoint {at}");
+            // The test plays the provider: the killed worker is replaced by a new one.
+            workers[victim] = running.worker(&format!("replacement-{round}"));
+        }
+    }
+    let done = running.wait_for("finished", |s| {
+        s["state"] != "pending" && s["state"] != "running"
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["restarts"], 3, "three worker deaths: {done}");
+    assert_eq!(
+        done["params_digest"],
+        reference.trim_start_matches("sha256:"),
+        "{done}"
+    );
+    stop(coordinator_process);
 }

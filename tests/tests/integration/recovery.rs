@@ -123,10 +123,25 @@ fn workers(sandbox: &Sandbox) -> Vec<u32> {
 }
 
 /// xorshift64: the chaos is random, and its seed is printed so a failure can be replayed.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    /// Seeded from `KILN_CHAOS_SEED`, else the clock; prints the seed.
+    pub(crate) fn seeded() -> Self {
+        let seed = std::env::var("KILN_CHAOS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+                    | 1
+            });
+        eprintln!("chaos seed {seed} (KILN_CHAOS_SEED={seed} replays it)");
+        Self(seed)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -144,17 +159,7 @@ pub(crate) fn uninterrupted_digest() -> String {
 #[test]
 fn killed_workers_are_replaced_and_the_run_ends_bit_identical() {
     let reference = uninterrupted_digest();
-    let seed = std::env::var("KILN_CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1
-        });
-    eprintln!("chaos seed {seed} (KILN_CHAOS_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::seeded();
 
     let sandbox = sandbox(3, "0s");
     let mut up = Up::start(&sandbox);
