@@ -706,13 +706,19 @@ impl Control {
                 return Ok(());
             }
             let spec = job.spec.clone().unwrap_or_default();
-            let need = spec.training.map_or(1, |t| t.workers) as usize;
+            let want = spec.training.map_or(1, |t| t.workers) as usize;
+            // Elastic: a generation after a failure, whose backoff gave replacements their
+            // chance, may run with as few as `min_workers`.
+            let need = match spec.training.map_or(0, |t| t.min_workers) as usize {
+                min if min > 0 && job.restarts > 0 => min.min(want),
+                _ => want,
+            };
             let idle: Vec<String> = state
                 .workers
                 .iter()
                 .filter(|(_, w)| w.commands.is_some() && w.task.is_none())
                 .map(|(id, _)| id.clone())
-                .take(need)
+                .take(want)
                 .collect();
             if idle.len() < need {
                 return Ok(());

@@ -10,7 +10,7 @@ impl JobSpec {
     /// `max_steps` travels as 0 when there is no step limit. Without an epoch limit (only
     /// `max_steps` was given), `epochs` travels as `u32::MAX`: the wire form has no "none",
     /// and the worker stops at `min(epochs × steps per epoch, max_steps)`.
-    /// Fields the wire form does not carry yet (elastic bounds, backend, collective, deploy)
+    /// Fields the wire form does not carry yet (`max_workers`, backend, collective, deploy)
     /// are for the coordinator to read from the spec itself.
     pub fn to_wire(&self, cluster: &ClusterSpec) -> v1::JobSpec {
         let OptimizerSpec::Adam { learning_rate } = self.training.optimizer;
@@ -47,6 +47,7 @@ impl JobSpec {
                 seed: self.training.seed,
                 learning_rate,
                 max_steps: self.training.max_steps.unwrap_or(0),
+                min_workers: self.training.min_workers,
             }),
             checkpoint: Some(v1::CheckpointSpec {
                 every_steps: self.checkpoint.every_steps,

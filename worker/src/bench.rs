@@ -415,6 +415,7 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
             seed: 7,
             learning_rate: 0.001,
             max_steps: args.steps,
+            min_workers: 0,
         }),
         checkpoint: Some(CheckpointSpec {
             every_steps: args.every,

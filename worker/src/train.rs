@@ -110,6 +110,9 @@ pub enum TrainError {
     /// The task was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// The sample audit log could not be written.
+    #[error("sample audit log")]
+    Audit(#[source] std::io::Error),
     /// A worker of the generation was asked to leave: every rank stopped after `step`, once
     /// rank 0 had committed `checkpoint` there (`None` when the job keeps no checkpoints).
     #[error("stopped after step {step} for a departing worker")]
@@ -264,11 +267,6 @@ fn run<B: AutodiffBackend>(
         return Err(TrainError::Spec("the training split is empty"));
     }
     let global_batch = training.batch_size as usize * world;
-    let steps_per_epoch = n.div_ceil(global_batch) as u64;
-    let mut total_steps = steps_per_epoch.saturating_mul(u64::from(training.epochs));
-    if training.max_steps > 0 {
-        total_steps = total_steps.min(training.max_steps);
-    }
 
     let mut model: Mlp<B> = Mlp::new(model_spec, training.seed, &device);
     let mut optim = AdamConfig::new().init::<B, Mlp<B>>();
@@ -304,6 +302,23 @@ fn run<B: AutodiffBackend>(
         pos = serde_json::from_slice(&get(STATE_OBJECT)?)?;
     }
 
+    // From the position: a resumed generation may have another world size (elastic), so the
+    // rest of this epoch and the later ones are counted in its own global batches.
+    let steps_per_epoch = n.div_ceil(global_batch) as u64;
+    let epochs_left = u64::from(training.epochs).saturating_sub(u64::from(pos.epoch));
+    let remaining = match epochs_left {
+        0 => 0,
+        _ => (n as u64)
+            .saturating_sub(pos.offset)
+            .div_ceil(global_batch as u64)
+            .saturating_add((epochs_left - 1).saturating_mul(steps_per_epoch)),
+    };
+    let mut total_steps = pos.step.saturating_add(remaining);
+    if training.max_steps > 0 {
+        total_steps = total_steps.min(training.max_steps);
+    }
+    let mut audit = SampleAudit::open(&task.job_id, rank, task.resume_step)?;
+
     let lr = training.learning_rate;
     let mut order = data::epoch_order(training.seed, pos.epoch, n);
     let mut buf = Vec::new();
@@ -317,6 +332,7 @@ fn run<B: AutodiffBackend>(
         }
         let start = pos.offset as usize;
         let batch = &order[start..(start + global_batch).min(n)];
+        audit.record(pos.step + 1, pos.epoch, batch)?;
         let (lo, hi) = data::rank_range(batch.len(), rank, world);
         let scale = world as f32 / batch.len() as f32;
 
@@ -449,6 +465,39 @@ fn run<B: AutodiffBackend>(
         params: flatten_params(&model),
         checkpoint_stalls: std::mem::take(&mut checkpoints.stalls),
     })
+}
+
+/// Where `KILN_SAMPLE_AUDIT_DIR` asks rank 0 to log every step's global batch (`step epoch
+/// index...` lines, one file per generation): the record from which a test, or a user
+/// auditing a run, can check that every sample of an epoch was trained on exactly once along
+/// the committed trajectory, across failures and world-size changes.
+struct SampleAudit(Option<std::io::BufWriter<std::fs::File>>);
+
+impl SampleAudit {
+    fn open(job_id: &str, rank: usize, resume_step: Option<u64>) -> Result<Self, TrainError> {
+        let Some(dir) = std::env::var_os("KILN_SAMPLE_AUDIT_DIR").filter(|_| rank == 0) else {
+            return Ok(Self(None));
+        };
+        let name = format!(
+            "{job_id}.from-{}.{}.log",
+            resume_step.unwrap_or(0),
+            std::process::id()
+        );
+        let file = std::fs::File::create(std::path::Path::new(&dir).join(name))
+            .map_err(TrainError::Audit)?;
+        Ok(Self(Some(std::io::BufWriter::new(file))))
+    }
+
+    fn record(&mut self, step: u64, epoch: u32, batch: &[u32]) -> Result<(), TrainError> {
+        use std::io::Write;
+        let Some(out) = &mut self.0 else {
+            return Ok(());
+        };
+        let indices: Vec<String> = batch.iter().map(u32::to_string).collect();
+        writeln!(out, "{step} {epoch} {}", indices.join(" "))
+            .and_then(|()| out.flush())
+            .map_err(TrainError::Audit)
+    }
 }
 
 /// The checkpoint to resume from: `wanted` if it loads and verifies, else the newest older

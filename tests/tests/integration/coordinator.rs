@@ -378,3 +378,106 @@ fn chaos_three_worker_kills_and_a_coordinator_kill_end_bit_identical() {
     );
     stop(coordinator_process);
 }
+
+#[test]
+fn elastic_a_lost_worker_not_replaced_leaves_one_that_sees_every_sample_once() {
+    let job = crate::recovery::job(1, "1s")
+        .replace("workers    = 2\n", "workers    = 2\n    min_workers = 1\n");
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &job),
+        ("token", "s3cret\n"),
+    ]);
+    let audit = sandbox.path().join("audit");
+    std::fs::create_dir(&audit).expect("audit dir");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}");
+    let coordinator = coordinator(&sandbox, &listen);
+    let start = |name: &str| {
+        Reaped(
+            worker(&sandbox, &url, "token", name)
+                .env("KILN_SAMPLE_AUDIT_DIR", &audit)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn worker"),
+        )
+    };
+    let (_a, b) = (start("a"), start("b"));
+    let out = sandbox
+        .run(
+            &["submit", "job.hcl", "--coordinator", &url],
+            Duration::from_secs(60),
+        )
+        .expect("submit");
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for_status(&sandbox, &url, "chaos-1", "checkpointed", |s| {
+        s["checkpoint_step"].as_u64().is_some_and(|c| c >= 100)
+    });
+    drop(b); // SIGKILL, and no replacement comes.
+    let done = wait_for_status(&sandbox, &url, "chaos-1", "finished", |s| {
+        s["state"] != "pending" && s["state"] != "running"
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["workers"].as_array().map(Vec::len), Some(1), "{done}");
+    assert_eq!(done["restarts"], 1, "{done}");
+
+    // The committed trajectory: each step as logged by the last generation that ran it (a
+    // failed generation's steps past its checkpoint were redone by the next one).
+    let mut logs: Vec<(u64, std::time::SystemTime, std::path::PathBuf)> = std::fs::read_dir(&audit)
+        .expect("audit logs")
+        .map(|e| {
+            let path = e.expect("entry").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let from = name
+                .split(".from-")
+                .nth(1)
+                .and_then(|r| r.split('.').next());
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified());
+            (
+                from.and_then(|f| f.parse().ok())
+                    .expect("from-STEP in the name"),
+                modified.expect("mtime"),
+                path,
+            )
+        })
+        .collect();
+    logs.sort();
+    assert!(logs.len() >= 2, "two generations logged: {logs:?}");
+    let mut steps: std::collections::BTreeMap<u64, (u32, Vec<u32>)> = Default::default();
+    for (_, _, path) in &logs {
+        for line in std::fs::read_to_string(path).expect("log").lines() {
+            let mut fields = line.split(' ').map(|f| f.parse::<u64>().expect("number"));
+            let (step, epoch) = (fields.next().expect("step"), fields.next().expect("epoch"));
+            steps.insert(step, (epoch as u32, fields.map(|i| i as u32).collect()));
+        }
+    }
+    let last = *steps.keys().last().expect("steps");
+    assert_eq!(
+        steps.keys().copied().collect::<Vec<_>>(),
+        (1..=last).collect::<Vec<_>>()
+    );
+    let batch_sizes: std::collections::BTreeSet<usize> =
+        steps.values().map(|(_, b)| b.len()).collect();
+    assert!(
+        batch_sizes.contains(&64) && batch_sizes.contains(&32),
+        "world 2 then 1: {batch_sizes:?}"
+    );
+    let mut epochs: std::collections::BTreeMap<u32, Vec<u32>> = Default::default();
+    for (epoch, batch) in steps.into_values() {
+        epochs.entry(epoch).or_default().extend(batch);
+    }
+    assert_eq!(epochs.len(), 30, "every epoch ran");
+    for (epoch, mut seen) in epochs {
+        seen.sort_unstable();
+        assert!(
+            seen.iter().copied().eq(0..3686),
+            "epoch {epoch}: every training sample exactly once ({} seen)",
+            seen.len()
+        );
+    }
+    stop(coordinator);
+}

@@ -12,7 +12,8 @@ use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe, signal, wait_wit
 
 const T: Duration = Duration::from_secs(180);
 
-/// 3687 training samples / (2 × 32) = 58 steps an epoch, 1740 in all; a checkpoint every 25.
+/// 4096 − round(0.1 × 4096) = 3686 training samples / (2 × 32) = 58 steps an epoch, 1740 in
+/// all; a checkpoint every 25.
 pub(crate) fn job(max_restarts: u32, backoff: &str) -> String {
     let job = blobs_job_hcl("chaos", 2, 4096, 30, 25);
     let end = job.rfind('}').expect("job block ends");

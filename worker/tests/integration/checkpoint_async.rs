@@ -64,6 +64,7 @@ fn spec(storage_url: &str) -> JobSpec {
             seed: 9,
             learning_rate: 0.01,
             max_steps: STEPS,
+            min_workers: 0,
         }),
         checkpoint: Some(CheckpointSpec {
             every_steps: EVERY as u32,

@@ -49,6 +49,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             seed: 9,
             learning_rate: 0.01,
             max_steps,
+            min_workers: 0,
         }),
         checkpoint: Some(CheckpointSpec {
             every_steps: 0,
