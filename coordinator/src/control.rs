@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use kiln_proto::Message;
 use kiln_proto::ServiceError;
 use kiln_proto::v1::{
-    Assignment, CancelTask, CheckpointReport, Job, JobEvent, JobSpec, JobState, ProgressReport,
-    RegisterRequest, RegisterResponse, TaskEnd, WorkerCommand, worker_command::Command,
+    Assignment, CancelTask, CheckpointReport, Goodbye, Job, JobEvent, JobSpec, JobState,
+    ProgressReport, RegisterRequest, RegisterResponse, TaskEnd, WorkerCommand,
+    worker_command::Command,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -249,6 +250,12 @@ impl Control {
         self.inner.shutdown.cancel();
         let mut state = self.lock();
         for worker in state.workers.values_mut() {
+            send(
+                worker,
+                Command::Goodbye(Goodbye {
+                    reason: "the coordinator is shutting down".to_owned(),
+                }),
+            );
             worker.commands = None;
         }
     }

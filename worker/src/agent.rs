@@ -1,11 +1,12 @@
 //! The worker agent: registers with the coordinator (join token), keeps its lease alive with
 //! heartbeats, and runs the assignments the coordinator streams to it, one at a time.
 //!
-//! The agent follows its coordinator: when the coordinator closes the assignment stream (a
-//! planned shutdown) it exits. When the coordinator is lost instead (the stream breaks, the
-//! lease cannot be renewed for a whole TTL, or a restarted coordinator no longer knows this
-//! worker) it aborts the running task and registers again with backoff, for up to
-//! `reconnect_timeout`, then exits: a dead coordinator never leaves workers behind for long.
+//! The agent follows its coordinator: when the coordinator says goodbye on the assignment
+//! stream (a planned shutdown) it exits. When the coordinator is lost instead (the stream
+//! breaks or ends without a goodbye, the lease cannot be renewed for a whole TTL, or a
+//! restarted coordinator no longer knows this worker) it aborts the running task and registers
+//! again with backoff, for up to `reconnect_timeout`, then exits: a dead coordinator never
+//! leaves workers behind for long.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,7 +116,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// How a session with the coordinator ended.
 enum SessionEnd {
-    /// The coordinator closed the assignment stream: a planned shutdown.
+    /// The coordinator said goodbye (a planned shutdown), or this worker was asked to leave.
     Closed,
     /// The coordinator became unreachable or forgot this worker (it crashed or restarted).
     Lost(String),
@@ -123,7 +124,7 @@ enum SessionEnd {
 
 /// Runs the agent: registers, runs assignments, and after losing the coordinator registers
 /// again (with backoff, for up to `reconnect_timeout`), so a restarted coordinator gets its
-/// workers back. Returns `Ok` when the coordinator closed the assignment stream (a planned
+/// workers back. Returns `Ok` when the coordinator said goodbye (a planned
 /// shutdown), an error when it refused this worker or stayed away too long.
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let listener =
@@ -247,8 +248,7 @@ async fn session(
         let command = match message {
             Ok(Some(cmd)) => cmd.command,
             Ok(None) => {
-                tracing::info!("coordinator closed the assignment stream; exiting");
-                break SessionEnd::Closed;
+                break SessionEnd::Lost("the assignment stream ended without a goodbye".into());
             }
             Err(status) => break SessionEnd::Lost(format!("assignment stream broke: {status}")),
         };
@@ -265,6 +265,10 @@ async fn session(
                     worker_id.clone(),
                     listener.clone(),
                 ));
+            }
+            Some(Command::Goodbye(goodbye)) => {
+                tracing::info!(reason = %goodbye.reason, "the coordinator said goodbye; exiting");
+                break SessionEnd::Closed;
             }
             Some(Command::Cancel(cancel)) => {
                 if let Some(running) = current

@@ -352,9 +352,18 @@ fn chaos_three_worker_kills_and_a_coordinator_kill_end_bit_identical() {
     let mut workers = [a, b];
     let coordinator_round = rng.below(4);
     let mut at = 50;
+    let mut generation = 0;
     for round in 0..4 {
         at += 100 + rng.below(200);
-        running.wait_for_checkpoint(at);
+        // A kill counts only while a generation runs, and a new one (after the previous kill)
+        // at that: the checkpoint step alone survives a coordinator restart while the job
+        // waits for its workers.
+        let now = running.wait_for(&format!("a new generation past checkpoint {at}"), |s| {
+            s["state"] == "running"
+                && s["generation"].as_u64() > Some(generation)
+                && s["checkpoint_step"].as_u64().is_some_and(|c| c >= at)
+        });
+        generation = now["generation"].as_u64().unwrap_or_default();
         if round == coordinator_round {
             eprintln!("round {round}: kill -9 the coordinator after checkpoint {at}");
             drop(coordinator_process);

@@ -171,11 +171,19 @@ fn killed_workers_are_replaced_and_the_run_ends_bit_identical() {
         let live = workers(&sandbox);
         assert_eq!(live.len(), 2, "two workers run: {live:?}");
         let victim = live[rng.below(2) as usize];
+        let killed = Instant::now();
         assert!(signal(victim, "KILL"));
         eprintln!("kill {kill}: worker pid {victim} after checkpoint {at}");
         up.wait_for("the restarted generation", |l| {
             l.contains(&format!("generation {} started", kill + 1))
         });
+        // The next generation needs the survivor, which is free only once it has left the
+        // all-reduce it was in when its peer died: no waiting for a collective timeout.
+        let restarted = killed.elapsed();
+        assert!(
+            restarted < Duration::from_secs(10),
+            "the survivor left the collective and the job restarted {restarted:?} after the kill"
+        );
     }
     let (out, events) = up.finish();
     assert!(out.status.success(), "{}\n{events}", describe(&out));

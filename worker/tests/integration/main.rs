@@ -1,4 +1,5 @@
-//! Worker integration tests: the ring over real TCP, and data-parallel training on it.
+//! Worker integration tests: the ring over real TCP, data-parallel training on it, and
+//! background checkpoints (training runs ahead of the upload; resumes stay bit-identical).
 
 mod checkpoint_async;
 mod ddp;
