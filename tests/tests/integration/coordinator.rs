@@ -124,14 +124,7 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
 
     // Stopping the coordinator (SIGTERM: a planned shutdown) makes its workers exit on their own.
     stop(_coordinator);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sandbox.processes().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "workers outlived their coordinator"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sandbox.assert_no_processes(Duration::from_secs(10));
 }
 
 /// Starts `kiln coordinator` on `listen` and waits until it accepts connections.
@@ -281,14 +274,7 @@ fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
         "resumed after a coordinator crash, bit-identical to an uninterrupted run"
     );
     stop(second);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sandbox.processes().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "workers outlived their coordinator"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    sandbox.assert_no_processes(Duration::from_secs(10));
 }
 
 #[test]
