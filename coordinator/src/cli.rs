@@ -343,16 +343,25 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
     let url = advertise.unwrap_or_else(|| server.url());
     eprintln!("kiln: coordinator listening on {} ({url})", server.addr);
     if let Some(path) = ready_file {
-        // Written whole, then renamed: a supervisor polling for it never reads half a URL.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &url)
-            .and_then(|()| std::fs::rename(&tmp, &path))
+        // A supervisor polling for it never reads half a URL.
+        write_atomically(&path, url.as_bytes())
             .with_context(|| format!("writing {}", path.display()))
             .code(CliError::INFRA)?;
     }
     interrupted().await;
     eprintln!("kiln: shutting down");
     server.shutdown().await.code(CliError::INFRA)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`:
+/// readers see the old contents or the new ones, never a part, also after a crash.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {

@@ -19,7 +19,7 @@ use kiln_iac::provider::{ApplyContext, LocalProvider, Provider};
 use kiln_iac::spec::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CliError, ExitCodeExt, load, random_token, worker_binary};
+use crate::cli::{CliError, ExitCodeExt, load, random_token, worker_binary, write_atomically};
 use crate::state::{EmbeddedStore, StateError, StateStore};
 
 const STATE_KEY: &str = "infra/state";
@@ -285,12 +285,6 @@ pub fn plan(dir: &Path, vars: &LoadOptions, out: Option<&Path>) -> Result<(), Cl
         );
     }
     Ok(())
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 /// `kiln apply DIR | PLANFILE [--auto-approve]`.

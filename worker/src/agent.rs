@@ -239,7 +239,12 @@ async fn session(
                     break SessionEnd::Closed;
                 }
             },
-            _ = async { current.as_mut().map(|r| &mut r.done).expect("guarded").await }, if leaving && current.is_some() => {
+            _ = async {
+                match current.as_mut() {
+                    Some(running) => (&mut running.done).await,
+                    None => std::future::pending().await,
+                }
+            }, if leaving => {
                 // The task has reported its end (after the checkpoint): leave.
                 current = None;
                 break SessionEnd::Closed;
