@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
-use kiln_iac::provider::{LocalProvider, Provider, WorkerLaunch};
+use kiln_iac::provider::{LocalProvider, NodeExit, Provider, WorkerLaunch, log_tail};
 use kiln_iac::spec::{Config, JobSpec, StateSpec};
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{
@@ -19,7 +19,7 @@ use kiln_proto::v1::{
 use tonic::transport::Channel;
 
 use crate::control::{Control, LeaseConfig};
-use crate::follow;
+use crate::follow::{self, Followed, OnInterrupt};
 use crate::service::Server;
 use crate::state::EmbeddedStore;
 
@@ -49,7 +49,22 @@ impl CliError {
             error: error.into(),
         }
     }
+
+    /// A failure whose explanation is already printed (as JSON, say): only the exit code.
+    pub(crate) fn silent(code: u8) -> Self {
+        Self::new(code, Reported)
+    }
+
+    /// Whether the explanation is already printed.
+    pub fn is_reported(&self) -> bool {
+        self.error.is::<Reported>()
+    }
 }
+
+/// The error of a [`CliError::silent`] failure.
+#[derive(Debug, thiserror::Error)]
+#[error("(reported above)")]
+struct Reported;
 
 /// Tags an error with an exit code.
 pub(crate) trait ExitCodeExt<T> {
@@ -59,6 +74,42 @@ pub(crate) trait ExitCodeExt<T> {
 impl<T, E: Into<anyhow::Error>> ExitCodeExt<T> for Result<T, E> {
     fn code(self, code: u8) -> Result<T, CliError> {
         self.map_err(|e| CliError::new(code, e))
+    }
+}
+
+/// A failed RPC as a CLI error: the coordinator's own message, and the exit code its status
+/// code stands for (the request was wrong: 2; the coordinator or the network failed: 3).
+pub(crate) fn rpc_error(status: tonic::Status) -> CliError {
+    use tonic::Code;
+    let code = match status.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::Unauthenticated
+        | Code::PermissionDenied => CliError::BAD_INPUT,
+        _ => CliError::INFRA,
+    };
+    let mut message = if status.message().is_empty() {
+        status.code().description().to_owned()
+    } else {
+        status.message().to_owned()
+    };
+    if let Some(source) = std::error::Error::source(&status) {
+        message = format!("{message}: {}", kiln_proto::error_chain(source));
+    }
+    CliError::new(code, anyhow!(message))
+}
+
+/// `?` for RPC results: see [`rpc_error`].
+pub(crate) trait RpcExt<T> {
+    fn rpc(self) -> Result<T, CliError>;
+}
+
+impl<T> RpcExt<T> for Result<T, tonic::Status> {
+    fn rpc(self) -> Result<T, CliError> {
+        self.map_err(rpc_error)
     }
 }
 
@@ -81,10 +132,7 @@ pub fn validate(dir: &Path, vars: &LoadOptions, json: bool) -> Result<(), CliErr
         }
         Err(diagnostics) if json => {
             println!("{}", diagnostics.to_json());
-            Err(CliError::new(
-                CliError::BAD_INPUT,
-                anyhow!("{} error(s)", diagnostics.error_count()),
-            ))
+            Err(CliError::silent(CliError::BAD_INPUT))
         }
         Err(diagnostics) => Err(CliError::new(CliError::BAD_INPUT, diagnostics)),
     }
@@ -162,40 +210,63 @@ fn state_dir(config: &Config, job: &JobSpec) -> Result<PathBuf, CliError> {
 }
 
 /// `kiln up DIR`: an embedded coordinator, the cluster's nodes as local processes, the job
-/// submitted and followed to its end. Everything started is stopped and reaped on the way out,
-/// also on Ctrl-C.
-pub async fn up(dir: &Path, job_name: Option<&str>, vars: &LoadOptions) -> Result<Job, CliError> {
+/// submitted (or, with `resume`, that job resumed) and followed to its end. Everything started
+/// is stopped and reaped on the way out, also on Ctrl-C, SIGTERM and SIGHUP.
+///
+/// A job that an earlier `kiln up` of the same state left unfinished (that process died: the
+/// state is free, so it no longer runs) is marked failed and named, never run unannounced.
+pub async fn up(
+    dir: &Path,
+    job_name: Option<&str>,
+    vars: &LoadOptions,
+    resume: Option<&str>,
+) -> Result<Job, CliError> {
     let config = load(dir, vars)?;
     let job = pick_job(&config, job_name)?;
     let cluster = &config.clusters[&job.cluster];
     let worker_bin = worker_binary()?;
     let state = state_dir(&config, job)?;
     let store = EmbeddedStore::open(&state).code(CliError::INFRA)?;
-    let token = random_token();
+    let cause = "the `kiln up` that ran it died";
+    for orphan in Control::abandon_unfinished(&store, cause).code(CliError::INFRA)? {
+        eprintln!(
+            "kiln: job {orphan} was left unfinished by a `kiln up` that died; it is marked failed (`kiln up {} --resume {orphan}` resumes it from its last checkpoint)",
+            dir.display()
+        );
+    }
+    let spec = &cluster.coordinator;
+    let token = match &spec.join_token_file {
+        Some(path) => read_token(path)?,
+        None => random_token(),
+    };
     let lease = LeaseConfig {
-        heartbeat_interval: cluster.coordinator.heartbeat_interval,
-        ttl: cluster.coordinator.lease_ttl,
+        heartbeat_interval: spec.heartbeat_interval,
+        ttl: spec.lease_ttl,
     };
     let control = Control::new(Arc::new(store), token.clone(), lease).code(CliError::INFRA)?;
-    let server = Server::start(control, SocketAddr::from(([127, 0, 0, 1], 0)))
+    let server = Server::start(control, spec.listen)
         .await
-        .context("starting the coordinator")
+        .with_context(|| format!("starting the coordinator on {}", spec.listen))
         .code(CliError::INFRA)?;
+    let url = spec.advertise.clone().unwrap_or_else(|| server.url());
     let log_dir = state.parent().unwrap_or(&state).join("logs");
     eprintln!(
-        "kiln: coordinator on {}; starting {} worker(s) (logs in {})",
-        server.url(),
+        "kiln: coordinator on {url}; starting {} worker(s) (logs in {})",
         cluster.node_count(),
         log_dir.display()
     );
     let mut provider = LocalProvider::new();
     let launch = WorkerLaunch {
         worker_bin,
-        coordinator_url: server.url(),
+        coordinator_url: url,
         join_token: token,
         log_dir,
     };
-    let result = run_on_cluster(&mut provider, &server, cluster, &launch, job).await;
+    let start = match resume {
+        Some(id) => Start::Resume(id),
+        None => Start::Submit(job),
+    };
+    let result = run_on_cluster(&mut provider, &server, cluster, &launch, start).await;
     // Workers exit once their streams end; give them a moment, then kill what is left.
     let shutdown = server.shutdown();
     let exits = provider.shutdown(Duration::from_secs(5));
@@ -206,31 +277,56 @@ pub async fn up(dir: &Path, job_name: Option<&str>, vars: &LoadOptions) -> Resul
     result
 }
 
+/// What `kiln up` runs once its cluster is up.
+enum Start<'a> {
+    Submit(&'a JobSpec),
+    Resume(&'a str),
+}
+
 async fn run_on_cluster(
     provider: &mut LocalProvider,
     server: &Server,
     cluster: &kiln_iac::spec::ClusterSpec,
     launch: &WorkerLaunch,
-    job: &JobSpec,
+    start: Start<'_>,
 ) -> Result<Job, CliError> {
     provider
         .launch(cluster, launch)
         .await
         .code(CliError::INFRA)?;
     let mut client = connect(&server.url()).await?;
-    let job_id = client
-        .submit_job(SubmitJobRequest {
-            spec: Some(job.to_wire(cluster)),
-        })
-        .await
-        .code(CliError::BAD_INPUT)?
-        .into_inner()
-        .job_id;
+    let (job_id, replacements) = match start {
+        Start::Submit(job) => {
+            let id = client
+                .submit_job(SubmitJobRequest {
+                    spec: Some(job.to_wire(cluster)),
+                })
+                .await
+                .rpc()?
+                .into_inner()
+                .job_id;
+            (id, job.restart.max_restarts)
+        }
+        Start::Resume(id) => {
+            let job = client
+                .resume_job(ResumeJobRequest {
+                    job_id: id.to_owned(),
+                    from_step: None,
+                })
+                .await
+                .rpc()?
+                .into_inner();
+            let restarts = job
+                .spec
+                .and_then(|s| s.restart)
+                .map_or(0, |r| r.max_restarts);
+            (job.id, restarts)
+        }
+    };
     // A node whose worker dies is replaced as often as the job may restart: the coordinator
     // restarts the job from its last checkpoint once the replacement registers.
-    let replacements = job.restart.max_restarts;
     let mut replaced = 0;
-    let follow = follow::follow(&mut client, &job_id, interrupted());
+    let follow = follow::follow(&mut client, &job_id, interrupted(), OnInterrupt::Cancel);
     let mut follow = std::pin::pin!(follow);
     let followed = loop {
         tokio::select! {
@@ -247,20 +343,41 @@ async fn run_on_cluster(
                         format!("{replaced}/{replacements}")
                     };
                     let node = provider.relaunch(&exit.node, launch).await.code(CliError::INFRA)?;
-                    eprintln!("kiln: {exit}; replaced by pid {} ({count})", node.pid);
+                    eprintln!("kiln: {exit}; replaced by pid {} ({count}){}", node.pid, last_words(&exit));
                     continue;
                 }
-                eprintln!("kiln: {exit}");
+                eprintln!("kiln: {exit}{}", last_words(&exit));
                 // A running job fails by itself once the worker's stream breaks; a job still
                 // waiting for workers would wait forever, so give up on it.
                 match tokio::time::timeout(Duration::from_secs(5), follow).await {
-                    Ok(Ok(job)) if job.state().is_terminal() => break Ok(job),
+                    Ok(Ok(Followed::Ended(job))) => break Ok(Followed::Ended(job)),
                     _ => return Err(CliError::new(CliError::INFRA, anyhow!("{exit}"))),
                 }
             }
         }
     };
-    finish(followed.code(CliError::INFRA)?)
+    match followed.rpc()? {
+        Followed::Ended(job) => finish(job),
+        Followed::Detached(job) => Ok(job),
+    }
+}
+
+/// The last lines of a dead worker's log, indented, after a line naming the file: why it died
+/// is usually there (an allocation failure, a panic).
+fn last_words(exit: &NodeExit) -> String {
+    if exit.status.success() {
+        return String::new();
+    }
+    let tail = log_tail(&exit.node.log, 5);
+    if tail.trim().is_empty() {
+        return String::new();
+    }
+    let lines: Vec<String> = tail.lines().map(|l| format!("    {l}")).collect();
+    format!(
+        "; last lines of {}:\n{}",
+        exit.node.log.display(),
+        lines.join("\n")
+    )
 }
 
 fn finish(job: Job) -> Result<Job, CliError> {
@@ -273,16 +390,19 @@ fn finish(job: Job) -> Result<Job, CliError> {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (a closed terminal).
 async fn interrupted() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = hup.recv() => {}
     }
 }
 
@@ -291,6 +411,14 @@ async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))
         .code(CliError::INFRA)
+}
+
+fn read_token(path: &Path) -> Result<String, CliError> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading the join token from {}", path.display()))
+        .code(CliError::BAD_INPUT)?
+        .trim()
+        .to_owned())
 }
 
 /// How `kiln coordinator` serves.
@@ -322,11 +450,7 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
     let state = state.as_path();
     let store = EmbeddedStore::open(state).code(CliError::INFRA)?;
     let token = match join_token_file {
-        Some(ref path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading the join token from {}", path.display()))
-            .code(CliError::BAD_INPUT)?
-            .trim()
-            .to_owned(),
+        Some(ref path) => read_token(path)?,
         None => {
             let path = state.join("join-token");
             let token = random_token();
@@ -414,11 +538,7 @@ pub async fn submit(
             anyhow!("--follow takes one job; pick it with --job"),
         ));
     }
-    let url = match coordinator {
-        Some(url) => url.to_owned(),
-        None => crate::infra::applied_coordinator(&config.dir, &jobs[0].cluster)?
-            .unwrap_or_else(|| DEFAULT_COORDINATOR.to_owned()),
-    };
+    let url = coordinator_url(coordinator, &config.dir, Some(&jobs[0].cluster))?;
     let mut client = connect(&url).await?;
     let mut last = None;
     for job in jobs {
@@ -427,20 +547,74 @@ pub async fn submit(
                 spec: Some(job.to_wire(&config.clusters[&job.cluster])),
             })
             .await
-            .code(CliError::BAD_INPUT)?
+            .rpc()?
             .into_inner()
             .job_id;
         println!("submitted {id}");
         last = Some(id);
     }
     match (follow_it, last) {
-        (true, Some(id)) => {
-            let job = follow::follow(&mut client, &id, interrupted())
-                .await
-                .code(CliError::INFRA)?;
-            finish(job).map(Some)
-        }
+        (true, Some(id)) => follow_detachable(&mut client, &id).await.map(Some),
         _ => Ok(None),
+    }
+}
+
+/// Follows a job that Ctrl-C leaves running: the job when it ended (an error unless it
+/// succeeded), or as it was when the user detached.
+async fn follow_detachable(
+    client: &mut CoordinatorClient<Channel>,
+    id: &str,
+) -> Result<Job, CliError> {
+    match follow::follow(client, id, interrupted(), OnInterrupt::Detach)
+        .await
+        .rpc()?
+    {
+        Followed::Ended(job) => finish(job),
+        Followed::Detached(job) => Ok(job),
+    }
+}
+
+/// The coordinator a client command talks to: `explicit` (`--coordinator`,
+/// `KILN_COORDINATOR`), else the one `kiln apply` started from `dir` (for `cluster`, when
+/// known), else [`DEFAULT_COORDINATOR`]. A recorded coordinator that no longer runs is an
+/// error, never a silent fall-back.
+pub fn coordinator_url(
+    explicit: Option<&str>,
+    dir: &Path,
+    cluster: Option<&str>,
+) -> Result<String, CliError> {
+    if let Some(url) = explicit {
+        return Ok(url.to_owned());
+    }
+    let applied: Vec<_> = crate::infra::applied_coordinators(dir)?
+        .into_iter()
+        .filter(|c| cluster.is_none_or(|name| c.cluster == name))
+        .collect();
+    match applied.as_slice() {
+        [] => Ok(DEFAULT_COORDINATOR.to_owned()),
+        [one] => match &one.gone {
+            None => Ok(one.url.clone()),
+            Some(why) => Err(CliError::new(
+                CliError::INFRA,
+                anyhow!(
+                    "the coordinator `kiln apply` started for cluster {:?} in {} is not running ({why}); run `kiln apply` there to start it again",
+                    one.cluster,
+                    dir.display()
+                ),
+            )),
+        },
+        several => Err(CliError::new(
+            CliError::BAD_INPUT,
+            anyhow!(
+                "{} has coordinators for several clusters ({}); pick one with --coordinator URL",
+                dir.display(),
+                several
+                    .iter()
+                    .map(|c| format!("{} at {}", c.cluster, c.url))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
     }
 }
 
@@ -451,9 +625,25 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// `kiln status [JOB]`: one job in detail, or a table of all jobs.
-pub async fn status(coordinator: &str, job: Option<&str>, json: bool) -> Result<(), CliError> {
+/// `kiln status [JOB] [--follow]`: one job in detail (followed until it ends with `follow`,
+/// which Ctrl-C leaves running), or a table of all jobs.
+pub async fn status(
+    coordinator: &str,
+    job: Option<&str>,
+    json: bool,
+    follow_it: bool,
+) -> Result<(), CliError> {
     let mut client = connect(coordinator).await?;
+    if follow_it {
+        let id = job.ok_or_else(|| {
+            CliError::new(
+                CliError::BAD_INPUT,
+                anyhow!("--follow takes a job: kiln status -f JOB"),
+            )
+        })?;
+        follow_detachable(&mut client, id).await?;
+        return Ok(());
+    }
     let jobs = match job {
         Some(id) => vec![
             client
@@ -461,14 +651,14 @@ pub async fn status(coordinator: &str, job: Option<&str>, json: bool) -> Result<
                     job_id: id.to_owned(),
                 })
                 .await
-                .code(CliError::BAD_INPUT)?
+                .rpc()?
                 .into_inner(),
         ],
         None => {
             client
                 .list_jobs(ListJobsRequest {})
                 .await
-                .code(CliError::INFRA)?
+                .rpc()?
                 .into_inner()
                 .jobs
         }
@@ -485,14 +675,11 @@ pub async fn status(coordinator: &str, job: Option<&str>, json: bool) -> Result<
             serde_json::to_string_pretty(&out).code(CliError::INFRA)?
         );
     } else if job.is_some() {
-        let job = &jobs[0];
-        let elapsed =
-            (job.finished_unix_ms.max(job.submitted_unix_ms) - job.submitted_unix_ms).max(0);
-        follow::print_summary(job, Duration::from_millis(elapsed as u64));
+        follow::print_summary(&jobs[0]);
     } else {
         println!(
-            "{:<24} {:<10} {:>5} {:>12} {:>9}",
-            "JOB", "STATE", "GEN", "STEP", "VAL_ACC"
+            "{:<24} {:<10} {:>5} {:>12} {:>9} {:>9}",
+            "JOB", "STATE", "GEN", "STEP", "VAL_ACC", "ELAPSED"
         );
         for job in &jobs {
             let m = job.metrics.unwrap_or_default();
@@ -500,12 +687,13 @@ pub async fn status(coordinator: &str, job: Option<&str>, json: bool) -> Result<
                 .val_accuracy
                 .map_or_else(|| "-".into(), |a| format!("{a:.4}"));
             println!(
-                "{:<24} {:<10} {:>5} {:>12} {:>9}",
+                "{:<24} {:<10} {:>5} {:>12} {:>9} {:>8.1}s",
                 job.id,
                 job.state().label(),
                 job.generation,
                 format!("{}/{}", m.step, m.total_steps),
-                acc
+                acc,
+                follow::elapsed(job).as_secs_f64()
             );
         }
     }
@@ -535,6 +723,7 @@ fn job_json(job: &Job) -> serde_json::Value {
         "checkpoint_url": job.checkpoint_url,
         "submitted_unix_ms": job.submitted_unix_ms,
         "finished_unix_ms": job.finished_unix_ms,
+        "elapsed_secs": follow::elapsed(job).as_secs_f64(),
     })
 }
 
@@ -552,14 +741,11 @@ pub async fn resume(
             from_step,
         })
         .await
-        .code(CliError::BAD_INPUT)?
+        .rpc()?
         .into_inner();
     println!("{}: {}", job.id, job.message);
     if follow_it {
-        let job = follow::follow(&mut client, &job.id, interrupted())
-            .await
-            .code(CliError::INFRA)?;
-        finish(job)?;
+        follow_detachable(&mut client, &job.id).await?;
     }
     Ok(())
 }
@@ -572,7 +758,7 @@ pub async fn cancel(coordinator: &str, job: &str) -> Result<(), CliError> {
             job_id: job.to_owned(),
         })
         .await
-        .code(CliError::BAD_INPUT)?
+        .rpc()?
         .into_inner();
     println!("{} {}", job.id, job.state().label());
     Ok(())

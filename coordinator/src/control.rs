@@ -5,12 +5,13 @@
 //! All mutable state sits behind one mutex; every job transition is written to the
 //! [`StateStore`] before it is announced, so a restarted coordinator sees what clients saw.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_proto::Message;
 use kiln_proto::ServiceError;
+use kiln_proto::store::{Claim, JobStore, StoreError};
 use kiln_proto::v1::{
     Assignment, CancelTask, CheckpointReport, Goodbye, Job, JobEvent, JobSpec, JobState,
     ProgressReport, RegisterRequest, RegisterResponse, TaskEnd, WorkerCommand,
@@ -50,8 +51,13 @@ pub enum ControlError {
     #[error("unknown worker {0:?}")]
     UnknownWorker(String),
     /// No such job.
-    #[error("unknown job {0:?}")]
-    UnknownJob(String),
+    #[error("no job {id}; {}", known_jobs(.known))]
+    UnknownJob {
+        /// The id asked for.
+        id: String,
+        /// The ids the coordinator knows, oldest first.
+        known: Vec<String>,
+    },
     /// The request is malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -61,16 +67,31 @@ pub enum ControlError {
     /// The durable state failed.
     #[error("state store")]
     State(#[from] StateError),
+    /// The job's object store could not be opened, read or claimed.
+    #[error("object store of job {job}")]
+    Storage {
+        /// The job (or job name) whose store it is.
+        job: String,
+        /// The cause.
+        #[source]
+        source: StoreError,
+    },
 }
 
 impl ServiceError for ControlError {
     fn code(&self) -> tonic::Code {
         match self {
             ControlError::BadToken => tonic::Code::Unauthenticated,
-            ControlError::UnknownWorker(_) | ControlError::UnknownJob(_) => tonic::Code::NotFound,
+            ControlError::UnknownWorker(_) | ControlError::UnknownJob { .. } => {
+                tonic::Code::NotFound
+            }
             ControlError::Invalid(_) => tonic::Code::InvalidArgument,
             ControlError::ShuttingDown => tonic::Code::Unavailable,
             ControlError::State(_) => tonic::Code::Internal,
+            ControlError::Storage { source, .. } if source.is_bad_url() => {
+                tonic::Code::InvalidArgument
+            }
+            ControlError::Storage { .. } => tonic::Code::Unavailable,
         }
     }
 }
@@ -113,6 +134,17 @@ struct Generation {
     done: BTreeSet<u32>,
 }
 
+/// The events of one job that carry a message, numbered from 1: what a new watcher replays.
+#[derive(Default)]
+struct EventLog {
+    last_seq: u64,
+    /// `(seq, message, routine)`.
+    events: VecDeque<(u64, String, bool)>,
+}
+
+/// Events kept per job for replay; older ones are dropped (a watcher then starts later).
+const EVENT_LOG_LEN: usize = 10_000;
+
 #[derive(Default)]
 struct State {
     workers: BTreeMap<String, Worker>,
@@ -124,6 +156,7 @@ struct State {
     held_until: BTreeMap<String, Instant>,
     next_worker: u64,
     next_job: u64,
+    logs: BTreeMap<String, EventLog>,
 }
 
 /// The coordinator's control plane. Cheap to clone.
@@ -139,10 +172,15 @@ struct Inner {
     join_token: String,
     lease: LeaseConfig,
     shutdown: CancellationToken,
+    /// This state's identity in object stores: job ids are claimed under it.
+    store_owner: String,
 }
 
 const JOB_PREFIX: &str = "jobs/";
 const NEXT_JOB_KEY: &str = "meta/next_job";
+const STORE_OWNER_KEY: &str = "meta/store_owner";
+/// How many taken ids `submit` skips before it gives up on a store.
+const MAX_CLAIM_TRIES: u32 = 100_000;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -167,6 +205,7 @@ impl Control {
             .get(NEXT_JOB_KEY)?
             .and_then(|b| String::from_utf8(b).ok()?.parse().ok())
             .unwrap_or(1);
+        let store_owner = store_owner(store.as_ref())?;
         let (events, _) = broadcast::channel(1024);
         let control = Self {
             inner: Arc::new(Inner {
@@ -176,6 +215,7 @@ impl Control {
                 join_token,
                 lease,
                 shutdown: CancellationToken::new(),
+                store_owner,
             }),
         };
         // Jobs that were running go first, in submission order: their workers are gone with the
@@ -196,7 +236,6 @@ impl Control {
             }
             state.queue.push(job.id.clone());
         }
-        *control.lock() = state;
         for job in resumed {
             let from = resume_point(&job);
             let message = format!(
@@ -205,9 +244,32 @@ impl Control {
                 job.generation + 1
             );
             tracing::info!(job = %job.id, %message, "resuming");
-            control.announce(job, message);
+            control.announce(&mut state, job, message);
         }
+        *control.lock() = state;
         Ok(control)
+    }
+
+    /// Marks every unfinished (pending or running) job in `store` failed with `cause` and
+    /// returns their ids: for a state whose only user was a process that died (`kiln up`), so
+    /// that [`Control::new`] does not run them again unannounced.
+    pub fn abandon_unfinished(
+        store: &dyn StateStore,
+        cause: &str,
+    ) -> Result<Vec<String>, ControlError> {
+        let mut abandoned = Vec::new();
+        for (key, bytes) in store.list(JOB_PREFIX)? {
+            let mut job = Job::decode(bytes.as_slice()).map_err(|e| StateError::Io(Box::new(e)))?;
+            if job.state().is_terminal() {
+                continue;
+            }
+            job.message = format!("{cause} while the job was {}", job.state().label());
+            job.set_state(JobState::Failed);
+            job.finished_unix_ms = now_ms();
+            store.put(&key, &job.encode_to_vec())?;
+            abandoned.push(job.id);
+        }
+        Ok(abandoned)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -347,6 +409,9 @@ impl Control {
         {
             tracing::error!(error = %kiln_proto::error_chain(&e), "cannot record a failure");
         }
+        if let Err(e) = self.schedule() {
+            tracing::error!(error = %kiln_proto::error_chain(&e), "cannot schedule");
+        }
     }
 
     /// Generation `generation` of job `id` failed with `cause`. Within the job's restart policy
@@ -448,7 +513,7 @@ impl Control {
             ),
         };
         tracing::info!(job = %id, %message, "generation ended");
-        self.announce(job, message);
+        self.announce(&mut state, job, message);
         drop(state);
         let control = self.clone();
         tokio::spawn(async move {
@@ -460,16 +525,14 @@ impl Control {
         Ok(())
     }
 
-    /// Stores a new job and tries to place it.
-    pub fn submit(&self, spec: JobSpec) -> Result<String, ControlError> {
+    /// Stores a new job and tries to place it. Its id, `<name>-<n>`, is claimed in the job's
+    /// object store first: an id another coordinator state claimed there (or a job directory
+    /// it left without a claim) is skipped, so no two jobs ever share checkpoints.
+    pub async fn submit(&self, spec: JobSpec) -> Result<String, ControlError> {
         validate(&spec)?;
-        let id = {
+        let id = self.claim_id(&spec).await?;
+        {
             let mut state = self.lock();
-            let id = format!("{}-{}", spec.name, state.next_job);
-            state.next_job += 1;
-            self.inner
-                .store
-                .put(NEXT_JOB_KEY, state.next_job.to_string().as_bytes())?;
             let job = Job {
                 id: id.clone(),
                 spec: Some(spec),
@@ -480,20 +543,57 @@ impl Control {
             self.save(&job)?;
             state.jobs.insert(id.clone(), job.clone());
             state.queue.push(id.clone());
-            self.announce(job, "submitted; waiting for workers".into());
-            id
-        };
+            self.announce(&mut state, job, "submitted".into());
+        }
         self.schedule()?;
         Ok(id)
     }
 
+    /// The next `<name>-<n>` whose directory in the job's store this state can claim.
+    async fn claim_id(&self, spec: &JobSpec) -> Result<String, ControlError> {
+        let storage = |source| ControlError::Storage {
+            job: spec.name.clone(),
+            source,
+        };
+        for _ in 0..MAX_CLAIM_TRIES {
+            let id = {
+                let mut state = self.lock();
+                let id = format!("{}-{}", spec.name, state.next_job);
+                state.next_job += 1;
+                self.inner
+                    .store
+                    .put(NEXT_JOB_KEY, state.next_job.to_string().as_bytes())?;
+                id
+            };
+            if spec.storage_url.is_empty() {
+                return Ok(id);
+            }
+            let store = JobStore::open(&spec.storage_url, &id).map_err(storage)?;
+            match store
+                .claim(&self.inner.store_owner)
+                .await
+                .map_err(storage)?
+            {
+                Claim::Ours => return Ok(id),
+                Claim::Taken(why) => {
+                    tracing::info!(job = %id, %why, "job id taken in the store; trying the next");
+                }
+            }
+        }
+        Err(ControlError::Invalid(format!(
+            "no free job id for {:?} in {} after {MAX_CLAIM_TRIES} tries",
+            spec.name, spec.storage_url
+        )))
+    }
+
     /// The job `id` as it is now.
     pub fn job(&self, id: &str) -> Result<Job, ControlError> {
-        self.lock()
+        let state = self.lock();
+        state
             .jobs
             .get(id)
             .cloned()
-            .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))
+            .ok_or_else(|| unknown_job(&state, id))
     }
 
     /// Every job, oldest first.
@@ -513,20 +613,34 @@ impl Control {
     }
 
     /// Queues a failed or cancelled job again, to resume from `from_step` or its last committed
-    /// checkpoint, with its restart budget renewed.
-    pub fn resume(&self, id: &str, from_step: Option<u64>) -> Result<Job, ControlError> {
-        {
-            let mut state = self.lock();
-            let job = state
-                .jobs
-                .get_mut(id)
-                .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))?;
-            if !matches!(job.state(), JobState::Failed | JobState::Cancelled) {
-                return Err(ControlError::Invalid(format!(
+    /// checkpoint, with its restart budget renewed. A `from_step` that is not a committed
+    /// checkpoint that verifies against its manifest is refused, naming those that are.
+    pub async fn resume(&self, id: &str, from_step: Option<u64>) -> Result<Job, ControlError> {
+        let resumable = |job: &Job| {
+            if matches!(job.state(), JobState::Failed | JobState::Cancelled) {
+                Ok(())
+            } else {
+                Err(ControlError::Invalid(format!(
                     "job {id} is {}; only a failed or cancelled job can be resumed",
                     job.state().label()
-                )));
+                )))
             }
+        };
+        if let Some(step) = from_step {
+            let job = self.job(id)?;
+            resumable(&job)?;
+            let url = job.spec.map(|s| s.storage_url).unwrap_or_default();
+            verify_checkpoint(&url, id, step).await?;
+        }
+        let resumed = {
+            let mut state = self.lock();
+            if !state.jobs.contains_key(id) {
+                return Err(unknown_job(&state, id));
+            }
+            let Some(job) = state.jobs.get_mut(id) else {
+                return Err(unknown_job(&state, id));
+            };
+            resumable(job)?;
             if let Some(step) = from_step {
                 job.checkpoint_step = Some(step);
             }
@@ -538,22 +652,44 @@ impl Control {
             let job = job.clone();
             self.save(&job)?;
             state.queue.push(id.to_owned());
-            self.announce(job.clone(), job.message);
-        }
+            let message = job.message.clone();
+            self.announce(&mut state, job.clone(), message);
+            job
+        };
         self.schedule()?;
-        self.job(id)
+        Ok(resumed)
     }
 
-    /// Subscribes to job events, returning the job as it is at subscription time.
-    pub fn watch(&self, id: &str) -> Result<(Job, broadcast::Receiver<JobEvent>), ControlError> {
-        // Subscribing under the lock orders the snapshot before every event the receiver sees.
+    /// Subscribes to job events: returns the job's logged events so far (to replay), the job
+    /// as it is now, and the feed of every later event.
+    pub fn watch(
+        &self,
+        id: &str,
+    ) -> Result<(Vec<JobEvent>, Job, broadcast::Receiver<JobEvent>), ControlError> {
+        // Under the lock, the log and the subscription meet without a gap or an overlap.
         let state = self.lock();
         let job = state
             .jobs
             .get(id)
             .cloned()
-            .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))?;
-        Ok((job, self.inner.events.subscribe()))
+            .ok_or_else(|| unknown_job(&state, id))?;
+        Ok((
+            logged_since(&state, id, 0),
+            job,
+            self.inner.events.subscribe(),
+        ))
+    }
+
+    /// The job's logged events after `seq` and the job as it is now: for a watcher that fell
+    /// behind the live feed.
+    pub fn events_since(&self, id: &str, seq: u64) -> Result<(Vec<JobEvent>, Job), ControlError> {
+        let state = self.lock();
+        let job = state
+            .jobs
+            .get(id)
+            .cloned()
+            .ok_or_else(|| unknown_job(&state, id))?;
+        Ok((logged_since(&state, id, seq), job))
     }
 
     /// Records metrics from rank 0.
@@ -565,7 +701,7 @@ impl Control {
                 job.metrics = report.metrics;
             }
             let job = job.clone();
-            self.announce(job, report.note);
+            self.announce(&mut state, job, report.note);
         }
         Ok(())
     }
@@ -578,7 +714,11 @@ impl Control {
             job.checkpoint_url = report.manifest_url;
             let job = job.clone();
             self.save(&job)?;
-            self.announce(job, format!("checkpoint {} committed", report.step));
+            self.announce_routine(
+                &mut state,
+                job,
+                format!("checkpoint {} committed", report.step),
+            );
         }
         Ok(())
     }
@@ -660,8 +800,11 @@ impl Control {
     /// Moves a job to a terminal state and tells its other workers to stop.
     fn finish(&self, id: &str, to: JobState, message: String) -> Result<(), ControlError> {
         let mut state = self.lock();
+        if !state.jobs.contains_key(id) {
+            return Err(unknown_job(&state, id));
+        }
         let Some(job) = state.jobs.get_mut(id) else {
-            return Err(ControlError::UnknownJob(id.to_owned()));
+            return Err(unknown_job(&state, id));
         };
         if job.state().is_terminal() {
             return Ok(());
@@ -691,7 +834,7 @@ impl Control {
             }
         }
         tracing::info!(job = %id, state = to.label(), %message, "job finished");
-        self.announce(job, message);
+        self.announce(&mut state, job, message);
         Ok(())
     }
 
@@ -710,16 +853,9 @@ impl Control {
                 .is_some_and(|t| *t > Instant::now())
             {
                 // Restart backoff; a timer schedules again when it is over.
-                return Ok(());
+                break;
             }
-            let spec = job.spec.clone().unwrap_or_default();
-            let want = spec.training.map_or(1, |t| t.workers) as usize;
-            // Elastic: a generation after a failure, whose backoff gave replacements their
-            // chance, may run with as few as `min_workers`.
-            let need = match spec.training.map_or(0, |t| t.min_workers) as usize {
-                min if min > 0 && job.restarts > 0 => min.min(want),
-                _ => want,
-            };
+            let (want, need) = workers_needed(job);
             let idle: Vec<String> = state
                 .workers
                 .iter()
@@ -728,7 +864,7 @@ impl Control {
                 .take(want)
                 .collect();
             if idle.len() < need {
-                return Ok(());
+                break;
             }
             state.queue.remove(0);
             state.held_until.remove(&id);
@@ -739,7 +875,7 @@ impl Control {
             let job = state
                 .jobs
                 .get_mut(&id)
-                .ok_or_else(|| ControlError::UnknownJob(id.clone()))?;
+                .ok_or_else(|| ControlError::Invalid(format!("job {id} vanished")))?;
             job.generation += 1;
             job.set_state(JobState::Running);
             job.workers = idle.clone();
@@ -762,6 +898,7 @@ impl Control {
                         peers: peers.clone(),
                         spec: job.spec.clone(),
                         resume_step: job.checkpoint_step,
+                        store_owner: self.inner.store_owner.clone(),
                     }),
                 );
             }
@@ -771,17 +908,55 @@ impl Control {
                 (_, Some(step)) => format!(", resuming from checkpoint {step}"),
                 (_, None) => ", starting over (no checkpoint yet)".to_owned(),
             };
-            self.announce(
-                job.clone(),
-                format!(
-                    "generation {} started on {} workers{resume}: {}",
-                    job.generation,
-                    idle.len(),
-                    nodes.join(", ")
-                ),
+            let message = format!(
+                "generation {} started on {} workers{resume}: {}",
+                job.generation,
+                idle.len(),
+                nodes.join(", ")
             );
+            let mut job = job;
+            job.message.clone_from(&message);
+            state.jobs.insert(id.clone(), job.clone());
+            self.announce(&mut state, job, message);
         }
+        self.report_waiting(&mut state);
         Ok(())
+    }
+
+    /// Says why each queued job waits, in its `message` and as an event when that changes:
+    /// how many workers the first one needs and has, or which job the others queue behind.
+    fn report_waiting(&self, state: &mut State) {
+        let registered = state.workers.len();
+        let idle = state
+            .workers
+            .values()
+            .filter(|w| w.commands.is_some() && w.task.is_none())
+            .count();
+        let now = Instant::now();
+        let queue = state.queue.clone();
+        for (i, id) in queue.iter().enumerate() {
+            if state.held_until.get(id).is_some_and(|t| *t > now) {
+                // The restart message said when it resumes.
+                continue;
+            }
+            let Some(job) = state.jobs.get_mut(id) else {
+                continue;
+            };
+            let reason = if i == 0 {
+                let (_, need) = workers_needed(job);
+                format!(
+                    "pending: needs {need} worker{}, {registered} registered ({idle} idle)",
+                    if need == 1 { "" } else { "s" }
+                )
+            } else {
+                format!("pending: queued behind {}", queue[0])
+            };
+            if job.message != reason {
+                job.message.clone_from(&reason);
+                let job = job.clone();
+                self.announce(state, job, reason);
+            }
+        }
     }
 
     fn save(&self, job: &Job) -> Result<(), ControlError> {
@@ -791,11 +966,36 @@ impl Control {
         Ok(())
     }
 
-    fn announce(&self, job: Job, message: String) {
+    /// Publishes a change of `job`. An event with a message is logged first (under the same
+    /// lock as [`Self::watch`]), so a watcher gets it exactly once: replayed or live.
+    fn announce(&self, state: &mut State, job: Job, message: String) {
+        self.publish(state, job, message, false);
+    }
+
+    /// [`Self::announce`] for a routine event, which a live display may fold.
+    fn announce_routine(&self, state: &mut State, job: Job, message: String) {
+        self.publish(state, job, message, true);
+    }
+
+    fn publish(&self, state: &mut State, job: Job, message: String, routine: bool) {
+        let seq = if message.is_empty() {
+            0
+        } else {
+            let log = state.logs.entry(job.id.clone()).or_default();
+            log.last_seq += 1;
+            if log.events.len() == EVENT_LOG_LEN {
+                log.events.pop_front();
+            }
+            log.events
+                .push_back((log.last_seq, message.clone(), routine));
+            log.last_seq
+        };
         // No subscribers is fine: nobody is watching.
         let _ = self.inner.events.send(JobEvent {
             job: Some(job),
             message,
+            seq,
+            routine,
         });
     }
 }
@@ -807,11 +1007,126 @@ fn current_job<'a>(
     id: &str,
     generation: u64,
 ) -> Result<Option<&'a mut Job>, ControlError> {
-    let job = state
-        .jobs
-        .get_mut(id)
-        .ok_or_else(|| ControlError::UnknownJob(id.to_owned()))?;
+    if !state.jobs.contains_key(id) {
+        return Err(unknown_job(state, id));
+    }
+    let Some(job) = state.jobs.get_mut(id) else {
+        return Err(ControlError::Invalid(format!("job {id} vanished")));
+    };
     Ok((job.state() == JobState::Running && job.generation == generation).then_some(job))
+}
+
+/// How many workers the next generation of `job` asks for, and the fewest it may start with.
+fn workers_needed(job: &Job) -> (usize, usize) {
+    let training = job.spec.as_ref().and_then(|s| s.training);
+    let want = training.map_or(1, |t| t.workers) as usize;
+    // Elastic: a generation after a failure, whose backoff gave replacements their chance,
+    // may run with as few as `min_workers`.
+    let need = match training.map_or(0, |t| t.min_workers) as usize {
+        min if min > 0 && job.restarts > 0 => min.min(want),
+        _ => want,
+    };
+    (want, need)
+}
+
+/// The error for a job id the coordinator does not know, listing those it does.
+fn unknown_job(state: &State, id: &str) -> ControlError {
+    let mut jobs: Vec<&Job> = state.jobs.values().collect();
+    jobs.sort_by_key(|j| j.submitted_unix_ms);
+    ControlError::UnknownJob {
+        id: id.to_owned(),
+        known: jobs.iter().map(|j| j.id.clone()).collect(),
+    }
+}
+
+fn known_jobs(known: &[String]) -> String {
+    const SHOWN: usize = 20;
+    match known.len() {
+        0 => "the coordinator has no jobs".to_owned(),
+        n if n <= SHOWN => format!("known jobs: {}", known.join(", ")),
+        n => format!(
+            "known jobs: {}, and {} more (`kiln status` lists them all)",
+            known[n - SHOWN..].join(", "),
+            n - SHOWN
+        ),
+    }
+}
+
+/// The logged events of job `id` after `seq`, for replay (without the job: the caller sends
+/// the job as it is now after them).
+fn logged_since(state: &State, id: &str, seq: u64) -> Vec<JobEvent> {
+    state.logs.get(id).map_or_else(Vec::new, |log| {
+        log.events
+            .iter()
+            .filter(|(s, _, _)| *s > seq)
+            .map(|(s, message, routine)| JobEvent {
+                job: None,
+                message: message.clone(),
+                seq: *s,
+                routine: *routine,
+            })
+            .collect()
+    })
+}
+
+/// The identity of this coordinator state in object stores, created on first use.
+fn store_owner(store: &dyn StateStore) -> Result<String, ControlError> {
+    let fresh = {
+        use rand::Rng;
+        hex::encode(rand::rng().random::<[u8; 16]>())
+    };
+    // Created once; a concurrent first start keeps whichever won.
+    match store.write_if(
+        &[(STORE_OWNER_KEY, None)],
+        &[(STORE_OWNER_KEY, Some(fresh.as_bytes()))],
+    )? {
+        Ok(()) => Ok(fresh),
+        Err(existing) => Ok(String::from_utf8_lossy(&existing.unwrap_or_default()).into_owned()),
+    }
+}
+
+/// Refuses `step` unless it is a committed checkpoint of job `id` whose objects verify.
+async fn verify_checkpoint(url: &str, id: &str, step: u64) -> Result<(), ControlError> {
+    if url.is_empty() {
+        return Err(ControlError::Invalid(format!(
+            "job {id} keeps no checkpoints (its cluster has no storage)"
+        )));
+    }
+    let storage = |source| ControlError::Storage {
+        job: id.to_owned(),
+        source,
+    };
+    let store = JobStore::open(url, id).map_err(storage)?;
+    let committed = store.committed().await.map_err(storage)?;
+    let list = |steps: &[u64]| match steps {
+        [] => "it has no committed checkpoint".to_owned(),
+        steps => format!(
+            "committed checkpoints: {}",
+            steps
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if !committed.contains(&step) {
+        return Err(ControlError::Invalid(format!(
+            "job {id} has no committed checkpoint {step}; {}",
+            list(&committed)
+        )));
+    }
+    match store.load(step).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_unusable_checkpoint() => {
+            let usable: Vec<u64> = committed.into_iter().filter(|s| *s != step).collect();
+            Err(ControlError::Invalid(format!(
+                "checkpoint {step} of job {id} does not verify ({}); other {}",
+                kiln_proto::error_chain(&e),
+                list(&usable)
+            )))
+        }
+        Err(e) => Err(storage(e)),
+    }
 }
 
 /// Where the next generation of `job` starts: `from checkpoint N` or `from the start`.

@@ -1,7 +1,9 @@
 //! Following a job from the CLI: a live progress bar (epoch, step, loss, validation accuracy,
-//! samples/s), a line for every state change, checkpoint or failure, and a final summary.
+//! samples/s), a line for every event of the job (each exactly once, in order: the watch
+//! replays what happened before it began), and a final summary.
 
-use std::time::{Duration, Instant};
+use std::io::IsTerminal;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
@@ -11,36 +13,63 @@ use tonic::transport::Channel;
 /// How long to wait for a cancelled job to reach its final state.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
 
-/// Follows `job_id` until it ends and returns it. If `interrupt` resolves first, the job is
-/// cancelled and followed to its end.
+/// What an interrupt (Ctrl-C, SIGTERM, SIGHUP) does to a followed job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupt {
+    /// Cancel the job and follow it to its end (`kiln up`, which owns the cluster).
+    Cancel,
+    /// Stop following; the job runs on (`submit --follow`, `resume --follow`, `status -f`).
+    Detach,
+}
+
+/// How following ended.
+#[derive(Debug)]
+pub enum Followed {
+    /// The job reached a final state.
+    Ended(Job),
+    /// The user detached; the job as last seen, still running.
+    Detached(Job),
+}
+
+/// Follows `job_id` until it ends, or until `interrupt` resolves: then the job is cancelled and
+/// followed to its end, or left running, as `on_interrupt` says.
 pub async fn follow(
     client: &mut CoordinatorClient<Channel>,
     job_id: &str,
     interrupt: impl Future<Output = ()>,
-) -> Result<Job, tonic::Status> {
-    let started = Instant::now();
+    on_interrupt: OnInterrupt,
+) -> Result<Followed, tonic::Status> {
     let mut stream = client
         .watch_job(WatchJobRequest {
             job_id: job_id.to_owned(),
         })
         .await?
         .into_inner();
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template(
-            "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let live = std::io::stderr().is_terminal();
+    // A spinner until the step count is known: a bar of 0/0 would show full.
+    let bar = ProgressBar::new_spinner().with_style(spinner_style());
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut interrupt = std::pin::pin!(interrupt);
     let mut interrupted = false;
-    let mut last = None;
+    let mut last: Option<Job> = None;
+    let mut folded = String::new();
     loop {
         let event = tokio::select! {
             event = stream.message() => event?,
             () = &mut interrupt, if !interrupted => {
                 interrupted = true;
+                if on_interrupt == OnInterrupt::Detach {
+                    bar.finish_and_clear();
+                    let job = match last {
+                        Some(job) => job,
+                        None => get_job(client, job_id).await?,
+                    };
+                    eprintln!(
+                        "detached from {job_id}, which goes on ({}): `kiln status -f {job_id}` follows it again, `kiln cancel {job_id}` cancels it",
+                        job.state().label()
+                    );
+                    return Ok(Followed::Detached(job));
+                }
                 bar.suspend(|| eprintln!("interrupted: cancelling {job_id}"));
                 client.cancel_job(CancelJobRequest { job_id: job_id.to_owned() }).await?;
                 continue;
@@ -48,15 +77,27 @@ pub async fn follow(
             () = tokio::time::sleep(CANCEL_WAIT), if interrupted => break,
         };
         let Some(event) = event else { break };
-        let Some(job) = event.job else { continue };
         if !event.message.is_empty() {
-            bar.suspend(|| eprintln!("{}: {}", job.id, event.message));
+            if event.routine && live {
+                // On a terminal, routine events update the status line instead of scrolling.
+                folded.clone_from(&event.message);
+            } else {
+                bar.suspend(|| eprintln!("{job_id}: {}", event.message));
+            }
         }
-        if let Some(m) = &job.metrics {
+        let Some(job) = event.job else { continue };
+        if let Some(m) = &job.metrics
+            && m.total_steps > 0
+        {
+            if bar.length().is_none() {
+                bar.set_style(bar_style());
+            }
             bar.set_length(m.total_steps);
             bar.set_position(m.step);
             bar.set_prefix(m.epoch.to_string());
-            bar.set_message(describe(m));
+            bar.set_message(describe(m, &folded));
+        } else if !job.message.is_empty() {
+            bar.set_message(job.message.clone());
         }
         let done = job.state().is_terminal();
         last = Some(job);
@@ -67,37 +108,74 @@ pub async fn follow(
     bar.finish_and_clear();
     let job = match last {
         Some(job) if job.state().is_terminal() => job,
-        _ => client
-            .get_job(kiln_proto::v1::GetJobRequest {
-                job_id: job_id.to_owned(),
-            })
-            .await?
-            .into_inner(),
+        _ => get_job(client, job_id).await?,
     };
-    print_summary(&job, started.elapsed());
-    Ok(job)
+    print_summary(&job);
+    Ok(Followed::Ended(job))
 }
 
-fn describe(m: &Metrics) -> String {
+async fn get_job(client: &mut CoordinatorClient<Channel>, id: &str) -> Result<Job, tonic::Status> {
+    Ok(client
+        .get_job(kiln_proto::v1::GetJobRequest {
+            job_id: id.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps  {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+fn describe(m: &Metrics, folded: &str) -> String {
     let acc = m
         .val_accuracy
         .map_or_else(|| "-".to_owned(), |a| format!("{a:.4}"));
-    format!(
+    let mut line = format!(
         "loss {:.4}  val_acc {acc}  {:.0} samples/s",
         m.loss, m.samples_per_sec
-    )
+    );
+    if !folded.is_empty() {
+        line.push_str("  ");
+        line.push_str(folded);
+    }
+    line
 }
 
-/// The final report of a job, on stdout.
-pub fn print_summary(job: &Job, elapsed: Duration) {
+/// How long the job has run: from submission to its end, or to now while it has not ended.
+pub fn elapsed(job: &Job) -> Duration {
+    let end = if job.state().is_terminal() && job.finished_unix_ms > 0 {
+        job.finished_unix_ms
+    } else {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    Duration::from_millis(end.saturating_sub(job.submitted_unix_ms).max(0) as u64)
+}
+
+/// The report of a job, on stdout.
+pub fn print_summary(job: &Job) {
     println!(
         "job {} {} after {:.1}s",
         job.id,
         job.state().label(),
-        elapsed.as_secs_f64()
+        elapsed(job).as_secs_f64()
     );
     if job.state() != JobState::Succeeded && !job.message.is_empty() {
-        println!("  reason        {}", job.message);
+        let label = if job.state().is_terminal() {
+            "reason"
+        } else {
+            "now"
+        };
+        println!("  {label:<13} {}", job.message);
     }
     if let Some(m) = &job.metrics {
         println!(

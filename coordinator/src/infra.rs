@@ -102,6 +102,12 @@ impl Infra {
         }
     }
 
+    /// Whether anything was ever planned or applied here: commands that only look (`state`,
+    /// `destroy`, client commands finding a coordinator) must not create the state.
+    fn exists(&self) -> bool {
+        self.dir.join("state.redb").is_file()
+    }
+
     /// Opens the database, waiting while another command has it open.
     fn open(&self) -> Result<EmbeddedStore, CliError> {
         let deadline = Instant::now() + OPEN_TIMEOUT;
@@ -362,6 +368,13 @@ pub async fn destroy(dir: &Path, auto_approve: bool) -> Result<(), CliError> {
         .with_context(|| format!("cannot read {}", dir.display()))
         .code(CliError::BAD_INPUT)?;
     let infra = Infra::of(&dir);
+    if !infra.exists() {
+        println!(
+            "no state in {}: nothing was applied there, nothing to destroy",
+            dir.display()
+        );
+        return Ok(());
+    }
     let mut provider = LocalProvider::new();
     let guard = infra.lock("destroy")?;
     let mut state = infra.read()?;
@@ -505,27 +518,36 @@ fn describe(record: &Recorded) -> String {
     }
 }
 
-/// The URL of the coordinator `kiln apply` started for `cluster` of the configuration in
-/// `config_dir`, if the state records a running one.
-pub(crate) fn applied_coordinator(
-    config_dir: &Path,
-    cluster: &str,
-) -> Result<Option<String>, CliError> {
+/// A coordinator `kiln apply` recorded.
+pub(crate) struct AppliedCoordinator {
+    /// Its cluster.
+    pub(crate) cluster: String,
+    /// Where clients reach it.
+    pub(crate) url: String,
+    /// Why it no longer runs; `None` while it does.
+    pub(crate) gone: Option<String>,
+}
+
+/// The coordinators `kiln apply` started from the configuration in `config_dir`, each with
+/// whether it still runs; none when nothing was applied there.
+pub(crate) fn applied_coordinators(config_dir: &Path) -> Result<Vec<AppliedCoordinator>, CliError> {
     let infra = Infra::of(config_dir);
-    if !infra.dir.exists() {
-        return Ok(None);
+    if !infra.exists() {
+        return Ok(Vec::new());
     }
     let state = infra.read()?;
-    let provider = LocalProvider::new();
-    Ok(provider
+    Ok(LocalProvider::new()
         .refresh(&state.resources)
         .into_iter()
-        .find(|o| {
-            o.gone.is_none()
-                && o.recorded.address.cluster == cluster
-                && o.recorded.address.kind == ResourceKind::Coordinator
+        .filter(|o| o.recorded.address.kind == ResourceKind::Coordinator)
+        .filter_map(|o| {
+            Some(AppliedCoordinator {
+                url: o.recorded.handle.get("url")?.as_str()?.to_owned(),
+                cluster: o.recorded.address.cluster.clone(),
+                gone: o.gone,
+            })
         })
-        .and_then(|o| o.recorded.handle.get("url")?.as_str().map(str::to_owned)))
+        .collect())
 }
 
 /// `kiln state DIR`: what the state records, and whether each resource still exists.
@@ -534,7 +556,12 @@ pub fn show(dir: &Path) -> Result<(), CliError> {
         .canonicalize()
         .with_context(|| format!("cannot read {}", dir.display()))
         .code(CliError::BAD_INPUT)?;
-    let state = Infra::of(&dir).read()?;
+    let infra = Infra::of(&dir);
+    if !infra.exists() {
+        println!("no state in {}: nothing was applied there", dir.display());
+        return Ok(());
+    }
+    let state = infra.read()?;
     println!("state serial {}, lineage {}", state.serial, state.lineage);
     if state.resources.is_empty() {
         println!("no resources");

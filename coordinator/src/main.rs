@@ -21,15 +21,22 @@ struct Cli {
     command: Command,
 }
 
+/// Which coordinator a client command talks to.
 #[derive(clap::Args)]
 struct Remote {
-    /// Coordinator URL.
-    #[arg(
-        long,
-        env = "KILN_COORDINATOR",
-        default_value = cli::DEFAULT_COORDINATOR
-    )]
-    coordinator: String,
+    /// Coordinator URL. Default: the coordinator `kiln apply` started from the configuration
+    /// directory (-C), else http://127.0.0.1:7070.
+    #[arg(long, env = "KILN_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Configuration directory whose applied coordinator to use.
+    #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+}
+
+impl Remote {
+    fn url(&self) -> Result<String, CliError> {
+        cli::coordinator_url(self.coordinator.as_deref(), &self.dir, None)
+    }
 }
 
 /// Values for the configuration's `variable` blocks.
@@ -57,12 +64,20 @@ impl Vars {
 #[derive(Subcommand)]
 enum Command {
     /// Run a job end to end on the embedded default: coordinator, local workers, follow.
+    ///
+    /// Ctrl-C, SIGTERM and SIGHUP cancel the job and stop the cluster. A job an earlier `kiln
+    /// up` of the same state left unfinished (it died) is marked failed, and named.
     Up {
         /// Configuration directory (all its *.hcl files).
+        #[arg(default_value = ".")]
         dir: PathBuf,
         /// Job to run when the configuration declares several.
         #[arg(long)]
         job: Option<String>,
+        /// Resume this failed or cancelled job (an id such as quickstart-3) from its last
+        /// committed checkpoint instead of submitting a new one.
+        #[arg(long, value_name = "JOB_ID")]
+        resume: Option<String>,
         #[command(flatten)]
         vars: Vars,
     },
@@ -122,13 +137,14 @@ enum Command {
         /// Submit only this job.
         #[arg(long)]
         job: Option<String>,
-        /// Follow the job until it ends; exit 0 only if it succeeds.
-        #[arg(long)]
+        /// Follow the job until it ends; exit 0 only if it succeeds. Ctrl-C stops following
+        /// and leaves the job running.
+        #[arg(short, long)]
         follow: bool,
         #[command(flatten)]
         vars: Vars,
         /// Coordinator URL. Default: the coordinator `kiln apply` started for the job's
-        /// cluster, else http://127.0.0.1:7070.
+        /// cluster (an error if it no longer runs), else http://127.0.0.1:7070.
         #[arg(long, env = "KILN_COORDINATOR")]
         coordinator: Option<String>,
     },
@@ -139,6 +155,10 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Follow the job (its events, progress and summary) until it ends; Ctrl-C stops
+        /// following and leaves it running.
+        #[arg(short, long, conflicts_with = "json")]
+        follow: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -156,8 +176,9 @@ enum Command {
         /// Resume from this checkpoint step instead of the last one.
         #[arg(long, value_name = "STEP")]
         from: Option<u64>,
-        /// Follow the job until it ends; exit 0 only if it succeeds.
-        #[arg(long)]
+        /// Follow the job until it ends; exit 0 only if it succeeds. Ctrl-C stops following
+        /// and leaves the job running.
+        #[arg(short, long)]
         follow: bool,
         #[command(flatten)]
         remote: Remote,
@@ -221,7 +242,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
                 .unwrap_or_else(|_| "warn".into()),
@@ -243,7 +266,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up { dir, job, vars } => cli::up(&dir, job.as_deref(), &vars.options())
+            Command::Up {
+                dir,
+                job,
+                resume,
+                vars,
+            } => cli::up(&dir, job.as_deref(), &vars.options(), resume.as_deref())
                 .await
                 .map(drop),
             Command::Validate { dir, json, vars } => cli::validate(&dir, &vars.options(), json),
@@ -285,16 +313,28 @@ fn main() -> ExitCode {
             )
             .await
             .map(drop),
-            Command::Status { job, json, remote } => {
-                cli::status(&remote.coordinator, job.as_deref(), json).await
-            }
-            Command::Cancel { job, remote } => cli::cancel(&remote.coordinator, &job).await,
+            Command::Status {
+                job,
+                json,
+                follow,
+                remote,
+            } => match remote.url() {
+                Ok(url) => cli::status(&url, job.as_deref(), json, follow).await,
+                Err(e) => Err(e),
+            },
+            Command::Cancel { job, remote } => match remote.url() {
+                Ok(url) => cli::cancel(&url, &job).await,
+                Err(e) => Err(e),
+            },
             Command::Resume {
                 job,
                 from,
                 follow,
                 remote,
-            } => cli::resume(&remote.coordinator, &job, from, follow).await,
+            } => match remote.url() {
+                Ok(url) => cli::resume(&url, &job, from, follow).await,
+                Err(e) => Err(e),
+            },
             Command::Plan { dir, out, vars } => infra::plan(&dir, &vars.options(), out.as_deref()),
             Command::Apply {
                 target,
@@ -325,10 +365,24 @@ fn main() -> ExitCode {
             // Diagnostics render themselves in full; other errors get their cause chain.
             if e.error.is::<kiln_iac::Diagnostics>() {
                 eprintln!("{}", e.error);
-            } else {
-                eprintln!("error: {:#}", e.error);
+            } else if !e.is_reported() {
+                eprintln!("error: {}", cause_chain(&e.error));
             }
             ExitCode::from(e.code)
         }
     }
+}
+
+/// `error: cause: cause`, without the repeats that wrapped errors bring (a transport error
+/// whose source says the same thing again).
+fn cause_chain(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.ends_with(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
 }

@@ -107,6 +107,7 @@ impl coordinator_server::Coordinator for Service {
             .ok_or_else(|| status(ControlError::Invalid("no job spec".into())))?;
         self.control
             .submit(spec)
+            .await
             .map(|job_id| Response::new(SubmitJobResponse { job_id }))
             .map_err(status)
     }
@@ -145,6 +146,7 @@ impl coordinator_server::Coordinator for Service {
         let request = request.into_inner();
         self.control
             .resume(&request.job_id, request.from_step)
+            .await
             .map(Response::new)
             .map_err(status)
     }
@@ -156,46 +158,72 @@ impl coordinator_server::Coordinator for Service {
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = request.into_inner().job_id;
-        let (job, mut events) = self.control.watch(&id).map_err(status)?;
-        let control = self.control.clone();
+        let (replay, job, events) = self.control.watch(&id).map_err(status)?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut terminal = job.state().is_terminal();
-            if tx
-                .send(Ok(JobEvent {
-                    job: Some(job),
-                    message: String::new(),
-                }))
-                .await
-                .is_err()
-            {
+        tokio::spawn(feed(self.control.clone(), id, replay, job, events, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One watcher's feed: the job's logged events so far, the job as it is, then every change
+/// until it ends. Each logged event goes out exactly once, in order, also when the watcher
+/// falls behind the live feed (the missed ones are read back from the log).
+async fn feed(
+    control: Control,
+    id: String,
+    replay: Vec<JobEvent>,
+    job: Job,
+    mut events: broadcast::Receiver<JobEvent>,
+    tx: mpsc::Sender<Result<JobEvent, Status>>,
+) {
+    let mut seen = replay.last().map_or(0, |e| e.seq);
+    let mut terminal = job.state().is_terminal();
+    let snapshot = JobEvent {
+        job: Some(job),
+        message: String::new(),
+        seq: 0,
+        routine: false,
+    };
+    for event in replay.into_iter().chain([snapshot]) {
+        if tx.send(Ok(event)).await.is_err() {
+            return;
+        }
+    }
+    while !terminal {
+        let received = tokio::select! {
+            r = events.recv() => r,
+            () = control.stopped() => return,
+        };
+        let batch = match received {
+            Ok(event) if event.job.as_ref().is_some_and(|j| j.id == id) => {
+                if event.seq != 0 && event.seq <= seen {
+                    continue;
+                }
+                vec![event]
+            }
+            Ok(_) => continue,
+            // Too slow a reader: catch up from the log, then the job as it is now.
+            Err(broadcast::error::RecvError::Lagged(_)) => match control.events_since(&id, seen) {
+                Ok((missed, job)) => missed
+                    .into_iter()
+                    .chain([JobEvent {
+                        job: Some(job),
+                        message: String::new(),
+                        seq: 0,
+                        routine: false,
+                    }])
+                    .collect(),
+                Err(_) => return,
+            },
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        for event in batch {
+            seen = seen.max(event.seq);
+            terminal |= event.job.as_ref().is_some_and(|j| j.state().is_terminal());
+            if tx.send(Ok(event)).await.is_err() {
                 return;
             }
-            while !terminal {
-                let received = tokio::select! {
-                    r = events.recv() => r,
-                    () = control.stopped() => return,
-                };
-                let event = match received {
-                    Ok(event) if event.job.as_ref().is_some_and(|j| j.id == id) => event,
-                    Ok(_) => continue,
-                    // Too slow a reader: skip to the present rather than fail the stream.
-                    Err(broadcast::error::RecvError::Lagged(_)) => match control.job(&id) {
-                        Ok(job) => JobEvent {
-                            job: Some(job),
-                            message: String::new(),
-                        },
-                        Err(_) => return,
-                    },
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                terminal = event.job.as_ref().is_some_and(|j| j.state().is_terminal());
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
     }
 }
 
@@ -237,7 +265,15 @@ impl Server {
 
     /// The URL clients and workers connect to.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        // Bound to every interface: this host reaches it on loopback.
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{addr}")
     }
 
     /// Ends every worker stream (workers exit), then stops serving once calls drain.

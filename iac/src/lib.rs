@@ -10,6 +10,7 @@
 mod diag;
 mod expr;
 pub mod fmt;
+pub mod footprint;
 mod load;
 pub mod plan;
 pub mod provider;

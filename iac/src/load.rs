@@ -372,7 +372,12 @@ pub(crate) fn hcl_files(dir: &Path, diags: &mut Vec<Diagnostic>) -> Option<Vec<P
             Ok(entry) => {
                 let name = entry.file_name();
                 let path = dir.join(&name);
-                if path.extension().is_some_and(|ext| ext == "hcl") && path.is_file() {
+                // A broken link (dangling, a loop) is kept, so that reading it reports why.
+                let broken_link = entry.file_type().is_ok_and(|t| t.is_symlink())
+                    && std::fs::metadata(&path).is_err();
+                if path.extension().is_some_and(|ext| ext == "hcl")
+                    && (path.is_file() || broken_link)
+                {
                     names.push(name);
                 }
             }
@@ -803,6 +808,7 @@ impl<T> Get<'_, T> {
 /// A decoded `model` block, with the attributes the job-level cross-checks point at.
 struct DecodedModel<'b> {
     spec: ModelSpec,
+    block: &'b Block,
     inputs: &'b Attribute,
     classes: &'b Attribute,
 }
@@ -819,6 +825,13 @@ struct DecodedTraining<'b> {
     spec: TrainingSpec,
     workers: &'b Attribute,
     backend: Option<&'b Attribute>,
+}
+
+/// How many of `samples` stay for training after `validation_split` is taken out: the
+/// worker's split, which rounds the validation share.
+fn training_rows(samples: u64, validation_split: f64) -> u64 {
+    let validation = ((samples as f64) * validation_split).round() as u64;
+    samples - validation.min(samples)
 }
 
 /// What a `source` string names.
@@ -959,7 +972,10 @@ impl<'d> Loader<'d> {
         diags.sort_by_key(|d| (rank(&d.file), d.line, d.col));
         let has_errors = diags.iter().any(|d| d.severity == Severity::Error);
         match config {
-            Some(config) if !has_errors => Ok(config),
+            Some(config) if !has_errors => Ok(Config {
+                warnings: diags,
+                ..config
+            }),
             _ => {
                 if !has_errors {
                     diags.push(Diagnostic::file_error(
@@ -1097,6 +1113,8 @@ impl<'d> Loader<'d> {
                 .filter_map(|(name, spec)| Some((name, spec?)))
                 .collect(),
             jobs,
+            // Filled in by `finish`, from the diagnostics.
+            warnings: Vec::new(),
         })
     }
 
@@ -2215,6 +2233,11 @@ impl<'d> Loader<'d> {
                 );
             }
         }
+        if let (Some(model), Some(training), Some(cluster)) = (&model, &training, cluster_spec)
+            && !self.model_fits(src, name, model, &training.spec, cluster)
+        {
+            consistent = false;
+        }
         if let (Some(model), Some(dataset)) = (&model, &dataset) {
             if model.spec.inputs != dataset.spec.features {
                 consistent = false;
@@ -2262,6 +2285,73 @@ impl<'d> Loader<'d> {
         })
     }
 
+    /// Whether one worker can hold the model while training it: an error when a node pool's
+    /// `memory_gb` is smaller than the estimate, a warning when the local provider's workers
+    /// together need more than this machine has.
+    fn model_fits(
+        &mut self,
+        src: &SourceFile,
+        job: &str,
+        model: &DecodedModel<'_>,
+        training: &TrainingSpec,
+        cluster: &ClusterSpec,
+    ) -> bool {
+        use crate::footprint::{Footprint, PARAMETER_COPIES, grouped, human_bytes};
+        let need = Footprint::of_mlp(&model.spec, training.batch_size);
+        let detail = format!(
+            "{} parameters; each worker holds {PARAMETER_COPIES} f32 copies of them (the parameters, their gradients, Adam's two moments, the all-reduce buffer and a checkpoint snapshot) and the activations of a batch of {}.",
+            grouped(need.parameters),
+            training.batch_size
+        );
+        let smallest = cluster
+            .node_pools
+            .iter()
+            .filter_map(|p| Some((p, u64::from(p.memory_gb?) << 30)))
+            .min_by_key(|(_, bytes)| *bytes);
+        if let Some((pool, limit)) = smallest
+            && need.bytes > limit
+        {
+            self.push(
+                src.error(
+                    header_span(model.block),
+                    format!(
+                        "The model of job {job:?} needs about {} per worker; node pool {:?} has {} (`memory_gb = {}`)",
+                        human_bytes(need.bytes),
+                        pool.name,
+                        human_bytes(limit),
+                        pool.memory_gb.unwrap_or_default()
+                    ),
+                )
+                .with_detail(detail)
+                .with_hint("make the model smaller (`hidden`), or give the pool more `memory_gb`"),
+            );
+            return false;
+        }
+        let on_this_machine = match cluster.provider {
+            ProviderKind::Local => u64::from(training.workers),
+        };
+        if let Some(total) = crate::footprint::machine_memory()
+            && need.bytes.saturating_mul(on_this_machine) > total
+        {
+            let mut warning = src
+                .error(
+                    header_span(model.block),
+                    format!(
+                        "The model of job {job:?} needs about {} per worker, {} for its {on_this_machine} local worker{}: more than this machine's {}",
+                        human_bytes(need.bytes),
+                        human_bytes(need.bytes.saturating_mul(on_this_machine)),
+                        if on_this_machine == 1 { "" } else { "s" },
+                        human_bytes(total)
+                    ),
+                )
+                .with_detail(detail)
+                .with_hint("the workers will likely die for want of memory; make the model smaller (`hidden`)");
+            warning.severity = crate::Severity::Warning;
+            self.push(warning);
+        }
+        true
+    }
+
     fn model<'b>(&mut self, src: &SourceFile, block: &'b Block) -> Option<DecodedModel<'b>> {
         // The attributes depend on the kind: with an unknown kind, there is nothing to check.
         self.kind_label(src, block, &MODEL, MODEL_KINDS, "model kind")?;
@@ -2279,6 +2369,7 @@ impl<'d> Loader<'d> {
                 hidden,
                 classes,
             },
+            block,
             inputs: inputs_attr,
             classes: classes_attr,
         })
@@ -2426,7 +2517,13 @@ impl<'d> Loader<'d> {
                 let source_attr = source.as_ref()?.1;
                 let shown = self.dir.join(&path);
                 let absolute = self.resolve_path(&path);
-                let header = self.csv_header(src, &shown, &absolute, source_attr)?;
+                let header = self.csv_header(
+                    src,
+                    &shown,
+                    &absolute,
+                    source_attr,
+                    validation_split.ok_or(()),
+                )?;
                 format?;
                 let (label, label_attr) = label?;
                 if !header.contains(&label) {
@@ -2515,13 +2612,15 @@ impl<'d> Loader<'d> {
     }
 
     /// The header row of a CSV file (columns trimmed); `None` (reported at `source`) when
-    /// the file cannot be read or is empty.
+    /// the file cannot be read, is empty, or has too few rows to leave a training split after
+    /// `validation_split` (`Err` when that is unknown) is taken out.
     fn csv_header(
         &mut self,
         src: &SourceFile,
         shown: &Path,
         absolute: &Path,
         source_attr: &Attribute,
+        validation_split: Result<f64, ()>,
     ) -> Option<Vec<String>> {
         let problem = |summary: String, detail: Option<String>| {
             let mut diagnostic = src.error(value_span(source_attr), summary);
@@ -2549,7 +2648,35 @@ impl<'d> Loader<'d> {
             .from_reader(file);
         let mut record = csv::StringRecord::new();
         match reader.read_record(&mut record) {
-            Ok(true) => Some(record.iter().map(str::to_owned).collect()),
+            Ok(true) => {
+                let header = record.iter().map(str::to_owned).collect();
+                let split = validation_split.unwrap_or(0.0);
+                // Enough rows that a training split certainly remains; no need to read on.
+                let enough = (1.0 / (1.0 - split)).ceil() as u64 + 1;
+                let mut rows = 0;
+                while rows < enough && matches!(reader.read_record(&mut record), Ok(true)) {
+                    rows += 1;
+                }
+                if rows < enough && training_rows(rows, split) == 0 {
+                    let detail = match rows {
+                        0 => "It has a header and no data rows.".to_owned(),
+                        n => format!(
+                            "It has {n} data row{}; `validation_split = {split}` takes {} of them for validation.",
+                            if n == 1 { "" } else { "s" },
+                            n - training_rows(n, split)
+                        ),
+                    };
+                    self.push(
+                        problem(
+                            format!("CSV file `{}` leaves no training data", shown.display()),
+                            Some(detail),
+                        )
+                        .with_hint("add rows, or lower `validation_split`"),
+                    );
+                    return None;
+                }
+                Some(header)
+            }
             Ok(false) => {
                 let diagnostic = problem(format!("CSV file `{}` is empty", shown.display()), None)
                     .with_hint("the first line must be a header naming the columns");

@@ -15,6 +15,10 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterSpec>,
     /// Jobs by name.
     pub jobs: BTreeMap<String, JobSpec>,
+    /// What loaded but deserves a word (severity [`Severity::Warning`]), in file order.
+    ///
+    /// [`Severity::Warning`]: crate::Severity::Warning
+    pub warnings: Vec<crate::Diagnostic>,
 }
 
 /// Which provider provisions a cluster's nodes.

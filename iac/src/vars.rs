@@ -695,8 +695,8 @@ impl<'d> Loader<'d> {
         origins
     }
 
-    /// A value given as text (`--var`, environment): an HCL expression when it is a valid one
-    /// of the type, else the text as a string (always the string for `type = string`).
+    /// A value given as text (`--var`, environment): an HCL expression when it is one, else
+    /// the text as a string (always the string for `type = string`).
     fn value_from_text(&self, raw: &str, ty: &VarType) -> Value {
         if *ty == VarType::String {
             return Value::String(raw.to_owned());
@@ -709,10 +709,9 @@ impl<'d> Loader<'d> {
             let prepared = expr::prepare(&expr);
             prepared.expr.evaluate(self.functions()).ok()
         });
-        match parsed {
-            Some(value) if ty.check(&value, false).is_ok() => value,
-            _ => Value::String(raw.to_owned()),
-        }
+        // A value that parses is kept even when it has the wrong type, so that the error
+        // names what it is (`--var epochs=true` is a bool, not the string "true").
+        parsed.unwrap_or_else(|| Value::String(raw.to_owned()))
     }
 
     /// `KILN_VAR_NAME` from the explicit entries, else (when enabled) the process environment.

@@ -580,10 +580,13 @@ fn run_task(
     let store = if spec.storage_url.is_empty() {
         None
     } else {
-        Some(
-            CheckpointStore::open(&spec.storage_url, &assignment.job_id)
-                .map_err(|e| error_chain(&e))?,
-        )
+        let store = CheckpointStore::open(&spec.storage_url, &assignment.job_id)
+            .map_err(|e| error_chain(&e))?;
+        // Never write into (or delete from) a job directory another coordinator claimed.
+        runtime
+            .block_on(store.job().check_claim(&assignment.store_owner))
+            .map_err(|e| error_chain(&e))?;
+        Some(store)
     };
     let task = Task {
         job_id: assignment.job_id.clone(),

@@ -10,45 +10,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use kiln_proto::manifest::{CheckpointManifest, MANIFEST_NAME, ManifestError, ObjectEntry};
-use object_store::local::LocalFileSystem;
+use kiln_proto::manifest::{CheckpointManifest, MANIFEST_NAME, ObjectEntry};
+use kiln_proto::store::{JobStore, StoreError};
+use object_store::ObjectStore;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreScheme};
-use url::Url;
 
 /// Why a checkpoint could not be written or read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CheckpointError {
-    /// The storage URL is not one object_store understands.
-    #[error("invalid storage URL {url:?}")]
-    Url {
-        /// The URL.
-        url: String,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The object store failed.
+    /// Opening the store, reading or verifying a checkpoint, or the job's claim failed.
+    #[error(transparent)]
+    Read(#[from] StoreError),
+    /// The object store failed while writing.
     #[error("object store")]
     Store(#[from] object_store::Error),
-    /// The manifest is not valid JSON for its format.
-    #[error("manifest of step {step} is unreadable")]
+    /// The manifest could not be encoded.
+    #[error("manifest of step {step} could not be encoded")]
     Manifest {
         /// The checkpoint's step.
         step: u64,
         /// The cause.
         #[source]
         source: serde_json::Error,
-    },
-    /// An object does not match the manifest.
-    #[error("checkpoint {step} is corrupt")]
-    Corrupt {
-        /// The checkpoint's step.
-        step: u64,
-        /// Which object and how.
-        #[source]
-        source: ManifestError,
     },
     /// The manifest does not list an object the reader needs.
     #[error("checkpoint {step} has no object {name:?}")]
@@ -82,40 +66,26 @@ impl CheckpointError {
     /// The checkpoint itself is bad (corrupt, truncated, half-deleted), as opposed to the
     /// store being unreachable: an older checkpoint may still serve.
     pub fn is_unusable_checkpoint(&self) -> bool {
-        matches!(
-            self,
-            CheckpointError::Corrupt { .. }
-                | CheckpointError::Manifest { .. }
-                | CheckpointError::Missing { .. }
-                | CheckpointError::Store(object_store::Error::NotFound { .. })
-        )
+        match self {
+            CheckpointError::Read(e) => e.is_unusable_checkpoint(),
+            CheckpointError::Missing { .. } => true,
+            _ => false,
+        }
     }
 }
 
 /// The checkpoints of one job in one object store.
 #[derive(Clone)]
 pub struct CheckpointStore {
-    store: Arc<dyn ObjectStore>,
-    /// `<url path>/jobs/<job>/checkpoints`.
-    root: Path,
-    /// The same location as a URL, for messages.
-    root_url: String,
-    job_id: String,
+    job: JobStore,
 }
 
 impl CheckpointStore {
     /// Opens the checkpoints of `job_id` under the storage `url` (`file:///…`, `s3://…`).
     pub fn open(url: &str, job_id: &str) -> Result<Self, CheckpointError> {
-        let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
-        let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
-            // Retention deletes whole checkpoints: let the local store drop emptied directories.
-            Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))
-        } else {
-            let (store, _) =
-                object_store::parse_url(&parsed).map_err(|e| url_error(url, Box::new(e)))?;
-            Arc::from(store)
-        };
-        Self::with_object_store(store, url, job_id)
+        Ok(Self {
+            job: JobStore::open(url, job_id)?,
+        })
     }
 
     /// Opens the checkpoints of `job_id` in `store`, an object store for the bucket (or file
@@ -126,31 +96,23 @@ impl CheckpointStore {
         url: &str,
         job_id: &str,
     ) -> Result<Self, CheckpointError> {
-        let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
-        // The prefix as `object_store::parse_url` derives it, file URLs percent-decoded.
-        let base = if parsed.scheme() == "file" {
-            Path::from_url_path(parsed.path()).map_err(|e| url_error(url, Box::new(e)))?
-        } else {
-            ObjectStoreScheme::parse(&parsed)
-                .and_then(|(_, path)| Ok(Path::parse(path)?))
-                .map_err(|e| url_error(url, Box::new(e)))?
-        };
-        let root = base.child("jobs").child(job_id).child("checkpoints");
         Ok(Self {
-            store,
-            root,
-            root_url: format!("{}/jobs/{job_id}/checkpoints", url.trim_end_matches('/')),
-            job_id: job_id.to_owned(),
+            job: JobStore::with_object_store(store, url, job_id)?,
         })
     }
 
-    fn dir(&self, step: u64) -> Path {
-        self.root.child(step.to_string())
+    /// The job's directory: its claim and the read side of its checkpoints.
+    pub fn job(&self) -> &JobStore {
+        &self.job
+    }
+
+    fn store(&self) -> &Arc<dyn ObjectStore> {
+        self.job.object_store()
     }
 
     /// The URL of the manifest of `step`.
     pub fn manifest_url(&self, step: u64) -> String {
-        format!("{}/{step}/{MANIFEST_NAME}", self.root_url)
+        self.job.manifest_url(step)
     }
 
     /// Writes `objects` as checkpoint `step`, then its manifest (the commit). Returns the
@@ -160,21 +122,21 @@ impl CheckpointStore {
         step: u64,
         objects: Vec<(&str, Vec<u8>)>,
     ) -> Result<String, CheckpointError> {
-        let dir = self.dir(step);
+        let dir = self.job.checkpoint_dir(step);
         let mut entries = Vec::with_capacity(objects.len());
         for (name, bytes) in objects {
             entries.push(ObjectEntry::describe(name, &bytes));
-            self.store.put(&dir.child(name), bytes.into()).await?;
+            self.store().put(&dir.child(name), bytes.into()).await?;
         }
         let manifest = CheckpointManifest {
             version: CheckpointManifest::VERSION,
-            job_id: self.job_id.clone(),
+            job_id: self.job.job_id().to_owned(),
             step,
             objects: entries,
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|source| CheckpointError::Manifest { step, source })?;
-        self.store
+        self.store()
             .put(&dir.child(MANIFEST_NAME), json.into())
             .await?;
         Ok(self.manifest_url(step))
@@ -221,64 +183,23 @@ impl CheckpointStore {
 
     /// Reads checkpoint `step`, verifying every object against the manifest.
     pub async fn load(&self, step: u64) -> Result<BTreeMap<String, Vec<u8>>, CheckpointError> {
-        let dir = self.dir(step);
-        let manifest = self
-            .store
-            .get(&dir.child(MANIFEST_NAME))
-            .await?
-            .bytes()
-            .await?;
-        let manifest: CheckpointManifest = serde_json::from_slice(&manifest)
-            .map_err(|source| CheckpointError::Manifest { step, source })?;
-        let mut out = BTreeMap::new();
-        for entry in &manifest.objects {
-            let bytes = self
-                .store
-                .get(&dir.child(entry.name.as_str()))
-                .await?
-                .bytes()
-                .await?;
-            entry
-                .verify(&bytes)
-                .map_err(|source| CheckpointError::Corrupt { step, source })?;
-            out.insert(entry.name.clone(), bytes.to_vec());
-        }
-        Ok(out)
-    }
-
-    /// Steps that have a checkpoint directory, ascending, each with whether it is committed
-    /// (has a manifest).
-    async fn steps(&self) -> Result<BTreeMap<u64, bool>, CheckpointError> {
-        let mut steps = BTreeMap::new();
-        let mut listing = self.store.list(Some(&self.root));
-        while let Some(meta) = listing.try_next().await? {
-            let mut parts = meta.location.prefix_match(&self.root).into_iter().flatten();
-            let (Some(dir), Some(file)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            if let Ok(step) = dir.as_ref().parse::<u64>() {
-                let committed = steps.entry(step).or_insert(false);
-                *committed |= file.as_ref() == MANIFEST_NAME;
-            }
-        }
-        Ok(steps)
+        Ok(self.job.load(step).await?)
     }
 
     /// Committed checkpoint steps, ascending.
     pub async fn committed(&self) -> Result<Vec<u64>, CheckpointError> {
-        Ok(self
-            .steps()
-            .await?
-            .into_iter()
-            .filter_map(|(step, committed)| committed.then_some(step))
-            .collect())
+        Ok(self.job.committed().await?)
     }
 
     /// Deletes every checkpoint older than the newest `keep` committed ones, partial uploads
     /// included. The manifest goes first, so an interrupted delete leaves an uncommitted
     /// directory, never a committed one with missing objects.
     pub async fn retain(&self, keep: usize) -> Result<(), CheckpointError> {
-        let committed = self.committed().await?;
+        let steps = self.job.steps().await?;
+        let committed: Vec<u64> = steps
+            .iter()
+            .filter_map(|(step, committed)| committed.then_some(*step))
+            .collect();
         let Some(&oldest_kept) = committed
             .iter()
             .rev()
@@ -287,27 +208,20 @@ impl CheckpointStore {
         else {
             return Ok(());
         };
-        for step in self.steps().await?.into_keys().filter(|s| *s < oldest_kept) {
-            let dir = self.dir(step);
+        for step in steps.into_keys().filter(|s| *s < oldest_kept) {
+            let dir = self.job.checkpoint_dir(step);
             let mut objects: Vec<Path> = self
-                .store
+                .store()
                 .list(Some(&dir))
                 .map_ok(|m| m.location)
                 .try_collect()
                 .await?;
             objects.sort_by_key(|p| p.filename() != Some(MANIFEST_NAME));
             for object in objects {
-                self.store.delete(&object).await?;
+                self.store().delete(&object).await?;
             }
         }
         Ok(())
-    }
-}
-
-fn url_error(url: &str, source: Box<dyn std::error::Error + Send + Sync>) -> CheckpointError {
-    CheckpointError::Url {
-        url: url.to_owned(),
-        source,
     }
 }
 
@@ -347,7 +261,7 @@ mod tests {
     use super::*;
 
     fn store(dir: &tempfile::TempDir) -> CheckpointStore {
-        let url = Url::from_directory_path(dir.path()).expect("abs path");
+        let url = url::Url::from_directory_path(dir.path()).expect("abs path");
         CheckpointStore::open(url.as_str(), "job-1").expect("open")
     }
 
@@ -380,7 +294,10 @@ mod tests {
         std::fs::write(&obj, bytes).expect("write");
         let err = store.load(30).await.expect_err("corrupt");
         assert!(
-            matches!(err, CheckpointError::Corrupt { step: 30, .. }),
+            matches!(
+                err,
+                CheckpointError::Read(StoreError::Corrupt { step: 30, .. })
+            ),
             "{err}"
         );
 

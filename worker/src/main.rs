@@ -55,7 +55,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    // Logs go to files when a provider starts the worker: no colour codes there.
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
                 .unwrap_or_else(|_| "warn,kiln_worker=info".into()),

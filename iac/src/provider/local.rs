@@ -52,12 +52,13 @@ impl LocalProvider {
             node: name.clone(),
             source,
         };
+        let log_path = launch.log_dir.join(format!("{name}.log"));
         let log = std::fs::File::options()
             .create(true)
             .write(true)
             .append(again)
             .truncate(!again)
-            .open(launch.log_dir.join(format!("{name}.log")))
+            .open(&log_path)
             .map_err(spawn_err)?;
         let cpus = self.cpus.get(&name).copied().unwrap_or(1);
         let mut cmd = tokio::process::Command::from(worker_command(
@@ -77,6 +78,7 @@ impl LocalProvider {
         let node = Node {
             name,
             pid: child.id().unwrap_or_default(),
+            log: log_path,
         };
         tracing::info!(node = %node.name, pid = node.pid, "worker started");
         self.children.push((node.clone(), child));

@@ -17,6 +17,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 pub use local::LocalProvider;
+pub use process::log_tail;
 
 use crate::plan::{Change, Observed, Recorded, Resource};
 use crate::spec::{ClusterSpec, ProviderKind};
@@ -54,6 +55,8 @@ pub struct Node {
     pub name: String,
     /// Process id of its worker.
     pub pid: u32,
+    /// Where its worker's output goes.
+    pub log: PathBuf,
 }
 
 /// A node whose worker process ended.

@@ -107,7 +107,7 @@ pub(crate) fn spawn_detached(
 }
 
 /// The last `lines` lines of a log file, for error messages.
-pub(crate) fn log_tail(log: &Path, lines: usize) -> String {
+pub fn log_tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")

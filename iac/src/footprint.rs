@@ -1,0 +1,122 @@
+//! What a job's model costs a worker: its parameter count and an estimate of the memory that
+//! training it holds, so that `kiln validate` can refuse a model no node can hold instead of
+//! letting a worker die of it mid-run.
+
+use crate::spec::ModelSpec;
+
+/// Copies of the parameters a training worker holds, in f32: the parameters, their
+/// gradients, Adam's two moments, the flat all-reduce buffer and a checkpoint snapshot.
+pub const PARAMETER_COPIES: u64 = 6;
+
+/// A model's size and the memory one worker needs to train it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Trainable parameters (weights and biases).
+    pub parameters: u64,
+    /// Estimated bytes per worker: [`PARAMETER_COPIES`] f32 copies of the parameters, plus
+    /// one batch's activations and their gradients.
+    pub bytes: u64,
+}
+
+impl Footprint {
+    /// The footprint of the MLP `model` trained with `batch_size` samples per worker.
+    pub fn of_mlp(model: &ModelSpec, batch_size: u32) -> Footprint {
+        let widths: Vec<u64> = std::iter::once(model.inputs)
+            .chain(model.hidden.iter().copied())
+            .chain(std::iter::once(model.classes))
+            .map(u64::from)
+            .collect();
+        let parameters = widths
+            .windows(2)
+            .map(|w| w[0].saturating_mul(w[1]).saturating_add(w[1]))
+            .fold(0u64, u64::saturating_add);
+        let activations = u64::from(batch_size)
+            .saturating_mul(widths.iter().sum())
+            .saturating_mul(2);
+        let floats = parameters
+            .saturating_mul(PARAMETER_COPIES)
+            .saturating_add(activations);
+        Footprint {
+            parameters,
+            bytes: floats.saturating_mul(4),
+        }
+    }
+}
+
+/// `512 B`, `3.2 MiB`, `224.0 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `6,724`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// This machine's memory (`MemTotal` of `/proc/meminfo`), if it can be read.
+pub fn machine_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_weights_and_biases() {
+        let model = ModelSpec {
+            inputs: 32,
+            hidden: vec![64, 64],
+            classes: 4,
+        };
+        // 32·64+64 + 64·64+64 + 64·4+4
+        let f = Footprint::of_mlp(&model, 64);
+        assert_eq!(f.parameters, 2112 + 4160 + 260);
+        assert_eq!(
+            f.bytes,
+            4 * (6 * f.parameters + 2 * 64 * (32 + 64 + 64 + 4))
+        );
+        let huge = ModelSpec {
+            inputs: 32,
+            hidden: vec![100_000, 100_000],
+            classes: 4,
+        };
+        assert!(Footprint::of_mlp(&huge, 64).bytes > 200 << 30);
+    }
+
+    #[test]
+    fn renders_sizes_and_counts() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(grouped(6724), "6,724");
+        assert_eq!(grouped(10_000_000_004), "10,000,000,004");
+        assert_eq!(grouped(7), "7");
+    }
+}
