@@ -28,8 +28,8 @@ use anyhow::{Context, anyhow, bail, ensure};
 /// Arguments of `kiln bench allreduce`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct AllreduceArgs {
-    /// Number of ranks (worker processes) in the ring.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// Number of ranks (worker processes) in the ring, 2 to 1024.
+    #[arg(long, default_value_t = 2, value_parser = parse_ranks)]
     pub ranks: u32,
     /// Buffer sizes to measure, comma separated, with an optional B, KiB, MiB or GiB suffix;
     /// each a whole number of f32s.
@@ -240,6 +240,18 @@ fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<Ex
 enum Event {
     Line(usize, String),
     Closed(usize),
+}
+
+/// `--ranks`: a ring of one rank moves nothing, so its "bandwidth" would measure a copy.
+fn parse_ranks(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(1) => Err(
+            "one rank moves no data (its all-reduce is a local copy); measure 2 to 1024 ranks"
+                .to_owned(),
+        ),
+        Ok(n @ 2..=1024) => Ok(n),
+        _ => Err(format!("{text:?} is not a rank count from 2 to 1024")),
+    }
 }
 
 /// Runs the all-reduce benchmark with `worker_bin` (the `kiln-worker` executable) and prints
@@ -659,6 +671,10 @@ mod tests {
             .expect("explicit sizes parse");
         assert_eq!(cli.args.sizes, [4 << 10, 8 << 20]);
         assert!(Cli::try_parse_from(["kiln", "--ranks", "0"]).is_err());
+        let one = Cli::try_parse_from(["kiln", "--ranks", "1"])
+            .err()
+            .expect("one rank is refused");
+        assert!(one.to_string().contains("moves no data"), "{one}");
     }
 
     #[test]

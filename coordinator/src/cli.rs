@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
+use kiln_iac::footprint::{self, Footprint};
 use kiln_iac::provider::{LocalProvider, NodeExit, Provider, WorkerLaunch, log_tail};
 use kiln_iac::spec::{Config, JobSpec, StateSpec};
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
@@ -117,17 +118,27 @@ impl<T> RpcExt<T> for Result<T, tonic::Status> {
 /// with `json`.
 pub fn validate(dir: &Path, vars: &LoadOptions, json: bool) -> Result<(), CliError> {
     match kiln_iac::load_dir_with(dir, vars) {
-        Ok(_) if json => {
-            println!("{}", kiln_iac::Diagnostics(Vec::new()).to_json());
+        Ok(config) if json => {
+            println!("{}", kiln_iac::Diagnostics(config.warnings).to_json());
             Ok(())
         }
         Ok(config) => {
+            print_warnings(&config);
             println!(
                 "{}: valid ({} cluster(s), {} job(s))",
                 dir.display(),
                 config.clusters.len(),
                 config.jobs.len()
             );
+            for job in config.jobs.values() {
+                let need = Footprint::of_mlp(&job.model, job.training.batch_size);
+                println!(
+                    "  job {}: model mlp with {} parameters, about {} of memory per worker",
+                    job.name,
+                    footprint::grouped(need.parameters),
+                    footprint::human_bytes(need.bytes)
+                );
+            }
             Ok(())
         }
         Err(diagnostics) if json => {
@@ -138,8 +149,17 @@ pub fn validate(dir: &Path, vars: &LoadOptions, json: bool) -> Result<(), CliErr
     }
 }
 
+/// Loads the configuration in `dir`, printing its warnings on stderr.
 pub(crate) fn load(dir: &Path, vars: &LoadOptions) -> Result<Config, CliError> {
-    kiln_iac::load_dir_with(dir, vars).code(CliError::BAD_INPUT)
+    let config = kiln_iac::load_dir_with(dir, vars).code(CliError::BAD_INPUT)?;
+    print_warnings(&config);
+    Ok(config)
+}
+
+fn print_warnings(config: &Config) {
+    if !config.warnings.is_empty() {
+        eprintln!("{}", kiln_iac::Diagnostics(config.warnings.clone()));
+    }
 }
 
 /// The job to run from `config`: the one named, or the only one.
@@ -356,10 +376,20 @@ async fn run_on_cluster(
             }
         }
     };
-    match followed.rpc()? {
-        Followed::Ended(job) => finish(job),
-        Followed::Detached(job) => Ok(job),
+    let job = match followed.rpc()? {
+        Followed::Ended(job) => job,
+        Followed::Detached(job) => return Ok(job),
+    };
+    if job.state() != JobState::Succeeded {
+        // The coordinator may have seen a worker's connection close before the provider saw
+        // its process exit: give the provider a moment, so that a death is told with its cause.
+        while let Ok(exit) =
+            tokio::time::timeout(Duration::from_millis(500), provider.next_exit()).await
+        {
+            eprintln!("kiln: {exit}{}", last_words(&exit));
+        }
     }
+    finish(job)
 }
 
 /// The last lines of a dead worker's log, indented, after a line naming the file: why it died
@@ -368,16 +398,44 @@ fn last_words(exit: &NodeExit) -> String {
     if exit.status.success() {
         return String::new();
     }
-    let tail = log_tail(&exit.node.log, 5);
-    if tail.trim().is_empty() {
+    let log = log_tail(&exit.node.log, 200);
+    let lines = without_backtraces(&log);
+    let lines: Vec<String> = lines[lines.len().saturating_sub(5)..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect();
+    if lines.is_empty() {
         return String::new();
     }
-    let lines: Vec<String> = tail.lines().map(|l| format!("    {l}")).collect();
     format!(
         "; last lines of {}:\n{}",
         exit.node.log.display(),
         lines.join("\n")
     )
+}
+
+/// The lines of `log` without the stack backtraces (`RUST_BACKTRACE`) that would bury the
+/// message they follow.
+fn without_backtraces(log: &str) -> Vec<&str> {
+    let mut kept = Vec::new();
+    let mut in_trace = false;
+    for line in log.lines() {
+        if line.starts_with("stack backtrace:") {
+            in_trace = true;
+        } else if in_trace {
+            let frame = line.trim_start();
+            let part_of_it = line.starts_with(' ')
+                || frame.starts_with("note: Some details are omitted")
+                || frame.is_empty();
+            if !part_of_it {
+                in_trace = false;
+                kept.push(line);
+            }
+        } else if !line.trim().is_empty() {
+            kept.push(line);
+        }
+    }
+    kept
 }
 
 fn finish(job: Job) -> Result<Job, CliError> {
@@ -802,4 +860,25 @@ pub fn fmt(dir: &Path, check: bool) -> Result<(), CliError> {
         println!("{}", file.path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backtrace_does_not_bury_the_message_before_it() {
+        let log = "INFO registered\nmemory allocation of 160000000000 bytes failed\nstack backtrace:\n   0: std::alloc\n             at /rustc/x/alloc.rs:1\nnote: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n";
+        assert_eq!(
+            without_backtraces(log),
+            [
+                "INFO registered",
+                "memory allocation of 160000000000 bytes failed"
+            ]
+        );
+        assert_eq!(
+            without_backtraces("a\nstack backtrace:\n  0: f\nthen\n"),
+            ["a", "then"]
+        );
+    }
 }

@@ -286,3 +286,26 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::control::LeaseConfig;
+    use crate::state::EmbeddedStore;
+
+    #[tokio::test]
+    async fn a_server_on_every_interface_is_announced_on_loopback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("store");
+        let control =
+            Control::new(Arc::new(store), "token".into(), LeaseConfig::default()).expect("control");
+        let any: SocketAddr = "0.0.0.0:0".parse().expect("address");
+        let server = Server::start(control, any).await.expect("listen");
+        let url = server.url();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        assert_ne!(url, "http://127.0.0.1:0");
+        server.shutdown().await.expect("shutdown");
+    }
+}

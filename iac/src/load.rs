@@ -2502,9 +2502,24 @@ impl<'d> Loader<'d> {
                     "dataset {name:?} declares `features = {features}` at {}",
                     src.location(features_attr.span())
                 );
+                let (samples, samples_attr) = samples?;
+                if let Some(split) = validation_split
+                    && training_rows(samples, split) == 0
+                {
+                    self.push(
+                        src.error(
+                            value_span(samples_attr),
+                            format!(
+                                "`samples = {samples}` leaves no training data after `validation_split = {split}`"
+                            ),
+                        )
+                        .with_hint("raise `samples`, or lower `validation_split`"),
+                    );
+                    return None;
+                }
                 (
                     DataSource::Blobs {
-                        samples: samples?.0,
+                        samples,
                         seed: seed?,
                     },
                     features,

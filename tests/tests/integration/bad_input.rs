@@ -122,3 +122,165 @@ fn var_flag_overrides_the_default() {
         describe(&out)
     );
 }
+
+#[test]
+fn validate_reports_once_on_text_and_only_json_with_json() {
+    let job =
+        blobs_job_hcl("j", 2, 512, 1, 10).replace("cluster = \"local\"", "cluster = \"locl\"");
+    let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster_hcl(2)), ("job.hcl", &job)]);
+    let out = sandbox
+        .run(&["validate", "."], Duration::from_secs(30))
+        .expect("validate");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim_end().ends_with("\n1 error"), "{stderr}");
+    assert!(
+        !stderr.contains("error(s)"),
+        "one summary, not two: {stderr}"
+    );
+    let out = sandbox
+        .run(&["validate", ".", "--json"], Duration::from_secs(30))
+        .expect("validate --json");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(out.stderr.is_empty(), "{}", describe(&out));
+}
+
+#[test]
+fn broken_hcl_links_are_located_errors() {
+    for (name, target) in [("job.hcl", "missing.hcl"), ("loop.hcl", "loop.hcl")] {
+        let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster_hcl(2))]);
+        std::os::unix::fs::symlink(target, sandbox.path().join(name)).expect("symlink");
+        assert_rejected(
+            &sandbox,
+            &["validate", "."],
+            &[
+                "Error: Cannot read configuration file",
+                &format!("in ./{name}\n"),
+            ],
+        );
+    }
+}
+
+#[test]
+fn a_csv_with_only_a_header_is_refused_by_validate() {
+    let job = blobs_job_hcl("j", 2, 512, 1, 10)
+        .replace(
+            "source           = \"synthetic:blobs\"",
+            "source = \"file://train.csv\"\n    format = \"csv\"\n    label = \"label\"",
+        )
+        .replace("    samples          = 512\n", "")
+        .replace("    seed             = 7\n", "")
+        .replace("    features         = 16\n", "");
+    let header = (0..16).map(|i| format!("f{i},")).collect::<String>() + "label\n";
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &job),
+        ("train.csv", &header),
+    ]);
+    assert_rejected(
+        &sandbox,
+        &["validate", "."],
+        &["job.hcl:", "leaves no training data", "no data rows"],
+    );
+    // One row: the validation split (0.1 of 1, rounded) leaves it for training.
+    let row = (0..16).map(|i| format!("{i},")).collect::<String>() + "1\n";
+    std::fs::write(sandbox.path().join("train.csv"), header + &row).expect("write");
+    let out = sandbox
+        .run(&["validate", "."], Duration::from_secs(30))
+        .expect("validate");
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn a_var_of_the_wrong_type_is_named_by_its_own_type() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let sandbox = Sandbox::new();
+    assert_rejected(
+        &sandbox,
+        &[
+            "validate",
+            examples.to_str().expect("utf-8 path"),
+            "--var",
+            "epochs=true",
+        ],
+        &["got bool `true`"],
+    );
+}
+
+/// A quickstart-sized job whose MLP has `hidden` as given.
+fn wide_model(hidden: &str, memory_gb: Option<u32>) -> Sandbox {
+    let mut cluster = cluster_hcl(1);
+    if let Some(gb) = memory_gb {
+        cluster = cluster.replace("count = 1", &format!("count = 1\n    memory_gb = {gb}"));
+    }
+    let job = blobs_job_hcl("wide", 1, 512, 1, 10).replace("hidden  = [32]", hidden);
+    Sandbox::new().with_files(&[("cluster.hcl", &cluster), ("job.hcl", &job)])
+}
+
+#[test]
+fn validate_states_the_model_size_and_refuses_one_a_node_cannot_hold() {
+    let out = wide_model("hidden  = [32]", None)
+        .run(&["validate", "."], Duration::from_secs(30))
+        .expect("validate");
+    assert!(out.status.success(), "{}", describe(&out));
+    // 16·32+32 + 32·4+4
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("job wide: model mlp with 676 parameters, about"),
+        "{}",
+        describe(&out)
+    );
+    let sandbox = wide_model("hidden  = [100000, 100000]", Some(4));
+    assert_rejected(
+        &sandbox,
+        &["validate", "."],
+        &[
+            "job.hcl:3:",
+            "needs about",
+            "node pool \"cpu\" has 4.0 GiB (`memory_gb = 4`)",
+            "10,002,200,004 parameters",
+        ],
+    );
+}
+
+#[test]
+fn a_worker_that_dies_of_its_model_shows_its_last_words() {
+    // Far beyond this machine: validate warns, and the worker's allocation fails.
+    let sandbox = wide_model("hidden  = [200000, 200000]", None);
+    let out = sandbox
+        .run(&["validate", "."], Duration::from_secs(30))
+        .expect("validate");
+    assert!(out.status.success(), "a warning only: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Warning: The model of job \"wide\" needs about"),
+        "{}",
+        describe(&out)
+    );
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(120))
+        .expect("kiln up");
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("last lines of") && stderr.contains("memory allocation of"),
+        "the worker's own words: {}",
+        describe(&out)
+    );
+    sandbox.assert_no_processes(Duration::from_secs(5));
+}
+
+#[test]
+fn state_and_destroy_on_a_fresh_directory_create_nothing() {
+    let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster_hcl(1))]);
+    for args in [&["state", "."][..], &["destroy", ".", "--auto-approve"]] {
+        let out = sandbox.run(args, Duration::from_secs(30)).expect("kiln");
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("nothing was applied there"),
+            "{}",
+            describe(&out)
+        );
+    }
+    assert!(!sandbox.path().join(".kiln").exists());
+}

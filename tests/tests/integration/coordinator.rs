@@ -92,6 +92,29 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
         .expect("submit finishes");
     assert!(out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("submitted remote-1"));
+    // The workers were idle before the job came, so its generation started within SubmitJob,
+    // before --follow began to watch: the watch replays it, once, in order.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("remote-1: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"submitted"), "{}", describe(&out));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.starts_with("generation 1 started on 2 workers"))
+            .count(),
+        1,
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        events.last(),
+        Some(&"all ranks finished"),
+        "{}",
+        describe(&out)
+    );
 
     let out = sandbox
         .run(
@@ -117,7 +140,8 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
         .expect("status finishes");
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unknown job"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("error: no job no-such-job; known jobs: remote-1\n"),
         "{}",
         describe(&out)
     );
@@ -297,18 +321,93 @@ fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
             .is_empty()
     );
 
-    let _c = running.worker("c");
+    // A step that is not a committed checkpoint, or one that does not verify, is refused
+    // with the list of those that are; nothing is queued.
+    let checkpoints = sandbox.path().join(".kiln/store/jobs/chaos-1/checkpoints");
+    let mut committed: Vec<u64> = std::fs::read_dir(&checkpoints)
+        .expect("checkpoints")
+        .filter_map(|e| {
+            let dir = e.ok()?.path();
+            dir.join("manifest.json").exists().then_some(())?;
+            dir.file_name()?.to_str()?.parse().ok()
+        })
+        .collect();
+    committed.sort_unstable();
+    assert_eq!(committed.len(), 2, "keep = 2: {committed:?}");
+    let list = format!("committed checkpoints: {}, {}", committed[0], committed[1]);
+    for step in ["7", "99999999"] {
+        let out = sandbox
+            .run(
+                &["resume", "chaos-1", "--from", step, "--coordinator", url],
+                Duration::from_secs(30),
+            )
+            .expect("resume");
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("has no committed checkpoint {step}; {list}")),
+            "{}",
+            describe(&out)
+        );
+    }
+    let older = checkpoints.join(committed[0].to_string()).join("model.bin");
+    let mut bytes = std::fs::read(&older).expect("model.bin");
+    bytes[0] ^= 0xff;
+    std::fs::write(&older, bytes).expect("corrupt");
     let out = sandbox
         .run(
-            &["resume", "chaos-1", "--follow", "--coordinator", url],
+            &[
+                "resume",
+                "chaos-1",
+                "--from",
+                &committed[0].to_string(),
+                "--coordinator",
+                url,
+            ],
+            Duration::from_secs(30),
+        )
+        .expect("resume");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "checkpoint {} of job chaos-1 does not verify",
+            committed[0]
+        )),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        status(sandbox, url, "chaos-1").expect("status")["state"],
+        "failed"
+    );
+
+    let _c = running.worker("c");
+    let newest = committed[1].to_string();
+    let out = sandbox
+        .run(
+            &[
+                "resume",
+                "chaos-1",
+                "--from",
+                &newest,
+                "--follow",
+                "--coordinator",
+                url,
+            ],
             Duration::from_secs(120),
         )
         .expect("resume");
     assert!(out.status.success(), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("resumed by request from checkpoint"),
+        stdout.contains(&format!("resumed by request from checkpoint {newest}")),
         "{stdout}"
+    );
+    // What the CLI said is what ran: no worker fell back to another checkpoint.
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint"),
+        "{}",
+        describe(&out)
     );
     let done = status(sandbox, url, "chaos-1").expect("status");
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -475,4 +574,100 @@ fn elastic_a_lost_worker_not_replaced_leaves_one_that_sees_every_sample_once() {
         );
     }
     stop(coordinator);
+}
+
+#[test]
+fn a_waiting_job_says_why_its_clock_runs_and_ctrl_c_detaches() {
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &blobs_job_hcl("wait", 2, 1024, 2, 10)),
+        ("token", "s3cret\n"),
+    ]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{listen}");
+    let coordinator = coordinator(&sandbox, &listen);
+    let follower = sandbox
+        .kiln(&["submit", "job.hcl", "--follow", "--coordinator", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("submit --follow");
+    let waiting = wait_for_status(&sandbox, &url, "wait-1", "waiting", |s| {
+        s["message"] == "pending: needs 2 workers, 0 registered (0 idle)"
+            && s["elapsed_secs"].as_f64().is_some_and(|e| e >= 0.5)
+    });
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+    let out = sandbox
+        .run(
+            &["status", "wait-1", "--coordinator", &url],
+            Duration::from_secs(30),
+        )
+        .expect("status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let after: f64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("job wait-1 pending after "))
+        .and_then(|l| l.strip_suffix('s'))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", describe(&out)));
+    assert!(after >= 0.5, "an unfinished job's clock runs: {text}");
+
+    // Ctrl-C detaches: the follower exits 0 and says how to come back; the job waits on.
+    assert!(signal(follower.id(), "INT"));
+    let out = wait_with_timeout(follower, Duration::from_secs(30)).expect("follower exits");
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("wait-1: pending: needs 2 workers, 0 registered (0 idle)"),
+        "the wait was printed: {}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("detached from wait-1") && stderr.contains("kiln status -f wait-1"),
+        "{}",
+        describe(&out)
+    );
+
+    let _a = Reaped(
+        worker(&sandbox, &url, "token", "a")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("worker"),
+    );
+    wait_for_status(&sandbox, &url, "wait-1", "one worker counted", |s| {
+        s["state"] == "pending" && s["message"] == "pending: needs 2 workers, 1 registered (1 idle)"
+    });
+    let out = sandbox
+        .run(
+            &["cancel", "wait-1", "--coordinator", &url],
+            Duration::from_secs(30),
+        )
+        .expect("cancel");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        status(&sandbox, &url, "wait-1").expect("status")["state"],
+        "cancelled"
+    );
+    stop(coordinator);
+}
+
+#[test]
+fn an_unreachable_coordinator_is_named_once_with_exit_code_3() {
+    let sandbox = Sandbox::new();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let out = sandbox
+        .run(&["status", "--coordinator", &url], Duration::from_secs(30))
+        .expect("status");
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach the coordinator at {url}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("tcp connect error: tcp connect error"),
+        "no repeated causes: {stderr}"
+    );
 }

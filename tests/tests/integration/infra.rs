@@ -255,3 +255,52 @@ fn a_declined_prompt_changes_nothing() {
     let state = ok(&sandbox, &["state"]);
     assert!(state.contains("state serial 0"), "{state}");
 }
+
+#[test]
+fn client_commands_find_the_applied_coordinator_and_say_when_it_is_gone() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    // Bound on every interface: what apply records and prints is a URL a client can use.
+    let cluster = CLUSTER.replace(
+        "  state {",
+        &format!("  coordinator {{\n    listen = \"0.0.0.0:{port}\"\n  }}\n  state {{"),
+    );
+    let job = blobs_job_hcl("long", 2, 4096, 200, 1000);
+    let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster), ("job.hcl", &job)]);
+    let _cleanup = Cleanup(&sandbox);
+    let applied = ok(&sandbox, &["apply", "--auto-approve"]);
+    assert!(
+        applied.contains(&format!(
+            "cluster local: coordinator at http://127.0.0.1:{port}"
+        )),
+        "{applied}"
+    );
+    assert!(!applied.contains("http://0.0.0.0"), "{applied}");
+    wait_for_processes(&sandbox, 3);
+
+    // None of these is told where the coordinator is: each finds it through the state.
+    assert!(ok(&sandbox, &["submit", "."]).contains("submitted long-1"));
+    assert!(ok(&sandbox, &["status", "-C", "."]).contains("long-1"));
+    assert!(ok(&sandbox, &["cancel", "long-1"]).contains("long-1 cancelled"));
+    assert!(ok(&sandbox, &["resume", "long-1"]).contains("resumed by request"));
+    let status = ok(&sandbox, &["status", "long-1", "--json"]);
+    assert!(status.contains("\"id\": \"long-1\""), "{status}");
+    assert!(ok(&sandbox, &["cancel", "long-1"]).contains("long-1 cancelled"));
+
+    // The recorded coordinator dies: every client command says so, none falls back.
+    let coordinator = recorded_pid(&sandbox, "cluster.local.coordinator");
+    assert!(signal(coordinator, "KILL"));
+    wait_for_processes(&sandbox, 2);
+    for args in [&["status"][..], &["cancel", "long-1"], &["submit", "."]] {
+        let out = kiln(&sandbox, args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("is not running") && stderr.contains("run `kiln apply`"),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+}

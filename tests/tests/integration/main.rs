@@ -5,4 +5,5 @@ mod coordinator;
 mod fmt;
 mod infra;
 mod recovery;
+mod shared_store;
 mod up;

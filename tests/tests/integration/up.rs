@@ -1,7 +1,9 @@
 //! `kiln up` runs a job across real worker processes to success, leaves verifiable
 //! checkpoints, and leaves no process behind — also when interrupted.
 
-use std::time::Duration;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use kiln_proto::manifest::CheckpointManifest;
 use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe};
@@ -19,12 +21,23 @@ fn up_trains_to_accuracy_with_verified_checkpoints_and_no_leftovers() {
         ("cluster.hcl", &cluster_hcl(2)),
         ("job.hcl", &blobs_job_hcl("e2e", 2, 2048, 3, 20)),
     ]);
+    // DIR defaults to the current directory, as for every other command.
     let out = sandbox
-        .run(&["up", "."], Duration::from_secs(180))
+        .run(&["up"], Duration::from_secs(180))
         .expect("kiln up finishes");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(stdout.contains("succeeded"), "{}", describe(&out));
+    // Not on a terminal: no colour codes in what kiln prints or in the workers' logs.
+    assert!(!out.stderr.contains(&0x1b), "{}", describe(&out));
+    for log in ["cpu-0.log", "cpu-1.log"] {
+        let text = std::fs::read(sandbox.path().join(".kiln/logs").join(log)).expect("log");
+        assert!(
+            !text.contains(&0x1b),
+            "{log}: {}",
+            String::from_utf8_lossy(&text)
+        );
+    }
     let acc = val_accuracy(&stdout).unwrap_or_else(|| panic!("no accuracy in {}", describe(&out)));
     assert!(acc >= 0.9, "val accuracy {acc} < 0.9\n{}", describe(&out));
 
@@ -80,6 +93,13 @@ fn csv_dataset_trains() {
 
 #[test]
 fn interrupted_up_cancels_and_reaps_every_worker() {
+    // SIGHUP (the terminal closed) is an interrupt like Ctrl-C.
+    for signal in ["INT", "HUP"] {
+        interrupt_up(signal);
+    }
+}
+
+fn interrupt_up(signal: &str) {
     let sandbox = Sandbox::new().with_files(&[
         ("cluster.hcl", &cluster_hcl(2)),
         // Long enough that it is still training when interrupted.
@@ -102,10 +122,137 @@ fn interrupted_up_cancels_and_reaps_every_worker() {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(kiln_tests::signal(pid, "INT"));
+    assert!(kiln_tests::signal(pid, signal));
     let out = kiln_tests::wait_with_timeout(child, Duration::from_secs(30)).expect("kiln exits");
     assert!(!out.status.success(), "an interrupted job is not a success");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("cancel"), "{}", describe(&out));
+    assert!(stderr.contains("cancel"), "SIG{signal}: {}", describe(&out));
+    sandbox.assert_no_processes(Duration::from_secs(5));
+}
+
+/// A job in `dir`'s store has committed a checkpoint.
+fn has_checkpoint(dir: &Path, job: &str) -> bool {
+    std::fs::read_dir(dir.join(".kiln/store/jobs").join(job).join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|e| e.path().join("manifest.json").exists())
+}
+
+#[test]
+fn a_job_left_by_a_killed_up_is_named_marked_failed_and_resumes_on_request() {
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &blobs_job_hcl("orphan", 2, 2048, 40, 20)),
+    ]);
+    let mut child = sandbox
+        .kiln(&["up", "."])
+        // Its workers give up on their dead coordinator quickly.
+        .env("KILN_RECONNECT_TIMEOUT_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn kiln up");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !has_checkpoint(sandbox.path(), "orphan-1") {
+        assert!(Instant::now() < deadline, "no checkpoint was committed");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "kiln up ended early"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill -9 kiln up");
+    child.wait().expect("reap");
+    sandbox.assert_no_processes(Duration::from_secs(30));
+
+    let out = sandbox
+        .run(
+            &["up", ".", "--resume", "orphan-1"],
+            Duration::from_secs(180),
+        )
+        .expect("kiln up --resume");
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "job orphan-1 was left unfinished by a `kiln up` that died; it is marked failed"
+        ),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr.contains("orphan-1: resumed by request from checkpoint"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("job orphan-1 succeeded"),
+        "{}",
+        describe(&out)
+    );
+    // Nothing else is left to run: a plain `kiln up` now runs a new job at once.
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(180))
+        .expect("kiln up");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("left unfinished"),
+        "{}",
+        describe(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("job orphan-2 succeeded"));
+    sandbox.assert_no_processes(Duration::from_secs(5));
+}
+
+#[test]
+fn the_configured_listen_address_is_used_and_announced_as_a_reachable_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let cluster = cluster_hcl(1).replace(
+        "  state {",
+        &format!("  coordinator {{\n    listen = \"0.0.0.0:{port}\"\n  }}\n  state {{"),
+    );
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster),
+        ("job.hcl", &blobs_job_hcl("listen", 1, 512, 1, 100)),
+    ]);
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(180))
+        .expect("kiln up");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("coordinator on http://127.0.0.1:{port};")),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn on_a_terminal_the_bar_never_shows_0_of_0_and_checkpoints_fold_into_it() {
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &blobs_job_hcl("tty", 2, 2048, 3, 5)),
+    ]);
+    // script(1) gives kiln a pseudo-terminal and records what it draws.
+    let command = format!("{} up .", kiln_tests::bin("kiln").display());
+    let out = std::process::Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(sandbox.path())
+        .env("KILN_TEST_TAG", &sandbox.tag)
+        .env("KILN_WORKER_BIN", kiln_tests::bin("kiln-worker"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) runs kiln up");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("job tty-1 succeeded"), "{screen}");
+    assert!(!screen.contains("0/0 steps"), "{screen}");
+    // Checkpoints every 5 of 87 steps: folded into the status line, not 18 lines.
+    assert!(!screen.contains("tty-1: checkpoint"), "{screen}");
+    assert!(screen.contains("tty-1: generation 1 started"), "{screen}");
     sandbox.assert_no_processes(Duration::from_secs(5));
 }
