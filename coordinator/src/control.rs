@@ -588,12 +588,7 @@ impl Control {
 
     /// The job `id` as it is now.
     pub fn job(&self, id: &str) -> Result<Job, ControlError> {
-        let state = self.lock();
-        state
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| unknown_job(&state, id))
+        cloned_job(&self.lock(), id)
     }
 
     /// Every job, oldest first.
@@ -668,11 +663,7 @@ impl Control {
     ) -> Result<(Vec<JobEvent>, Job, broadcast::Receiver<JobEvent>), ControlError> {
         // Under the lock, the log and the subscription meet without a gap or an overlap.
         let state = self.lock();
-        let job = state
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| unknown_job(&state, id))?;
+        let job = cloned_job(&state, id)?;
         Ok((
             logged_since(&state, id, 0),
             job,
@@ -684,12 +675,7 @@ impl Control {
     /// behind the live feed.
     pub fn events_since(&self, id: &str, seq: u64) -> Result<(Vec<JobEvent>, Job), ControlError> {
         let state = self.lock();
-        let job = state
-            .jobs
-            .get(id)
-            .cloned()
-            .ok_or_else(|| unknown_job(&state, id))?;
-        Ok((logged_since(&state, id, seq), job))
+        Ok((logged_since(&state, id, seq), cloned_job(&state, id)?))
     }
 
     /// Records metrics from rank 0.
@@ -1027,6 +1013,15 @@ fn workers_needed(job: &Job) -> (usize, usize) {
         _ => want,
     };
     (want, need)
+}
+
+/// The job `id` as it is in `state`.
+fn cloned_job(state: &State, id: &str) -> Result<Job, ControlError> {
+    state
+        .jobs
+        .get(id)
+        .cloned()
+        .ok_or_else(|| unknown_job(state, id))
 }
 
 /// The error for a job id the coordinator does not know, listing those it does.

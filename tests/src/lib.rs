@@ -170,6 +170,14 @@ pub fn signal(pid: u32, signal: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Stdout and stderr of `out`, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(

@@ -1,11 +1,12 @@
 //! A standalone `kiln coordinator` with workers started by hand: submit/follow, status, and the
 //! join token check.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{Sandbox, bin, blobs_job_hcl, cluster_hcl, describe, signal, wait_with_timeout};
+use kiln_tests::{
+    Sandbox, bin, blobs_job_hcl, cluster_hcl, describe, free_port, signal, wait_with_timeout,
+};
 
 /// Kills and reaps the child when dropped, so a failing test leaves nothing behind.
 struct Reaped(Child);
@@ -25,13 +26,6 @@ fn stop(mut coordinator: Reaped) {
         assert!(Instant::now() < deadline, "coordinator ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 fn worker(sandbox: &Sandbox, url: &str, token_file: &str, name: &str) -> Command {

@@ -258,10 +258,7 @@ fn a_declined_prompt_changes_nothing() {
 
 #[test]
 fn client_commands_find_the_applied_coordinator_and_say_when_it_is_gone() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = kiln_tests::free_port();
     // Bound on every interface: what apply records and prints is a URL a client can use.
     let cluster = CLUSTER.replace(
         "  state {",

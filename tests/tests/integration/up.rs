@@ -207,10 +207,7 @@ fn a_job_left_by_a_killed_up_is_named_marked_failed_and_resumes_on_request() {
 
 #[test]
 fn the_configured_listen_address_is_used_and_announced_as_a_reachable_url() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = kiln_tests::free_port();
     let cluster = cluster_hcl(1).replace(
         "  state {",
         &format!("  coordinator {{\n    listen = \"0.0.0.0:{port}\"\n  }}\n  state {{"),
