@@ -608,7 +608,8 @@ impl Control {
     }
 
     /// Queues a failed or cancelled job again, to resume from `from_step` or its last committed
-    /// checkpoint, with its restart budget renewed. A `from_step` that is not a committed
+    /// checkpoint (the newest in the store, also when its commit was never reported), with its
+    /// restart budget renewed. A `from_step` that is not a committed
     /// checkpoint that verifies against its manifest is refused, naming those that are.
     pub async fn resume(&self, id: &str, from_step: Option<u64>) -> Result<Job, ControlError> {
         let resumable = |job: &Job| {
@@ -621,12 +622,26 @@ impl Control {
                 )))
             }
         };
-        if let Some(step) = from_step {
-            let job = self.job(id)?;
-            resumable(&job)?;
-            let url = job.spec.map(|s| s.storage_url).unwrap_or_default();
-            verify_checkpoint(&url, id, step).await?;
-        }
+        let job = self.job(id)?;
+        resumable(&job)?;
+        let url = job.spec.map(|s| s.storage_url).unwrap_or_default();
+        let from_step = match from_step {
+            Some(step) => {
+                verify_checkpoint(&url, id, step).await?;
+                Some(step)
+            }
+            // The manifest is the commit: a checkpoint committed after the last one reported
+            // (its report lost with a killed coordinator) is where the job stopped.
+            None if !url.is_empty() => {
+                let store = JobStore::open(&url, id).map_err(|source| ControlError::Storage {
+                    job: id.to_owned(),
+                    source,
+                })?;
+                let newest = store.committed().await.ok().and_then(|c| c.last().copied());
+                newest.filter(|n| job.checkpoint_step.is_none_or(|known| *n > known))
+            }
+            None => None,
+        };
         let resumed = {
             let mut state = self.lock();
             if !state.jobs.contains_key(id) {
