@@ -644,6 +644,36 @@ fn a_waiting_job_says_why_its_clock_runs_and_ctrl_c_detaches() {
         status(&sandbox, &url, "wait-1").expect("status")["state"],
         "cancelled"
     );
+    // Following again replays the job's events in order, then its summary.
+    let out = sandbox
+        .run(
+            &["status", "-f", "wait-1", "--coordinator", &url],
+            Duration::from_secs(30),
+        )
+        .expect("status -f");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled job: {}",
+        describe(&out)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let events: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("wait-1: "))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "submitted",
+            "pending: needs 2 workers, 0 registered (0 idle)",
+            "pending: needs 2 workers, 1 registered (1 idle)",
+            "cancelled by request"
+        ],
+        "{}",
+        describe(&out)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("job wait-1 cancelled after"));
     stop(coordinator);
 }
 

@@ -5,13 +5,16 @@
 //! All mutable state sits behind one mutex; every job transition is written to the
 //! [`StateStore`] before it is announced, so a restarted coordinator sees what clients saw.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod error;
+mod events;
+mod spec;
+mod storage;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kiln_proto::Message;
-use kiln_proto::ServiceError;
-use kiln_proto::store::{Claim, JobStore, StoreError};
 use kiln_proto::v1::{
     Assignment, CancelTask, CheckpointReport, Goodbye, Job, JobEvent, JobSpec, JobState,
     ProgressReport, RegisterRequest, RegisterResponse, TaskEnd, WorkerCommand,
@@ -20,6 +23,9 @@ use kiln_proto::v1::{
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use self::error::ControlError;
+use self::events::EventLogs;
+use self::spec::{validate, workers_needed};
 use crate::state::{StateError, StateStore};
 
 /// Lease timing handed to workers at registration.
@@ -36,62 +42,6 @@ impl Default for LeaseConfig {
         Self {
             heartbeat_interval: Duration::from_secs(1),
             ttl: Duration::from_secs(3),
-        }
-    }
-}
-
-/// What a control-plane call can fail with; each maps to one gRPC code.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ControlError {
-    /// The join token is wrong.
-    #[error("invalid join token")]
-    BadToken,
-    /// No such worker (it never registered, or its lease expired).
-    #[error("unknown worker {0:?}")]
-    UnknownWorker(String),
-    /// No such job.
-    #[error("no job {id}; {}", known_jobs(.known))]
-    UnknownJob {
-        /// The id asked for.
-        id: String,
-        /// The ids the coordinator knows, oldest first.
-        known: Vec<String>,
-    },
-    /// The request is malformed.
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// The coordinator is shutting down.
-    #[error("the coordinator is shutting down")]
-    ShuttingDown,
-    /// The durable state failed.
-    #[error("state store")]
-    State(#[from] StateError),
-    /// The job's object store could not be opened, read or claimed.
-    #[error("object store of job {job}")]
-    Storage {
-        /// The job (or job name) whose store it is.
-        job: String,
-        /// The cause.
-        #[source]
-        source: StoreError,
-    },
-}
-
-impl ServiceError for ControlError {
-    fn code(&self) -> tonic::Code {
-        match self {
-            ControlError::BadToken => tonic::Code::Unauthenticated,
-            ControlError::UnknownWorker(_) | ControlError::UnknownJob { .. } => {
-                tonic::Code::NotFound
-            }
-            ControlError::Invalid(_) => tonic::Code::InvalidArgument,
-            ControlError::ShuttingDown => tonic::Code::Unavailable,
-            ControlError::State(_) => tonic::Code::Internal,
-            ControlError::Storage { source, .. } if source.is_bad_url() => {
-                tonic::Code::InvalidArgument
-            }
-            ControlError::Storage { .. } => tonic::Code::Unavailable,
         }
     }
 }
@@ -134,17 +84,6 @@ struct Generation {
     done: BTreeSet<u32>,
 }
 
-/// The events of one job that carry a message, numbered from 1: what a new watcher replays.
-#[derive(Default)]
-struct EventLog {
-    last_seq: u64,
-    /// `(seq, message, routine)`.
-    events: VecDeque<(u64, String, bool)>,
-}
-
-/// Events kept per job for replay; older ones are dropped (a watcher then starts later).
-const EVENT_LOG_LEN: usize = 10_000;
-
 #[derive(Default)]
 struct State {
     workers: BTreeMap<String, Worker>,
@@ -156,7 +95,7 @@ struct State {
     held_until: BTreeMap<String, Instant>,
     next_worker: u64,
     next_job: u64,
-    logs: BTreeMap<String, EventLog>,
+    logs: EventLogs,
 }
 
 /// The coordinator's control plane. Cheap to clone.
@@ -178,7 +117,6 @@ struct Inner {
 
 const JOB_PREFIX: &str = "jobs/";
 const NEXT_JOB_KEY: &str = "meta/next_job";
-const STORE_OWNER_KEY: &str = "meta/store_owner";
 /// How many taken ids `submit` skips before it gives up on a store.
 const MAX_CLAIM_TRIES: u32 = 100_000;
 
@@ -205,7 +143,7 @@ impl Control {
             .get(NEXT_JOB_KEY)?
             .and_then(|b| String::from_utf8(b).ok()?.parse().ok())
             .unwrap_or(1);
-        let store_owner = store_owner(store.as_ref())?;
+        let store_owner = storage::store_owner(store.as_ref())?;
         let (events, _) = broadcast::channel(1024);
         let control = Self {
             inner: Arc::new(Inner {
@@ -551,10 +489,6 @@ impl Control {
 
     /// The next `<name>-<n>` whose directory in the job's store this state can claim.
     async fn claim_id(&self, spec: &JobSpec) -> Result<String, ControlError> {
-        let storage = |source| ControlError::Storage {
-            job: spec.name.clone(),
-            source,
-        };
         for _ in 0..MAX_CLAIM_TRIES {
             let id = {
                 let mut state = self.lock();
@@ -568,16 +502,8 @@ impl Control {
             if spec.storage_url.is_empty() {
                 return Ok(id);
             }
-            let store = JobStore::open(&spec.storage_url, &id).map_err(storage)?;
-            match store
-                .claim(&self.inner.store_owner)
-                .await
-                .map_err(storage)?
-            {
-                Claim::Ours => return Ok(id),
-                Claim::Taken(why) => {
-                    tracing::info!(job = %id, %why, "job id taken in the store; trying the next");
-                }
+            if storage::claim(&spec.storage_url, &id, &self.inner.store_owner).await? {
+                return Ok(id);
             }
         }
         Err(ControlError::Invalid(format!(
@@ -627,19 +553,14 @@ impl Control {
         let url = job.spec.map(|s| s.storage_url).unwrap_or_default();
         let from_step = match from_step {
             Some(step) => {
-                verify_checkpoint(&url, id, step).await?;
+                storage::verify_checkpoint(&url, id, step).await?;
                 Some(step)
             }
             // The manifest is the commit: a checkpoint committed after the last one reported
             // (its report lost with a killed coordinator) is where the job stopped.
-            None if !url.is_empty() => {
-                let store = JobStore::open(&url, id).map_err(|source| ControlError::Storage {
-                    job: id.to_owned(),
-                    source,
-                })?;
-                let newest = store.committed().await.ok().and_then(|c| c.last().copied());
-                newest.filter(|n| job.checkpoint_step.is_none_or(|known| *n > known))
-            }
+            None if !url.is_empty() => storage::newest_committed(&url, id)
+                .await?
+                .filter(|n| job.checkpoint_step.is_none_or(|known| *n > known)),
             None => None,
         };
         let resumed = {
@@ -679,18 +600,14 @@ impl Control {
         // Under the lock, the log and the subscription meet without a gap or an overlap.
         let state = self.lock();
         let job = cloned_job(&state, id)?;
-        Ok((
-            logged_since(&state, id, 0),
-            job,
-            self.inner.events.subscribe(),
-        ))
+        Ok((state.logs.since(id, 0), job, self.inner.events.subscribe()))
     }
 
     /// The job's logged events after `seq` and the job as it is now: for a watcher that fell
     /// behind the live feed.
     pub fn events_since(&self, id: &str, seq: u64) -> Result<(Vec<JobEvent>, Job), ControlError> {
         let state = self.lock();
-        Ok((logged_since(&state, id, seq), cloned_job(&state, id)?))
+        Ok((state.logs.since(id, seq), cloned_job(&state, id)?))
     }
 
     /// Records metrics from rank 0.
@@ -982,14 +899,7 @@ impl Control {
         let seq = if message.is_empty() {
             0
         } else {
-            let log = state.logs.entry(job.id.clone()).or_default();
-            log.last_seq += 1;
-            if log.events.len() == EVENT_LOG_LEN {
-                log.events.pop_front();
-            }
-            log.events
-                .push_back((log.last_seq, message.clone(), routine));
-            log.last_seq
+            state.logs.record(&job.id, &message, routine)
         };
         // No subscribers is fine: nobody is watching.
         let _ = self.inner.events.send(JobEvent {
@@ -1017,19 +927,6 @@ fn current_job<'a>(
     Ok((job.state() == JobState::Running && job.generation == generation).then_some(job))
 }
 
-/// How many workers the next generation of `job` asks for, and the fewest it may start with.
-fn workers_needed(job: &Job) -> (usize, usize) {
-    let training = job.spec.as_ref().and_then(|s| s.training);
-    let want = training.map_or(1, |t| t.workers) as usize;
-    // Elastic: a generation after a failure, whose backoff gave replacements their chance,
-    // may run with as few as `min_workers`.
-    let need = match training.map_or(0, |t| t.min_workers) as usize {
-        min if min > 0 && job.restarts > 0 => min.min(want),
-        _ => want,
-    };
-    (want, need)
-}
-
 /// The job `id` as it is in `state`.
 fn cloned_job(state: &State, id: &str) -> Result<Job, ControlError> {
     state
@@ -1049,96 +946,6 @@ fn unknown_job(state: &State, id: &str) -> ControlError {
     }
 }
 
-fn known_jobs(known: &[String]) -> String {
-    const SHOWN: usize = 20;
-    match known.len() {
-        0 => "the coordinator has no jobs".to_owned(),
-        n if n <= SHOWN => format!("known jobs: {}", known.join(", ")),
-        n => format!(
-            "known jobs: {}, and {} more (`kiln status` lists them all)",
-            known[n - SHOWN..].join(", "),
-            n - SHOWN
-        ),
-    }
-}
-
-/// The logged events of job `id` after `seq`, for replay (without the job: the caller sends
-/// the job as it is now after them).
-fn logged_since(state: &State, id: &str, seq: u64) -> Vec<JobEvent> {
-    state.logs.get(id).map_or_else(Vec::new, |log| {
-        log.events
-            .iter()
-            .filter(|(s, _, _)| *s > seq)
-            .map(|(s, message, routine)| JobEvent {
-                job: None,
-                message: message.clone(),
-                seq: *s,
-                routine: *routine,
-            })
-            .collect()
-    })
-}
-
-/// The identity of this coordinator state in object stores, created on first use.
-fn store_owner(store: &dyn StateStore) -> Result<String, ControlError> {
-    let fresh = {
-        use rand::Rng;
-        hex::encode(rand::rng().random::<[u8; 16]>())
-    };
-    // Created once; a concurrent first start keeps whichever won.
-    match store.write_if(
-        &[(STORE_OWNER_KEY, None)],
-        &[(STORE_OWNER_KEY, Some(fresh.as_bytes()))],
-    )? {
-        Ok(()) => Ok(fresh),
-        Err(existing) => Ok(String::from_utf8_lossy(&existing.unwrap_or_default()).into_owned()),
-    }
-}
-
-/// Refuses `step` unless it is a committed checkpoint of job `id` whose objects verify.
-async fn verify_checkpoint(url: &str, id: &str, step: u64) -> Result<(), ControlError> {
-    if url.is_empty() {
-        return Err(ControlError::Invalid(format!(
-            "job {id} keeps no checkpoints (its cluster has no storage)"
-        )));
-    }
-    let storage = |source| ControlError::Storage {
-        job: id.to_owned(),
-        source,
-    };
-    let store = JobStore::open(url, id).map_err(storage)?;
-    let committed = store.committed().await.map_err(storage)?;
-    let list = |steps: &[u64]| match steps {
-        [] => "it has no committed checkpoint".to_owned(),
-        steps => format!(
-            "committed checkpoints: {}",
-            steps
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    if !committed.contains(&step) {
-        return Err(ControlError::Invalid(format!(
-            "job {id} has no committed checkpoint {step}; {}",
-            list(&committed)
-        )));
-    }
-    match store.load(step).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_unusable_checkpoint() => {
-            let usable: Vec<u64> = committed.into_iter().filter(|s| *s != step).collect();
-            Err(ControlError::Invalid(format!(
-                "checkpoint {step} of job {id} does not verify ({}); other {}",
-                kiln_proto::error_chain(&e),
-                list(&usable)
-            )))
-        }
-        Err(e) => Err(storage(e)),
-    }
-}
-
 /// Where the next generation of `job` starts: `from checkpoint N` or `from the start`.
 fn resume_point(job: &Job) -> String {
     job.checkpoint_step.map_or_else(
@@ -1154,34 +961,4 @@ fn send(worker: &Worker, command: Command) {
             command: Some(command),
         }));
     }
-}
-
-/// Checks what a client-built spec must hold; the HCL loader checks the rest with locations.
-fn validate(spec: &JobSpec) -> Result<(), ControlError> {
-    let invalid = |m: &str| Err(ControlError::Invalid(m.to_owned()));
-    let (Some(model), Some(dataset), Some(training)) = (&spec.model, &spec.dataset, &spec.training)
-    else {
-        return invalid("a job needs model, dataset and training");
-    };
-    if spec.name.is_empty()
-        || !spec
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return invalid("the job name must be non-empty and use only letters, digits, '-' and '_'");
-    }
-    if training.workers == 0 || training.batch_size == 0 || training.epochs == 0 {
-        return invalid("workers, batch_size and epochs must be at least 1");
-    }
-    if training.learning_rate.is_nan() || training.learning_rate <= 0.0 {
-        return invalid("learning_rate must be positive");
-    }
-    if model.inputs == 0 || model.classes < 2 || model.inputs != dataset.features {
-        return invalid("model inputs must equal the dataset's features, and classes be >= 2");
-    }
-    if dataset.source.is_none() || !(0.0..1.0).contains(&dataset.validation_split) {
-        return invalid("the dataset needs a source and a validation_split in [0, 1)");
-    }
-    Ok(())
 }
