@@ -366,23 +366,9 @@ fn main() -> ExitCode {
             if e.error.is::<kiln_iac::Diagnostics>() {
                 eprintln!("{}", e.error);
             } else if !e.is_reported() {
-                eprintln!("error: {}", cause_chain(&e.error));
+                eprintln!("error: {}", kiln_proto::error_chain(e.error.as_ref()));
             }
             ExitCode::from(e.code)
         }
     }
-}
-
-/// `error: cause: cause`, without the repeats that wrapped errors bring (a transport error
-/// whose source says the same thing again).
-fn cause_chain(error: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if parts.last().is_some_and(|last| last.ends_with(&text)) {
-            continue;
-        }
-        parts.push(text);
-    }
-    parts.join(": ")
 }

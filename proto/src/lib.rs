@@ -32,13 +32,17 @@ pub trait ServiceError: std::error::Error {
     }
 }
 
-/// An error and all its causes on one line: `error: cause: cause…`.
+/// An error and all its causes on one line: `error: cause: cause…`. A cause that only
+/// repeats what the line already ends with (wrappers that print their source) is left out.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
+        let text = cause.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         source = cause.source();
     }
     s
@@ -63,5 +67,20 @@ impl v1::JobState {
             v1::JobState::Failed => "failed",
             v1::JobState::Cancelled => "cancelled",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Says(String, #[source] Option<Box<Says>>);
+
+    #[test]
+    fn error_chain_leaves_out_repeats() {
+        let inner = Says("refused".into(), None);
+        let echo = Says("connect: refused".into(), Some(Box::new(inner)));
+        let top = Says("cannot reach".into(), Some(Box::new(echo)));
+        assert_eq!(super::error_chain(&top), "cannot reach: connect: refused");
     }
 }
