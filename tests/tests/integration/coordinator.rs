@@ -298,7 +298,7 @@ fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
 #[test]
 fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
     let reference = crate::recovery::uninterrupted_digest();
-    let (running, coordinator, _a, b) = Running::start(0, 100);
+    let (running, coordinator, a, b) = Running::start(0, 100);
     let Running { sandbox, url, .. } = &running;
 
     drop(b); // SIGKILL; max_restarts = 0
@@ -315,6 +315,9 @@ fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
             .is_empty()
     );
 
+    // The survivor may still be committing or pruning a checkpoint of the failed generation:
+    // stop it, so that the store holds still for what follows.
+    drop(a);
     // A step that is not a committed checkpoint, or one that does not verify, is refused
     // with the list of those that are; nothing is queued.
     let checkpoints = sandbox.path().join(".kiln/store/jobs/chaos-1/checkpoints");
@@ -327,8 +330,15 @@ fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
         })
         .collect();
     committed.sort_unstable();
-    assert_eq!(committed.len(), 2, "keep = 2: {committed:?}");
-    let list = format!("committed checkpoints: {}, {}", committed[0], committed[1]);
+    assert!(committed.len() >= 2, "keep = 2: {committed:?}");
+    let list = format!(
+        "committed checkpoints: {}",
+        committed
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for step in ["7", "99999999"] {
         let out = sandbox
             .run(
@@ -375,8 +385,8 @@ fn a_job_failed_past_max_restarts_completes_after_kiln_resume() {
         "failed"
     );
 
-    let _c = running.worker("c");
-    let newest = committed[1].to_string();
+    let (_c, _d) = (running.worker("c"), running.worker("d"));
+    let newest = committed[committed.len() - 1].to_string();
     let out = sandbox
         .run(
             &[
