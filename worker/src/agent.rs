@@ -171,10 +171,10 @@ async fn register(
         };
         match client.register(request).await {
             Ok(response) => return Ok((client, response.into_inner())),
-            // Still starting (or shutting down): try again.
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
-            {
+            // Still starting, shutting down, or killed mid-call (a transport failure reads as
+            // `Unknown` or `Cancelled` as often as `Unavailable`): try again. Only a refusal
+            // is final.
+            Err(status) if !is_refusal(status.code()) && Instant::now() < deadline => {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
@@ -186,6 +186,17 @@ async fn register(
             }
         }
     }
+}
+
+/// A coordinator's answer that retrying cannot change: the token or the request is wrong.
+fn is_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unauthenticated
+            | tonic::Code::PermissionDenied
+            | tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+    )
 }
 
 /// One registration's worth of work: heartbeats and assignments until the coordinator closes
