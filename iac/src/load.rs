@@ -2809,6 +2809,17 @@ impl<'d> Loader<'d> {
                 .with_hint("set `backend = \"cuda\"`, or use `collective = \"ring\"`"),
             );
         }
+        if backend == Some(Backend::Cuda) {
+            // Declared and checked, but no worker can train on a GPU yet: say so now.
+            let mut warning = src
+                .error(
+                    backend_attr.and_then(value_span),
+                    "`backend = \"cuda\"` is not built yet: kiln-worker trains on the CPU only, so this job fails when it starts",
+                )
+                .with_hint("use `backend = \"cpu\"` (and `collective = \"ring\"`) until the CUDA backend lands");
+            warning.severity = crate::Severity::Warning;
+            self.push(warning);
+        }
 
         let spec = TrainingSpec {
             workers,

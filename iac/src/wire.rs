@@ -2,7 +2,7 @@
 
 use kiln_proto::v1;
 
-use crate::spec::{ClusterSpec, DataSource, JobSpec, OptimizerSpec};
+use crate::spec::{Backend, ClusterSpec, Collective, DataSource, JobSpec, OptimizerSpec};
 
 impl JobSpec {
     /// The job as submitted to the coordinator; `cluster` supplies the storage location.
@@ -10,8 +10,8 @@ impl JobSpec {
     /// `max_steps` travels as 0 when there is no step limit. Without an epoch limit (only
     /// `max_steps` was given), `epochs` travels as `u32::MAX`: the wire form has no "none",
     /// and the worker stops at `min(epochs × steps per epoch, max_steps)`.
-    /// Fields the wire form does not carry yet (`max_workers`, backend, collective, deploy)
-    /// are for the coordinator to read from the spec itself.
+    /// Fields the wire form does not carry yet (`max_workers`, deploy) are for the coordinator
+    /// to read from the spec itself.
     pub fn to_wire(&self, cluster: &ClusterSpec) -> v1::JobSpec {
         let OptimizerSpec::Adam { learning_rate } = self.training.optimizer;
         let source = match &self.dataset.source {
@@ -48,6 +48,16 @@ impl JobSpec {
                 learning_rate,
                 max_steps: self.training.max_steps.unwrap_or(0),
                 min_workers: self.training.min_workers,
+                backend: match self.training.backend {
+                    Backend::Cpu => "cpu",
+                    Backend::Cuda => "cuda",
+                }
+                .to_owned(),
+                collective: match self.training.collective {
+                    Collective::Ring => "ring",
+                    Collective::Nccl => "nccl",
+                }
+                .to_owned(),
             }),
             checkpoint: Some(v1::CheckpointSpec {
                 every_steps: self.checkpoint.every_steps,

@@ -549,6 +549,20 @@ impl From<&str> for TaskFailure {
     }
 }
 
+/// Fails a task that asks for what this worker cannot do, before it joins the ring: a job
+/// is never trained other than as declared.
+fn refuse_unbuilt(spec: &kiln_proto::v1::JobSpec) -> Result<(), TaskFailure> {
+    let training = spec.training.clone().unwrap_or_default();
+    let (backend, collective) = (training.backend.as_str(), training.collective.as_str());
+    if !matches!(backend, "" | "cpu") || !matches!(collective, "" | "ring") {
+        return Err(format!(
+            "this kiln-worker trains with `backend = \"cpu\"` and `collective = \"ring\"` only; the job asks for backend {backend:?} and collective {collective:?}, which are not built yet"
+        )
+        .into());
+    }
+    Ok(())
+}
+
 /// Runs one assignment on this thread.
 fn run_task(
     assignment: &Assignment,
@@ -563,6 +577,7 @@ fn run_task(
         .spec
         .clone()
         .ok_or("assignment without a job spec")?;
+    refuse_unbuilt(&spec)?;
     let peers = assignment
         .peers
         .iter()

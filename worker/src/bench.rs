@@ -416,6 +416,7 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
             learning_rate: 0.001,
             max_steps: args.steps,
             min_workers: 0,
+            ..TrainingSpec::default()
         }),
         checkpoint: Some(CheckpointSpec {
             every_steps: args.every,

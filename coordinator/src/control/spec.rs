@@ -7,7 +7,7 @@ use super::error::ControlError;
 
 /// How many workers the next generation of `job` asks for, and the fewest it may start with.
 pub(super) fn workers_needed(job: &Job) -> (usize, usize) {
-    let training = job.spec.as_ref().and_then(|s| s.training);
+    let training = job.spec.as_ref().and_then(|s| s.training.as_ref());
     let want = training.map_or(1, |t| t.workers) as usize;
     // Elastic: a generation after a failure, whose backoff gave replacements their chance,
     // may run with as few as `min_workers`.

@@ -360,6 +360,17 @@ fn messed_up_configurations_format_back_and_load_the_same() {
             write_formatted(file).expect("rewrite");
         }
         let after = load_dir(copy.path()).unwrap_or_else(|d| panic!("{d}"));
+        // Warnings point at lines and columns, which formatting rightly moves.
+        let (before, after) = (
+            kiln_iac::spec::Config {
+                warnings: Vec::new(),
+                ..before
+            },
+            kiln_iac::spec::Config {
+                warnings: Vec::new(),
+                ..after
+            },
+        );
         assert_eq!(before, after, "{}", dir.display());
     }
 }

@@ -284,3 +284,38 @@ fn state_and_destroy_on_a_fresh_directory_create_nothing() {
     }
     assert!(!sandbox.path().join(".kiln").exists());
 }
+
+#[test]
+fn a_cuda_job_is_warned_about_and_refused_never_trained_on_the_cpu() {
+    let cluster = cluster_hcl(1).replace("count = 1", "count = 1\n    gpus_per_node = 1");
+    let job = blobs_job_hcl("gpu", 1, 512, 1, 10).replace(
+        "    seed       = 42\n",
+        "    seed       = 42\n    backend    = \"cuda\"\n",
+    );
+    let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster), ("job.hcl", &job)]);
+    let out = sandbox
+        .run(&["validate", "."], Duration::from_secs(30))
+        .expect("validate");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Warning: `backend = \"cuda\"` is not built yet"),
+        "{}",
+        describe(&out)
+    );
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(120))
+        .expect("kiln up");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("job gpu-1 failed") && stdout.contains("backend \"cuda\""),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !stdout.contains("val accuracy"),
+        "nothing was trained: {stdout}"
+    );
+    sandbox.assert_no_processes(Duration::from_secs(5));
+}

@@ -65,6 +65,7 @@ fn spec(storage_url: &str) -> JobSpec {
             learning_rate: 0.01,
             max_steps: STEPS,
             min_workers: 0,
+            ..TrainingSpec::default()
         }),
         checkpoint: Some(CheckpointSpec {
             every_steps: EVERY as u32,

@@ -50,6 +50,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             learning_rate: 0.01,
             max_steps,
             min_workers: 0,
+            ..TrainingSpec::default()
         }),
         checkpoint: Some(CheckpointSpec {
             every_steps: 0,
