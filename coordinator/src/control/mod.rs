@@ -565,9 +565,6 @@ impl Control {
         };
         let resumed = {
             let mut state = self.lock();
-            if !state.jobs.contains_key(id) {
-                return Err(unknown_job(&state, id));
-            }
             let Some(job) = state.jobs.get_mut(id) else {
                 return Err(unknown_job(&state, id));
             };
@@ -718,9 +715,6 @@ impl Control {
     /// Moves a job to a terminal state and tells its other workers to stop.
     fn finish(&self, id: &str, to: JobState, message: String) -> Result<(), ControlError> {
         let mut state = self.lock();
-        if !state.jobs.contains_key(id) {
-            return Err(unknown_job(&state, id));
-        }
         let Some(job) = state.jobs.get_mut(id) else {
             return Err(unknown_job(&state, id));
         };
@@ -921,10 +915,12 @@ fn current_job<'a>(
     if !state.jobs.contains_key(id) {
         return Err(unknown_job(state, id));
     }
-    let Some(job) = state.jobs.get_mut(id) else {
-        return Err(ControlError::Invalid(format!("job {id} vanished")));
-    };
-    Ok((job.state() == JobState::Running && job.generation == generation).then_some(job))
+    // Returning the borrow keeps the miss path above (the borrow checker cannot yet see that
+    // a `get_mut` miss leaves `state` free).
+    Ok(state
+        .jobs
+        .get_mut(id)
+        .filter(|job| job.state() == JobState::Running && job.generation == generation))
 }
 
 /// The job `id` as it is in `state`.

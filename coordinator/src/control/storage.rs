@@ -85,8 +85,9 @@ pub(super) async fn claim(url: &str, id: &str, owner: &str) -> Result<bool, Cont
     }
 }
 
-/// The newest checkpoint of job `id` committed in the store at `url`, if it can be listed.
+/// The newest checkpoint of job `id` committed in the store at `url`.
 pub(super) async fn newest_committed(url: &str, id: &str) -> Result<Option<u64>, ControlError> {
     let store = JobStore::open(url, id).map_err(storage_error(id))?;
-    Ok(store.committed().await.ok().and_then(|c| c.last().copied()))
+    let committed = store.committed().await.map_err(storage_error(id))?;
+    Ok(committed.last().copied())
 }
