@@ -45,7 +45,8 @@ use hcl::edit::visit::{self, Visit};
 use hcl::edit::{Decor, Decorate, RawString, Span};
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::load::{hcl_files, syntax_error};
+use crate::load::source::hcl_files;
+use crate::load::syntax::syntax_error;
 
 /// Spaces per block level.
 const INDENT: usize = 2;

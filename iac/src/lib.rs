@@ -15,9 +15,7 @@ mod load;
 pub mod plan;
 pub mod provider;
 pub mod spec;
-mod vars;
 mod wire;
 
 pub use diag::{Diagnostic, Diagnostics, Severity};
-pub use load::{load_dir, load_dir_with, parse_duration};
-pub use vars::{ENV_PREFIX, LoadOptions, parse_var_arg};
+pub use load::{ENV_PREFIX, LoadOptions, load_dir, load_dir_with, parse_duration, parse_var_arg};

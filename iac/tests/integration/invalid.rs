@@ -98,6 +98,8 @@ single_mistake! {
     syntax_missing_equals,
     syntax_two_attributes_on_one_line,
     syntax_unclosed_block,
+    syntax_unclosed_inner_block,
+    syntax_unterminated_string,
     template_undeclared_variable,
     undeclared_variable,
     unknown_attribute,

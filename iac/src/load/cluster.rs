@@ -1,0 +1,353 @@
+//! Decoding `cluster` blocks: node pools, storage, state and the coordinator.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use hcl::edit::Span;
+use hcl::edit::structure::Block;
+
+use crate::spec::{
+    ClusterSpec, CoordinatorSpec, NodePoolSpec, ProviderKind, StateSpec, StorageSpec,
+};
+
+use super::defaults::{
+    DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_LISTEN, DEFAULT_STATE_PATH,
+    DEFAULT_STATE_PREFIX, DEFAULT_STORAGE_URL,
+};
+use super::getters::{
+    Get, check_host_port, expect_positive_duration, expect_string, non_empty_string,
+};
+use super::schema::{CLUSTER, COORDINATOR, NODE_POOL, PROVIDERS, STATE, STATE_BACKENDS, STORAGE};
+use super::scope::{Bad, Loader};
+use super::source::{SourceFile, header_span, value_span};
+
+impl<'d> Loader<'d> {
+    pub(super) fn cluster(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+        name: &str,
+    ) -> Option<ClusterSpec> {
+        let body = &block.body;
+        self.check_body(src, body, &CLUSTER);
+
+        let provider = self.get_string(src, body, "provider");
+        let provider = self
+            .required(src, block, "provider", "provider = \"local\"", provider)
+            .and_then(|(value, attr)| {
+                self.one_of(src, Get::Found(value, attr), "", PROVIDERS, "provider")
+            })
+            .map(|_| ProviderKind::Local);
+
+        let mut pools = Vec::new();
+        let mut pools_ok = true;
+        let mut pool_sites: HashMap<&str, String> = HashMap::new();
+        for pool in body.get_blocks(NODE_POOL.ident) {
+            if !self.check_labels(src, pool, &NODE_POOL) {
+                self.check_body(src, &pool.body, &NODE_POOL);
+                pools_ok = false;
+                continue;
+            }
+            let Some(label) = pool.labels.first() else {
+                continue;
+            };
+            let pool_name = label.as_str();
+            if let Some(first) = pool_sites.get(pool_name) {
+                self.push(
+                    src.error(
+                        label.span(),
+                        format!("Duplicate node pool {pool_name:?} in cluster {name:?}"),
+                    )
+                    .with_detail(format!(
+                        "The first node pool named {pool_name:?} is at {first}."
+                    )),
+                );
+                pools_ok = false;
+                continue;
+            }
+            pool_sites.insert(pool_name, src.location(label.span()));
+            match self.node_pool(src, pool, pool_name) {
+                Some(spec) => pools.push(spec),
+                None => pools_ok = false,
+            }
+        }
+        if body.get_blocks(NODE_POOL.ident).next().is_none() {
+            self.push(
+                src.error(
+                    header_span(block),
+                    format!("Cluster {name:?} has no `node_pool` block"),
+                )
+                .with_hint("add e.g. `node_pool \"default\" { count = 1 }`"),
+            );
+            pools_ok = false;
+        }
+        let total: u64 = pools.iter().map(|p| u64::from(p.count)).sum();
+        if total > u64::from(u32::MAX) {
+            self.push(src.error(
+                header_span(block),
+                format!(
+                    "Cluster {name:?} has {total} nodes; at most {} are supported",
+                    u32::MAX
+                ),
+            ));
+            pools_ok = false;
+        }
+
+        let storage = match self.at_most_one(src, body, &STORAGE, &CLUSTER) {
+            Some(storage) => self.storage(src, storage),
+            None => self
+                .resolve_url(DEFAULT_STORAGE_URL)
+                .ok()
+                .map(|url| StorageSpec { url }),
+        };
+        let state = match self.at_most_one(src, body, &STATE, &CLUSTER) {
+            Some(state) => self.state(src, state),
+            None => Some(StateSpec::Embedded {
+                path: self.resolve_path(DEFAULT_STATE_PATH),
+            }),
+        };
+        let coordinator = match self.at_most_one(src, body, &COORDINATOR, &CLUSTER) {
+            Some(coordinator) => self.coordinator(src, coordinator),
+            None => Some(CoordinatorSpec {
+                listen: DEFAULT_LISTEN,
+                advertise: None,
+                join_token_file: None,
+                heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+                lease_ttl: DEFAULT_LEASE_TTL,
+            }),
+        };
+
+        Some(ClusterSpec {
+            name: name.to_owned(),
+            provider: provider?,
+            node_pools: pools_ok.then_some(pools)?,
+            storage: storage?,
+            state: state?,
+            coordinator: coordinator?,
+        })
+    }
+
+    pub(super) fn node_pool(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+        name: &str,
+    ) -> Option<NodePoolSpec> {
+        let body = &block.body;
+        self.check_body(src, body, &NODE_POOL);
+        let count = self.get_u32(src, body, "count", 1);
+        let count = self.required(src, block, "count", "count = 1", count);
+        let cpus_per_node = self.get_u32(src, body, "cpus_per_node", 1).or(1);
+        let memory_gb = self.get_u32(src, body, "memory_gb", 1).optional();
+        let gpus_per_node = self.get_u32(src, body, "gpus_per_node", 0).or(0);
+        let gpu_type = match self.get(src, body, "gpu_type", non_empty_string) {
+            Get::Found(_, attr) if gpus_per_node == Some(0) => {
+                self.push(
+                    src.error(
+                        attr.key.span(),
+                        format!("`gpu_type` is set but node pool {name:?} has no GPUs"),
+                    )
+                    .with_hint("set `gpus_per_node` to at least 1, or remove `gpu_type`"),
+                );
+                None
+            }
+            got => got.optional(),
+        };
+        let labels = match self.get_map(src, body, "labels", "strings", expect_string) {
+            Get::Missing => Some(BTreeMap::new()),
+            Get::Invalid => None,
+            Get::Found(labels, attr) => match labels.keys().find(|k| k.trim().is_empty()) {
+                Some(_) => {
+                    self.bad_value(
+                        src,
+                        value_span(attr),
+                        "labels",
+                        Bad::Value("label names must not be empty".to_owned()),
+                    );
+                    None
+                }
+                None => Some(labels),
+            },
+        };
+        Some(NodePoolSpec {
+            name: name.to_owned(),
+            count: count?.0,
+            cpus_per_node: cpus_per_node?,
+            memory_gb: memory_gb?,
+            gpus_per_node: gpus_per_node?,
+            gpu_type: gpu_type?,
+            labels: labels?,
+        })
+    }
+
+    pub(super) fn storage(&mut self, src: &SourceFile, block: &Block) -> Option<StorageSpec> {
+        let labels_ok = self.check_labels(src, block, &STORAGE);
+        self.check_body(src, &block.body, &STORAGE);
+        let url = match self.get_string(src, &block.body, "url") {
+            Get::Missing => self.resolve_url(DEFAULT_STORAGE_URL).ok(),
+            Get::Invalid => None,
+            Get::Found(url, attr) => match self.resolve_url(&url) {
+                Ok(url) => Some(url),
+                Err((summary, hint)) => {
+                    self.push(src.error(value_span(attr), summary).with_hint(hint));
+                    None
+                }
+            },
+        };
+        labels_ok.then_some(StorageSpec { url: url? })
+    }
+
+    pub(super) fn state(&mut self, src: &SourceFile, block: &Block) -> Option<StateSpec> {
+        let labels_ok = self.check_labels(src, block, &STATE);
+        let body = &block.body;
+        self.check_body(src, body, &STATE);
+        let backend = self.get_string(src, body, "backend");
+        let backend = self.one_of(src, backend, "embedded", STATE_BACKENDS, "state backend")?;
+        let (foreign, other): (&[&str], &str) = if backend == "etcd" {
+            (&["path"], "embedded")
+        } else {
+            (&["endpoints", "prefix"], "etcd")
+        };
+        let mut ok = labels_ok;
+        for attr_name in foreign {
+            if let Some(attr) = body.get_attribute(attr_name) {
+                ok = false;
+                self.push(
+                    src.error(
+                        attr.key.span(),
+                        format!("`{attr_name}` does not apply to the `{backend}` state backend"),
+                    )
+                    .with_hint(format!(
+                        "remove it; it only applies to `backend = \"{other}\"`"
+                    )),
+                );
+            }
+        }
+        if backend == "etcd" {
+            let endpoints = self.get_list(src, body, "endpoints", "strings", |value| {
+                let endpoint = expect_string(value)?;
+                check_host_port(
+                    endpoint
+                        .strip_prefix("http://")
+                        .or_else(|| endpoint.strip_prefix("https://"))
+                        .unwrap_or(&endpoint),
+                )
+                .map_err(|why| {
+                    Bad::Value(format!(
+                        "{endpoint:?} {why}; write `HOST:PORT` or `http://HOST:PORT`"
+                    ))
+                })?;
+                Ok(endpoint)
+            });
+            let endpoints = match endpoints {
+                Get::Found(endpoints, attr) if endpoints.is_empty() => {
+                    self.bad_value(
+                        src,
+                        value_span(attr),
+                        "endpoints",
+                        Bad::Value("at least one endpoint is needed".to_owned()),
+                    );
+                    None
+                }
+                got => self
+                    .required(
+                        src,
+                        block,
+                        "endpoints",
+                        "endpoints = [\"127.0.0.1:2379\"]",
+                        got,
+                    )
+                    .map(|(endpoints, _)| endpoints),
+            };
+            let prefix = self
+                .get(src, body, "prefix", non_empty_string)
+                .or(DEFAULT_STATE_PREFIX.to_owned());
+            return ok.then_some(StateSpec::Etcd {
+                endpoints: endpoints?,
+                prefix: prefix?,
+            });
+        }
+        let path = match self.get(src, body, "path", non_empty_string) {
+            Get::Missing => Some(self.resolve_path(DEFAULT_STATE_PATH)),
+            Get::Invalid => None,
+            Get::Found(path, _) => Some(self.resolve_path(&path)),
+        };
+        ok.then_some(StateSpec::Embedded { path: path? })
+    }
+
+    pub(super) fn coordinator(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+    ) -> Option<CoordinatorSpec> {
+        let labels_ok = self.check_labels(src, block, &COORDINATOR);
+        let body = &block.body;
+        self.check_body(src, body, &COORDINATOR);
+        let listen = self
+            .get(src, body, "listen", |value| {
+                let listen = expect_string(value)?;
+                listen.parse::<SocketAddr>().map_err(|_| {
+                    Bad::Value(format!(
+                        "{listen:?} is not an IP address and port, such as \"0.0.0.0:7070\""
+                    ))
+                })
+            })
+            .or(DEFAULT_LISTEN);
+        let advertise = self
+            .get(src, body, "advertise", |value| {
+                let advertise = expect_string(value)?;
+                let (scheme, rest) = match advertise.split_once("://") {
+                    Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+                    Some((scheme, _)) => {
+                        return Err(Bad::Value(format!(
+                            "{advertise:?} has the scheme `{scheme}`; the coordinator speaks `http` or `https`"
+                        )));
+                    }
+                    None => ("http", advertise.as_str()),
+                };
+                check_host_port(rest).map_err(|why| {
+                    Bad::Value(format!(
+                        "{advertise:?} {why}; write `HOST:PORT` or `http://HOST:PORT`"
+                    ))
+                })?;
+                Ok(format!("{scheme}://{rest}"))
+            })
+            .optional();
+        let join_token_file = match self.get(src, body, "join_token_file", non_empty_string) {
+            Get::Missing => Some(None),
+            Get::Invalid => None,
+            Get::Found(path, _) => Some(Some(self.resolve_path(&path))),
+        };
+        let heartbeat_interval = self
+            .get(src, body, "heartbeat_interval", expect_positive_duration)
+            .or(DEFAULT_HEARTBEAT_INTERVAL);
+        let lease_ttl = match self.get(src, body, "lease_ttl", expect_positive_duration) {
+            Get::Found(ttl, attr) => Some((ttl, Some(attr))),
+            Get::Missing => Some((DEFAULT_LEASE_TTL, None)),
+            Get::Invalid => None,
+        };
+        let mut ok = labels_ok;
+        if let (Some(interval), Some((ttl, ttl_attr))) = (heartbeat_interval, lease_ttl)
+            && ttl <= interval
+        {
+            ok = false;
+            self.push(
+                src.error(
+                    ttl_attr.and_then(value_span).or_else(|| header_span(block)),
+                    format!(
+                        "`lease_ttl` ({ttl:?}) is not longer than `heartbeat_interval` ({interval:?})"
+                    ),
+                )
+                .with_detail("A worker whose lease is not renewed within `lease_ttl` is declared dead; with a TTL this short one late heartbeat would do it.")
+                .with_hint("make `lease_ttl` at least two or three heartbeat intervals"),
+            );
+        }
+        ok.then_some(CoordinatorSpec {
+            listen: listen?,
+            advertise: advertise?,
+            join_token_file: join_token_file?,
+            heartbeat_interval: heartbeat_interval?,
+            lease_ttl: lease_ttl?.0,
+        })
+    }
+}

@@ -1,0 +1,581 @@
+//! Decoding `job` blocks: model, training, optimizer, checkpoint, restart and deploy, and
+//! the checks across them (cluster reference, workers, backend, model memory).
+
+use std::collections::BTreeMap;
+
+use hcl::edit::Span;
+use hcl::edit::structure::{Attribute, Block};
+
+use crate::spec::{
+    Backend, CheckpointSpec, ClusterSpec, Collective, DeploySpec, GateSpec, JobSpec, ModelSpec,
+    OptimizerSpec, ProviderKind, RestartSpec, TrainingSpec,
+};
+
+use super::defaults::{
+    DEFAULT_BACKOFF, DEFAULT_EPOCHS, DEFAULT_EVERY_STEPS, DEFAULT_KEEP, DEFAULT_LEARNING_RATE,
+    DEFAULT_MAX_RESTARTS,
+};
+use super::getters::{Get, expect_duration, expect_number, expect_string};
+use super::hints::{code_list, suggest};
+use super::schema::{
+    BACKENDS, CHECKPOINT, COLLECTIVES, DATASET, DEPLOY, GATE, JOB, MAX_ALIAS_LEN, MODEL,
+    MODEL_KINDS, OPTIMIZER, OPTIMIZERS, RESTART, TRAINING,
+};
+use super::scope::{Bad, Loader};
+use super::source::{SourceFile, header_span, value_span};
+
+/// A decoded `model` block, with the attributes the job-level cross-checks point at.
+pub(super) struct DecodedModel<'b> {
+    pub(super) spec: ModelSpec,
+    pub(super) block: &'b Block,
+    pub(super) inputs: &'b Attribute,
+    pub(super) classes: &'b Attribute,
+}
+
+/// A decoded `training` block, with the attributes the job-level cross-checks point at.
+pub(super) struct DecodedTraining<'b> {
+    pub(super) spec: TrainingSpec,
+    pub(super) workers: &'b Attribute,
+    pub(super) backend: Option<&'b Attribute>,
+}
+
+impl<'d> Loader<'d> {
+    pub(super) fn job(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+        name: &str,
+        clusters: &BTreeMap<String, Option<ClusterSpec>>,
+        check_refs: bool,
+    ) -> Option<JobSpec> {
+        let body = &block.body;
+        self.check_body(src, body, &JOB);
+        // Job names travel to the coordinator and into object-store paths.
+        let name_ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            self.push(
+                src.error(
+                    block.labels.first().and_then(|l| l.span()),
+                    format!("Invalid job name {name:?}"),
+                )
+                .with_hint("a job name uses only ASCII letters, digits, `-` and `_`"),
+            );
+        }
+
+        let cluster = self.get_string(src, body, "cluster");
+        let cluster = self.required(src, block, "cluster", "cluster = \"NAME\"", cluster);
+        let mut cluster_spec = None;
+        let mut cluster_ok = cluster.is_some();
+        if let Some((cluster_name, attr)) = &cluster {
+            match clusters.get(cluster_name) {
+                Some(spec) => cluster_spec = spec.as_ref(),
+                None => {
+                    cluster_ok = false;
+                    if check_refs {
+                        let mut diagnostic = src.error(
+                            value_span(attr),
+                            format!("Unknown cluster {cluster_name:?}"),
+                        );
+                        diagnostic =
+                            match suggest(cluster_name, clusters.keys().map(String::as_str)) {
+                                Some(close) => {
+                                    diagnostic.with_hint(format!("did you mean `{close}`?"))
+                                }
+                                None if clusters.is_empty() => diagnostic
+                                    .with_detail("No cluster is declared in this directory.")
+                                    .with_hint("declare one with `cluster \"NAME\" { ... }`"),
+                                None => diagnostic.with_detail(format!(
+                                    "Declared clusters: {}.",
+                                    code_list(clusters.keys().map(String::as_str))
+                                )),
+                            };
+                        self.push(diagnostic);
+                    }
+                }
+            }
+        }
+
+        let model = self
+            .exactly_one(src, block, &MODEL, &JOB)
+            .and_then(|model| self.model(src, model));
+        let dataset = self
+            .exactly_one(src, block, &DATASET, &JOB)
+            .and_then(|dataset| self.dataset(src, dataset));
+        let training = self
+            .exactly_one(src, block, &TRAINING, &JOB)
+            .and_then(|training| self.training(src, training));
+        let checkpoint = match self.at_most_one(src, body, &CHECKPOINT, &JOB) {
+            Some(checkpoint) => self.checkpoint(src, checkpoint),
+            None => Some(CheckpointSpec {
+                every_steps: DEFAULT_EVERY_STEPS,
+                keep: DEFAULT_KEEP,
+            }),
+        };
+        let restart = match self.at_most_one(src, body, &RESTART, &JOB) {
+            Some(restart) => self.restart(src, restart),
+            None => Some(RestartSpec {
+                max_restarts: DEFAULT_MAX_RESTARTS,
+                backoff: DEFAULT_BACKOFF,
+            }),
+        };
+        let deploy = match self.at_most_one(src, body, &DEPLOY, &JOB) {
+            Some(deploy) => self.deploy(src, deploy).map(Some),
+            None => Some(None),
+        };
+
+        // Cross-checks, each reported where the fix most likely goes.
+        let mut consistent = name_ok;
+        if let (Some(training), Some(cluster)) = (&training, cluster_spec)
+            && training.spec.backend == Backend::Cuda
+            && cluster
+                .node_pools
+                .iter()
+                .all(|pool| pool.gpus_per_node == 0)
+        {
+            consistent = false;
+            let pools = cluster
+                .node_pools
+                .iter()
+                .map(|p| format!("{:?} (gpus_per_node = {})", p.name, p.gpus_per_node))
+                .collect::<Vec<_>>()
+                .join(", ");
+            self.push(
+                src.error(
+                    training.backend.and_then(value_span),
+                    format!(
+                        "Job {name:?} uses `backend = \"cuda\"` but cluster {:?} has no GPUs",
+                        cluster.name
+                    ),
+                )
+                .with_detail(format!(
+                    "Node pools of cluster {:?}: {pools}.",
+                    cluster.name
+                ))
+                .with_hint(format!(
+                    "set `gpus_per_node` on a node pool of cluster {:?}, or use `backend = \"cpu\"`",
+                    cluster.name
+                )),
+            );
+        }
+        if let (Some(training), Some(cluster)) = (&training, cluster_spec) {
+            let workers = training.workers;
+            let training = &training.spec;
+            let nodes = cluster.node_count();
+            if training.workers > nodes {
+                consistent = false;
+                let plural = |n: u32| if n == 1 { "" } else { "s" };
+                let pools = cluster
+                    .node_pools
+                    .iter()
+                    .map(|p| format!("{:?} ({} node{})", p.name, p.count, plural(p.count)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                self.push(
+                    src.error(
+                        workers.span(),
+                        format!(
+                            "Job {name:?} needs {} workers but cluster {:?} has {nodes} node{}",
+                            training.workers,
+                            cluster.name,
+                            plural(nodes)
+                        ),
+                    )
+                    .with_detail(format!(
+                        "Node pools of cluster {:?}: {pools}.\n\
+                         Each worker needs a node of its own; a job starts only when all its workers have one.",
+                        cluster.name
+                    ))
+                    .with_hint(format!(
+                        "set `workers` to at most {nodes}, or add nodes to cluster {:?}",
+                        cluster.name
+                    )),
+                );
+            }
+        }
+        if let (Some(model), Some(training), Some(cluster)) = (&model, &training, cluster_spec)
+            && !self.model_fits(src, name, model, &training.spec, cluster)
+        {
+            consistent = false;
+        }
+        if let (Some(model), Some(dataset)) = (&model, &dataset) {
+            if model.spec.inputs != dataset.spec.features {
+                consistent = false;
+                self.push(
+                    src.error(
+                        value_span(model.inputs),
+                        format!(
+                            "Model `inputs` ({}) does not match the dataset's feature count ({})",
+                            model.spec.inputs, dataset.spec.features
+                        ),
+                    )
+                    .with_detail(format!("The {}.", dataset.features_origin))
+                    .with_hint(format!("set `inputs = {}`", dataset.spec.features)),
+                );
+            }
+            if model.spec.classes != dataset.spec.classes {
+                consistent = false;
+                self.push(
+                    src.error(
+                        value_span(model.classes),
+                        format!(
+                            "Model `classes` ({}) does not match the dataset's class count ({})",
+                            model.spec.classes, dataset.spec.classes
+                        ),
+                    )
+                    .with_detail(format!("The {}.", dataset.classes_origin))
+                    .with_hint(format!("set `classes = {}`", dataset.spec.classes)),
+                );
+            }
+        }
+
+        if !(consistent && cluster_ok) {
+            return None;
+        }
+        Some(JobSpec {
+            name: name.to_owned(),
+            file: src.path.clone(),
+            cluster: cluster?.0,
+            model: model?.spec,
+            dataset: dataset?.spec,
+            training: training?.spec,
+            checkpoint: checkpoint?,
+            restart: restart?,
+            deploy: deploy?,
+        })
+    }
+
+    /// Whether one worker can hold the model while training it: an error when a node pool's
+    /// `memory_gb` is smaller than the estimate, a warning when the local provider's workers
+    /// together need more than this machine has.
+    pub(super) fn model_fits(
+        &mut self,
+        src: &SourceFile,
+        job: &str,
+        model: &DecodedModel<'_>,
+        training: &TrainingSpec,
+        cluster: &ClusterSpec,
+    ) -> bool {
+        use crate::footprint::{Footprint, PARAMETER_COPIES, grouped, human_bytes};
+        let need = Footprint::of_mlp(&model.spec, training.batch_size);
+        let detail = format!(
+            "{} parameters; each worker holds {PARAMETER_COPIES} f32 copies of them (the parameters, their gradients, Adam's two moments, the all-reduce buffer and a checkpoint snapshot) and the activations of a batch of {}.",
+            grouped(need.parameters),
+            training.batch_size
+        );
+        let smallest = cluster
+            .node_pools
+            .iter()
+            .filter_map(|p| Some((p, u64::from(p.memory_gb?) << 30)))
+            .min_by_key(|(_, bytes)| *bytes);
+        if let Some((pool, limit)) = smallest
+            && need.bytes > limit
+        {
+            self.push(
+                src.error(
+                    header_span(model.block),
+                    format!(
+                        "The model of job {job:?} needs about {} per worker; node pool {:?} has {} (`memory_gb = {}`)",
+                        human_bytes(need.bytes),
+                        pool.name,
+                        human_bytes(limit),
+                        pool.memory_gb.unwrap_or_default()
+                    ),
+                )
+                .with_detail(detail)
+                .with_hint("make the model smaller (`hidden`), or give the pool more `memory_gb`"),
+            );
+            return false;
+        }
+        let on_this_machine = match cluster.provider {
+            ProviderKind::Local => u64::from(training.workers),
+        };
+        if let Some(total) = crate::footprint::machine_memory()
+            && need.bytes.saturating_mul(on_this_machine) > total
+        {
+            let mut warning = src
+                .error(
+                    header_span(model.block),
+                    format!(
+                        "The model of job {job:?} needs about {} per worker, {} for its {on_this_machine} local worker{}: more than this machine's {}",
+                        human_bytes(need.bytes),
+                        human_bytes(need.bytes.saturating_mul(on_this_machine)),
+                        if on_this_machine == 1 { "" } else { "s" },
+                        human_bytes(total)
+                    ),
+                )
+                .with_detail(detail)
+                .with_hint("the workers will likely die for want of memory; make the model smaller (`hidden`)");
+            warning.severity = crate::Severity::Warning;
+            self.push(warning);
+        }
+        true
+    }
+
+    pub(super) fn model<'b>(
+        &mut self,
+        src: &SourceFile,
+        block: &'b Block,
+    ) -> Option<DecodedModel<'b>> {
+        // The attributes depend on the kind: with an unknown kind, there is nothing to check.
+        self.kind_label(src, block, &MODEL, MODEL_KINDS, "model kind")?;
+        let body = &block.body;
+        self.check_body(src, body, &MODEL);
+        let inputs = self.get_u32(src, body, "inputs", 1);
+        let inputs = self.required(src, block, "inputs", "inputs = 32", inputs);
+        let hidden = self.get_u32_list(src, body, "hidden", 1).or(Vec::new());
+        let classes = self.get_u32(src, body, "classes", 2);
+        let classes = self.required(src, block, "classes", "classes = 2", classes);
+        let ((inputs, inputs_attr), hidden, (classes, classes_attr)) = (inputs?, hidden?, classes?);
+        Some(DecodedModel {
+            spec: ModelSpec {
+                inputs,
+                hidden,
+                classes,
+            },
+            block,
+            inputs: inputs_attr,
+            classes: classes_attr,
+        })
+    }
+
+    pub(super) fn training<'b>(
+        &mut self,
+        src: &SourceFile,
+        block: &'b Block,
+    ) -> Option<DecodedTraining<'b>> {
+        let labels_ok = self.check_labels(src, block, &TRAINING);
+        let body = &block.body;
+        self.check_body(src, body, &TRAINING);
+        let workers = self.get_u32(src, body, "workers", 1);
+        let workers = self.required(src, block, "workers", "workers = 1", workers);
+        let min_workers = self.get_u32(src, body, "min_workers", 1);
+        let max_workers = self.get_u32(src, body, "max_workers", 1);
+        let batch_size = self.get_u32(src, body, "batch_size", 1);
+        let batch_size = self.required(src, block, "batch_size", "batch_size = 32", batch_size);
+        let epochs = self.get_u32(src, body, "epochs", 1);
+        let max_steps = self.get_u64(src, body, "max_steps", 1);
+        let seed = self.get_u64(src, body, "seed", 0).or(0);
+        let backend_attr = body.get_attribute("backend");
+        let backend = self.get_string(src, body, "backend");
+        let backend = self
+            .one_of(src, backend, "cpu", BACKENDS, "backend")
+            .map(|b| {
+                if b == "cuda" {
+                    Backend::Cuda
+                } else {
+                    Backend::Cpu
+                }
+            });
+        let collective_attr = body.get_attribute("collective");
+        let collective = self.get_string(src, body, "collective");
+        let collective = self
+            .one_of(src, collective, "ring", COLLECTIVES, "collective")
+            .map(|c| {
+                if c == "nccl" {
+                    Collective::Nccl
+                } else {
+                    Collective::Ring
+                }
+            });
+        let optimizer = match self.at_most_one(src, body, &OPTIMIZER, &TRAINING) {
+            Some(optimizer) => self.optimizer(src, optimizer),
+            None => Some(OptimizerSpec::Adam {
+                learning_rate: DEFAULT_LEARNING_RATE,
+            }),
+        };
+
+        // Stop at whichever of `epochs` and `max_steps` comes first; neither: one epoch.
+        let (epochs, max_steps) = match (epochs, max_steps) {
+            (Get::Invalid, _) | (_, Get::Invalid) => (None, None),
+            (Get::Missing, Get::Missing) => (Some(Some(DEFAULT_EPOCHS)), Some(None)),
+            (epochs, max_steps) => (epochs.optional(), max_steps.optional()),
+        };
+
+        let mut ok = labels_ok;
+        let (workers, workers_attr) = workers?;
+        let min = match min_workers {
+            Get::Found(n, attr) => Some((n, Some(attr))),
+            Get::Missing => Some((workers, None)),
+            Get::Invalid => None,
+        };
+        let max = match max_workers {
+            Get::Found(n, attr) => Some((n, Some(attr))),
+            Get::Missing => Some((workers, None)),
+            Get::Invalid => None,
+        };
+        if let (Some((min, min_attr)), Some((max, max_attr))) = (min, max) {
+            let problem = match (min_attr, max_attr) {
+                (Some(min_attr), Some(_)) if min > max => Some((
+                    value_span(min_attr),
+                    format!("`min_workers` ({min}) is greater than `max_workers` ({max})"),
+                    "lower `min_workers` or raise `max_workers`".to_owned(),
+                )),
+                _ if workers < min => Some((
+                    value_span(workers_attr),
+                    format!("`workers` ({workers}) is below `min_workers` ({min})"),
+                    format!("set `workers` to at least {min}, or lower `min_workers`"),
+                )),
+                _ if workers > max => Some((
+                    value_span(workers_attr),
+                    format!("`workers` ({workers}) is above `max_workers` ({max})"),
+                    format!("set `workers` to at most {max}, or raise `max_workers`"),
+                )),
+                _ => None,
+            };
+            if let Some((span, summary, hint)) = problem {
+                ok = false;
+                self.push(
+                    src.error(span, summary)
+                        .with_detail("A job starts with `workers` ranks and may run with any number from `min_workers` to `max_workers` (both default to `workers`).")
+                        .with_hint(hint),
+                );
+            }
+        }
+        if collective == Some(Collective::Nccl) && backend == Some(Backend::Cpu) {
+            ok = false;
+            self.push(
+                src.error(
+                    collective_attr.and_then(value_span),
+                    "`collective = \"nccl\"` needs `backend = \"cuda\"`",
+                )
+                .with_detail("NCCL all-reduces GPU memory; the CPU backend uses the ring.")
+                .with_hint("set `backend = \"cuda\"`, or use `collective = \"ring\"`"),
+            );
+        }
+        if backend == Some(Backend::Cuda) {
+            // Declared and checked, but no worker can train on a GPU yet: say so now.
+            let mut warning = src
+                .error(
+                    backend_attr.and_then(value_span),
+                    "`backend = \"cuda\"` is not built yet: kiln-worker trains on the CPU only, so this job fails when it starts",
+                )
+                .with_hint("use `backend = \"cpu\"` (and `collective = \"ring\"`) until the CUDA backend lands");
+            warning.severity = crate::Severity::Warning;
+            self.push(warning);
+        }
+
+        let spec = TrainingSpec {
+            workers,
+            min_workers: min?.0,
+            max_workers: max?.0,
+            batch_size: batch_size?.0,
+            epochs: epochs?,
+            max_steps: max_steps?,
+            seed: seed?,
+            backend: backend?,
+            collective: collective?,
+            optimizer: optimizer?,
+        };
+        ok.then_some(DecodedTraining {
+            spec,
+            workers: workers_attr,
+            backend: backend_attr,
+        })
+    }
+
+    pub(super) fn optimizer(&mut self, src: &SourceFile, block: &Block) -> Option<OptimizerSpec> {
+        self.kind_label(src, block, &OPTIMIZER, OPTIMIZERS, "optimizer")?;
+        let body = &block.body;
+        self.check_body(src, body, &OPTIMIZER);
+        let learning_rate = self
+            .get(src, body, "learning_rate", |value| {
+                let rate = expect_number(value)?;
+                if rate > 0.0 {
+                    Ok(rate)
+                } else {
+                    Err(Bad::Value(format!("must be greater than 0, got {rate}")))
+                }
+            })
+            .or(DEFAULT_LEARNING_RATE)?;
+        Some(OptimizerSpec::Adam { learning_rate })
+    }
+
+    pub(super) fn checkpoint(&mut self, src: &SourceFile, block: &Block) -> Option<CheckpointSpec> {
+        let labels_ok = self.check_labels(src, block, &CHECKPOINT);
+        let body = &block.body;
+        self.check_body(src, body, &CHECKPOINT);
+        let every_steps = self
+            .get_u32(src, body, "every_steps", 1)
+            .or(DEFAULT_EVERY_STEPS);
+        let keep = self.get_u32(src, body, "keep", 1).or(DEFAULT_KEEP);
+        labels_ok.then_some(CheckpointSpec {
+            every_steps: every_steps?,
+            keep: keep?,
+        })
+    }
+
+    pub(super) fn restart(&mut self, src: &SourceFile, block: &Block) -> Option<RestartSpec> {
+        let labels_ok = self.check_labels(src, block, &RESTART);
+        let body = &block.body;
+        self.check_body(src, body, &RESTART);
+        let max_restarts = self
+            .get_u32(src, body, "max_restarts", 0)
+            .or(DEFAULT_MAX_RESTARTS);
+        let backoff = self
+            .get(src, body, "backoff", expect_duration)
+            .or(DEFAULT_BACKOFF);
+        labels_ok.then_some(RestartSpec {
+            max_restarts: max_restarts?,
+            backoff: backoff?,
+        })
+    }
+
+    pub(super) fn deploy(&mut self, src: &SourceFile, block: &Block) -> Option<DeploySpec> {
+        let labels_ok = self.check_labels(src, block, &DEPLOY);
+        let body = &block.body;
+        self.check_body(src, body, &DEPLOY);
+        let alias = self.get(src, body, "alias", |value| {
+            let alias = expect_string(value)?;
+            let valid = alias.len() <= MAX_ALIAS_LEN
+                && alias.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && alias
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if valid {
+                Ok(alias)
+            } else {
+                Err(Bad::Value(format!(
+                    "{alias:?} is not an alias: use ASCII letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most {MAX_ALIAS_LEN} characters"
+                )))
+            }
+        });
+        let alias = self.required(src, block, "alias", "alias = \"production\"", alias);
+        let gate = match self.at_most_one(src, body, &GATE, &DEPLOY) {
+            Some(gate) => self.gate(src, gate).map(Some),
+            None => Some(None),
+        };
+        labels_ok.then_some(DeploySpec {
+            alias: alias?.0,
+            gate: gate?,
+        })
+    }
+
+    pub(super) fn gate(&mut self, src: &SourceFile, block: &Block) -> Option<GateSpec> {
+        let labels_ok = self.check_labels(src, block, &GATE);
+        let body = &block.body;
+        self.check_body(src, body, &GATE);
+        let accuracy = self.get(src, body, "min_val_accuracy", |value| {
+            let accuracy = expect_number(value)?;
+            if (0.0..=1.0).contains(&accuracy) {
+                Ok(accuracy)
+            } else {
+                Err(Bad::Value(format!(
+                    "must be between 0 and 1, got {accuracy}"
+                )))
+            }
+        });
+        let accuracy = self.required(
+            src,
+            block,
+            "min_val_accuracy",
+            "min_val_accuracy = 0.9",
+            accuracy,
+        );
+        labels_ok.then_some(GateSpec {
+            min_val_accuracy: accuracy?.0,
+        })
+    }
+}
