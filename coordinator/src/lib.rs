@@ -1,15 +1,13 @@
 //! kiln coordinator: the control plane ([`control`]: worker registry and leases, gang
 //! scheduling, rendezvous, job lifecycle, event feed), its gRPC face ([`service`]), durable
-//! state ([`state`]), the `kiln` CLI commands ([`cli`]) and declared infrastructure
-//! (`kiln plan / apply / destroy`, [`infra`]).
+//! state ([`state`]) and the `kiln` CLI commands ([`cli`], declared infrastructure and the
+//! benchmark drivers among them).
 //!
 //! The coordinator never links Burn: it schedules and observes training, workers do it.
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod cli;
 pub mod control;
 mod follow;
-pub mod infra;
 pub mod service;
 pub mod state;

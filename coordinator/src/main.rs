@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kiln_coordinator::cli::{self, CliError};
+use kiln_coordinator::cli::{bench, infra};
 use kiln_coordinator::control::LeaseConfig;
-use kiln_coordinator::{bench, infra};
 
 #[derive(Parser)]
 #[command(
@@ -343,32 +343,22 @@ fn main() -> ExitCode {
             } => infra::apply(&target, &vars.options(), auto_approve).await,
             Command::Destroy { dir, auto_approve } => infra::destroy(&dir, auto_approve).await,
             Command::State { dir } => infra::show(&dir),
-            Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary().and_then(|bin| {
-                bench::allreduce(&args, &bin).map_err(|error| CliError {
-                    code: CliError::INFRA,
-                    error,
-                })
-            }),
-            Command::Bench(BenchCommand::Checkpoint(args)) => {
-                cli::worker_binary().and_then(|bin| {
-                    bench::checkpoint(&args, &bin).map_err(|error| CliError {
-                        code: CliError::INFRA,
-                        error,
-                    })
-                })
-            }
+            Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary()
+                .and_then(|bin| bench::allreduce(&args, &bin).map_err(CliError::infra)),
+            Command::Bench(BenchCommand::Checkpoint(args)) => cli::worker_binary()
+                .and_then(|bin| bench::checkpoint(&args, &bin).map_err(CliError::infra)),
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Diagnostics render themselves in full; other errors get their cause chain.
-            if e.error.is::<kiln_iac::Diagnostics>() {
-                eprintln!("{}", e.error);
-            } else if !e.is_reported() {
-                eprintln!("error: {}", kiln_proto::error_chain(e.error.as_ref()));
+            match e.error() {
+                Some(error) if error.is::<kiln_iac::Diagnostics>() => eprintln!("{error}"),
+                Some(_) => eprintln!("error: {e}"),
+                None => {}
             }
-            ExitCode::from(e.code)
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -7,6 +7,7 @@
 //! worker own the logic.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod manifest;
 pub mod store;
 

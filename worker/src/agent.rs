@@ -25,7 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::checkpoint::CheckpointStore;
-use crate::collective::{AbortHandle, RingCollective};
+use crate::collective::AbortHandle;
+use crate::collective::ring::RingCollective;
 use crate::train::{self, Observer, Task};
 
 /// The CPU training backend.

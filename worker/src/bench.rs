@@ -18,6 +18,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail, ensure};
+use kiln_proto::bench::{CheckpointBenchResult, RunKind, RunResult, SizeResult};
 use kiln_proto::v1::{
     BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, ModelSpec, TrainingSpec,
     dataset_spec::Source,
@@ -25,7 +26,8 @@ use kiln_proto::v1::{
 
 use crate::agent::CpuBackend;
 use crate::checkpoint::CheckpointStore;
-use crate::collective::{Collective, RingCollective, RingOptions};
+use crate::collective::Collective;
+use crate::collective::ring::{RingCollective, RingOptions};
 use crate::train::{self, CheckpointMode, Observer, Task};
 
 /// Arguments of `kiln-worker bench-allreduce`.
@@ -61,17 +63,6 @@ pub struct AllreduceBenchArgs {
     /// How long to retry the sockets before sleeping, in microseconds (default: the ring's).
     #[arg(long)]
     pub spin_us: Option<u64>,
-}
-
-/// What rank 0 prints for one size: one JSON object per line.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SizeResult {
-    /// Buffer size in bytes.
-    pub size_bytes: usize,
-    /// Number of ranks.
-    pub ranks: usize,
-    /// Wall time of each timed iteration on rank 0, in seconds.
-    pub times_s: Vec<f64>,
 }
 
 /// Runs one rank of the all-reduce benchmark; see the [module documentation](self).
@@ -152,7 +143,7 @@ pub fn run_allreduce_rank(args: AllreduceBenchArgs) -> anyhow::Result<()> {
             .with_context(|| format!("all-reduce of {size} bytes"))?;
         if args.rank == 0 {
             let result = SizeResult {
-                size_bytes: size,
+                size_bytes: size as u64,
                 ranks: args.world_size,
                 times_s: times,
             };
@@ -229,51 +220,6 @@ pub struct CheckpointBenchArgs {
     /// directory, removed at the end).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-}
-
-/// Which checkpointing a benchmark run uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunKind {
-    /// No checkpoints.
-    None,
-    /// Checkpoints uploaded in the background ([`CheckpointMode::Background`]).
-    Async,
-    /// Checkpoints saved at the step boundary ([`CheckpointMode::Blocking`]).
-    Sync,
-}
-
-/// One training run of the checkpoint benchmark.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct RunResult {
-    /// How it checkpointed.
-    pub kind: RunKind,
-    /// Which round of runs it belongs to (one run of each kind per round).
-    pub repeat: u32,
-    /// Samples per second of the training loop (the wait for the final checkpoint's commit
-    /// after the last step is in that checkpoint's stall, not here).
-    pub samples_per_sec: f64,
-    /// How long each checkpoint held the training loop up, in seconds.
-    pub stalls_s: Vec<f64>,
-    /// Checkpoints that came due while the previous one was still uploading.
-    pub checkpoint_waits: u32,
-}
-
-/// What `kiln-worker bench-checkpoint` prints: one JSON object on one line.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct CheckpointBenchResult {
-    /// Model parameters.
-    pub params: u64,
-    /// Bytes of one checkpoint (all its objects and the manifest).
-    pub checkpoint_bytes: u64,
-    /// Steps per run.
-    pub steps: u64,
-    /// Checkpoint interval in steps.
-    pub every: u32,
-    /// Samples per step.
-    pub batch_size: u32,
-    /// Every run, in the order they ran.
-    pub runs: Vec<RunResult>,
 }
 
 /// After an unmeasured warm-up run, trains the same model `repeats` times each without

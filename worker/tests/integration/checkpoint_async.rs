@@ -20,7 +20,7 @@ use kiln_proto::v1::{
 };
 use kiln_worker::agent::CpuBackend;
 use kiln_worker::checkpoint::CheckpointStore;
-use kiln_worker::collective::RingCollective;
+use kiln_worker::collective::ring::RingCollective;
 use kiln_worker::train::{self, Context, Observer, Outcome, Task, TrainError};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;

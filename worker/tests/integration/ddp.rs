@@ -11,7 +11,7 @@ use kiln_proto::v1::{
     dataset_spec::Source,
 };
 use kiln_worker::agent::CpuBackend;
-use kiln_worker::collective::RingCollective;
+use kiln_worker::collective::ring::RingCollective;
 use kiln_worker::model::{Mlp, flatten_params};
 use kiln_worker::train::{self, Context, Observer, Task};
 

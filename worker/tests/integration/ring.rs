@@ -6,9 +6,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kiln_worker::collective::{
-    Collective, CollectiveError, PeerOp, RingCollective, RingOptions, segment,
-};
+use kiln_worker::collective::ring::{RingCollective, RingOptions, segment};
+use kiln_worker::collective::{Collective, CollectiveError, PeerOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -24,6 +24,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail, ensure};
+use kiln_proto::bench::{CheckpointBenchResult, RunKind, RunResult, SizeResult};
 
 /// Arguments of `kiln bench allreduce`.
 #[derive(clap::Args, Debug, Clone)]
@@ -102,15 +103,6 @@ pub fn format_size(bytes: u64) -> String {
             || format!("{bytes} B"),
             |(unit, shift)| format!("{} {unit}", bytes >> shift),
         )
-}
-
-/// What a worker's rank 0 reports for one size: the JSON line `kiln-worker bench-allreduce`
-/// prints (the two binaries share no crate, so the schema is repeated here).
-#[derive(Debug, Clone, serde::Deserialize)]
-struct SizeResult {
-    size_bytes: u64,
-    ranks: usize,
-    times_s: Vec<f64>,
 }
 
 /// One row of the report.
@@ -393,35 +385,6 @@ pub struct CheckpointArgs {
     pub timeout_secs: u64,
 }
 
-/// What `kiln-worker bench-checkpoint` prints (the schema is repeated here, as for
-/// [`SizeResult`]).
-#[derive(Debug, Clone, serde::Deserialize)]
-struct CheckpointResult {
-    params: u64,
-    checkpoint_bytes: u64,
-    steps: u64,
-    every: u32,
-    batch_size: u32,
-    runs: Vec<CheckpointRun>,
-}
-
-#[derive(Debug, Clone, serde::Deserialize)]
-struct CheckpointRun {
-    kind: RunKind,
-    repeat: u32,
-    samples_per_sec: f64,
-    stalls_s: Vec<f64>,
-    checkpoint_waits: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum RunKind {
-    None,
-    Async,
-    Sync,
-}
-
 /// The runs of one kind, summarised.
 #[derive(Debug, Clone, PartialEq)]
 struct KindSummary {
@@ -436,8 +399,8 @@ struct KindSummary {
 }
 
 impl KindSummary {
-    fn new(result: &CheckpointResult, kind: RunKind) -> anyhow::Result<Self> {
-        let runs: Vec<&CheckpointRun> = result.runs.iter().filter(|r| r.kind == kind).collect();
+    fn new(result: &CheckpointBenchResult, kind: RunKind) -> anyhow::Result<Self> {
+        let runs: Vec<&RunResult> = result.runs.iter().filter(|r| r.kind == kind).collect();
         ensure!(!runs.is_empty(), "the worker reported no {kind:?} run");
         let stalls: Vec<f64> = runs
             .iter()
@@ -471,7 +434,10 @@ fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-fn render_checkpoint_table(hidden: &[u32], result: &CheckpointResult) -> anyhow::Result<String> {
+fn render_checkpoint_table(
+    hidden: &[u32],
+    result: &CheckpointBenchResult,
+) -> anyhow::Result<String> {
     let none = KindSummary::new(result, RunKind::None)?;
     let background = KindSummary::new(result, RunKind::Async)?;
     let blocking = KindSummary::new(result, RunKind::Sync)?;
@@ -537,7 +503,7 @@ fn render_checkpoint_table(hidden: &[u32], result: &CheckpointResult) -> anyhow:
 /// The throughput loss of `kind` against the run without checkpoints of the same round, in
 /// percent: median, min and max over the rounds. Pairing by round cancels the machine's slow
 /// drift, which on a shared machine is larger than the effect measured.
-fn paired_loss(result: &CheckpointResult, kind: RunKind) -> anyhow::Result<(f64, f64, f64)> {
+fn paired_loss(result: &CheckpointBenchResult, kind: RunKind) -> anyhow::Result<(f64, f64, f64)> {
     let rate = |kind: RunKind, repeat: u32| {
         result
             .runs
@@ -606,7 +572,7 @@ pub fn checkpoint(args: &CheckpointArgs, worker_bin: &Path) -> anyhow::Result<()
         .lines()
         .last()
         .ok_or_else(|| anyhow!("the worker printed no result"))?;
-    let result: CheckpointResult = serde_json::from_str(line)
+    let result: CheckpointBenchResult = serde_json::from_str(line)
         .with_context(|| format!("the worker printed {line:?}, not a result"))?;
     let table = render_checkpoint_table(&args.hidden, &result)?;
     let mut stdout = std::io::stdout().lock();
@@ -733,15 +699,14 @@ mod tests {
 
     #[test]
     fn checkpoint_table_compares_medians() {
-        let run =
-            |kind, repeat, samples_per_sec, stalls_s: &[f64], checkpoint_waits| CheckpointRun {
-                kind,
-                repeat,
-                samples_per_sec,
-                stalls_s: stalls_s.to_vec(),
-                checkpoint_waits,
-            };
-        let result = CheckpointResult {
+        let run = |kind, repeat, samples_per_sec, stalls_s: &[f64], checkpoint_waits| RunResult {
+            kind,
+            repeat,
+            samples_per_sec,
+            stalls_s: stalls_s.to_vec(),
+            checkpoint_waits,
+        };
+        let result = CheckpointBenchResult {
             params: 1_126_410,
             checkpoint_bytes: 13 << 20,
             steps: 200,
@@ -779,7 +744,7 @@ mod tests {
         assert_eq!(lines[7], "  async   1.24 % (0.50, 1.98) (goal <= 1 %)");
         assert_eq!(lines[8], "  sync   10.00 % (10.00, 10.00)");
 
-        let missing = CheckpointResult {
+        let missing = CheckpointBenchResult {
             runs: result.runs[..2].to_vec(),
             ..result
         };

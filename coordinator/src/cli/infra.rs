@@ -19,7 +19,8 @@ use kiln_iac::provider::{ApplyContext, LocalProvider, Provider};
 use kiln_iac::spec::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{CliError, ExitCodeExt, load, random_token, worker_binary, write_atomically};
+use super::common::{load, random_token, worker_binary, write_atomically};
+use super::error::{CliError, ResultExt};
 use crate::state::{EmbeddedStore, StateError, StateStore};
 
 const STATE_KEY: &str = "infra/state";
@@ -92,7 +93,7 @@ struct LockGuard<'a> {
 }
 
 fn state_err(e: StateError) -> CliError {
-    CliError::new(CliError::INFRA, e)
+    CliError::infra(e)
 }
 
 impl Infra {
@@ -127,7 +128,7 @@ impl Infra {
             if let Some(bytes) = store.get(STATE_KEY).map_err(state_err)? {
                 return serde_json::from_slice(&bytes)
                     .with_context(|| format!("the state in {} is unreadable", self.dir.display()))
-                    .code(CliError::INFRA);
+                    .infra();
             }
             // A new state gets its lineage once, so that plans made before the first apply
             // match it.
@@ -136,7 +137,7 @@ impl Infra {
                 serial: 0,
                 resources: Vec::new(),
             };
-            let bytes = serde_json::to_vec(&fresh).code(CliError::INFRA)?;
+            let bytes = serde_json::to_vec(&fresh).infra()?;
             let created = store
                 .write_if(&[(STATE_KEY, None)], &[(STATE_KEY, Some(&bytes))])
                 .map_err(state_err)?;
@@ -157,7 +158,7 @@ impl Infra {
             user: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
             since_unix_ms: unix_ms(),
         };
-        let lock = serde_json::to_vec(&info).code(CliError::INFRA)?;
+        let lock = serde_json::to_vec(&info).infra()?;
         let store = self.open()?;
         let held = match store
             .write_if(&[(LOCK_KEY, None)], &[(LOCK_KEY, Some(&lock))])
@@ -188,19 +189,16 @@ impl Infra {
 }
 
 fn locked(infra: &Infra, holder: &str) -> CliError {
-    CliError::new(
-        CliError::INFRA,
-        anyhow!(
-            "the state in {} is locked by {holder}; wait for it to finish",
-            infra.dir.display()
-        ),
-    )
+    CliError::infra(anyhow!(
+        "the state in {} is locked by {holder}; wait for it to finish",
+        infra.dir.display()
+    ))
 }
 
 impl LockGuard<'_> {
     /// Writes `state`, provided the lock is still ours.
     fn save(&self, state: &InfraState) -> Result<(), CliError> {
-        let bytes = serde_json::to_vec(state).code(CliError::INFRA)?;
+        let bytes = serde_json::to_vec(state).infra()?;
         let store = self.infra.open()?;
         store
             .write_if(
@@ -209,13 +207,10 @@ impl LockGuard<'_> {
             )
             .map_err(state_err)?
             .map_err(|_| {
-                CliError::new(
-                    CliError::INFRA,
-                    anyhow!(
-                        "lost the lock on {} while applying; the last change is not recorded",
-                        self.infra.dir.display()
-                    ),
-                )
+                CliError::infra(anyhow!(
+                    "lost the lock on {} while applying; the last change is not recorded",
+                    self.infra.dir.display()
+                ))
             })
     }
 }
@@ -228,7 +223,7 @@ impl Drop for LockGuard<'_> {
                 .map_err(state_err)
         });
         if let Err(e) = released {
-            eprintln!("kiln: could not release the state lock: {:#}", e.error);
+            eprintln!("kiln: could not release the state lock: {e}");
         }
     }
 }
@@ -237,13 +232,10 @@ impl Drop for LockGuard<'_> {
 fn check_supported(config: &Config) -> Result<(), CliError> {
     for cluster in config.clusters.values() {
         if !matches!(cluster.state, kiln_iac::spec::StateSpec::Embedded { .. }) {
-            return Err(CliError::new(
-                CliError::BAD_INPUT,
-                anyhow!(
-                    "cluster {:?}: `kiln apply` runs coordinators on embedded state only; use `state {{ backend = \"embedded\" }}`",
-                    cluster.name
-                ),
-            ));
+            return Err(CliError::bad_input(anyhow!(
+                "cluster {:?}: `kiln apply` runs coordinators on embedded state only; use `state {{ backend = \"embedded\" }}`",
+                cluster.name
+            )));
         }
     }
     Ok(())
@@ -280,10 +272,10 @@ pub fn plan(dir: &Path, vars: &LoadOptions, out: Option<&Path>) -> Result<(), Cl
             dir: config.dir.clone(),
             plan,
         };
-        let json = serde_json::to_vec_pretty(&file).code(CliError::INFRA)?;
+        let json = serde_json::to_vec_pretty(&file).infra()?;
         write_atomically(out, &json)
             .with_context(|| format!("writing the plan to {}", out.display()))
-            .code(CliError::INFRA)?;
+            .infra()?;
         println!(
             "\nSaved the plan to {}; `kiln apply {}` applies exactly these changes.",
             out.display(),
@@ -301,31 +293,25 @@ pub async fn apply(target: &Path, vars: &LoadOptions, auto_approve: bool) -> Res
             .map_err(anyhow::Error::from)
             .and_then(|bytes| Ok(serde_json::from_slice(&bytes)?))
             .with_context(|| format!("{} is not a kiln plan file", target.display()))
-            .code(CliError::BAD_INPUT)?;
+            .bad_input()?;
         if file.format != PLAN_FORMAT {
-            return Err(CliError::new(
-                CliError::BAD_INPUT,
-                anyhow!(
-                    "{} has plan format {}, this kiln reads {PLAN_FORMAT}",
-                    target.display(),
-                    file.format
-                ),
-            ));
+            return Err(CliError::bad_input(anyhow!(
+                "{} has plan format {}, this kiln reads {PLAN_FORMAT}",
+                target.display(),
+                file.format
+            )));
         }
         let infra = Infra::of(&file.dir);
         let guard = infra.lock("apply")?;
         let mut state = infra.read()?;
         if (state.lineage.as_str(), state.serial) != (file.plan.lineage.as_str(), file.plan.serial)
         {
-            return Err(CliError::new(
-                CliError::BAD_INPUT,
-                anyhow!(
-                    "the plan in {} is stale: it was made at state serial {}, and the state is at serial {} now; run `kiln plan` again",
-                    target.display(),
-                    file.plan.serial,
-                    state.serial
-                ),
-            ));
+            return Err(CliError::bad_input(anyhow!(
+                "the plan in {} is stale: it was made at state serial {}, and the state is at serial {} now; run `kiln plan` again",
+                target.display(),
+                file.plan.serial,
+                state.serial
+            )));
         }
         println!("{}", file.plan);
         return execute(
@@ -366,7 +352,7 @@ pub async fn destroy(dir: &Path, auto_approve: bool) -> Result<(), CliError> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot read {}", dir.display()))
-        .code(CliError::BAD_INPUT)?;
+        .bad_input()?;
     let infra = Infra::of(&dir);
     if !infra.exists() {
         println!(
@@ -397,25 +383,20 @@ fn confirm(auto_approve: bool, question: &str) -> Result<(), CliError> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::new(
-            CliError::BAD_INPUT,
-            anyhow!("no terminal to confirm on; review the plan and pass --auto-approve"),
-        ));
+        return Err(CliError::bad_input(anyhow!(
+            "no terminal to confirm on; review the plan and pass --auto-approve"
+        )));
     }
     print!("\n{question} Only 'yes' is accepted: ");
-    std::io::stdout().flush().code(CliError::INFRA)?;
+    std::io::stdout().flush().infra()?;
     let mut answer = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut answer)
-        .code(CliError::INFRA)?;
+    std::io::stdin().lock().read_line(&mut answer).infra()?;
     if answer.trim() == "yes" {
         Ok(())
     } else {
-        Err(CliError::new(
-            CliError::JOB_FAILED,
-            anyhow!("cancelled; nothing was changed"),
-        ))
+        Err(CliError::job_failed(anyhow!(
+            "cancelled; nothing was changed"
+        )))
     }
 }
 
@@ -430,7 +411,7 @@ async fn execute(
     what: &str,
 ) -> Result<(), CliError> {
     let cx = ApplyContext {
-        kiln_bin: std::env::current_exe().code(CliError::INFRA)?,
+        kiln_bin: std::env::current_exe().infra()?,
         worker_bin: worker_binary()?,
         log_dir: config_dir.join(".kiln").join("logs"),
         grace: STOP_GRACE,
@@ -442,7 +423,7 @@ async fn execute(
             .apply(change, &state.resources, &cx)
             .await
             .with_context(|| format!("{} failed", verb(change)))
-            .code(CliError::INFRA);
+            .infra();
         let record = match record {
             Ok(record) => record,
             Err(e) => {
@@ -555,7 +536,7 @@ pub fn show(dir: &Path) -> Result<(), CliError> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot read {}", dir.display()))
-        .code(CliError::BAD_INPUT)?;
+        .bad_input()?;
     let infra = Infra::of(&dir);
     if !infra.exists() {
         println!("no state in {}: nothing was applied there", dir.display());

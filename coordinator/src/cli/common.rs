@@ -1,0 +1,141 @@
+//! What the commands share: loading a configuration, picking its job, finding the worker
+//! binary and the coordinator, tokens, atomic writes, and waiting for a signal.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow};
+use kiln_iac::LoadOptions;
+use kiln_iac::spec::{Config, JobSpec};
+use kiln_proto::v1::coordinator_client::CoordinatorClient;
+use kiln_proto::v1::{Job, JobState};
+use tonic::transport::Channel;
+
+use super::error::{CliError, ResultExt};
+
+/// Where clients look for a coordinator when nothing else says.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7070";
+
+/// Loads the configuration in `dir`, printing its warnings on stderr.
+pub(super) fn load(dir: &Path, vars: &LoadOptions) -> Result<Config, CliError> {
+    let config = kiln_iac::load_dir_with(dir, vars).bad_input()?;
+    print_warnings(&config);
+    Ok(config)
+}
+
+pub(super) fn print_warnings(config: &Config) {
+    if !config.warnings.is_empty() {
+        eprintln!("{}", kiln_iac::Diagnostics(config.warnings.clone()));
+    }
+}
+
+/// The job to run from `config`: the one named, or the only one.
+pub(super) fn pick_job<'a>(
+    config: &'a Config,
+    name: Option<&str>,
+) -> Result<&'a JobSpec, CliError> {
+    let names = || config.jobs.keys().cloned().collect::<Vec<_>>().join(", ");
+    match name {
+        Some(name) => config.jobs.get(name).ok_or_else(|| {
+            CliError::bad_input(anyhow!(
+                "no job named {name:?} in the configuration (jobs: {})",
+                names()
+            ))
+        }),
+        None if config.jobs.len() == 1 => Ok(config.jobs.values().next().expect("one job")),
+        None if config.jobs.is_empty() => Err(CliError::bad_input(anyhow!(
+            "the configuration declares no job"
+        ))),
+        None => Err(CliError::bad_input(anyhow!(
+            "the configuration declares several jobs ({}); pick one with --job",
+            names()
+        ))),
+    }
+}
+
+/// Where `kiln-worker` is: `$KILN_WORKER_BIN`, else next to this executable.
+pub fn worker_binary() -> Result<PathBuf, CliError> {
+    if let Some(path) = std::env::var_os("KILN_WORKER_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().infra()?;
+    let path = exe.with_file_name("kiln-worker");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(CliError::infra(anyhow!(
+            "kiln-worker not found at {}; build it (cargo build --release --bins) or set KILN_WORKER_BIN",
+            path.display()
+        )))
+    }
+}
+
+pub(super) fn random_token() -> String {
+    use rand::Rng;
+    hex::encode(rand::rng().random::<[u8; 16]>())
+}
+
+pub(super) fn read_token(path: &Path) -> Result<String, CliError> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading the join token from {}", path.display()))
+        .bad_input()?
+        .trim()
+        .to_owned())
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`:
+/// readers see the old contents or the new ones, never a part, also after a crash.
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+pub(super) fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())
+}
+
+pub(super) async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
+    CoordinatorClient::connect(url.to_owned())
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))
+        .infra()
+}
+
+/// Resolves on Ctrl-C, SIGTERM or SIGHUP (a closed terminal).
+pub(super) async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+}
+
+pub(super) fn finish(job: Job) -> Result<Job, CliError> {
+    match job.state() {
+        JobState::Succeeded => Ok(job),
+        state => Err(CliError::job_failed(anyhow!(
+            "job {} {}: {}",
+            job.id,
+            state.label(),
+            job.message
+        ))),
+    }
+}

@@ -1,0 +1,262 @@
+//! The client commands on a running coordinator: `kiln submit`, `status`, `resume`, `cancel`,
+//! and how a client finds its coordinator.
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use kiln_iac::LoadOptions;
+use kiln_iac::spec::JobSpec;
+use kiln_proto::v1::coordinator_client::CoordinatorClient;
+use kiln_proto::v1::{
+    CancelJobRequest, GetJobRequest, Job, ListJobsRequest, ResumeJobRequest, SubmitJobRequest,
+};
+use tonic::transport::Channel;
+
+use crate::follow::{self, Followed, OnInterrupt};
+
+use super::common::{DEFAULT_COORDINATOR, connect, finish, interrupted, load, pick_job};
+use super::error::{CliError, ResultExt};
+use super::infra::applied_coordinators;
+
+/// `kiln submit PATH`: submits the jobs declared in PATH (a file, or every job of a directory).
+pub async fn submit(
+    coordinator: Option<&str>,
+    path: &Path,
+    job_name: Option<&str>,
+    vars: &LoadOptions,
+    follow_it: bool,
+) -> Result<Option<Job>, CliError> {
+    let (dir, file) = if path.is_dir() {
+        (path.to_owned(), None)
+    } else {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        (dir.to_owned(), Some(path))
+    };
+    let config = load(&dir, vars)?;
+    let jobs: Vec<&JobSpec> = match job_name {
+        Some(name) => vec![pick_job(&config, Some(name))?],
+        None => config
+            .jobs
+            .values()
+            .filter(|j| file.is_none_or(|f| same_file(&j.file, f)))
+            .collect(),
+    };
+    if jobs.is_empty() {
+        return Err(CliError::bad_input(anyhow!(
+            "{} declares no job",
+            path.display()
+        )));
+    }
+    if follow_it && jobs.len() > 1 {
+        return Err(CliError::bad_input(anyhow!(
+            "--follow takes one job; pick it with --job"
+        )));
+    }
+    let url = coordinator_url(coordinator, &config.dir, Some(&jobs[0].cluster))?;
+    let mut client = connect(&url).await?;
+    let mut last = None;
+    for job in jobs {
+        let id = client
+            .submit_job(SubmitJobRequest {
+                spec: Some(job.to_wire(&config.clusters[&job.cluster])),
+            })
+            .await?
+            .into_inner()
+            .job_id;
+        println!("submitted {id}");
+        last = Some(id);
+    }
+    match (follow_it, last) {
+        (true, Some(id)) => follow_detachable(&mut client, &id).await.map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Follows a job that Ctrl-C leaves running: the job when it ended (an error unless it
+/// succeeded), or as it was when the user detached.
+async fn follow_detachable(
+    client: &mut CoordinatorClient<Channel>,
+    id: &str,
+) -> Result<Job, CliError> {
+    match follow::follow(client, id, interrupted(), OnInterrupt::Detach).await? {
+        Followed::Ended(job) => finish(job),
+        Followed::Detached(job) => Ok(job),
+    }
+}
+
+/// The coordinator a client command talks to: `explicit` (`--coordinator`,
+/// `KILN_COORDINATOR`), else the one `kiln apply` started from `dir` (for `cluster`, when
+/// known), else [`DEFAULT_COORDINATOR`]. A recorded coordinator that no longer runs is an
+/// error, never a silent fall-back.
+pub fn coordinator_url(
+    explicit: Option<&str>,
+    dir: &Path,
+    cluster: Option<&str>,
+) -> Result<String, CliError> {
+    if let Some(url) = explicit {
+        return Ok(url.to_owned());
+    }
+    let applied: Vec<_> = applied_coordinators(dir)?
+        .into_iter()
+        .filter(|c| cluster.is_none_or(|name| c.cluster == name))
+        .collect();
+    match applied.as_slice() {
+        [] => Ok(DEFAULT_COORDINATOR.to_owned()),
+        [one] => match &one.gone {
+            None => Ok(one.url.clone()),
+            Some(why) => Err(CliError::infra(anyhow!(
+                "the coordinator `kiln apply` started for cluster {:?} in {} is not running ({why}); run `kiln apply` there to start it again",
+                one.cluster,
+                dir.display()
+            ))),
+        },
+        several => Err(CliError::bad_input(anyhow!(
+            "{} has coordinators for several clusters ({}); pick one with --coordinator URL",
+            dir.display(),
+            several
+                .iter()
+                .map(|c| format!("{} at {}", c.cluster, c.url))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
+}
+
+/// `kiln status [JOB] [--follow]`: one job in detail (followed until it ends with `follow`,
+/// which Ctrl-C leaves running), or a table of all jobs.
+pub async fn status(
+    coordinator: &str,
+    job: Option<&str>,
+    json: bool,
+    follow_it: bool,
+) -> Result<(), CliError> {
+    let mut client = connect(coordinator).await?;
+    if follow_it {
+        let id = job.ok_or_else(|| {
+            CliError::bad_input(anyhow!("--follow takes a job: kiln status -f JOB"))
+        })?;
+        follow_detachable(&mut client, id).await?;
+        return Ok(());
+    }
+    let jobs = match job {
+        Some(id) => vec![
+            client
+                .get_job(GetJobRequest {
+                    job_id: id.to_owned(),
+                })
+                .await?
+                .into_inner(),
+        ],
+        None => {
+            client
+                .list_jobs(ListJobsRequest {})
+                .await?
+                .into_inner()
+                .jobs
+        }
+    };
+    if json {
+        let value: Vec<serde_json::Value> = jobs.iter().map(job_json).collect();
+        let out = if job.is_some() {
+            value[0].clone()
+        } else {
+            serde_json::Value::Array(value)
+        };
+        println!("{}", serde_json::to_string_pretty(&out).infra()?);
+    } else if job.is_some() {
+        follow::print_summary(&jobs[0]);
+    } else {
+        println!(
+            "{:<24} {:<10} {:>5} {:>12} {:>9} {:>9}",
+            "JOB", "STATE", "GEN", "STEP", "VAL_ACC", "ELAPSED"
+        );
+        for job in &jobs {
+            let m = job.metrics.unwrap_or_default();
+            let acc = m
+                .val_accuracy
+                .map_or_else(|| "-".into(), |a| format!("{a:.4}"));
+            println!(
+                "{:<24} {:<10} {:>5} {:>12} {:>9} {:>8.1}s",
+                job.id,
+                job.state().label(),
+                job.generation,
+                format!("{}/{}", m.step, m.total_steps),
+                acc,
+                follow::elapsed(job).as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn job_json(job: &Job) -> serde_json::Value {
+    let m = job.metrics.unwrap_or_default();
+    serde_json::json!({
+        "id": job.id,
+        "state": job.state().label(),
+        "generation": job.generation,
+        "workers": job.workers,
+        "message": job.message,
+        "metrics": {
+            "epoch": m.epoch,
+            "step": m.step,
+            "total_steps": m.total_steps,
+            "loss": m.loss,
+            "val_accuracy": m.val_accuracy,
+            "samples_per_sec": m.samples_per_sec,
+        },
+        "restarts": job.restarts,
+        "last_failure": job.last_failure,
+        "params_digest": job.params_digest,
+        "checkpoint_step": job.checkpoint_step,
+        "checkpoint_url": job.checkpoint_url,
+        "submitted_unix_ms": job.submitted_unix_ms,
+        "finished_unix_ms": job.finished_unix_ms,
+        "elapsed_secs": follow::elapsed(job).as_secs_f64(),
+    })
+}
+
+/// `kiln resume JOB [--from STEP] [--follow]`.
+pub async fn resume(
+    coordinator: &str,
+    job: &str,
+    from_step: Option<u64>,
+    follow_it: bool,
+) -> Result<(), CliError> {
+    let mut client = connect(coordinator).await?;
+    let job = client
+        .resume_job(ResumeJobRequest {
+            job_id: job.to_owned(),
+            from_step,
+        })
+        .await?
+        .into_inner();
+    println!("{}: {}", job.id, job.message);
+    if follow_it {
+        follow_detachable(&mut client, &job.id).await?;
+    }
+    Ok(())
+}
+
+/// `kiln cancel JOB`.
+pub async fn cancel(coordinator: &str, job: &str) -> Result<(), CliError> {
+    let mut client = connect(coordinator).await?;
+    let job = client
+        .cancel_job(CancelJobRequest {
+            job_id: job.to_owned(),
+        })
+        .await?
+        .into_inner();
+    println!("{} {}", job.id, job.state().label());
+    Ok(())
+}

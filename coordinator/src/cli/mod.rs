@@ -1,0 +1,22 @@
+//! The `kiln` commands, one module per family: `config` (validate, fmt), `up` (the whole job
+//! on the embedded default), `serve` (a standalone coordinator), `jobs` (the client commands
+//! on a running coordinator), `infra` (plan, apply, destroy, state) and `bench`; `common`
+//! holds what they share, `error` the [`CliError`] each returns with its exit code:
+//! 1 = the job failed or was cancelled, 2 = bad input (HCL, arguments, a refused request),
+//! 3 = infrastructure (coordinator unreachable, state locked, workers could not start).
+
+pub mod bench;
+mod common;
+mod config;
+mod error;
+pub mod infra;
+mod jobs;
+mod serve;
+mod up;
+
+pub use common::{DEFAULT_COORDINATOR, worker_binary};
+pub use config::{fmt, validate};
+pub use error::CliError;
+pub use jobs::{cancel, coordinator_url, resume, status, submit};
+pub use serve::{CoordinatorOptions, coordinator};
+pub use up::up;

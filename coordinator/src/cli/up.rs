@@ -1,0 +1,257 @@
+//! `kiln up`: the whole job on the embedded default, in one process and its workers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use kiln_iac::LoadOptions;
+use kiln_iac::provider::{LocalProvider, NodeExit, Provider, WorkerLaunch, log_tail};
+use kiln_iac::spec::{Config, JobSpec, StateSpec};
+use kiln_proto::v1::{Job, JobState, ResumeJobRequest, SubmitJobRequest};
+
+use crate::control::{Control, LeaseConfig};
+use crate::follow::{self, Followed, OnInterrupt};
+use crate::service::Server;
+use crate::state::EmbeddedStore;
+
+use super::common::{
+    connect, finish, interrupted, load, pick_job, random_token, read_token, worker_binary,
+};
+use super::error::{CliError, ResultExt};
+
+/// `kiln up DIR`: an embedded coordinator, the cluster's nodes as local processes, the job
+/// submitted (or, with `resume`, that job resumed) and followed to its end. Everything started
+/// is stopped and reaped on the way out, also on Ctrl-C, SIGTERM and SIGHUP.
+///
+/// A job that an earlier `kiln up` of the same state left unfinished (that process died: the
+/// state is free, so it no longer runs) is marked failed and named, never run unannounced.
+pub async fn up(
+    dir: &Path,
+    job_name: Option<&str>,
+    vars: &LoadOptions,
+    resume: Option<&str>,
+) -> Result<Job, CliError> {
+    let config = load(dir, vars)?;
+    let job = pick_job(&config, job_name)?;
+    let cluster = &config.clusters[&job.cluster];
+    let worker_bin = worker_binary()?;
+    let state = state_dir(&config, job)?;
+    let store = EmbeddedStore::open(&state).infra()?;
+    let cause = "the `kiln up` that ran it died";
+    for orphan in Control::abandon_unfinished(&store, cause).infra()? {
+        eprintln!(
+            "kiln: job {orphan} was left unfinished by a `kiln up` that died; it is marked failed (`kiln up {} --resume {orphan}` resumes it from its last checkpoint)",
+            dir.display()
+        );
+    }
+    let spec = &cluster.coordinator;
+    let token = match &spec.join_token_file {
+        Some(path) => read_token(path)?,
+        None => random_token(),
+    };
+    let lease = LeaseConfig {
+        heartbeat_interval: spec.heartbeat_interval,
+        ttl: spec.lease_ttl,
+    };
+    let control = Control::new(Arc::new(store), token.clone(), lease).infra()?;
+    let server = Server::start(control, spec.listen)
+        .await
+        .with_context(|| format!("starting the coordinator on {}", spec.listen))
+        .infra()?;
+    let url = spec.advertise.clone().unwrap_or_else(|| server.url());
+    let log_dir = state.parent().unwrap_or(&state).join("logs");
+    eprintln!(
+        "kiln: coordinator on {url}; starting {} worker(s) (logs in {})",
+        cluster.node_count(),
+        log_dir.display()
+    );
+    let mut provider = LocalProvider::new();
+    let launch = WorkerLaunch {
+        worker_bin,
+        coordinator_url: url,
+        join_token: token,
+        log_dir,
+    };
+    let start = match resume {
+        Some(id) => Start::Resume(id),
+        None => Start::Submit(job),
+    };
+    let result = run_on_cluster(&mut provider, &server, cluster, &launch, start).await;
+    // Workers exit once their streams end; give them a moment, then kill what is left.
+    let shutdown = server.shutdown();
+    let exits = provider.shutdown(Duration::from_secs(5));
+    let (_, exits) = tokio::join!(shutdown, exits);
+    for exit in exits.iter().filter(|e| !e.status.success()) {
+        tracing::debug!(node = %exit.node.name, status = %exit.status, "worker ended");
+    }
+    result
+}
+
+fn state_dir(config: &Config, job: &JobSpec) -> Result<PathBuf, CliError> {
+    let cluster = &config.clusters[&job.cluster];
+    match &cluster.state {
+        StateSpec::Embedded { path } => Ok(path.clone()),
+        StateSpec::Etcd { .. } => Err(CliError::bad_input(anyhow!(
+            "cluster {:?} keeps its state in etcd, which `kiln up` does not support yet; use `state {{ backend = \"embedded\" }}`",
+            cluster.name
+        ))),
+    }
+}
+
+/// What `kiln up` runs once its cluster is up.
+enum Start<'a> {
+    Submit(&'a JobSpec),
+    Resume(&'a str),
+}
+
+async fn run_on_cluster(
+    provider: &mut LocalProvider,
+    server: &Server,
+    cluster: &kiln_iac::spec::ClusterSpec,
+    launch: &WorkerLaunch,
+    start: Start<'_>,
+) -> Result<Job, CliError> {
+    provider.launch(cluster, launch).await.infra()?;
+    let mut client = connect(&server.url()).await?;
+    let (job_id, replacements) = match start {
+        Start::Submit(job) => {
+            let id = client
+                .submit_job(SubmitJobRequest {
+                    spec: Some(job.to_wire(cluster)),
+                })
+                .await?
+                .into_inner()
+                .job_id;
+            (id, job.restart.max_restarts)
+        }
+        Start::Resume(id) => {
+            let job = client
+                .resume_job(ResumeJobRequest {
+                    job_id: id.to_owned(),
+                    from_step: None,
+                })
+                .await?
+                .into_inner();
+            let restarts = job
+                .spec
+                .and_then(|s| s.restart)
+                .map_or(0, |r| r.max_restarts);
+            (job.id, restarts)
+        }
+    };
+    // A node whose worker dies is replaced as often as the job may restart: the coordinator
+    // restarts the job from its last checkpoint once the replacement registers.
+    let mut replaced = 0;
+    let follow = follow::follow(&mut client, &job_id, interrupted(), OnInterrupt::Cancel);
+    let mut follow = std::pin::pin!(follow);
+    let followed = loop {
+        tokio::select! {
+            job = &mut follow => break job,
+            exit = provider.next_exit() => {
+                // A worker that left cleanly (preempted with SIGTERM: it checkpointed first) is
+                // replaced without counting against the job's restarts.
+                let planned = exit.status.success();
+                if planned || replaced < replacements {
+                    let count = if planned {
+                        "planned".to_owned()
+                    } else {
+                        replaced += 1;
+                        format!("{replaced}/{replacements}")
+                    };
+                    let node = provider.relaunch(&exit.node, launch).await.infra()?;
+                    eprintln!("kiln: {exit}; replaced by pid {} ({count}){}", node.pid, last_words(&exit));
+                    continue;
+                }
+                eprintln!("kiln: {exit}{}", last_words(&exit));
+                // A running job fails by itself once the worker's stream breaks; a job still
+                // waiting for workers would wait forever, so give up on it.
+                match tokio::time::timeout(Duration::from_secs(5), follow).await {
+                    Ok(Ok(Followed::Ended(job))) => break Ok(Followed::Ended(job)),
+                    _ => return Err(CliError::infra(anyhow!("{exit}"))),
+                }
+            }
+        }
+    };
+    let job = match followed? {
+        Followed::Ended(job) => job,
+        Followed::Detached(job) => return Ok(job),
+    };
+    if job.state() != JobState::Succeeded {
+        // The coordinator may have seen a worker's connection close before the provider saw
+        // its process exit: give the provider a moment, so that a death is told with its cause.
+        while let Ok(exit) =
+            tokio::time::timeout(Duration::from_millis(500), provider.next_exit()).await
+        {
+            eprintln!("kiln: {exit}{}", last_words(&exit));
+        }
+    }
+    finish(job)
+}
+
+/// The last lines of a dead worker's log, indented, after a line naming the file: why it died
+/// is usually there (an allocation failure, a panic).
+fn last_words(exit: &NodeExit) -> String {
+    if exit.status.success() {
+        return String::new();
+    }
+    let log = log_tail(&exit.node.log, 200);
+    let lines = without_backtraces(&log);
+    let lines: Vec<String> = lines[lines.len().saturating_sub(5)..]
+        .iter()
+        .map(|l| format!("    {l}"))
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; last lines of {}:\n{}",
+        exit.node.log.display(),
+        lines.join("\n")
+    )
+}
+
+/// The lines of `log` without the stack backtraces (`RUST_BACKTRACE`) that would bury the
+/// message they follow.
+fn without_backtraces(log: &str) -> Vec<&str> {
+    let mut kept = Vec::new();
+    let mut in_trace = false;
+    for line in log.lines() {
+        if line.starts_with("stack backtrace:") {
+            in_trace = true;
+        } else if in_trace {
+            let frame = line.trim_start();
+            let part_of_it = line.starts_with(' ')
+                || frame.starts_with("note: Some details are omitted")
+                || frame.is_empty();
+            if !part_of_it {
+                in_trace = false;
+                kept.push(line);
+            }
+        } else if !line.trim().is_empty() {
+            kept.push(line);
+        }
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backtrace_does_not_bury_the_message_before_it() {
+        let log = "INFO registered\nmemory allocation of 160000000000 bytes failed\nstack backtrace:\n   0: std::alloc\n             at /rustc/x/alloc.rs:1\nnote: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n";
+        assert_eq!(
+            without_backtraces(log),
+            [
+                "INFO registered",
+                "memory allocation of 160000000000 bytes failed"
+            ]
+        );
+        assert_eq!(
+            without_backtraces("a\nstack backtrace:\n  0: f\nthen\n"),
+            ["a", "then"]
+        );
+    }
+}
