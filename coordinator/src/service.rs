@@ -160,7 +160,8 @@ impl coordinator_server::Coordinator for Service {
         let id = request.into_inner().job_id;
         let (replay, job, events) = self.control.watch(&id).map_err(status)?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(feed(self.control.clone(), id, replay, job, events, tx));
+        self.control
+            .spawn(feed(self.control.clone(), id, replay, job, events, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -242,7 +243,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
-        tokio::spawn(control.clone().reap_leases());
+        control.start_reaper();
         let service = CoordinatorServer::new(Service {
             control: control.clone(),
         });
@@ -280,10 +281,12 @@ impl Server {
     pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
         self.control.shutdown();
         self.stop.cancel();
-        match self.task.await {
+        let served = match self.task.await {
             Ok(result) => result,
             Err(_) => Ok(()),
-        }
+        };
+        self.control.drained().await;
+        served
     }
 }
 

@@ -1,0 +1,132 @@
+//! Gang placement, first come first served: the oldest pending job starts when as many idle
+//! workers as it needs are attached; jobs behind it wait their turn, so a large job is never
+//! starved by small ones. Jobs that wait are told why.
+
+use kiln_proto::v1::worker_command::Command;
+use kiln_proto::v1::{Assignment, JobState};
+use tokio::time::Instant;
+
+use super::error::ControlError;
+use super::spec::workers_needed;
+use super::table::{Generation, State};
+use super::{Control, log_failure};
+
+impl Control {
+    /// [`Self::schedule_locked`] with the lock taken.
+    pub(super) fn schedule(&self) {
+        let mut state = self.lock();
+        log_failure("cannot schedule", self.schedule_locked(&mut state));
+    }
+
+    /// Starts every job at the head of the queue that can start now.
+    pub(super) fn schedule_locked(&self, state: &mut State) -> Result<(), ControlError> {
+        while let Some(id) = state.queue.first().cloned() {
+            let Some(job) = state.jobs.get(&id) else {
+                state.queue.remove(0);
+                continue;
+            };
+            if state
+                .held_until
+                .get(&id)
+                .is_some_and(|t| *t > Instant::now())
+            {
+                // Restart backoff; a timer schedules again when it is over.
+                break;
+            }
+            let (want, need) = workers_needed(job);
+            let idle: Vec<String> = state
+                .workers
+                .iter()
+                .filter(|(_, w)| w.idle())
+                .map(|(id, _)| id.clone())
+                .take(want)
+                .collect();
+            if idle.len() < need {
+                break;
+            }
+            state.queue.remove(0);
+            state.held_until.remove(&id);
+            let peers: Vec<String> = idle
+                .iter()
+                .map(|w| state.workers[w].collective_addr.clone())
+                .collect();
+            let job = state
+                .jobs
+                .get_mut(&id)
+                .ok_or_else(|| ControlError::Invalid(format!("job {id} vanished")))?;
+            job.generation += 1;
+            job.set_state(JobState::Running);
+            job.workers = idle.clone();
+            let job = job.clone();
+            self.save(&job)?;
+            state.generations.insert(id.clone(), Generation::default());
+            for (rank, worker_id) in idle.iter().enumerate() {
+                let worker = state
+                    .workers
+                    .get_mut(worker_id)
+                    .ok_or_else(|| ControlError::UnknownWorker(worker_id.clone()))?;
+                worker.task = Some((id.clone(), job.generation));
+                worker.send(Command::Assign(Assignment {
+                    job_id: id.clone(),
+                    generation: job.generation,
+                    rank: rank as u32,
+                    world_size: idle.len() as u32,
+                    peers: peers.clone(),
+                    spec: job.spec.clone(),
+                    resume_step: job.checkpoint_step,
+                    store_owner: self.inner.store_owner.clone(),
+                }));
+            }
+            let nodes: Vec<String> = idle.iter().map(|w| state.workers[w].describe(w)).collect();
+            let resume = match (job.restarts, job.checkpoint_step) {
+                (0, _) => String::new(),
+                (_, Some(step)) => format!(", resuming from checkpoint {step}"),
+                (_, None) => ", starting over (no checkpoint yet)".to_owned(),
+            };
+            let message = format!(
+                "generation {} started on {} workers{resume}: {}",
+                job.generation,
+                idle.len(),
+                nodes.join(", ")
+            );
+            let mut job = job;
+            job.message.clone_from(&message);
+            state.jobs.insert(id.clone(), job.clone());
+            self.announce(state, job, message);
+        }
+        self.report_waiting(state);
+        Ok(())
+    }
+
+    /// Says why each queued job waits, in its `message` and as an event when that changes:
+    /// how many workers the first one needs and has, or which job the others queue behind.
+    fn report_waiting(&self, state: &mut State) {
+        let registered = state.workers.len();
+        let idle = state.workers.values().filter(|w| w.idle()).count();
+        let now = Instant::now();
+        let queue = state.queue.clone();
+        for (i, id) in queue.iter().enumerate() {
+            if state.held_until.get(id).is_some_and(|t| *t > now) {
+                // The restart message said when it resumes.
+                continue;
+            }
+            let Some(job) = state.jobs.get_mut(id) else {
+                continue;
+            };
+            let reason = if i == 0 {
+                let (_, need) = workers_needed(job);
+                format!(
+                    "pending: needs {need} worker{}, {registered} registered ({idle} idle)",
+                    if need == 1 { "" } else { "s" }
+                )
+            } else {
+                format!("pending: queued behind {}", queue[0])
+            };
+            if job.message != reason {
+                job.message.clone_from(&reason);
+                let job = job.clone();
+                self.announce(state, job, reason);
+            }
+        }
+    }
+}

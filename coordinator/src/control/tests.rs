@@ -1,0 +1,428 @@
+//! The state machine against an in-memory [`StateStore`]: no processes, no network, paused
+//! time. Each worker is a registered id with a command channel the test reads.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_proto::v1::worker_command::Command;
+use kiln_proto::v1::{
+    Assignment, BlobsSource, DatasetSpec, Job, JobSpec, JobState, ModelSpec, RegisterRequest,
+    RestartSpec, TaskEnd, TrainingSpec, WorkerCommand, dataset_spec,
+};
+use tokio::sync::mpsc;
+
+use super::{Control, LeaseConfig};
+use crate::state::{StateError, StateStore};
+
+/// A [`StateStore`] in a map.
+#[derive(Default)]
+struct MemoryStore(Mutex<BTreeMap<String, Vec<u8>>>);
+
+impl StateStore for MemoryStore {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self.0.lock().expect("lock").get(key).cloned())
+    }
+
+    fn put(&self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .insert(key.to_owned(), value.to_vec());
+        Ok(())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let map = self.0.lock().expect("lock");
+        Ok(map
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn write_if(
+        &self,
+        expect: &[(&str, Option<&[u8]>)],
+        writes: &[(&str, Option<&[u8]>)],
+    ) -> Result<Result<(), Option<Vec<u8>>>, StateError> {
+        let mut map = self.0.lock().expect("lock");
+        for (key, want) in expect {
+            let have = map.get(*key);
+            if have.map(Vec::as_slice) != *want {
+                return Ok(Err(have.cloned()));
+            }
+        }
+        for (key, value) in writes {
+            match value {
+                Some(v) => map.insert((*key).to_owned(), v.to_vec()),
+                None => map.remove(*key),
+            };
+        }
+        Ok(Ok(()))
+    }
+}
+
+const LEASE: LeaseConfig = LeaseConfig {
+    heartbeat_interval: Duration::from_secs(1),
+    ttl: Duration::from_secs(3),
+};
+
+fn control_on(store: Arc<MemoryStore>) -> Control {
+    Control::new(store, "token".into(), LEASE).expect("control")
+}
+
+fn control() -> Control {
+    control_on(Arc::default())
+}
+
+/// A valid job of `workers` ranks (no object store: ids are not claimed).
+fn spec(name: &str, workers: u32) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        model: Some(ModelSpec {
+            inputs: 4,
+            hidden: vec![8],
+            classes: 2,
+        }),
+        dataset: Some(DatasetSpec {
+            name: "blobs".into(),
+            source: Some(dataset_spec::Source::Blobs(BlobsSource {
+                samples: 64,
+                seed: 1,
+            })),
+            features: 4,
+            classes: 2,
+            validation_split: 0.1,
+        }),
+        training: Some(TrainingSpec {
+            workers,
+            batch_size: 8,
+            epochs: 1,
+            learning_rate: 0.01,
+            ..TrainingSpec::default()
+        }),
+        ..JobSpec::default()
+    }
+}
+
+fn with_restarts(mut spec: JobSpec, max_restarts: u32, backoff: Duration) -> JobSpec {
+    spec.restart = Some(RestartSpec {
+        max_restarts,
+        backoff_ms: backoff.as_millis() as u64,
+    });
+    spec
+}
+
+/// A registered, attached worker: its id and its command stream.
+struct TestWorker {
+    id: String,
+    commands: mpsc::Receiver<Result<WorkerCommand, tonic::Status>>,
+}
+
+impl TestWorker {
+    fn join(control: &Control) -> TestWorker {
+        let id = control
+            .register(RegisterRequest {
+                join_token: "token".into(),
+                collective_addr: "127.0.0.1:1".into(),
+                node_name: "node".into(),
+                pid: 1,
+            })
+            .expect("register")
+            .worker_id;
+        let (tx, commands) = mpsc::channel(16);
+        control.attach(&id, tx).expect("attach");
+        TestWorker { id, commands }
+    }
+
+    /// Every command sent so far.
+    fn received(&mut self) -> Vec<Command> {
+        let mut out = Vec::new();
+        while let Ok(Ok(command)) = self.commands.try_recv() {
+            out.extend(command.command);
+        }
+        out
+    }
+
+    /// The assignments among the commands sent so far.
+    fn assignments(&mut self) -> Vec<Assignment> {
+        self.received()
+            .into_iter()
+            .filter_map(|c| match c {
+                Command::Assign(a) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn end(&self, job: &Job, ok: bool, error: &str) -> TaskEnd {
+        TaskEnd {
+            worker_id: self.id.clone(),
+            job_id: job.id.clone(),
+            generation: job.generation,
+            ok,
+            error: error.into(),
+            ..TaskEnd::default()
+        }
+    }
+}
+
+async fn submit(control: &Control, spec: JobSpec) -> Job {
+    let id = control.submit(spec).await.expect("submit");
+    control.job(&id).expect("job")
+}
+
+#[tokio::test(start_paused = true)]
+async fn jobs_are_placed_whole_and_in_order() {
+    let control = control();
+    let mut workers = [TestWorker::join(&control), TestWorker::join(&control)];
+    let first = submit(&control, spec("first", 2)).await;
+    let second = submit(&control, spec("second", 2)).await;
+    let first = control.job(&first.id).expect("job");
+    assert_eq!(first.state(), JobState::Running);
+    assert_eq!(
+        first.workers,
+        [workers[0].id.clone(), workers[1].id.clone()]
+    );
+    for (rank, worker) in workers.iter_mut().enumerate() {
+        let assigned = worker.assignments();
+        assert_eq!(assigned.len(), 1);
+        assert_eq!(
+            (
+                assigned[0].job_id.as_str(),
+                assigned[0].rank,
+                assigned[0].world_size
+            ),
+            (first.id.as_str(), rank as u32, 2)
+        );
+    }
+    let second = control.job(&second.id).expect("job");
+    assert_eq!(second.state(), JobState::Pending);
+    assert_eq!(
+        second.message,
+        "pending: needs 2 workers, 2 registered (0 idle)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_large_job_is_not_overtaken_by_small_ones() {
+    let control = control();
+    let _a = TestWorker::join(&control);
+    let large = submit(&control, spec("large", 2)).await;
+    let small = submit(&control, spec("small", 1)).await;
+    // One idle worker would fit the small job, but the large one came first.
+    assert_eq!(
+        control.job(&large.id).expect("job").state(),
+        JobState::Pending
+    );
+    let small = control.job(&small.id).expect("job");
+    assert_eq!(small.state(), JobState::Pending);
+    assert_eq!(
+        small.message,
+        format!("pending: queued behind {}", large.id)
+    );
+    let _b = TestWorker::join(&control);
+    assert_eq!(
+        control.job(&large.id).expect("job").state(),
+        JobState::Running
+    );
+    assert_eq!(
+        control.job(&small.id).expect("job").state(),
+        JobState::Pending
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_worker_ends_its_generation_and_stops_the_other_ranks() {
+    let control = control();
+    let mut kept = TestWorker::join(&control);
+    let lost = TestWorker::join(&control);
+    let job = submit(&control, spec("lost", 2)).await;
+    kept.received();
+    let lost_id = lost.id.clone();
+    drop(lost);
+    // The stream watcher sees the closed channel.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let job = control.job(&job.id).expect("job");
+    assert_eq!(job.state(), JobState::Failed);
+    assert!(
+        job.message.contains(&format!("worker {lost_id}")) && job.message.contains("was lost"),
+        "{}",
+        job.message
+    );
+    let cancelled = kept
+        .received()
+        .into_iter()
+        .any(|c| matches!(c, Command::Cancel(c) if c.job_id == job.id));
+    assert!(cancelled, "the surviving rank is told to stop");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_failure_waits_for_the_real_cause() {
+    let control = control();
+    let survivor = TestWorker::join(&control);
+    let culprit = TestWorker::join(&control);
+    let job = submit(&control, spec("peer", 2)).await;
+    let mut symptom = survivor.end(&job, false, "connection reset by peer");
+    symptom.peer_failed = true;
+    control.task_end(symptom).expect("task end");
+    assert_eq!(
+        control.job(&job.id).expect("job").state(),
+        JobState::Running,
+        "a symptom alone does not end the generation at once"
+    );
+    let culprit_id = culprit.id.clone();
+    drop(culprit);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let failed = control.job(&job.id).expect("job");
+    assert_eq!(failed.state(), JobState::Failed);
+    assert!(
+        failed.message.contains(&format!("worker {culprit_id}")),
+        "the lost worker is the cause: {}",
+        failed.message
+    );
+    // The symptom's own timer, when it fires, changes nothing.
+    tokio::time::sleep(LEASE.ttl + LEASE.heartbeat_interval * 2).await;
+    assert_eq!(control.job(&job.id).expect("job").message, failed.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_symptom_stands_as_the_cause_when_nothing_else_comes() {
+    let control = control();
+    let survivor = TestWorker::join(&control);
+    let _quiet = TestWorker::join(&control);
+    let job = submit(&control, spec("symptom", 2)).await;
+    let mut symptom = survivor.end(&job, false, "connection reset by peer");
+    symptom.peer_failed = true;
+    control.task_end(symptom).expect("task end");
+    tokio::time::sleep(LEASE.ttl + LEASE.heartbeat_interval + Duration::from_millis(1)).await;
+    let job = control.job(&job.id).expect("job");
+    assert_eq!(job.state(), JobState::Failed);
+    assert!(
+        job.message.contains("connection reset by peer"),
+        "{}",
+        job.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn restarts_wait_out_the_backoff_until_the_budget_is_spent() {
+    let control = control();
+    let mut worker = TestWorker::join(&control);
+    let backoff = Duration::from_secs(5);
+    let job = submit(&control, with_restarts(spec("flaky", 1), 1, backoff)).await;
+    worker.received();
+    control
+        .task_end(worker.end(&job, false, "boom"))
+        .expect("task end");
+    let held = control.job(&job.id).expect("job");
+    assert_eq!((held.state(), held.restarts), (JobState::Pending, 1));
+    assert!(held.message.contains("restart 1/1"), "{}", held.message);
+    tokio::time::sleep(backoff - Duration::from_millis(10)).await;
+    assert!(
+        worker.assignments().is_empty(),
+        "not placed before the backoff"
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = worker.assignments();
+    assert_eq!(again.len(), 1, "placed again once the backoff is over");
+    assert_eq!(again[0].generation, 2);
+    let running = control.job(&job.id).expect("job");
+    control
+        .task_end(worker.end(&running, false, "boom again"))
+        .expect("task end");
+    let failed = control.job(&job.id).expect("job");
+    assert_eq!(failed.state(), JobState::Failed);
+    assert!(
+        failed
+            .message
+            .contains("no restarts left (max_restarts = 1)"),
+        "{}",
+        failed.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_generation_may_start_with_min_workers() {
+    let control = control();
+    let a = TestWorker::join(&control);
+    let b = TestWorker::join(&control);
+    let mut elastic = with_restarts(spec("elastic", 2), 1, Duration::from_secs(1));
+    if let Some(training) = elastic.training.as_mut() {
+        training.min_workers = 1;
+    }
+    let job = submit(&control, elastic).await;
+    assert_eq!(job.workers.len(), 2);
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    // The survivor stops the ended generation and says so.
+    control
+        .task_end(a.end(&job, false, "cancelled"))
+        .expect("task end");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = control.job(&job.id).expect("job");
+    assert_eq!((job.state(), job.generation), (JobState::Running, 2));
+    assert_eq!(
+        job.workers.len(),
+        1,
+        "one survivor is enough after a failure"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_preempted_worker_ends_its_generation_without_a_restart() {
+    let control = control();
+    let leaving = TestWorker::join(&control);
+    let job = submit(&control, spec("preempt", 1)).await;
+    let mut end = leaving.end(&job, false, "asked to leave");
+    end.preempted = true;
+    end.checkpoint_step = Some(40);
+    control.task_end(end).expect("task end");
+    let job = control.job(&job.id).expect("job");
+    assert_eq!(
+        (job.state(), job.restarts, job.checkpoint_step),
+        (JobState::Pending, 0, Some(40))
+    );
+    assert!(
+        job.message.contains("(planned)") || job.message.starts_with("pending"),
+        "{}",
+        job.message
+    );
+    let mut replacement = TestWorker::join(&control);
+    let assigned = replacement.assignments();
+    assert_eq!(assigned.len(), 1, "the replacement takes the job at once");
+    assert_eq!(assigned[0].resume_step, Some(40));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_coordinator_queues_its_running_jobs_first() {
+    let store = Arc::new(MemoryStore::default());
+    let (was_running, was_pending) = {
+        let control = control_on(store.clone());
+        let _w = TestWorker::join(&control);
+        let running = submit(&control, spec("running", 1)).await;
+        let pending = submit(&control, spec("pending", 1)).await;
+        (
+            control.job(&running.id).expect("job"),
+            control.job(&pending.id).expect("job"),
+        )
+    };
+    assert_eq!(was_running.state(), JobState::Running);
+    assert_eq!(was_pending.state(), JobState::Pending);
+    let restarted = control_on(store);
+    let job = restarted.job(&was_running.id).expect("job");
+    assert_eq!(job.state(), JobState::Pending);
+    assert_eq!(
+        job.restarts, 0,
+        "the coordinator's restart counts against nothing"
+    );
+    let mut worker = TestWorker::join(&restarted);
+    let assigned = worker.assignments();
+    assert_eq!(assigned.len(), 1);
+    assert_eq!(
+        (assigned[0].job_id.as_str(), assigned[0].generation),
+        (was_running.id.as_str(), 2),
+        "the job that was running resumes first, in a new generation"
+    );
+}
