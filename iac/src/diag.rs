@@ -82,6 +82,12 @@ impl Diagnostic {
         }
     }
 
+    /// The same diagnostic as a warning: reported, but the configuration still loads.
+    pub fn as_warning(mut self) -> Diagnostic {
+        self.severity = Severity::Warning;
+        self
+    }
+
     /// Sets the detail (builder style).
     pub fn with_detail(mut self, detail: impl Into<String>) -> Diagnostic {
         self.detail = Some(detail.into());

@@ -109,6 +109,10 @@ pub enum Claim {
     Taken(String),
 }
 
+/// The URL schemes [`JobStore::open`] can open in this build: every worker of a job must
+/// reach the same store, so a per-process `memory://` store is not one of them.
+pub const SCHEMES: &[&str] = &["file"];
+
 /// One job's directory in one object store.
 #[derive(Clone)]
 pub struct JobStore {
@@ -124,6 +128,17 @@ impl JobStore {
     /// Opens the directory of `job_id` under the storage `url` (`file:///…`, `s3://…`).
     pub fn open(url: &str, job_id: &str) -> Result<Self, StoreError> {
         let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
+        if !SCHEMES.contains(&parsed.scheme()) {
+            let why = format!(
+                "this build opens only {} storage",
+                SCHEMES
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return Err(url_error(url, why.into()));
+        }
         let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
             // Retention deletes whole checkpoints: let the local store drop emptied directories.
             Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::capability;
 use crate::checkpoint::CheckpointStore;
 use crate::collective::AbortHandle;
 use crate::collective::ring::RingCollective;
@@ -498,6 +499,7 @@ fn start_task(
                     peer_failed: e.peer,
                     preempted: e.left.is_some(),
                     checkpoint_step: e.left.flatten(),
+                    refused: e.refused,
                     ..TaskEnd::default()
                 },
             };
@@ -532,6 +534,8 @@ struct TaskFailure {
     peer: bool,
     /// This worker left on SIGTERM, with the checkpoint committed at the stop (if any).
     left: Option<Option<u64>>,
+    /// This worker cannot run the task at all: no restart would help.
+    refused: bool,
 }
 
 impl From<String> for TaskFailure {
@@ -540,6 +544,7 @@ impl From<String> for TaskFailure {
             message,
             peer: false,
             left: None,
+            refused: false,
         }
     }
 }
@@ -550,18 +555,16 @@ impl From<&str> for TaskFailure {
     }
 }
 
-/// Fails a task that asks for what this worker cannot do, before it joins the ring: a job
-/// is never trained other than as declared.
+/// Fails a task that asks for what this worker cannot do, before it joins the ring.
 fn refuse_unbuilt(spec: &kiln_proto::v1::JobSpec) -> Result<(), TaskFailure> {
     let training = spec.training.clone().unwrap_or_default();
-    let (backend, collective) = (training.backend.as_str(), training.collective.as_str());
-    if !matches!(backend, "" | "cpu") || !matches!(collective, "" | "ring") {
-        return Err(format!(
-            "this kiln-worker trains with `backend = \"cpu\"` and `collective = \"ring\"` only; the job asks for backend {backend:?} and collective {collective:?}, which are not built yet"
-        )
-        .into());
+    match capability::missing(&training.backend, &training.collective) {
+        Some(why) => Err(TaskFailure {
+            refused: true,
+            ..why.into()
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs one assignment on this thread.
@@ -596,9 +599,8 @@ fn run_task(
         RENDEZVOUS_TIMEOUT,
     )
     .map_err(|e| TaskFailure {
-        message: error_chain(&e),
         peer: true,
-        left: None,
+        ..error_chain(&e).into()
     })?;
     *lock(abort) = Some(ring.abort_handle());
     if cancel.load(Ordering::SeqCst) {
@@ -646,6 +648,7 @@ fn run_task(
             ) && left.is_none(),
             left,
             message: error_chain(&e),
+            refused: false,
         }
     })
 }

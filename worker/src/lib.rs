@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod capability;
 pub mod checkpoint;
 pub mod collective;
 pub mod data;

@@ -244,6 +244,9 @@ impl Control {
                 checkpoint: end.checkpoint_step,
             };
             self.end_generation(&mut state, &end.job_id, end.generation, cause, ending)?;
+        } else if !end.ok && end.refused {
+            let cause = format!("rank {rank} ({who}) cannot run the job: {}", end.error);
+            self.finish(&mut state, &end.job_id, JobState::Failed, cause)?;
         } else if !end.ok && end.peer_failed {
             // A symptom of a peer's failure. The lost worker's own signal (its stream closing,
             // its lease expiring) names the real cause and normally arrives within

@@ -426,3 +426,23 @@ async fn a_restarted_coordinator_queues_its_running_jobs_first() {
         "the job that was running resumes first, in a new generation"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_task_fails_the_job_at_once_whatever_its_restart_budget() {
+    let control = control();
+    let worker = TestWorker::join(&control);
+    let job = submit(&control, with_restarts(spec("gpu", 1), 3, Duration::ZERO)).await;
+    let mut end = worker.end(&job, false, "built without the `cuda` feature");
+    end.refused = true;
+    control.task_end(end).expect("task end");
+    let job = control.job(&job.id).expect("job");
+    assert_eq!((job.state(), job.restarts), (JobState::Failed, 0));
+    assert!(
+        job.message.contains(&format!("worker {}", worker.id))
+            && job
+                .message
+                .contains("cannot run the job: built without the `cuda` feature"),
+        "{}",
+        job.message
+    );
+}

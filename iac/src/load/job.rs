@@ -122,7 +122,16 @@ impl<'d> Loader<'d> {
             }),
         };
         let deploy = match self.at_most_one(src, body, &DEPLOY, &JOB) {
-            Some(deploy) => self.deploy(src, deploy).map(Some),
+            Some(deploy) => {
+                // Declared and checked, but nothing reads it yet: say so now.
+                self.push(
+                    src.error(header_span(deploy), "`deploy` has no effect yet")
+                        .with_detail("The validation gate, the model registry, the alias and the export are not built in this version: the job trains and keeps its checkpoints, and nothing is deployed.")
+                        .with_hint("remove the `deploy` block to silence this warning; it is checked, so it can stay for when deployment lands")
+                        .as_warning(),
+                );
+                self.deploy(src, deploy).map(Some)
+            }
             None => Some(None),
         };
 
@@ -295,7 +304,7 @@ impl<'d> Loader<'d> {
         if let Some(total) = crate::footprint::machine_memory()
             && need.bytes.saturating_mul(on_this_machine) > total
         {
-            let mut warning = src
+            let warning = src
                 .error(
                     header_span(model.block),
                     format!(
@@ -308,8 +317,7 @@ impl<'d> Loader<'d> {
                 )
                 .with_detail(detail)
                 .with_hint("the workers will likely die for want of memory; make the model smaller (`hidden`)");
-            warning.severity = crate::Severity::Warning;
-            self.push(warning);
+            self.push(warning.as_warning());
         }
         true
     }
@@ -447,14 +455,13 @@ impl<'d> Loader<'d> {
         }
         if backend == Some(Backend::Cuda) {
             // Declared and checked, but no worker can train on a GPU yet: say so now.
-            let mut warning = src
+            let warning = src
                 .error(
                     backend_attr.and_then(value_span),
                     "`backend = \"cuda\"` is not built yet: kiln-worker trains on the CPU only, so this job fails when it starts",
                 )
                 .with_hint("use `backend = \"cpu\"` (and `collective = \"ring\"`) until the CUDA backend lands");
-            warning.severity = crate::Severity::Warning;
-            self.push(warning);
+            self.push(warning.as_warning());
         }
 
         let spec = TrainingSpec {

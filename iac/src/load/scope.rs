@@ -17,6 +17,8 @@ use crate::expr;
 use crate::expr::{FUNCTIONS, Problem, Root};
 use crate::spec::Config;
 
+use kiln_proto::store::SCHEMES;
+
 use super::hints::{code_list, suggest};
 use super::options::LoadOptions;
 use super::secrets::{scrub, secret_needles};
@@ -370,12 +372,12 @@ impl<'d> Loader<'d> {
 
     /// A storage URL: relative `file://` paths are made absolute, other schemes pass through.
     /// The error is a summary and a hint.
-    pub(super) fn resolve_url(&self, url: &str) -> Result<String, (String, &'static str)> {
+    pub(super) fn resolve_url(&self, url: &str) -> Result<String, (String, String)> {
         if let Some(path) = url.strip_prefix("file://") {
             if path.trim().is_empty() {
                 return Err((
                     "Invalid value for `url`: empty `file://` path".to_owned(),
-                    "write `file://PATH`; a relative PATH is resolved against the configuration directory",
+                    "write `file://PATH`; a relative PATH is resolved against the configuration directory".to_owned(),
                 ));
             }
             return Ok(format!("file://{}", self.resolve_path(path).display()));
@@ -386,13 +388,19 @@ impl<'d> Loader<'d> {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         });
-        if valid_scheme {
-            Ok(url.to_owned())
-        } else {
-            Err((
+        match scheme {
+            Some(scheme) if valid_scheme && !SCHEMES.contains(&scheme) => Err((
+                format!("Invalid value for `url`: this build of kiln cannot open `{scheme}://` storage"),
+                format!(
+                    "the schemes it can open: {}; write `file://PATH` for a local directory (relative to the configuration directory)",
+                    SCHEMES.iter().map(|s| format!("`{s}://`")).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+            _ if valid_scheme => Ok(url.to_owned()),
+            _ => Err((
                 format!("Invalid value for `url`: {url:?} has no scheme"),
-                "write `file://PATH` for a local directory (relative to the configuration directory) or e.g. `s3://BUCKET/PREFIX`",
-            ))
+                "write `file://PATH` for a local directory (relative to the configuration directory)".to_owned(),
+            )),
         }
     }
 }

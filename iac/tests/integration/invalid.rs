@@ -94,6 +94,7 @@ single_mistake! {
     negative_seed,
     not_an_integer,
     restart_negative,
+    storage_scheme_not_built,
     storage_url_without_scheme,
     syntax_missing_equals,
     syntax_two_attributes_on_one_line,

@@ -107,7 +107,7 @@ fn loads_every_cluster_with_defaults() {
 
     // Non-file URLs pass through unchanged; absolute state paths stay as written.
     let remote = &config.clusters["remote_store"];
-    assert_eq!(remote.storage.url, "s3://kiln-checkpoints/runs");
+    assert_eq!(remote.storage.url, "file:///var/lib/kiln/checkpoints");
     assert_eq!(
         remote.state,
         StateSpec::Embedded {
@@ -269,7 +269,7 @@ fn loads_every_attribute_of_the_schema() {
                 ..pool("trainers", 2)
             }],
             storage: StorageSpec {
-                url: "s3://kiln-checkpoints/runs".into(),
+                url: "file:///var/lib/kiln/checkpoints".into(),
             },
             state: StateSpec::Etcd {
                 endpoints: vec![
@@ -326,7 +326,7 @@ fn loads_every_attribute_of_the_schema() {
     let wire = full.to_wire(&config.clusters["gpu"]);
     let training = wire.training.expect("training");
     assert_eq!((training.epochs, training.max_steps), (10, 500));
-    assert_eq!(wire.storage_url, "s3://kiln-checkpoints/runs");
+    assert_eq!(wire.storage_url, "file:///var/lib/kiln/checkpoints");
 
     // Only `max_steps`: no epoch limit, which the wire form carries as u32::MAX.
     let steps_only = &config.jobs["steps_only"];

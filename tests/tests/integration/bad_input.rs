@@ -319,3 +319,34 @@ fn a_cuda_job_is_warned_about_and_refused_never_trained_on_the_cpu() {
     );
     sandbox.assert_no_processes(Duration::from_secs(5));
 }
+
+#[test]
+fn a_deploy_block_is_accepted_with_a_located_warning_that_it_does_nothing_yet() {
+    let job = format!(
+        "{}\njob \"later\" {{\n  cluster = \"local\"\n  model \"mlp\" {{\n    inputs = 4\n    hidden = [8]\n    classes = 2\n  }}\n  dataset \"blobs\" {{\n    source = \"synthetic:blobs\"\n    samples = 64\n    features = 4\n    classes = 2\n  }}\n  training {{\n    workers = 1\n    batch_size = 8\n  }}\n  deploy {{\n    alias = \"production\"\n  }}\n}}\n",
+        cluster_hcl(1)
+    );
+    let sandbox = Sandbox::new().with_files(&[("main.hcl", &job)]);
+    let out = sandbox
+        .run(&["validate", "."], Duration::from_secs(30))
+        .expect("validate");
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Warning: `deploy` has no effect yet") && stderr.contains("main.hcl:"),
+        "{}",
+        describe(&out)
+    );
+    let out = sandbox
+        .run(&["validate", "--json", "."], Duration::from_secs(30))
+        .expect("validate --json");
+    assert!(out.status.success(), "{}", describe(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let diagnostics = json["diagnostics"].as_array().cloned().unwrap_or_default();
+    assert!(
+        diagnostics.iter().any(|d| d["severity"] == "warning"
+            && d["summary"] == "`deploy` has no effect yet"
+            && d["line"].as_u64().is_some()),
+        "{json}"
+    );
+}
