@@ -6,12 +6,8 @@ use crate::spec::{Backend, ClusterSpec, Collective, DataSource, JobSpec, Optimiz
 
 impl JobSpec {
     /// The job as submitted to the coordinator; `cluster` supplies the storage location.
-    ///
-    /// `max_steps` travels as 0 when there is no step limit. Without an epoch limit (only
-    /// `max_steps` was given), `epochs` travels as `u32::MAX`: the wire form has no "none",
-    /// and the worker stops at `min(epochs × steps per epoch, max_steps)`.
-    /// Fields the wire form does not carry yet (`max_workers`, deploy) are for the coordinator
-    /// to read from the spec itself.
+    /// Everything the job declares travels, defaults filled in (they live in the loader
+    /// only); limits that are not set travel as absent.
     pub fn to_wire(&self, cluster: &ClusterSpec) -> v1::JobSpec {
         let OptimizerSpec::Adam { learning_rate } = self.training.optimizer;
         let source = match &self.dataset.source {
@@ -32,6 +28,7 @@ impl JobSpec {
                 inputs: self.model.inputs,
                 hidden: self.model.hidden.clone(),
                 classes: self.model.classes,
+                kind: "mlp".to_owned(),
             }),
             dataset: Some(v1::DatasetSpec {
                 name: self.dataset.name.clone(),
@@ -43,11 +40,13 @@ impl JobSpec {
             training: Some(v1::TrainingSpec {
                 workers: self.training.workers,
                 batch_size: self.training.batch_size,
-                epochs: self.training.epochs.unwrap_or(u32::MAX),
+                epochs: self.training.epochs,
                 seed: self.training.seed,
                 learning_rate,
-                max_steps: self.training.max_steps.unwrap_or(0),
-                min_workers: self.training.min_workers,
+                max_steps: self.training.max_steps,
+                min_workers: Some(self.training.min_workers),
+                max_workers: self.training.max_workers,
+                optimizer: "adam".to_owned(),
                 backend: match self.training.backend {
                     Backend::Cpu => "cpu",
                     Backend::Cuda => "cuda",
@@ -67,6 +66,10 @@ impl JobSpec {
             restart: Some(v1::RestartSpec {
                 max_restarts: self.restart.max_restarts,
                 backoff_ms: self.restart.backoff.as_millis() as u64,
+            }),
+            deploy: self.deploy.as_ref().map(|deploy| v1::DeploySpec {
+                alias: deploy.alias.clone(),
+                min_val_accuracy: deploy.gate.as_ref().map(|g| g.min_val_accuracy),
             }),
         }
     }

@@ -28,6 +28,7 @@ use crate::capability;
 use crate::checkpoint::CheckpointStore;
 use crate::collective::AbortHandle;
 use crate::collective::ring::RingCollective;
+use crate::spec::TrainSpec;
 use crate::train::{self, Observer, Task};
 
 /// The CPU training backend.
@@ -556,9 +557,8 @@ impl From<&str> for TaskFailure {
 }
 
 /// Fails a task that asks for what this worker cannot do, before it joins the ring.
-fn refuse_unbuilt(spec: &kiln_proto::v1::JobSpec) -> Result<(), TaskFailure> {
-    let training = spec.training.clone().unwrap_or_default();
-    match capability::missing(&training.backend, &training.collective) {
+fn refuse_unbuilt(spec: &TrainSpec) -> Result<(), TaskFailure> {
+    match capability::missing(&spec.backend, &spec.collective) {
         Some(why) => Err(TaskFailure {
             refused: true,
             ..why.into()
@@ -577,10 +577,15 @@ fn run_task(
     runtime: &tokio::runtime::Handle,
     reports: mpsc::UnboundedSender<Report>,
 ) -> Result<train::Outcome, TaskFailure> {
-    let spec = assignment
+    let wire = assignment
         .spec
-        .clone()
+        .as_ref()
         .ok_or("assignment without a job spec")?;
+    // Decoded once; no restart would mend a spec this worker cannot train from.
+    let spec = TrainSpec::try_from(wire).map_err(|e| TaskFailure {
+        refused: true,
+        ..e.to_string().into()
+    })?;
     refuse_unbuilt(&spec)?;
     let peers = assignment
         .peers
@@ -606,10 +611,10 @@ fn run_task(
     if cancel.load(Ordering::SeqCst) {
         return Err("cancelled".into());
     }
-    let store = if spec.storage_url.is_empty() {
+    let store = if wire.storage_url.is_empty() {
         None
     } else {
-        let store = CheckpointStore::open(&spec.storage_url, &assignment.job_id)
+        let store = CheckpointStore::open(&wire.storage_url, &assignment.job_id)
             .map_err(|e| error_chain(&e))?;
         // Never write into (or delete from) a job directory another coordinator claimed.
         runtime

@@ -28,6 +28,7 @@ use crate::agent::CpuBackend;
 use crate::checkpoint::CheckpointStore;
 use crate::collective::Collective;
 use crate::collective::ring::{RingCollective, RingOptions};
+use crate::spec::TrainSpec;
 use crate::train::{self, CheckpointMode, Observer, Task};
 
 /// Arguments of `kiln-worker bench-allreduce`.
@@ -255,10 +256,8 @@ pub fn run_checkpoint_bench(
         |kind: RunKind, job_id: &str, steps: u64| -> anyhow::Result<train::Outcome> {
             let store = CheckpointStore::open(url.as_str(), job_id)
                 .context("opening the checkpoint store")?;
-            let mut spec = bench_spec(&args, url.as_str());
-            if let Some(training) = &mut spec.training {
-                training.max_steps = steps;
-            }
+            let mut spec = TrainSpec::try_from(&bench_spec(&args, url.as_str()))?;
+            spec.max_steps = Some(steps);
             let task = Task {
                 job_id: job_id.to_owned(),
                 spec,
@@ -341,6 +340,7 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
             inputs: args.inputs,
             hidden: args.hidden.clone(),
             classes: args.classes,
+            kind: "mlp".into(),
         }),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
@@ -357,11 +357,10 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
         training: Some(TrainingSpec {
             workers: 1,
             batch_size: args.batch_size,
-            epochs: u32::MAX,
+            epochs: None,
             seed: 7,
             learning_rate: 0.001,
-            max_steps: args.steps,
-            min_workers: 0,
+            max_steps: Some(args.steps),
             ..TrainingSpec::default()
         }),
         checkpoint: Some(CheckpointSpec {
@@ -369,7 +368,7 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
             keep: args.keep,
         }),
         storage_url: storage_url.to_owned(),
-        restart: None,
+        ..JobSpec::default()
     }
 }
 

@@ -13,4 +13,5 @@ pub mod checkpoint;
 pub mod collective;
 pub mod data;
 pub mod model;
+pub mod spec;
 pub mod train;

@@ -23,21 +23,22 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder, RecorderEr
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use kiln_proto::v1::{JobSpec, Metrics};
+use kiln_proto::v1::Metrics;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, InFlight};
 use crate::collective::{Collective, CollectiveError};
 use crate::data::{self, DataError, Samples};
 use crate::model::{Mlp, flatten_grads, flatten_params, unflatten_grads};
+use crate::spec::TrainSpec;
 
 /// What one rank runs: a job spec and its place in the generation.
 #[derive(Debug, Clone)]
 pub struct Task {
     /// Job id (names the checkpoint directory).
     pub job_id: String,
-    /// The job.
-    pub spec: JobSpec,
+    /// The job, decoded and checked.
+    pub spec: TrainSpec,
     /// Checkpoint step to resume from, if any.
     pub resume_step: Option<u64>,
 }
@@ -244,31 +245,19 @@ fn run<B: AutodiffBackend>(
     checkpoints: &mut Checkpoints,
 ) -> Result<Outcome, TrainError> {
     let spec = &task.spec;
-    let model_spec = spec.model.as_ref().ok_or(TrainError::Spec("no model"))?;
-    let training = spec
-        .training
-        .as_ref()
-        .ok_or(TrainError::Spec("no training"))?;
-    let dataset = spec
-        .dataset
-        .as_ref()
-        .ok_or(TrainError::Spec("no dataset"))?;
-    let every = spec
-        .checkpoint
-        .as_ref()
-        .map_or(0, |c| u64::from(c.every_steps));
-    let keep = spec.checkpoint.as_ref().map_or(1, |c| c.keep as usize);
+    let every = spec.checkpoint.map_or(0, |c| c.every_steps);
+    let keep = spec.checkpoint.map_or(1, |c| c.keep);
     let (rank, world) = (ctx.collective.rank(), ctx.collective.world_size());
     let device = ctx.device.clone();
 
-    let splits = data::load(dataset)?;
+    let splits = data::load(&spec.dataset)?;
     let n = splits.train.len();
     if n == 0 {
         return Err(TrainError::Spec("the training split is empty"));
     }
-    let global_batch = training.batch_size as usize * world;
+    let global_batch = spec.batch_size * world;
 
-    let mut model: Mlp<B> = Mlp::new(model_spec, training.seed, &device);
+    let mut model: Mlp<B> = Mlp::new(&spec.model, spec.seed, &device);
     let mut optim = AdamConfig::new().init::<B, Mlp<B>>();
     let mut pos = Position {
         step: 0,
@@ -305,7 +294,9 @@ fn run<B: AutodiffBackend>(
     // From the position: a resumed generation may have another world size (elastic), so the
     // rest of this epoch and the later ones are counted in its own global batches.
     let steps_per_epoch = n.div_ceil(global_batch) as u64;
-    let epochs_left = u64::from(training.epochs).saturating_sub(u64::from(pos.epoch));
+    // No epoch limit: as many as `max_steps` takes (the spec has one of the two).
+    let epochs = spec.epochs.map_or(u64::MAX, u64::from);
+    let epochs_left = epochs.saturating_sub(u64::from(pos.epoch));
     let remaining = match epochs_left {
         0 => 0,
         _ => (n as u64)
@@ -314,13 +305,13 @@ fn run<B: AutodiffBackend>(
             .saturating_add((epochs_left - 1).saturating_mul(steps_per_epoch)),
     };
     let mut total_steps = pos.step.saturating_add(remaining);
-    if training.max_steps > 0 {
-        total_steps = total_steps.min(training.max_steps);
+    if let Some(max_steps) = spec.max_steps {
+        total_steps = total_steps.min(max_steps);
     }
     let mut audit = SampleAudit::open(&task.job_id, rank, task.resume_step)?;
 
-    let lr = training.learning_rate;
-    let mut order = data::epoch_order(training.seed, pos.epoch, n);
+    let lr = spec.learning_rate;
+    let mut order = data::epoch_order(spec.seed, pos.epoch, n);
     let mut buf = Vec::new();
     let mut window = (Instant::now(), 0u64);
     let (run_start, mut trained) = (Instant::now(), 0u64);
@@ -372,7 +363,7 @@ fn run<B: AutodiffBackend>(
             }
             pos.epoch += 1;
             pos.offset = 0;
-            order = data::epoch_order(training.seed, pos.epoch, n);
+            order = data::epoch_order(spec.seed, pos.epoch, n);
         }
         if rank == 0 && (epoch_done || last_report.elapsed().as_millis() >= 500) {
             ctx.observer.progress(&metrics(

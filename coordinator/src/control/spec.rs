@@ -11,8 +11,8 @@ pub(super) fn workers_needed(job: &Job) -> (usize, usize) {
     let want = training.map_or(1, |t| t.workers) as usize;
     // Elastic: a generation after a failure, whose backoff gave replacements their chance,
     // may run with as few as `min_workers`.
-    let need = match training.map_or(0, |t| t.min_workers) as usize {
-        min if min > 0 && job.restarts > 0 => min.min(want),
+    let need = match training.and_then(|t| t.min_workers) {
+        Some(min) if job.restarts > 0 => (min as usize).clamp(1, want),
         _ => want,
     };
     (want, need)
@@ -33,8 +33,25 @@ pub(super) fn validate(spec: &JobSpec) -> Result<(), ControlError> {
     {
         return invalid("the job name must be non-empty and use only letters, digits, '-' and '_'");
     }
-    if training.workers == 0 || training.batch_size == 0 || training.epochs == 0 {
+    if training.workers == 0 || training.batch_size == 0 || training.epochs == Some(0) {
         return invalid("workers, batch_size and epochs must be at least 1");
+    }
+    if training.epochs.is_none() && training.max_steps.is_none() {
+        return invalid("a job needs epochs or max_steps (or both)");
+    }
+    if training.max_steps == Some(0)
+        || training
+            .min_workers
+            .is_some_and(|m| m == 0 || m > training.workers)
+    {
+        return invalid("max_steps must be at least 1, and min_workers in 1..=workers");
+    }
+    if !matches!(model.kind.as_str(), "" | "mlp")
+        || !matches!(training.optimizer.as_str(), "" | "adam")
+    {
+        return invalid(
+            "the model kind must be \"mlp\" and the optimizer \"adam\" (the only ones built)",
+        );
     }
     if training.learning_rate.is_nan() || training.learning_rate <= 0.0 {
         return invalid("learning_rate must be positive");

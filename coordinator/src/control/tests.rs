@@ -84,6 +84,7 @@ fn spec(name: &str, workers: u32) -> JobSpec {
             inputs: 4,
             hidden: vec![8],
             classes: 2,
+            kind: "mlp".into(),
         }),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
@@ -98,7 +99,7 @@ fn spec(name: &str, workers: u32) -> JobSpec {
         training: Some(TrainingSpec {
             workers,
             batch_size: 8,
-            epochs: 1,
+            epochs: Some(1),
             learning_rate: 0.01,
             ..TrainingSpec::default()
         }),
@@ -350,7 +351,7 @@ async fn a_restarted_generation_may_start_with_min_workers() {
     let b = TestWorker::join(&control);
     let mut elastic = with_restarts(spec("elastic", 2), 1, Duration::from_secs(1));
     if let Some(training) = elastic.training.as_mut() {
-        training.min_workers = 1;
+        training.min_workers = Some(1);
     }
     let job = submit(&control, elastic).await;
     assert_eq!(job.workers.len(), 2);

@@ -325,10 +325,10 @@ fn loads_every_attribute_of_the_schema() {
     );
     let wire = full.to_wire(&config.clusters["gpu"]);
     let training = wire.training.expect("training");
-    assert_eq!((training.epochs, training.max_steps), (10, 500));
+    assert_eq!((training.epochs, training.max_steps), (Some(10), Some(500)));
     assert_eq!(wire.storage_url, "file:///var/lib/kiln/checkpoints");
 
-    // Only `max_steps`: no epoch limit, which the wire form carries as u32::MAX.
+    // Only `max_steps`: no epoch limit, absent on the wire.
     let steps_only = &config.jobs["steps_only"];
     assert_eq!(
         (steps_only.training.epochs, steps_only.training.max_steps),
@@ -346,16 +346,16 @@ fn loads_every_attribute_of_the_schema() {
         .to_wire(&config.clusters["gpu"])
         .training
         .expect("training");
-    assert_eq!((training.epochs, training.max_steps), (u32::MAX, 100));
+    assert_eq!((training.epochs, training.max_steps), (None, Some(100)));
 
-    // Neither: one epoch, no step limit, 0 on the wire.
+    // Neither: the declared epochs, no step limit, absent on the wire.
     let valid = load_dir(&fixture("valid")).unwrap_or_else(|d| panic!("{d}"));
     let quickstart = &valid.jobs["quickstart"];
     let training = quickstart
         .to_wire(&valid.clusters["local"])
         .training
         .expect("training");
-    assert_eq!((training.epochs, training.max_steps), (5, 0));
+    assert_eq!((training.epochs, training.max_steps), (Some(5), None));
 }
 
 #[test]
@@ -422,7 +422,7 @@ fn examples_load_with_their_documented_values() {
             training.epochs,
             training.max_steps
         ),
-        (2, 64, 5, 0)
+        (2, 64, Some(5), None)
     );
 
     let csv = kiln_iac::load_dir_with(Path::new("../examples/csv"), &defaults)

@@ -21,6 +21,7 @@ use kiln_proto::v1::{
 use kiln_worker::agent::CpuBackend;
 use kiln_worker::checkpoint::CheckpointStore;
 use kiln_worker::collective::ring::RingCollective;
+use kiln_worker::spec::TrainSpec;
 use kiln_worker::train::{self, Context, Observer, Outcome, Task, TrainError};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -46,6 +47,7 @@ fn spec(storage_url: &str) -> JobSpec {
             inputs: 8,
             hidden: vec![16, 16],
             classes: 3,
+            kind: "mlp".into(),
         }),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
@@ -60,11 +62,10 @@ fn spec(storage_url: &str) -> JobSpec {
         training: Some(TrainingSpec {
             workers: 1,
             batch_size: 36,
-            epochs: 1000,
+            epochs: Some(1000),
             seed: 9,
             learning_rate: 0.01,
-            max_steps: STEPS,
-            min_workers: 0,
+            max_steps: Some(STEPS),
             ..TrainingSpec::default()
         }),
         checkpoint: Some(CheckpointSpec {
@@ -72,7 +73,7 @@ fn spec(storage_url: &str) -> JobSpec {
             keep: KEEP,
         }),
         storage_url: storage_url.to_owned(),
-        restart: None,
+        ..JobSpec::default()
     }
 }
 
@@ -336,7 +337,7 @@ impl Harness {
         train::train::<CpuBackend>(
             &Task {
                 job_id: JOB.into(),
-                spec: spec(storage_url),
+                spec: TrainSpec::try_from(&spec(storage_url)).expect("a valid spec"),
                 resume_step,
             },
             Context {

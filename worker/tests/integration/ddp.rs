@@ -13,6 +13,7 @@ use kiln_proto::v1::{
 use kiln_worker::agent::CpuBackend;
 use kiln_worker::collective::ring::RingCollective;
 use kiln_worker::model::{Mlp, flatten_params};
+use kiln_worker::spec::TrainSpec;
 use kiln_worker::train::{self, Context, Observer, Task};
 
 struct Quiet;
@@ -30,6 +31,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             inputs: 8,
             hidden: vec![16, 16],
             classes: 3,
+            kind: "mlp".into(),
         }),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
@@ -45,11 +47,10 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
         training: Some(TrainingSpec {
             workers,
             batch_size,
-            epochs: 100,
+            epochs: Some(100),
             seed: 9,
             learning_rate: 0.01,
-            max_steps,
-            min_workers: 0,
+            max_steps: Some(max_steps),
             ..TrainingSpec::default()
         }),
         checkpoint: Some(CheckpointSpec {
@@ -57,7 +58,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             keep: 1,
         }),
         storage_url: String::new(),
-        restart: None,
+        ..JobSpec::default()
     }
 }
 
@@ -84,7 +85,7 @@ fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
                     let cancel = AtomicBool::new(false);
                     let task = Task {
                         job_id: "ddp".into(),
-                        spec,
+                        spec: TrainSpec::try_from(&spec).expect("a valid spec"),
                         resume_step: None,
                     };
                     let outcome = train::train::<CpuBackend>(

@@ -1,0 +1,92 @@
+//! The job as this worker trains it: the wire spec decoded once, checked, into the typed
+//! spec the training loop trusts. Defaults are not filled in here: the configuration loader
+//! fills them, and the wire carries every value.
+
+use kiln_proto::v1;
+
+/// What a rank trains: the model, the data, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSpec {
+    /// The model (an MLP: the only kind built).
+    pub model: v1::ModelSpec,
+    /// The dataset and its validation split.
+    pub dataset: v1::DatasetSpec,
+    /// Samples per rank per step.
+    pub batch_size: usize,
+    /// Passes over the training split; `None`: until `max_steps`.
+    pub epochs: Option<u32>,
+    /// Optimizer steps to stop after; `None`: every epoch.
+    pub max_steps: Option<u64>,
+    /// Seed of the initial parameters and the sample order.
+    pub seed: u64,
+    /// Adam's learning rate.
+    pub learning_rate: f64,
+    /// When to checkpoint; `None`: never.
+    pub checkpoint: Option<CheckpointPolicy>,
+    /// Compute backend, as declared ("cpu", "cuda").
+    pub backend: String,
+    /// Gradient all-reduce, as declared ("ring", "nccl").
+    pub collective: String,
+}
+
+/// `checkpoint { every_steps, keep }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// A checkpoint every this many steps (at least 1).
+    pub every_steps: u64,
+    /// Committed checkpoints kept (at least 1).
+    pub keep: usize,
+}
+
+/// A wire spec this worker cannot train from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job spec: {0}")]
+pub struct SpecError(pub String);
+
+impl TryFrom<&v1::JobSpec> for TrainSpec {
+    type Error = SpecError;
+
+    fn try_from(spec: &v1::JobSpec) -> Result<Self, SpecError> {
+        let bad = |what: &str| SpecError(what.to_owned());
+        let model = spec.model.clone().ok_or_else(|| bad("no model"))?;
+        let dataset = spec.dataset.clone().ok_or_else(|| bad("no dataset"))?;
+        let training = spec.training.as_ref().ok_or_else(|| bad("no training"))?;
+        if !matches!(model.kind.as_str(), "" | "mlp") {
+            return Err(SpecError(format!(
+                "model kind {:?} is not built",
+                model.kind
+            )));
+        }
+        if !matches!(training.optimizer.as_str(), "" | "adam") {
+            return Err(SpecError(format!(
+                "optimizer {:?} is not built",
+                training.optimizer
+            )));
+        }
+        if training.batch_size == 0 {
+            return Err(bad("batch_size must be at least 1"));
+        }
+        if training.epochs.is_none() && training.max_steps.is_none() {
+            return Err(bad("no epochs and no max_steps: training would not end"));
+        }
+        let checkpoint = match &spec.checkpoint {
+            Some(c) if c.every_steps > 0 => Some(CheckpointPolicy {
+                every_steps: u64::from(c.every_steps),
+                keep: (c.keep as usize).max(1),
+            }),
+            _ => None,
+        };
+        Ok(TrainSpec {
+            model,
+            dataset,
+            batch_size: training.batch_size as usize,
+            epochs: training.epochs,
+            max_steps: training.max_steps,
+            seed: training.seed,
+            learning_rate: training.learning_rate,
+            checkpoint,
+            backend: training.backend.clone(),
+            collective: training.collective.clone(),
+        })
+    }
+}
