@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod cluster;
+
 /// The directory holding the workspace's built binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -23,7 +25,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "{} is missing: build the binaries first (cargo build --bins), as scripts/test does",
+        "{} is missing: build the binaries first (cargo build --workspace --all-targets), as scripts/test does",
         path.display()
     );
     path
@@ -100,15 +102,10 @@ impl Sandbox {
 
     /// Polls until no tagged process is left, failing after `timeout` with the survivors.
     pub fn assert_no_processes(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, "no process of the test to be left", || {
             let left = self.processes();
-            if left.is_empty() {
-                return;
-            }
-            assert!(Instant::now() < deadline, "processes left behind: {left:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            if left.is_empty() { Ok(()) } else { Err(left) }
+        });
     }
 }
 
@@ -170,12 +167,33 @@ pub fn signal(pid: u32, signal: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// A loopback port free at the time of the call.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// Polls `condition` (every 20 ms) until it gives `Ok`, and returns the value; fails the test
+/// after `timeout`, saying what it was waiting for and what it saw last (the `Err`).
+pub fn wait_until<T, E: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match condition() {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; last seen: {seen:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The port of the first `PREFIX<port>` in `text` (e.g. after `http://127.0.0.1:`).
+pub fn port_after(text: &str, prefix: &str) -> Option<u16> {
+    let rest = text.split(prefix).nth(1)?;
+    let digits = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..digits].parse().ok()
 }
 
 /// Stdout and stderr of `out`, for assertion messages.

@@ -1,42 +1,27 @@
 //! A standalone `kiln coordinator` with workers started by hand: submit/follow, status, and the
 //! join token check.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use kiln_tests::cluster::{Cluster, Coordinator, Reaped, worker_command};
 use kiln_tests::{
-    Sandbox, bin, blobs_job_hcl, cluster_hcl, describe, free_port, signal, wait_with_timeout,
+    Sandbox, blobs_job_hcl, cluster_hcl, describe, signal, wait_until, wait_with_timeout,
 };
 
-/// Kills and reaps the child when dropped, so a failing test leaves nothing behind.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A `kiln-worker` for the coordinator at `url`.
+fn worker(sandbox: &Sandbox, url: &str, token_file: &str, name: &str) -> Command {
+    worker_command(sandbox, url, token_file, name)
 }
 
 /// Stops a coordinator the planned way (SIGTERM) and waits for it.
-fn stop(mut coordinator: Reaped) {
-    assert!(signal(coordinator.0.id(), "TERM"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while coordinator.0.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "coordinator ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn stop(coordinator: Coordinator) {
+    coordinator.process.stop();
 }
 
-fn worker(sandbox: &Sandbox, url: &str, token_file: &str, name: &str) -> Command {
-    let mut cmd = Command::new(bin("kiln-worker"));
-    cmd.args(["--coordinator", url, "--join-token-file", token_file])
-        .env("KILN_NODE_NAME", name)
-        .env("KILN_TEST_TAG", &sandbox.tag)
-        .env_remove("KILN_JOIN_TOKEN")
-        .current_dir(sandbox.path())
-        .stdin(Stdio::null());
-    cmd
+/// Starts `kiln coordinator` on a port of its choosing and waits until it accepts connections.
+fn coordinator(sandbox: &Sandbox) -> Coordinator {
+    Coordinator::start(sandbox, "127.0.0.1:0")
 }
 
 #[test]
@@ -47,12 +32,11 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
         ("token", "s3cret\n"),
         ("wrong-token", "guess\n"),
     ]);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{listen}");
-    let _coordinator = coordinator(&sandbox, &listen);
+    let mut cluster = Cluster::builder(sandbox).start();
+    let (sandbox, url) = (&cluster.sandbox, cluster.url());
 
     // A worker with the wrong token is refused and exits with the reason.
-    let refused = worker(&sandbox, &url, "wrong-token", "intruder")
+    let refused = worker(sandbox, &url, "wrong-token", "intruder")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -65,18 +49,9 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
         describe(&out)
     );
 
-    let _workers: Vec<Reaped> = ["a", "b"]
-        .iter()
-        .map(|n| {
-            Reaped(
-                worker(&sandbox, &url, "token", n)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("spawn worker"),
-            )
-        })
-        .collect();
+    cluster.add_worker("a");
+    cluster.add_worker("b");
+    let (sandbox, url) = (&cluster.sandbox, cluster.url());
 
     let out = sandbox
         .run(
@@ -125,6 +100,11 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
             .as_str()
             .is_some_and(|u| u.ends_with("manifest.json"))
     );
+    // What the CLI printed is what the coordinator holds.
+    let job = cluster.client().job("remote-1").expect("GetJob");
+    assert_eq!(status["checkpoint_url"], job.checkpoint_url);
+    assert_eq!(status["params_digest"], job.params_digest);
+    assert_eq!(status["workers"], serde_json::json!(job.workers));
 
     let out = sandbox
         .run(
@@ -141,38 +121,8 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
     );
 
     // Stopping the coordinator (SIGTERM: a planned shutdown) makes its workers exit on their own.
-    stop(_coordinator);
-    sandbox.assert_no_processes(Duration::from_secs(10));
-}
-
-/// Starts `kiln coordinator` on `listen` and waits until it accepts connections.
-fn coordinator(sandbox: &Sandbox, listen: &str) -> Reaped {
-    let ready = sandbox.path().join("ready");
-    let _ = std::fs::remove_file(&ready);
-    let coordinator = Reaped(
-        sandbox
-            .kiln(&[
-                "coordinator",
-                "--listen",
-                listen,
-                "--state",
-                "state",
-                "--join-token-file",
-                "token",
-                "--ready-file",
-                "ready",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start coordinator"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready.exists() {
-        assert!(Instant::now() < deadline, "the coordinator never listened");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    coordinator
+    cluster.stop_coordinator();
+    cluster.sandbox.assert_no_processes(Duration::from_secs(10));
 }
 
 fn status(sandbox: &Sandbox, url: &str, job: &str) -> Option<serde_json::Value> {
@@ -196,40 +146,36 @@ fn wait_for_status(
     what: &str,
     pred: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let current = status(sandbox, url, job);
-        if let Some(s) = current.as_ref().filter(|s| pred(s)) {
-            return s.clone();
+    wait_until(Duration::from_secs(120), what, || {
+        match status(sandbox, url, job) {
+            Some(s) if pred(&s) => Ok(s),
+            other => Err(other),
         }
-        assert!(Instant::now() < deadline, "never {what}: {current:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 /// A standalone coordinator and two workers, `a` and `b`, running the chaos job of
 /// `recovery` with `max_restarts` until it has committed checkpoint `step` or later.
 struct Running {
     sandbox: Sandbox,
+    /// The address the first coordinator was given; its successors listen there too.
     listen: String,
     url: String,
 }
 
 impl Running {
-    fn start(max_restarts: u32, step: u64) -> (Self, Reaped, Reaped, Reaped) {
+    fn start(max_restarts: u32, step: u64) -> (Self, Coordinator, Reaped, Reaped) {
         let sandbox = Sandbox::new().with_files(&[
             ("cluster.hcl", &cluster_hcl(2)),
             ("job.hcl", &crate::recovery::job(max_restarts, "0s")),
             ("token", "s3cret\n"),
         ]);
-        let listen = format!("127.0.0.1:{}", free_port());
-        let url = format!("http://{listen}");
+        let coordinator = coordinator(&sandbox);
         let running = Self {
             sandbox,
-            listen,
-            url,
+            listen: coordinator.addr.to_string(),
+            url: coordinator.url(),
         };
-        let coordinator = coordinator(&running.sandbox, &running.listen);
         let (a, b) = (running.worker("a"), running.worker("b"));
         let out = running
             .sandbox
@@ -273,7 +219,7 @@ fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
     } = &running;
 
     drop(first); // SIGKILL
-    let second = coordinator(sandbox, listen);
+    let second = Coordinator::start(sandbox, listen);
     let done = running.wait_for("finished", |s| {
         s["state"] != "pending" && s["state"] != "running"
     });
@@ -456,7 +402,7 @@ fn chaos_three_worker_kills_and_a_coordinator_kill_end_bit_identical() {
         if round == coordinator_round {
             eprintln!("round {round}: kill -9 the coordinator after checkpoint {at}");
             drop(coordinator_process);
-            coordinator_process = coordinator(&running.sandbox, &running.listen);
+            coordinator_process = Coordinator::start(&running.sandbox, &running.listen);
         } else {
             let victim = rng.below(2) as usize;
             eprintln!("round {round}: kill -9 worker {victim} after checkpoint {at}");
@@ -488,9 +434,8 @@ fn elastic_a_lost_worker_not_replaced_leaves_one_that_sees_every_sample_once() {
     ]);
     let audit = sandbox.path().join("audit");
     std::fs::create_dir(&audit).expect("audit dir");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{listen}");
-    let coordinator = coordinator(&sandbox, &listen);
+    let coordinator = coordinator(&sandbox);
+    let url = coordinator.url();
     let start = |name: &str| {
         Reaped(
             worker(&sandbox, &url, "token", name)
@@ -587,9 +532,8 @@ fn a_waiting_job_says_why_its_clock_runs_and_ctrl_c_detaches() {
         ("job.hcl", &blobs_job_hcl("wait", 2, 1024, 2, 10)),
         ("token", "s3cret\n"),
     ]);
-    let listen = format!("127.0.0.1:{}", free_port());
-    let url = format!("http://{listen}");
-    let coordinator = coordinator(&sandbox, &listen);
+    let coordinator = coordinator(&sandbox);
+    let url = coordinator.url();
     let follower = sandbox
         .kiln(&["submit", "job.hcl", "--follow", "--coordinator", &url])
         .stdout(Stdio::piped())
@@ -689,8 +633,11 @@ fn a_waiting_job_says_why_its_clock_runs_and_ctrl_c_detaches() {
 
 #[test]
 fn an_unreachable_coordinator_is_named_once_with_exit_code_3() {
-    let sandbox = Sandbox::new();
-    let url = format!("http://127.0.0.1:{}", free_port());
+    // Where a coordinator listened and no longer does.
+    let sandbox = Sandbox::new().with_files(&[("token", "s3cret\n")]);
+    let gone = coordinator(&sandbox);
+    let url = gone.url();
+    stop(gone);
     let out = sandbox
         .run(&["status", "--coordinator", &url], Duration::from_secs(30))
         .expect("status");

@@ -7,7 +7,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kiln_tests::{Sandbox, bin, blobs_job_hcl, describe, signal, wait_with_timeout};
+use kiln_tests::{
+    Sandbox, bin, blobs_job_hcl, describe, port_after, signal, wait_until, wait_with_timeout,
+};
 
 const CLUSTER: &str = r#"variable "nodes" {
   type    = number
@@ -67,15 +69,14 @@ fn recorded_pid(sandbox: &Sandbox, address: &str) -> u32 {
 }
 
 fn wait_for_processes(sandbox: &Sandbox, count: usize) {
-    let deadline = Instant::now() + T;
-    while sandbox.processes().len() != count {
-        assert!(
-            Instant::now() < deadline,
-            "expected {count} processes, have {:?}",
-            sandbox.processes()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(T, &format!("{count} processes"), || {
+        let live = sandbox.processes();
+        if live.len() == count {
+            Ok(())
+        } else {
+            Err(live)
+        }
+    });
 }
 
 /// `kiln apply` on a pseudo-terminal, answering its prompt from the test.
@@ -258,22 +259,18 @@ fn a_declined_prompt_changes_nothing() {
 
 #[test]
 fn client_commands_find_the_applied_coordinator_and_say_when_it_is_gone() {
-    let port = kiln_tests::free_port();
-    // Bound on every interface: what apply records and prints is a URL a client can use.
+    // Bound on every interface, on a port the coordinator picks: what apply records and
+    // prints is a URL a client can use.
     let cluster = CLUSTER.replace(
         "  state {",
-        &format!("  coordinator {{\n    listen = \"0.0.0.0:{port}\"\n  }}\n  state {{"),
+        "  coordinator {\n    listen = \"0.0.0.0:0\"\n  }\n  state {",
     );
     let job = blobs_job_hcl("long", 2, 4096, 200, 1000);
     let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster), ("job.hcl", &job)]);
     let _cleanup = Cleanup(&sandbox);
     let applied = ok(&sandbox, &["apply", "--auto-approve"]);
-    assert!(
-        applied.contains(&format!(
-            "cluster local: coordinator at http://127.0.0.1:{port}"
-        )),
-        "{applied}"
-    );
+    let port = port_after(&applied, "cluster local: coordinator at http://127.0.0.1:");
+    assert!(port.is_some_and(|p| p > 0), "{applied}");
     assert!(!applied.contains("http://0.0.0.0"), "{applied}");
     wait_for_processes(&sandbox, 3);
 
