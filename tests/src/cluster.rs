@@ -233,7 +233,12 @@ impl Client {
     ) -> Job {
         wait_until(timeout, what, || match self.job(id) {
             Ok(job) if condition(&job) => Ok(job),
-            Ok(job) => Err(format!("{} ({}): {}", job.id, job.state().label(), job.message)),
+            Ok(job) => Err(format!(
+                "{} ({}): {}",
+                job.id,
+                job.state().label(),
+                job.message
+            )),
             Err(status) => Err(status.to_string()),
         })
     }

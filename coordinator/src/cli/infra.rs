@@ -346,14 +346,21 @@ pub async fn apply(target: &Path, vars: &LoadOptions, auto_approve: bool) -> Res
     .await
 }
 
-/// `kiln destroy DIR [--auto-approve]`: stops everything the state records. The configuration
-/// is not needed (it may be broken or gone).
-pub async fn destroy(dir: &Path, auto_approve: bool) -> Result<(), CliError> {
+/// The configuration directory `dir` (which must exist, though its configuration need not
+/// load) and its infrastructure state.
+fn infra_of(dir: &Path) -> Result<(PathBuf, Infra), CliError> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("cannot read {}", dir.display()))
         .bad_input()?;
     let infra = Infra::of(&dir);
+    Ok((dir, infra))
+}
+
+/// `kiln destroy DIR [--auto-approve]`: stops everything the state records. The configuration
+/// is not needed (it may be broken or gone).
+pub async fn destroy(dir: &Path, auto_approve: bool) -> Result<(), CliError> {
+    let (dir, infra) = infra_of(dir)?;
     if !infra.exists() {
         println!(
             "no state in {}: nothing was applied there, nothing to destroy",
@@ -533,11 +540,7 @@ pub(crate) fn applied_coordinators(config_dir: &Path) -> Result<Vec<AppliedCoord
 
 /// `kiln state DIR`: what the state records, and whether each resource still exists.
 pub fn show(dir: &Path) -> Result<(), CliError> {
-    let dir = dir
-        .canonicalize()
-        .with_context(|| format!("cannot read {}", dir.display()))
-        .bad_input()?;
-    let infra = Infra::of(&dir);
+    let (dir, infra) = infra_of(dir)?;
     if !infra.exists() {
         println!("no state in {}: nothing was applied there", dir.display());
         return Ok(());

@@ -175,7 +175,16 @@ impl<T> From<Absent> for Get<'_, T> {
     }
 }
 
-impl<T> Get<'_, T> {
+impl<'b, T> Get<'b, T> {
+    /// The value, converted by `f` when found.
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Get<'b, U> {
+        match self {
+            Get::Missing => Get::Missing,
+            Get::Invalid => Get::Invalid,
+            Get::Found(value, attr) => Get::Found(f(value), attr),
+        }
+    }
+
     /// The value, `default` when absent, `None` when invalid (already reported).
     pub(super) fn or(self, default: T) -> Option<T> {
         match self {
@@ -284,35 +293,19 @@ impl<'d> Loader<'d> {
         what: &str,
         convert: impl Fn(&Value) -> Result<T, Bad>,
     ) -> Get<'b, Vec<T>> {
-        let (attr, value) = match self.eval_set(src, body, name) {
-            Ok(found) => found,
-            Err(absent) => return absent.into(),
+        let elements = |value| match value {
+            Value::Array(items) => Some(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| (Seg::Index(i), item))
+                    .collect(),
+            ),
+            _ => None,
         };
-        let Value::Array(items) = &value else {
-            let bad = Bad::Type(format!(
-                "expected a list of {what}, got {}",
-                describe(&value)
-            ));
-            self.bad_value(src, value_span(attr), name, bad);
-            return Get::Invalid;
-        };
-        let mut out = Vec::with_capacity(items.len());
-        let mut ok = true;
-        for (i, item) in items.iter().enumerate() {
-            match convert(item) {
-                Ok(item) => out.push(item),
-                Err(bad) => {
-                    let span = span_at(&attr.value, &[Seg::Index(i)]);
-                    self.bad_value(src, span, &format!("{name}[{i}]"), bad);
-                    ok = false;
-                }
-            }
-        }
-        if ok {
-            Get::Found(out, attr)
-        } else {
-            Get::Invalid
-        }
+        let expected = format!("a list of {what}");
+        self.get_elements(src, body, name, &expected, elements, convert)
+            .map(|items| items.into_iter().map(|(_, item)| item).collect())
     }
 
     /// A map (an object) of `what`; a bad element is reported at the element when the map is
@@ -325,28 +318,59 @@ impl<'d> Loader<'d> {
         what: &str,
         convert: impl Fn(&Value) -> Result<T, Bad>,
     ) -> Get<'b, BTreeMap<String, T>> {
+        let elements = |value| match value {
+            Value::Object(map) => Some(
+                map.into_iter()
+                    .map(|(key, item)| (Seg::Key(key), item))
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let expected = format!("a map of {what}");
+        self.get_elements(src, body, name, &expected, elements, convert)
+            .map(|items| {
+                let entries = items.into_iter().filter_map(|(seg, item)| match seg {
+                    Seg::Key(key) => Some((key, item)),
+                    Seg::Index(_) => None,
+                });
+                entries.collect()
+            })
+    }
+
+    /// The elements of a list or map attribute (`elements` takes them out of the value, `None`
+    /// when it is something else: reported as not `expected`), each converted; a bad element
+    /// is reported at the element when the value is written literally.
+    fn get_elements<'b, T>(
+        &mut self,
+        src: &SourceFile,
+        body: &'b Body,
+        name: &str,
+        expected: &str,
+        elements: impl FnOnce(Value) -> Option<Vec<(Seg, Value)>>,
+        convert: impl Fn(&Value) -> Result<T, Bad>,
+    ) -> Get<'b, Vec<(Seg, T)>> {
         let (attr, value) = match self.eval_set(src, body, name) {
             Ok(found) => found,
             Err(absent) => return absent.into(),
         };
-        let Value::Object(map) = &value else {
-            let bad = Bad::Type(format!(
-                "expected a map of {what}, got {}",
-                describe(&value)
-            ));
+        let got = describe(&value);
+        let Some(items) = elements(value) else {
+            let bad = Bad::Type(format!("expected {expected}, got {got}"));
             self.bad_value(src, value_span(attr), name, bad);
             return Get::Invalid;
         };
-        let mut out = BTreeMap::new();
+        let mut out = Vec::with_capacity(items.len());
         let mut ok = true;
-        for (key, item) in map {
-            match convert(item) {
-                Ok(item) => {
-                    out.insert(key.clone(), item);
-                }
+        for (seg, item) in items {
+            match convert(&item) {
+                Ok(item) => out.push((seg, item)),
                 Err(bad) => {
-                    let span = span_at(&attr.value, &[Seg::Key(key.clone())]);
-                    self.bad_value(src, span, &format!("{name}[{key:?}]"), bad);
+                    let label = match &seg {
+                        Seg::Index(i) => format!("{name}[{i}]"),
+                        Seg::Key(key) => format!("{name}[{key:?}]"),
+                    };
+                    let span = span_at(&attr.value, std::slice::from_ref(&seg));
+                    self.bad_value(src, span, &label, bad);
                     ok = false;
                 }
             }
