@@ -245,6 +245,7 @@ fn run<B: AutodiffBackend>(
     checkpoints: &mut Checkpoints,
 ) -> Result<Outcome, TrainError> {
     let spec = &task.spec;
+    // Without a policy only the final checkpoint is written, so it is the one kept.
     let every = spec.checkpoint.map_or(0, |c| c.every_steps);
     let keep = spec.checkpoint.map_or(1, |c| c.keep);
     let (rank, world) = (ctx.collective.rank(), ctx.collective.world_size());
