@@ -1,6 +1,8 @@
 //! Harness for kiln's end-to-end tests: runs the real `kiln` and `kiln-worker` binaries as
 //! processes on loopback, each test in its own directory, and finds every process a test
 //! started (by an environment tag its children inherit) to prove none outlives the test.
+//! [`cluster`] starts a standalone coordinator and workers with a typed client on them;
+//! [`wait_until`] is the one way a test waits for something to happen.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
