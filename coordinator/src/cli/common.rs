@@ -112,19 +112,38 @@ pub(super) async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, Cli
         .infra()
 }
 
-/// Resolves on Ctrl-C, SIGTERM or SIGHUP (a closed terminal).
-pub(super) async fn interrupted() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
+/// Ctrl-C, SIGTERM and SIGHUP (a closed terminal), listened for from the moment this is
+/// made: one that comes before anything awaits it is kept for [`Interrupts::recv`], and never
+/// kills the process before it has cleaned up.
+pub(super) struct Interrupts {
+    signals: Vec<tokio::signal::unix::Signal>,
+}
+
+impl Interrupts {
+    /// Starts listening (a signal that cannot be listened for is left to its default).
+    pub(super) fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let kinds = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ];
+        Self {
+            signals: kinds.into_iter().filter_map(|k| signal(k).ok()).collect(),
+        }
+    }
+
+    /// Resolves on the next of those signals (at once for one that already came).
+    pub(super) async fn recv(&mut self) {
+        let waits: Vec<_> = self
+            .signals
+            .iter_mut()
+            .map(|s| Box::pin(s.recv()))
+            .collect();
+        if waits.is_empty() {
+            return std::future::pending().await;
+        }
+        futures::future::select_all(waits).await;
     }
 }
 

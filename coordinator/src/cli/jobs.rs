@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 
 use crate::follow::{self, Followed, OnInterrupt};
 
-use super::common::{DEFAULT_COORDINATOR, connect, finish, interrupted, load, pick_job};
+use super::common::{DEFAULT_COORDINATOR, Interrupts, connect, finish, load, pick_job};
 use super::error::{CliError, ResultExt};
 use super::infra::applied_coordinators;
 
@@ -81,7 +81,8 @@ async fn follow_detachable(
     client: &mut CoordinatorClient<Channel>,
     id: &str,
 ) -> Result<Job, CliError> {
-    match follow::follow(client, id, interrupted(), OnInterrupt::Detach).await? {
+    let mut interrupts = Interrupts::listen();
+    match follow::follow(client, id, interrupts.recv(), OnInterrupt::Detach).await? {
         Followed::Ended(job) => finish(job),
         Followed::Detached(job) => Ok(job),
     }

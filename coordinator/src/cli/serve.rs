@@ -10,7 +10,7 @@ use crate::control::{Control, LeaseConfig};
 use crate::service::Server;
 use crate::state::EmbeddedStore;
 
-use super::common::{interrupted, random_token, read_token, write_atomically, write_secret};
+use super::common::{Interrupts, random_token, read_token, write_atomically, write_secret};
 use super::error::{CliError, ResultExt};
 
 /// How `kiln coordinator` serves.
@@ -31,6 +31,8 @@ pub struct CoordinatorOptions {
 
 /// `kiln coordinator`: serves until Ctrl-C or SIGTERM.
 pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
+    // A stop that comes while it starts is kept, so it still shuts down the planned way.
+    let mut interrupts = Interrupts::listen();
     let CoordinatorOptions {
         listen,
         state,
@@ -64,7 +66,7 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
             .with_context(|| format!("writing {}", path.display()))
             .infra()?;
     }
-    interrupted().await;
+    interrupts.recv().await;
     eprintln!("kiln: shutting down");
     server.shutdown().await.infra()
 }

@@ -16,7 +16,7 @@ use crate::service::Server;
 use crate::state::EmbeddedStore;
 
 use super::common::{
-    connect, finish, interrupted, load, pick_job, random_token, read_token, worker_binary,
+    Interrupts, connect, finish, load, pick_job, random_token, read_token, worker_binary,
 };
 use super::error::{CliError, ResultExt};
 
@@ -32,6 +32,8 @@ pub async fn up(
     vars: &LoadOptions,
     resume: Option<&str>,
 ) -> Result<Job, CliError> {
+    // From here on a signal cancels the job and stops the cluster, whenever it comes.
+    let mut interrupts = Interrupts::listen();
     let config = load(dir, vars)?;
     let job = pick_job(&config, job_name)?;
     let cluster = &config.clusters[&job.cluster];
@@ -77,7 +79,15 @@ pub async fn up(
         Some(id) => Start::Resume(id),
         None => Start::Submit(job),
     };
-    let result = run_on_cluster(&mut provider, &server, cluster, &launch, start).await;
+    let result = run_on_cluster(
+        &mut provider,
+        &server,
+        cluster,
+        &launch,
+        start,
+        &mut interrupts,
+    )
+    .await;
     // Workers exit once their streams end; give them a moment, then kill what is left.
     let shutdown = server.shutdown();
     let exits = provider.shutdown(Duration::from_secs(5));
@@ -111,6 +121,7 @@ async fn run_on_cluster(
     cluster: &kiln_iac::spec::ClusterSpec,
     launch: &WorkerLaunch,
     start: Start<'_>,
+    interrupts: &mut Interrupts,
 ) -> Result<Job, CliError> {
     provider.launch(cluster, launch).await.infra()?;
     let mut client = connect(&server.url()).await?;
@@ -143,7 +154,7 @@ async fn run_on_cluster(
     // A node whose worker dies is replaced as often as the job may restart: the coordinator
     // restarts the job from its last checkpoint once the replacement registers.
     let mut replaced = 0;
-    let follow = follow::follow(&mut client, &job_id, interrupted(), OnInterrupt::Cancel);
+    let follow = follow::follow(&mut client, &job_id, interrupts.recv(), OnInterrupt::Cancel);
     let mut follow = std::pin::pin!(follow);
     let followed = loop {
         tokio::select! {

@@ -127,6 +127,36 @@ fn interrupt_up(signal: &str) {
     sandbox.assert_no_processes(Duration::from_secs(5));
 }
 
+#[test]
+fn a_signal_while_up_is_still_starting_stops_everything_it_started() {
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &blobs_job_hcl("early", 2, 8192, 200, 1000)),
+    ]);
+    let child = sandbox
+        .kiln(&["up", "."])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln up");
+    // As soon as the first worker exists: before the job is followed, maybe before it is
+    // submitted.
+    wait_until(Duration::from_secs(60), "a worker to start", || {
+        let live = sandbox.processes();
+        if live.len() >= 2 { Ok(()) } else { Err(live) }
+    });
+    assert!(kiln_tests::signal(child.id(), "TERM"));
+    let out = kiln_tests::wait_with_timeout(child, Duration::from_secs(60)).expect("kiln exits");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert_ne!(
+        out.status.code(),
+        None,
+        "kiln up handled the signal instead of dying of it: {}",
+        describe(&out)
+    );
+    sandbox.assert_no_processes(Duration::from_secs(10));
+}
+
 /// A job in `dir`'s store has committed a checkpoint.
 fn has_checkpoint(dir: &Path, job: &str) -> bool {
     std::fs::read_dir(dir.join(".kiln/store/jobs").join(job).join("checkpoints"))
