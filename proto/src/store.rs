@@ -113,6 +113,15 @@ pub enum Claim {
 /// reach the same store, so a per-process `memory://` store is not one of them.
 pub const SCHEMES: &[&str] = &["file"];
 
+/// [`SCHEMES`] for messages: "`file://`".
+pub fn scheme_list() -> String {
+    SCHEMES
+        .iter()
+        .map(|s| format!("`{s}://`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One job's directory in one object store.
 #[derive(Clone)]
 pub struct JobStore {
@@ -129,14 +138,7 @@ impl JobStore {
     pub fn open(url: &str, job_id: &str) -> Result<Self, StoreError> {
         let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
         if !SCHEMES.contains(&parsed.scheme()) {
-            let why = format!(
-                "this build opens only {} storage",
-                SCHEMES
-                    .iter()
-                    .map(|s| format!("{s}://"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+            let why = format!("this build opens only {} storage", scheme_list());
             return Err(url_error(url, why.into()));
         }
         let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {

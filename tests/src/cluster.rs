@@ -175,17 +175,6 @@ impl Cluster {
         self.workers.push(Reaped(worker));
     }
 
-    /// Kills the coordinator (SIGKILL: a crash).
-    pub fn kill_coordinator(&mut self) {
-        self.coordinator = None;
-    }
-
-    /// Starts a new coordinator on the address the previous one had, as a restarted one would
-    /// be, so that its workers find it again.
-    pub fn restart_coordinator(&mut self, previous: SocketAddr) {
-        self.coordinator = Some(Coordinator::start(&self.sandbox, &previous.to_string()));
-    }
-
     /// Stops the coordinator the planned way (SIGTERM), which makes its workers exit.
     pub fn stop_coordinator(&mut self) {
         if let Some(coordinator) = self.coordinator.take() {
@@ -221,25 +210,5 @@ impl Client {
         self.runtime
             .block_on(self.inner.get_job(request))
             .map(tonic::Response::into_inner)
-    }
-
-    /// Polls job `id` until `condition` holds, failing after `timeout` with the last state.
-    pub fn wait_for_job(
-        &mut self,
-        id: &str,
-        timeout: Duration,
-        what: &str,
-        condition: impl Fn(&Job) -> bool,
-    ) -> Job {
-        wait_until(timeout, what, || match self.job(id) {
-            Ok(job) if condition(&job) => Ok(job),
-            Ok(job) => Err(format!(
-                "{} ({}): {}",
-                job.id,
-                job.state().label(),
-                job.message
-            )),
-            Err(status) => Err(status.to_string()),
-        })
     }
 }

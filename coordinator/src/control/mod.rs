@@ -176,7 +176,7 @@ impl Control {
     }
 
     /// Runs `task` in the background until it ends or the coordinator shuts down.
-    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let shutdown = self.inner.shutdown.clone();
         self.inner.tasks.spawn(async move {
             tokio::select! {

@@ -17,7 +17,7 @@ use crate::expr;
 use crate::expr::{FUNCTIONS, Problem, Root};
 use crate::spec::Config;
 
-use kiln_proto::store::SCHEMES;
+use kiln_proto::store::{SCHEMES, scheme_list};
 
 use super::hints::{code_list, suggest};
 use super::options::LoadOptions;
@@ -393,7 +393,7 @@ impl<'d> Loader<'d> {
                 format!("Invalid value for `url`: this build of kiln cannot open `{scheme}://` storage"),
                 format!(
                     "the schemes it can open: {}; write `file://PATH` for a local directory (relative to the configuration directory)",
-                    SCHEMES.iter().map(|s| format!("`{s}://`")).collect::<Vec<_>>().join(", ")
+                    scheme_list()
                 ),
             )),
             _ if valid_scheme => Ok(url.to_owned()),

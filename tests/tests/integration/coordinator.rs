@@ -1,18 +1,13 @@
 //! A standalone `kiln coordinator` with workers started by hand: submit/follow, status, and the
 //! join token check.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use kiln_tests::cluster::{Cluster, Coordinator, Reaped, worker_command};
 use kiln_tests::{
     Sandbox, blobs_job_hcl, cluster_hcl, describe, signal, wait_until, wait_with_timeout,
 };
-
-/// A `kiln-worker` for the coordinator at `url`.
-fn worker(sandbox: &Sandbox, url: &str, token_file: &str, name: &str) -> Command {
-    worker_command(sandbox, url, token_file, name)
-}
 
 /// Stops a coordinator the planned way (SIGTERM) and waits for it.
 fn stop(coordinator: Coordinator) {
@@ -32,11 +27,11 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
         ("token", "s3cret\n"),
         ("wrong-token", "guess\n"),
     ]);
-    let mut cluster = Cluster::builder(sandbox).start();
+    let mut cluster = Cluster::builder(sandbox).workers(2).start();
     let (sandbox, url) = (&cluster.sandbox, cluster.url());
 
     // A worker with the wrong token is refused and exits with the reason.
-    let refused = worker(sandbox, &url, "wrong-token", "intruder")
+    let refused = worker_command(sandbox, &url, "wrong-token", "intruder")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -48,10 +43,6 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
         "{}",
         describe(&out)
     );
-
-    cluster.add_worker("a");
-    cluster.add_worker("b");
-    let (sandbox, url) = (&cluster.sandbox, cluster.url());
 
     let out = sandbox
         .run(
@@ -197,7 +188,7 @@ impl Running {
 
     fn worker(&self, name: &str) -> Reaped {
         Reaped(
-            worker(&self.sandbox, &self.url, "token", name)
+            worker_command(&self.sandbox, &self.url, "token", name)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -438,7 +429,7 @@ fn elastic_a_lost_worker_not_replaced_leaves_one_that_sees_every_sample_once() {
     let url = coordinator.url();
     let start = |name: &str| {
         Reaped(
-            worker(&sandbox, &url, "token", name)
+            worker_command(&sandbox, &url, "token", name)
                 .env("KILN_SAMPLE_AUDIT_DIR", &audit)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -578,7 +569,7 @@ fn a_waiting_job_says_why_its_clock_runs_and_ctrl_c_detaches() {
     );
 
     let _a = Reaped(
-        worker(&sandbox, &url, "token", "a")
+        worker_command(&sandbox, &url, "token", "a")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
