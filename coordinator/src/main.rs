@@ -56,6 +56,7 @@ impl Vars {
         kiln_iac::LoadOptions {
             vars: self.vars,
             var_files: self.var_files,
+            catalog: Some(std::sync::Arc::new(cli::BinaryCatalog::default())),
             ..kiln_iac::LoadOptions::from_env()
         }
     }

@@ -12,6 +12,7 @@ mod expr;
 pub mod fmt;
 pub mod footprint;
 mod load;
+pub mod models;
 pub mod plan;
 pub mod provider;
 pub mod spec;

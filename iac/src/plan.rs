@@ -134,7 +134,7 @@ pub fn desired(config: &Config) -> Vec<Resource> {
         });
         for pool in &cluster.node_pools {
             for index in 0..pool.count {
-                out.push(Resource {
+                let mut node = Resource {
                     address: Address {
                         cluster: cluster.name.clone(),
                         kind: ResourceKind::Node {
@@ -152,7 +152,13 @@ pub fn desired(config: &Config) -> Vec<Resource> {
                             serde_json::to_value(&pool.labels).unwrap_or_default(),
                         ),
                     ]),
-                });
+                };
+                // Only when declared: plans of clusters on the bundled worker stay as they were.
+                if let Some(binary) = &cluster.worker.binary {
+                    node.attrs
+                        .insert("worker_binary".into(), binary.display().to_string().into());
+                }
+                out.push(node);
             }
         }
     }

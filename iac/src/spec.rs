@@ -44,6 +44,16 @@ pub struct ClusterSpec {
     pub state: StateSpec,
     /// `coordinator { ... }`: how the coordinator is reached (defaults when absent).
     pub coordinator: CoordinatorSpec,
+    /// `worker { … }`: what its nodes run.
+    pub worker: WorkerSpec,
+}
+
+/// `worker { binary }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkerSpec {
+    /// The worker binary nodes run (resolved against the configuration directory); `None`:
+    /// the bundled `kiln-worker`.
+    pub binary: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -141,17 +151,18 @@ pub struct JobSpec {
     pub restart: RestartSpec,
     /// `deploy { ... }`; `None` when absent (nothing is deployed).
     pub deploy: Option<DeploySpec>,
+    /// What training the model costs a worker, as its worker binary reported the model's
+    /// size; `None` when the loader had no catalog to ask.
+    pub footprint: Option<crate::footprint::Footprint>,
 }
 
-/// `model "mlp" { inputs, hidden, classes }`: a multi-layer perceptron classifier.
+/// `model "KIND" { … }`: the model a job trains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSpec {
-    /// Input features (must equal the dataset's feature count).
-    pub inputs: u32,
-    /// Hidden layer widths, in order (may be empty).
-    pub hidden: Vec<u32>,
-    /// Output classes (must equal the dataset's class count).
-    pub classes: u32,
+    /// The kind (`model "KIND"`), as the cluster's worker binary names it.
+    pub kind: String,
+    /// The block's attributes, checked against the kind's schema, defaults filled in.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Where samples come from.
@@ -170,6 +181,20 @@ pub enum DataSource {
         path: PathBuf,
         /// Name of the label column; every other column is a numeric feature.
         label: String,
+    },
+    /// `format = "idx"`: MNIST's IDX files, gzipped or not.
+    Idx {
+        /// The images (or feature vectors): `source`.
+        images: PathBuf,
+        /// The labels: `labels`.
+        labels: PathBuf,
+    },
+    /// `format = "npy"`: NumPy arrays.
+    Npy {
+        /// The features: `source`.
+        x: PathBuf,
+        /// The labels: `labels`.
+        y: PathBuf,
     },
 }
 
@@ -191,10 +216,63 @@ pub struct DatasetSpec {
 /// `optimizer "adam" { learning_rate }`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OptimizerSpec {
-    /// Adam with Burn's default betas and epsilon.
-    Adam {
-        /// Learning rate (> 0, default 0.001).
+    /// `optimizer "sgd"`.
+    Sgd {
+        /// The learning rate.
         learning_rate: f64,
+        /// Momentum factor; 0: none.
+        momentum: f64,
+        /// Nesterov momentum.
+        nesterov: bool,
+        /// L2 penalty added to the gradient.
+        weight_decay: f64,
+    },
+    /// `optimizer "adam"`.
+    Adam {
+        /// The learning rate.
+        learning_rate: f64,
+        /// The moment decay rates.
+        betas: [f64; 2],
+    },
+    /// `optimizer "adamw"`.
+    AdamW {
+        /// The learning rate.
+        learning_rate: f64,
+        /// The moment decay rates.
+        betas: [f64; 2],
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+}
+
+/// `lr_schedule { kind, warmup_steps, … }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrScheduleSpec {
+    /// Steps of linear warm-up.
+    pub warmup_steps: u64,
+    /// What follows the warm-up.
+    pub kind: ScheduleKind,
+}
+
+/// The shape of a learning-rate schedule after its warm-up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScheduleKind {
+    /// The optimizer's rate throughout.
+    Constant,
+    /// Multiplied by `gamma` every `step_size` steps.
+    Step {
+        /// Steps between decays.
+        step_size: u64,
+        /// The factor.
+        gamma: f64,
+    },
+    /// Half a cosine from the optimizer's rate down to `min_lr` over `decay_steps` (absent:
+    /// the rest of the run).
+    Cosine {
+        /// The final rate.
+        min_lr: f64,
+        /// Steps of the decay.
+        decay_steps: Option<u64>,
     },
 }
 
@@ -244,6 +322,10 @@ pub struct TrainingSpec {
     pub collective: Collective,
     /// The optimizer (default Adam, lr 0.001).
     pub optimizer: OptimizerSpec,
+    /// How the learning rate changes; `None`: constant.
+    pub lr_schedule: Option<LrScheduleSpec>,
+    /// Clip the averaged gradient to this global L2 norm.
+    pub clip_grad_norm: Option<f64>,
 }
 
 /// `checkpoint { every_steps, keep }`.

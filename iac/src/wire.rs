@@ -2,14 +2,75 @@
 
 use kiln_proto::v1;
 
-use crate::spec::{Backend, ClusterSpec, Collective, DataSource, JobSpec, OptimizerSpec};
+use crate::spec::{
+    Backend, ClusterSpec, Collective, DataSource, JobSpec, OptimizerSpec, ScheduleKind,
+};
 
 impl JobSpec {
     /// The job as submitted to the coordinator; `cluster` supplies the storage location.
     /// Everything the job declares travels, defaults filled in (they live in the loader
     /// only); limits that are not set travel as absent.
     pub fn to_wire(&self, cluster: &ClusterSpec) -> v1::JobSpec {
-        let OptimizerSpec::Adam { learning_rate } = self.training.optimizer;
+        let optimizer = match &self.training.optimizer {
+            OptimizerSpec::Sgd {
+                learning_rate,
+                momentum,
+                nesterov,
+                weight_decay,
+            } => v1::OptimizerSpec {
+                kind: "sgd".into(),
+                learning_rate: *learning_rate,
+                momentum: *momentum,
+                nesterov: *nesterov,
+                weight_decay: *weight_decay,
+                ..Default::default()
+            },
+            OptimizerSpec::Adam {
+                learning_rate,
+                betas,
+            } => v1::OptimizerSpec {
+                kind: "adam".into(),
+                learning_rate: *learning_rate,
+                beta1: betas[0],
+                beta2: betas[1],
+                ..Default::default()
+            },
+            OptimizerSpec::AdamW {
+                learning_rate,
+                betas,
+                weight_decay,
+            } => v1::OptimizerSpec {
+                kind: "adamw".into(),
+                learning_rate: *learning_rate,
+                beta1: betas[0],
+                beta2: betas[1],
+                weight_decay: *weight_decay,
+                ..Default::default()
+            },
+        };
+        let lr_schedule = self.training.lr_schedule.as_ref().map(|s| {
+            let mut wire = v1::LrSchedule {
+                warmup_steps: s.warmup_steps,
+                ..Default::default()
+            };
+            match &s.kind {
+                ScheduleKind::Constant => wire.kind = "constant".into(),
+                ScheduleKind::Step { step_size, gamma } => {
+                    wire.kind = "step".into();
+                    wire.step_size = *step_size;
+                    wire.gamma = *gamma;
+                }
+                ScheduleKind::Cosine {
+                    min_lr,
+                    decay_steps,
+                } => {
+                    wire.kind = "cosine".into();
+                    wire.min_lr = *min_lr;
+                    wire.decay_steps = *decay_steps;
+                }
+            }
+            wire
+        });
         let source = match &self.dataset.source {
             DataSource::Blobs { samples, seed } => {
                 v1::dataset_spec::Source::Blobs(v1::BlobsSource {
@@ -21,14 +82,20 @@ impl JobSpec {
                 path: path.display().to_string(),
                 label: label.clone(),
             }),
+            DataSource::Idx { images, labels } => v1::dataset_spec::Source::Idx(v1::IdxSource {
+                images: images.display().to_string(),
+                labels: labels.display().to_string(),
+            }),
+            DataSource::Npy { x, y } => v1::dataset_spec::Source::Npy(v1::NpySource {
+                x: x.display().to_string(),
+                y: y.display().to_string(),
+            }),
         };
         v1::JobSpec {
             name: self.name.clone(),
             model: Some(v1::ModelSpec {
-                inputs: self.model.inputs,
-                hidden: self.model.hidden.clone(),
-                classes: self.model.classes,
-                kind: "mlp".to_owned(),
+                kind: self.model.kind.clone(),
+                attributes: serde_json::Value::Object(self.model.attributes.clone()).to_string(),
             }),
             dataset: Some(v1::DatasetSpec {
                 name: self.dataset.name.clone(),
@@ -42,11 +109,12 @@ impl JobSpec {
                 batch_size: self.training.batch_size,
                 epochs: self.training.epochs,
                 seed: self.training.seed,
-                learning_rate,
                 max_steps: self.training.max_steps,
                 min_workers: Some(self.training.min_workers),
                 max_workers: self.training.max_workers,
-                optimizer: "adam".to_owned(),
+                optimizer: Some(optimizer),
+                lr_schedule,
+                clip_grad_norm: self.training.clip_grad_norm,
                 backend: match self.training.backend {
                     Backend::Cpu => "cpu",
                     Backend::Cuda => "cuda",

@@ -8,7 +8,9 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod formats;
 pub mod manifest;
+pub mod models;
 pub mod store;
 
 pub use prost::Message;

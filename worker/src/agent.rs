@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burn::backend::{Autodiff, NdArray};
 use kiln_proto::error_chain;
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{
@@ -28,11 +27,9 @@ use crate::capability;
 use crate::checkpoint::CheckpointStore;
 use crate::collective::AbortHandle;
 use crate::collective::ring::RingCollective;
+use crate::model::Registry;
 use crate::spec::TrainSpec;
-use crate::train::{self, Observer, Task};
-
-/// The CPU training backend.
-pub type CpuBackend = Autodiff<NdArray>;
+use crate::train::{self, CheckpointMode, Observer, Task};
 
 /// How long ranks wait for each other to form the ring.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -53,6 +50,8 @@ pub struct AgentConfig {
     /// How long to keep trying to get back to a coordinator that was lost (crashed or
     /// restarting) before giving up and exiting.
     pub reconnect_timeout: Duration,
+    /// The model kinds this binary trains (advertised when it registers).
+    pub registry: Arc<Registry>,
 }
 
 /// Why the agent stopped.
@@ -146,7 +145,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let mut timeout = config.connect_timeout;
     loop {
         let (client, registered) = register(&config, collective_addr, timeout).await?;
-        match session(client, registered, listener.clone(), &mut sigterm).await? {
+        let registry = config.registry.clone();
+        match session(client, registered, listener.clone(), registry, &mut sigterm).await? {
             SessionEnd::Closed => return Ok(()),
             SessionEnd::Lost(cause) => {
                 tracing::warn!(%cause, "lost the coordinator; registering again");
@@ -171,6 +171,7 @@ async fn register(
             collective_addr: collective_addr.to_string(),
             node_name: config.node_name.clone(),
             pid: std::process::id(),
+            model_kinds: config.registry.names(),
         };
         match client.register(request).await {
             Ok(response) => return Ok((client, response.into_inner())),
@@ -208,6 +209,7 @@ async fn session(
     mut client: CoordinatorClient<Channel>,
     registered: RegisterResponse,
     listener: Arc<TcpListener>,
+    registry: Arc<Registry>,
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<SessionEnd, AgentError> {
     let worker_id = registered.worker_id;
@@ -283,6 +285,7 @@ async fn session(
                     client.clone(),
                     worker_id.clone(),
                     listener.clone(),
+                    registry.clone(),
                 ));
             }
             Some(Command::Goodbye(goodbye)) => {
@@ -423,6 +426,7 @@ fn start_task(
     mut client: CoordinatorClient<Channel>,
     worker_id: String,
     listener: Arc<TcpListener>,
+    registry: Arc<Registry>,
 ) -> Running {
     let cancel = Arc::new(AtomicBool::new(false));
     let leave = Arc::new(AtomicBool::new(false));
@@ -471,6 +475,7 @@ fn start_task(
             run_task(
                 &assignment,
                 &listener,
+                &registry,
                 &cancel,
                 &leave,
                 &abort,
@@ -557,8 +562,17 @@ impl From<&str> for TaskFailure {
 }
 
 /// Fails a task that asks for what this worker cannot do, before it joins the ring.
-fn refuse_unbuilt(spec: &TrainSpec) -> Result<(), TaskFailure> {
-    match capability::missing(&spec.backend, &spec.collective) {
+fn refuse_unbuilt(spec: &TrainSpec, registry: &Registry) -> Result<(), TaskFailure> {
+    let missing = capability::missing(&spec.backend, &spec.collective).or_else(|| {
+        (!registry.offers(&spec.model_kind)).then(|| {
+            format!(
+                "this worker binary does not offer model kind {:?} (it offers {})",
+                spec.model_kind,
+                registry.names().join(", ")
+            )
+        })
+    });
+    match missing {
         Some(why) => Err(TaskFailure {
             refused: true,
             ..why.into()
@@ -571,6 +585,7 @@ fn refuse_unbuilt(spec: &TrainSpec) -> Result<(), TaskFailure> {
 fn run_task(
     assignment: &Assignment,
     listener: &TcpListener,
+    registry: &Registry,
     cancel: &AtomicBool,
     leave: &AtomicBool,
     abort: &Mutex<Option<AbortHandle>>,
@@ -586,7 +601,7 @@ fn run_task(
         refused: true,
         ..e.to_string().into()
     })?;
-    refuse_unbuilt(&spec)?;
+    refuse_unbuilt(&spec, registry)?;
     let peers = assignment
         .peers
         .iter()
@@ -628,34 +643,36 @@ fn run_task(
         resume_step: assignment.resume_step,
     };
     let mut observer = ChannelObserver(reports);
-    train::train::<CpuBackend>(
-        &task,
-        train::Context {
-            device: Default::default(),
-            collective: &mut ring,
-            store: store.as_ref(),
-            runtime,
-            cancel,
-            leave,
-            observer: &mut observer,
-        },
-    )
-    .map_err(|e| {
-        let this_one_left = leave.load(Ordering::SeqCst);
-        let left = match e {
-            train::TrainError::Left { checkpoint, .. } if this_one_left => Some(checkpoint),
-            _ => None,
-        };
-        TaskFailure {
-            peer: matches!(
-                e,
-                train::TrainError::Collective(_) | train::TrainError::Left { .. }
-            ) && left.is_none(),
-            left,
-            message: error_chain(&e),
-            refused: false,
-        }
-    })
+    registry
+        .train(
+            &task,
+            train::Context {
+                device: Default::default(),
+                collective: &mut ring,
+                store: store.as_ref(),
+                runtime,
+                cancel,
+                leave,
+                observer: &mut observer,
+            },
+            CheckpointMode::Background,
+        )
+        .map_err(|e| {
+            let this_one_left = leave.load(Ordering::SeqCst);
+            let left = match e {
+                train::TrainError::Left { checkpoint, .. } if this_one_left => Some(checkpoint),
+                _ => None,
+            };
+            TaskFailure {
+                peer: matches!(
+                    e,
+                    train::TrainError::Collective(_) | train::TrainError::Left { .. }
+                ) && left.is_none(),
+                left,
+                message: error_chain(&e),
+                refused: false,
+            }
+        })
 }
 
 /// Identifies one generation's ring, so a late connection from an older one is refused.

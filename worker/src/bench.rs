@@ -20,14 +20,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail, ensure};
 use kiln_proto::bench::{CheckpointBenchResult, RunKind, RunResult, SizeResult};
 use kiln_proto::v1::{
-    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, ModelSpec, TrainingSpec,
-    dataset_spec::Source,
+    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, TrainingSpec, dataset_spec::Source,
 };
 
-use crate::agent::CpuBackend;
 use crate::checkpoint::CheckpointStore;
 use crate::collective::Collective;
 use crate::collective::ring::{RingCollective, RingOptions};
+use crate::model::{Registry, mlp};
+use crate::optim;
 use crate::spec::TrainSpec;
 use crate::train::{self, CheckpointMode, Observer, Task};
 
@@ -229,6 +229,7 @@ pub struct CheckpointBenchArgs {
 /// `runtime`, and prints a [`CheckpointBenchResult`] on stdout.
 pub fn run_checkpoint_bench(
     args: CheckpointBenchArgs,
+    registry: &Registry,
     runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<()> {
     ensure!(args.steps >= 1, "--steps must be at least 1");
@@ -267,20 +268,21 @@ pub fn run_checkpoint_bench(
                 RunKind::Sync => CheckpointMode::Blocking,
                 RunKind::None | RunKind::Async => CheckpointMode::Background,
             };
-            let outcome = train::train_with::<CpuBackend>(
-                &task,
-                train::Context {
-                    device: Default::default(),
-                    collective: &mut ring,
-                    store: (kind != RunKind::None).then_some(&store),
-                    runtime,
-                    cancel: &AtomicBool::new(false),
-                    leave: &AtomicBool::new(false),
-                    observer: &mut Silent,
-                },
-                mode,
-            )
-            .with_context(|| format!("training run {job_id}"))?;
+            let outcome = registry
+                .train(
+                    &task,
+                    train::Context {
+                        device: Default::default(),
+                        collective: &mut ring,
+                        store: (kind != RunKind::None).then_some(&store),
+                        runtime,
+                        cancel: &AtomicBool::new(false),
+                        leave: &AtomicBool::new(false),
+                        observer: &mut Silent,
+                    },
+                    mode,
+                )
+                .with_context(|| format!("training run {job_id}"))?;
             tracing::info!(
                 job_id,
                 samples_per_sec = outcome.metrics.samples_per_sec,
@@ -336,12 +338,7 @@ pub fn run_checkpoint_bench(
 fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
     JobSpec {
         name: "bench-checkpoint".into(),
-        model: Some(ModelSpec {
-            inputs: args.inputs,
-            hidden: args.hidden.clone(),
-            classes: args.classes,
-            kind: "mlp".into(),
-        }),
+        model: Some(mlp::spec(args.inputs, &args.hidden, args.classes)),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
             // Ten steps of samples an epoch; no validation split, whose evaluation would only
@@ -359,7 +356,7 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
             batch_size: args.batch_size,
             epochs: None,
             seed: 7,
-            learning_rate: 0.001,
+            optimizer: Some(optim::adam(0.001)),
             max_steps: Some(args.steps),
             ..TrainingSpec::default()
         }),

@@ -1,7 +1,11 @@
 //! kiln worker: the agent that registers with the coordinator, holds its lease and runs
 //! assignments ([`agent`]), and the training runtime it drives: datasets and sharding
-//! ([`data`]), Burn models ([`model`]), the rank's training loop ([`train`]), gradient
-//! all-reduce ([`collective`]) and checkpoints in object storage ([`checkpoint`]).
+//! ([`data`]), the model API and the built-in kinds ([`model`]), optimizers and schedules
+//! ([`optim`]), the rank's training loop ([`train`]), gradient all-reduce ([`collective`]) and
+//! checkpoints in object storage ([`checkpoint`]).
+//!
+//! A worker binary of one's own depends on this crate, adds its kinds to a
+//! [`model::Registry`] and calls [`cli::main`]; see `docs/models.md`.
 //!
 //! The worker knows nothing of scheduling or HCL: it does what its assignment says.
 #![warn(missing_docs)]
@@ -10,8 +14,10 @@ pub mod agent;
 pub mod bench;
 pub mod capability;
 pub mod checkpoint;
+pub mod cli;
 pub mod collective;
 pub mod data;
 pub mod model;
+pub mod optim;
 pub mod spec;
 pub mod train;

@@ -7,8 +7,10 @@ use kiln_proto::v1;
 /// What a rank trains: the model, the data, and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSpec {
-    /// The model (an MLP: the only kind built).
-    pub model: v1::ModelSpec,
+    /// The model kind.
+    pub model_kind: String,
+    /// Its attributes (checked against the kind's schema when the model is built).
+    pub model_attributes: serde_json::Map<String, serde_json::Value>,
     /// The dataset and its validation split.
     pub dataset: v1::DatasetSpec,
     /// Samples per rank per step.
@@ -19,8 +21,12 @@ pub struct TrainSpec {
     pub max_steps: Option<u64>,
     /// Seed of the initial parameters and the sample order.
     pub seed: u64,
-    /// Adam's learning rate.
-    pub learning_rate: f64,
+    /// The optimizer and its learning rate.
+    pub optimizer: v1::OptimizerSpec,
+    /// How the learning rate changes; `None`: constant.
+    pub lr_schedule: Option<v1::LrSchedule>,
+    /// Clip the averaged gradient to this global L2 norm.
+    pub clip_grad_norm: Option<f64>,
     /// When to checkpoint; `None`: never.
     pub checkpoint: Option<CheckpointPolicy>,
     /// Compute backend, as declared ("cpu", "cuda").
@@ -51,16 +57,30 @@ impl TryFrom<&v1::JobSpec> for TrainSpec {
         let model = spec.model.clone().ok_or_else(|| bad("no model"))?;
         let dataset = spec.dataset.clone().ok_or_else(|| bad("no dataset"))?;
         let training = spec.training.as_ref().ok_or_else(|| bad("no training"))?;
-        if !matches!(model.kind.as_str(), "" | "mlp") {
-            return Err(SpecError(format!(
-                "model kind {:?} is not built",
-                model.kind
-            )));
-        }
-        if !matches!(training.optimizer.as_str(), "" | "adam") {
+        let model_attributes = match model.attributes.as_str() {
+            "" => serde_json::Map::new(),
+            text => serde_json::from_str(text)
+                .map_err(|e| SpecError(format!("model attributes are not a JSON object: {e}")))?,
+        };
+        let optimizer = training
+            .optimizer
+            .clone()
+            .ok_or_else(|| bad("no optimizer"))?;
+        if !matches!(optimizer.kind.as_str(), "sgd" | "adam" | "adamw") {
             return Err(SpecError(format!(
                 "optimizer {:?} is not built",
-                training.optimizer
+                optimizer.kind
+            )));
+        }
+        if !(optimizer.learning_rate > 0.0 && optimizer.learning_rate.is_finite()) {
+            return Err(bad("the learning rate must be positive"));
+        }
+        if let Some(schedule) = &training.lr_schedule
+            && !matches!(schedule.kind.as_str(), "constant" | "step" | "cosine")
+        {
+            return Err(SpecError(format!(
+                "learning-rate schedule {:?} is not built",
+                schedule.kind
             )));
         }
         if training.batch_size == 0 {
@@ -77,13 +97,20 @@ impl TryFrom<&v1::JobSpec> for TrainSpec {
             _ => None,
         };
         Ok(TrainSpec {
-            model,
+            model_kind: if model.kind.is_empty() {
+                "mlp".to_owned()
+            } else {
+                model.kind
+            },
+            model_attributes,
             dataset,
             batch_size: training.batch_size as usize,
             epochs: training.epochs,
             max_steps: training.max_steps,
             seed: training.seed,
-            learning_rate: training.learning_rate,
+            optimizer,
+            lr_schedule: training.lr_schedule.clone(),
+            clip_grad_norm: training.clip_grad_norm,
             checkpoint,
             backend: training.backend.clone(),
             collective: training.collective.clone(),

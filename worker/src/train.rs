@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::module::{AutodiffModule, Module};
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder, RecorderError};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{CheckpointError, CheckpointStore, InFlight};
 use crate::collective::{Collective, CollectiveError};
 use crate::data::{self, DataError, Samples};
-use crate::model::{Mlp, flatten_grads, flatten_params, unflatten_grads};
+use crate::model::Classifier;
+use crate::model::params::{flatten_grads, flatten_params, unflatten_grads};
+use crate::optim::{Optim, Schedule, clip_global_norm};
 use crate::spec::TrainSpec;
 
 /// What one rank runs: a job spec and its place in the generation.
@@ -90,9 +92,9 @@ impl Outcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrainError {
-    /// The job spec is incomplete.
+    /// The job spec cannot be trained from.
     #[error("invalid job spec: {0}")]
-    Spec(&'static str),
+    Spec(String),
     /// The dataset could not be loaded.
     #[error("dataset")]
     Data(#[from] DataError),
@@ -138,6 +140,12 @@ struct Position {
     loss: f64,
     /// Validation accuracy of the last finished epoch.
     val_accuracy: Option<f64>,
+    /// Validation loss (mean cross-entropy) of the last finished epoch.
+    #[serde(default)]
+    val_loss: Option<f64>,
+    /// Steps the learning-rate decay spans, fixed by the first generation.
+    #[serde(default)]
+    schedule_steps: Option<u64>,
 }
 
 const MODEL_OBJECT: &str = "model.bin";
@@ -169,25 +177,28 @@ pub struct Context<'a, B: AutodiffBackend> {
     pub observer: &'a mut dyn Observer,
 }
 
-/// Trains `task` as one rank of `ctx.collective` and returns the final metrics and parameters,
-/// checkpointing in the background.
-pub fn train<B: AutodiffBackend>(task: &Task, ctx: Context<'_, B>) -> Result<Outcome, TrainError> {
-    train_with(task, ctx, CheckpointMode::Background)
-}
-
-/// [`train`] with the checkpoint `mode` chosen.
-pub fn train_with<B: AutodiffBackend>(
+/// Trains `model` (freshly initialised from the job's seed) on `task` as one rank of
+/// `ctx.collective` and returns the final metrics and parameters, writing checkpoints as
+/// `mode` says. [`crate::model::Registry::train`] builds the model of the task's kind and
+/// calls this.
+pub fn train_with<B, M>(
     task: &Task,
     mut ctx: Context<'_, B>,
     mode: CheckpointMode,
-) -> Result<Outcome, TrainError> {
+    model: M,
+) -> Result<Outcome, TrainError>
+where
+    B: AutodiffBackend,
+    M: Classifier<B> + AutodiffModule<B> + 'static,
+    M::InnerModule: Classifier<B::InnerBackend>,
+{
     let mut checkpoints = Checkpoints {
         mode,
         in_flight: None,
         waits: 0,
         stalls: Vec::new(),
     };
-    let result = run(task, &mut ctx, &mut checkpoints);
+    let result = run(task, &mut ctx, &mut checkpoints, model);
     if let Err(error) = &result {
         // The upload must not outlive the task, and what it commits is a checkpoint a restart
         // can resume from.
@@ -239,11 +250,17 @@ impl Checkpoints {
     }
 }
 
-fn run<B: AutodiffBackend>(
+fn run<B, M>(
     task: &Task,
     ctx: &mut Context<'_, B>,
     checkpoints: &mut Checkpoints,
-) -> Result<Outcome, TrainError> {
+    mut model: M,
+) -> Result<Outcome, TrainError>
+where
+    B: AutodiffBackend,
+    M: Classifier<B> + AutodiffModule<B> + 'static,
+    M::InnerModule: Classifier<B::InnerBackend>,
+{
     let spec = &task.spec;
     // Without a policy only the final checkpoint is written, so it is the one kept.
     let every = spec.checkpoint.map_or(0, |c| c.every_steps);
@@ -254,18 +271,20 @@ fn run<B: AutodiffBackend>(
     let splits = data::load(&spec.dataset)?;
     let n = splits.train.len();
     if n == 0 {
-        return Err(TrainError::Spec("the training split is empty"));
+        return Err(TrainError::Spec("the training split is empty".into()));
     }
     let global_batch = spec.batch_size * world;
 
-    let mut model: Mlp<B> = Mlp::new(&spec.model, spec.seed, &device);
-    let mut optim = AdamConfig::new().init::<B, Mlp<B>>();
+    let mut optim = Optim::<B, M>::new(&spec.optimizer).map_err(TrainError::Spec)?;
+    let schedule = Schedule::new(spec.optimizer.learning_rate, spec.lr_schedule.as_ref());
     let mut pos = Position {
         step: 0,
         epoch: 0,
         offset: 0,
         loss: 0.0,
         val_accuracy: None,
+        val_loss: None,
+        schedule_steps: None,
     };
     if let (Some(wanted), Some(store)) = (task.resume_step, ctx.store) {
         let (step, objects) = ctx.runtime.block_on(load_usable(store, wanted))?;
@@ -288,7 +307,7 @@ fn run<B: AutodiffBackend>(
                 })
         };
         model = model.load_record(Rec::default().load(get(MODEL_OBJECT)?, &device)?);
-        optim = optim.load_record(Rec::default().load(get(OPTIMIZER_OBJECT)?, &device)?);
+        optim = optim.load(get(OPTIMIZER_OBJECT)?, &device)?;
         pos = serde_json::from_slice(&get(STATE_OBJECT)?)?;
     }
 
@@ -310,8 +329,9 @@ fn run<B: AutodiffBackend>(
         total_steps = total_steps.min(max_steps);
     }
     let mut audit = SampleAudit::open(&task.job_id, rank, task.resume_step)?;
-
-    let lr = spec.learning_rate;
+    let horizon = *pos
+        .schedule_steps
+        .get_or_insert_with(|| schedule.horizon(total_steps));
     let mut order = data::epoch_order(spec.seed, pos.epoch, n);
     let mut buf = Vec::new();
     let mut window = (Instant::now(), 0u64);
@@ -332,7 +352,7 @@ fn run<B: AutodiffBackend>(
         let local_loss = if lo < hi {
             let (x, y) = splits.train.gather(&batch[lo..hi]);
             let loss =
-                summed_loss(&model, &x, &y, splits.train.features, &device).mul_scalar(scale);
+                summed_loss(&model, x, &y, splits.train.features(), &device).mul_scalar(scale);
             let value = scalar(loss.clone());
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             flatten_grads(&model, &grads, &mut buf);
@@ -350,8 +370,11 @@ fn run<B: AutodiffBackend>(
         ctx.collective.all_reduce_mean(&mut buf)?;
         let leaving = buf.pop().unwrap_or_default() > 0.0;
         pos.loss = f64::from(buf.pop().unwrap_or_default());
+        if let Some(max_norm) = spec.clip_grad_norm {
+            clip_global_norm(&mut buf, max_norm);
+        }
         let grads = unflatten_grads(&model, &buf, &device);
-        model = optim.step(lr, model, grads);
+        model = optim.step(schedule.rate(pos.step, horizon), model, grads);
 
         pos.step += 1;
         pos.offset += batch.len() as u64;
@@ -360,7 +383,9 @@ fn run<B: AutodiffBackend>(
         let epoch_done = pos.offset as usize >= n;
         if epoch_done {
             if rank == 0 && !splits.validation.is_empty() {
-                pos.val_accuracy = Some(accuracy(&model.valid(), &splits.validation, &device));
+                let (accuracy, loss) = evaluate(&model.valid(), &splits.validation, &device);
+                pos.val_accuracy = Some(accuracy);
+                pos.val_loss = Some(loss);
             }
             pos.epoch += 1;
             pos.offset = 0;
@@ -390,7 +415,7 @@ fn run<B: AutodiffBackend>(
             }
             // The snapshot: clones of the tensors after this step, encoded off this thread.
             let model_record = model.valid().into_record();
-            let optim_record = optim.to_record();
+            let optim_record = optim.snapshot();
             let state = serde_json::to_vec(&pos)?;
             let step = pos.step;
             let encode_error = move |e: RecorderError| CheckpointError::Encode {
@@ -405,12 +430,7 @@ fn run<B: AutodiffBackend>(
                             .record(model_record, ())
                             .map_err(encode_error)?,
                     ),
-                    (
-                        OPTIMIZER_OBJECT,
-                        Rec::default()
-                            .record(optim_record, ())
-                            .map_err(encode_error)?,
-                    ),
+                    (OPTIMIZER_OBJECT, optim_record().map_err(encode_error)?),
                     (STATE_OBJECT, state),
                 ])
             };
@@ -540,6 +560,7 @@ fn metrics(
         total_steps,
         loss: pos.loss,
         val_accuracy: pos.val_accuracy,
+        val_loss: pos.val_loss,
         samples_per_sec: if secs > 0.0 {
             samples as f64 / secs
         } else {
@@ -549,46 +570,64 @@ fn metrics(
     }
 }
 
-fn inputs<B: Backend>(x: &[f32], rows: usize, features: usize, device: &B::Device) -> Tensor<B, 2> {
-    Tensor::from_data(TensorData::new(x.to_vec(), [rows, features]), device)
+fn inputs<B: Backend>(
+    x: Vec<f32>,
+    rows: usize,
+    features: usize,
+    device: &B::Device,
+) -> Tensor<B, 2> {
+    Tensor::from_data(TensorData::new(x, [rows, features]), device)
+}
+
+fn targets<B: Backend>(y: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::from_data(
+        TensorData::new(y.iter().map(|&c| i64::from(c)).collect(), [y.len(), 1]),
+        device,
+    )
 }
 
 /// Sum (not mean) of the cross-entropy of each sample: the caller scales it.
-fn summed_loss<B: Backend>(
-    model: &Mlp<B>,
-    x: &[f32],
+fn summed_loss<B: Backend, M: Classifier<B>>(
+    model: &M,
+    x: Vec<f32>,
     y: &[u32],
     features: usize,
     device: &B::Device,
 ) -> Tensor<B, 1> {
-    let rows = y.len();
-    let logits = model.forward(inputs(x, rows, features, device));
-    let targets = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(y.iter().map(|&c| i64::from(c)).collect(), [rows, 1]),
-        device,
-    );
-    log_softmax(logits, 1).gather(1, targets).sum().neg()
+    let logits = model.forward(inputs(x, y.len(), features, device));
+    log_softmax(logits, 1)
+        .gather(1, targets(y, device))
+        .sum()
+        .neg()
 }
 
 fn scalar<B: Backend>(t: Tensor<B, 1>) -> f32 {
     t.into_data().iter::<f32>().next().unwrap_or(f32::NAN)
 }
 
-/// Fraction of `samples` whose arg-max logit is the label.
-fn accuracy<B: Backend>(model: &Mlp<B>, samples: &Samples, device: &B::Device) -> f64 {
-    let mut correct = 0usize;
+/// The fraction of `samples` whose arg-max logit is the label, and their mean cross-entropy.
+fn evaluate<B: Backend, M: Classifier<B>>(
+    model: &M,
+    samples: &Samples,
+    device: &B::Device,
+) -> (f64, f64) {
+    let (mut correct, mut loss) = (0usize, 0f64);
     let all: Vec<u32> = (0..samples.len() as u32).collect();
     for chunk in all.chunks(EVAL_BATCH) {
         let (x, y) = samples.gather(chunk);
-        let predicted = model
-            .forward(inputs(&x, y.len(), samples.features, device))
-            .argmax(1)
-            .into_data();
+        let logits = model.forward(inputs(x, y.len(), samples.features(), device));
+        let summed = log_softmax(logits.clone(), 1)
+            .gather(1, targets(&y, device))
+            .sum()
+            .neg();
+        loss += f64::from(scalar(summed));
+        let predicted = logits.argmax(1).into_data();
         correct += predicted
             .iter::<i64>()
             .zip(&y)
             .filter(|(p, t)| *p == i64::from(**t))
             .count();
     }
-    correct as f64 / samples.len() as f64
+    let n = samples.len() as f64;
+    (correct as f64 / n, loss / n)
 }

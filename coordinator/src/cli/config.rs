@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
-use kiln_iac::footprint::{self, Footprint};
+use kiln_iac::footprint;
 
 use super::common::print_warnings;
 use super::error::{CliError, ResultExt};
@@ -26,13 +26,15 @@ pub fn validate(dir: &Path, vars: &LoadOptions, json: bool) -> Result<(), CliErr
                 config.jobs.len()
             );
             for job in config.jobs.values() {
-                let need = Footprint::of_mlp(&job.model, job.training.batch_size);
-                println!(
-                    "  job {}: model mlp with {} parameters, about {} of memory per worker",
-                    job.name,
-                    footprint::grouped(need.parameters),
-                    footprint::human_bytes(need.bytes)
-                );
+                if let Some(need) = job.footprint {
+                    println!(
+                        "  job {}: model {} with {} parameters, about {} of memory per worker",
+                        job.name,
+                        job.model.kind,
+                        footprint::grouped(need.parameters),
+                        footprint::human_bytes(need.bytes)
+                    );
+                }
             }
             Ok(())
         }

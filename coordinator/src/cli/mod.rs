@@ -1,11 +1,13 @@
 //! The `kiln` commands, one module per family: `config` (validate, fmt), `up` (the whole job
 //! on the embedded default), `serve` (a standalone coordinator), `jobs` (the client commands
-//! on a running coordinator), `infra` (plan, apply, destroy, state) and `bench`; `common`
+//! on a running coordinator), `infra` (plan, apply, destroy, state) and `bench`; `catalog`
+//! asks worker binaries for their model kinds; `common`
 //! holds what they share, `error` the [`CliError`] each returns with its exit code:
 //! 1 = the job failed or was cancelled, 2 = bad input (HCL, arguments, a refused request),
 //! 3 = infrastructure (coordinator unreachable, state locked, workers could not start).
 
 pub mod bench;
+mod catalog;
 mod common;
 mod config;
 mod error;
@@ -14,6 +16,7 @@ mod jobs;
 mod serve;
 mod up;
 
+pub use catalog::BinaryCatalog;
 pub use common::{DEFAULT_COORDINATOR, worker_binary};
 pub use config::{fmt, validate};
 pub use error::CliError;

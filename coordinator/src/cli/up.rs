@@ -37,7 +37,10 @@ pub async fn up(
     let config = load(dir, vars)?;
     let job = pick_job(&config, job_name)?;
     let cluster = &config.clusters[&job.cluster];
-    let worker_bin = worker_binary()?;
+    let worker_bin = match &cluster.worker.binary {
+        Some(binary) => binary.clone(),
+        None => worker_binary()?,
+    };
     let state = state_dir(&config, job)?;
     let store = EmbeddedStore::open(&state).infra()?;
     let cause = "the `kiln up` that ran it died";

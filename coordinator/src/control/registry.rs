@@ -77,6 +77,7 @@ impl Control {
                 last_seen: Instant::now(),
                 commands: None,
                 task: None,
+                model_kinds: req.model_kinds,
             },
         );
         Ok(RegisterResponse {

@@ -7,7 +7,7 @@ use kiln_proto::v1::{Assignment, JobState};
 use tokio::time::Instant;
 
 use super::error::ControlError;
-use super::spec::workers_needed;
+use super::spec::{model_kind, workers_needed};
 use super::table::{Generation, State};
 use super::{Control, log_failure};
 
@@ -34,10 +34,11 @@ impl Control {
                 break;
             }
             let (want, need) = workers_needed(job);
+            let kind = model_kind(job);
             let idle: Vec<String> = state
                 .workers
                 .iter()
-                .filter(|(_, w)| w.idle())
+                .filter(|(_, w)| w.idle() && w.offers(kind))
                 .map(|(id, _)| id.clone())
                 .take(want)
                 .collect();
@@ -99,10 +100,9 @@ impl Control {
     }
 
     /// Says why each queued job waits, in its `message` and as an event when that changes:
-    /// how many workers the first one needs and has, or which job the others queue behind.
+    /// how many workers the first one needs and has (of those that train its model kind), or
+    /// which job the others queue behind.
     fn report_waiting(&self, state: &mut State) {
-        let registered = state.workers.len();
-        let idle = state.workers.values().filter(|w| w.idle()).count();
         let now = Instant::now();
         let queue = state.queue.clone();
         for (i, id) in queue.iter().enumerate() {
@@ -115,10 +115,28 @@ impl Control {
             };
             let reason = if i == 0 {
                 let (_, need) = workers_needed(job);
-                format!(
-                    "pending: needs {need} worker{}, {registered} registered ({idle} idle)",
-                    if need == 1 { "" } else { "s" }
-                )
+                let kind = model_kind(job);
+                let offering = || state.workers.values().filter(|w| w.offers(kind));
+                let (registered, idle) =
+                    (offering().count(), offering().filter(|w| w.idle()).count());
+                let plural = if need == 1 { "" } else { "s" };
+                if registered == 0 && !state.workers.is_empty() {
+                    let mut offered: Vec<&str> = state
+                        .workers
+                        .values()
+                        .flat_map(|w| w.model_kinds.iter().map(String::as_str))
+                        .collect();
+                    offered.sort_unstable();
+                    offered.dedup();
+                    format!(
+                        "pending: no registered worker trains model kind {kind:?} (they offer: {}); needs {need} worker{plural} whose binary does",
+                        offered.join(", ")
+                    )
+                } else {
+                    format!(
+                        "pending: needs {need} worker{plural}, {registered} registered ({idle} idle)"
+                    )
+                }
             } else {
                 format!("pending: queued behind {}", queue[0])
             };

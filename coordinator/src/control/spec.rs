@@ -46,21 +46,34 @@ pub(super) fn validate(spec: &JobSpec) -> Result<(), ControlError> {
     {
         return invalid("max_steps must be at least 1, and min_workers in 1..=workers");
     }
-    if !matches!(model.kind.as_str(), "" | "mlp")
-        || !matches!(training.optimizer.as_str(), "" | "adam")
+    if model.kind.is_empty()
+        || serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&model.attributes)
+            .is_err()
     {
-        return invalid(
-            "the model kind must be \"mlp\" and the optimizer \"adam\" (the only ones built)",
-        );
+        return invalid("the model needs a kind and its attributes as a JSON object");
     }
-    if training.learning_rate.is_nan() || training.learning_rate <= 0.0 {
+    let Some(optimizer) = &training.optimizer else {
+        return invalid("the job needs an optimizer");
+    };
+    if !matches!(optimizer.kind.as_str(), "sgd" | "adam" | "adamw") {
+        return invalid("the optimizer must be \"sgd\", \"adam\" or \"adamw\"");
+    }
+    if optimizer.learning_rate.is_nan() || optimizer.learning_rate <= 0.0 {
         return invalid("learning_rate must be positive");
     }
-    if model.inputs == 0 || model.classes < 2 || model.inputs != dataset.features {
-        return invalid("model inputs must equal the dataset's features, and classes be >= 2");
+    if dataset.features == 0 || dataset.classes < 2 {
+        return invalid("the dataset needs at least 1 feature and 2 classes");
     }
     if dataset.source.is_none() || !(0.0..1.0).contains(&dataset.validation_split) {
         return invalid("the dataset needs a source and a validation_split in [0, 1)");
     }
     Ok(())
+}
+
+/// The model kind a job trains.
+pub(super) fn model_kind(job: &Job) -> &str {
+    job.spec
+        .as_ref()
+        .and_then(|s| s.model.as_ref())
+        .map_or("", |m| m.kind.as_str())
 }

@@ -24,6 +24,8 @@ pub(super) struct Worker {
     pub(super) commands: Option<CommandSender>,
     /// The job (and generation) whose task this worker runs, until it reports the task's end.
     pub(super) task: Option<(String, u64)>,
+    /// The model kinds its binary trains.
+    pub(super) model_kinds: Vec<String>,
 }
 
 impl Worker {
@@ -34,6 +36,11 @@ impl Worker {
     /// Attached and not running a task.
     pub(super) fn idle(&self) -> bool {
         self.commands.is_some() && self.task.is_none()
+    }
+
+    /// Whether its binary trains model `kind`.
+    pub(super) fn offers(&self, kind: &str) -> bool {
+        self.model_kinds.iter().any(|k| k == kind)
     }
 
     /// Sends `command` on the worker's stream, if it has one.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use kiln_proto::v1::worker_command::Command;
 use kiln_proto::v1::{
-    Assignment, BlobsSource, DatasetSpec, Job, JobSpec, JobState, ModelSpec, RegisterRequest,
-    RestartSpec, TaskEnd, TrainingSpec, WorkerCommand, dataset_spec,
+    Assignment, BlobsSource, DatasetSpec, Job, JobSpec, JobState, ModelSpec, OptimizerSpec,
+    RegisterRequest, RestartSpec, TaskEnd, TrainingSpec, WorkerCommand, dataset_spec,
 };
 use tokio::sync::mpsc;
 
@@ -81,10 +81,8 @@ fn spec(name: &str, workers: u32) -> JobSpec {
     JobSpec {
         name: name.into(),
         model: Some(ModelSpec {
-            inputs: 4,
-            hidden: vec![8],
-            classes: 2,
             kind: "mlp".into(),
+            attributes: r#"{"inputs": 4, "hidden": [8], "classes": 2}"#.into(),
         }),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
@@ -100,7 +98,13 @@ fn spec(name: &str, workers: u32) -> JobSpec {
             workers,
             batch_size: 8,
             epochs: Some(1),
-            learning_rate: 0.01,
+            optimizer: Some(OptimizerSpec {
+                kind: "adam".into(),
+                learning_rate: 0.01,
+                beta1: 0.9,
+                beta2: 0.999,
+                ..OptimizerSpec::default()
+            }),
             ..TrainingSpec::default()
         }),
         ..JobSpec::default()
@@ -123,12 +127,18 @@ struct TestWorker {
 
 impl TestWorker {
     fn join(control: &Control) -> TestWorker {
+        Self::offering(control, &["mlp"])
+    }
+
+    /// A worker whose binary trains `kinds`.
+    fn offering(control: &Control, kinds: &[&str]) -> TestWorker {
         let id = control
             .register(RegisterRequest {
                 join_token: "token".into(),
                 collective_addr: "127.0.0.1:1".into(),
                 node_name: "node".into(),
                 pid: 1,
+                model_kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
             })
             .expect("register")
             .worker_id;
@@ -445,5 +455,30 @@ async fn a_refused_task_fails_the_job_at_once_whatever_its_restart_budget() {
                 .contains("cannot run the job: built without the `cuda` feature"),
         "{}",
         job.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_is_placed_only_on_workers_that_train_its_model_kind() {
+    let control = control();
+    let mut other = TestWorker::offering(&control, &["cnn", "resmlp"]);
+    let job = submit(&control, spec("a", 1)).await;
+    assert_eq!(job.state(), JobState::Pending);
+    assert!(
+        job.message
+            .contains(r#"no registered worker trains model kind "mlp""#)
+            && job.message.contains("cnn, resmlp"),
+        "{}",
+        job.message
+    );
+    assert!(other.assignments().is_empty());
+
+    let mut able = TestWorker::join(&control);
+    control.schedule();
+    assert_eq!(able.assignments().len(), 1);
+    assert!(other.assignments().is_empty());
+    assert_eq!(
+        control.job(&job.id).expect("job").state(),
+        JobState::Running
     );
 }

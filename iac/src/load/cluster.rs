@@ -7,7 +7,7 @@ use hcl::edit::Span;
 use hcl::edit::structure::Block;
 
 use crate::spec::{
-    ClusterSpec, CoordinatorSpec, NodePoolSpec, ProviderKind, StateSpec, StorageSpec,
+    ClusterSpec, CoordinatorSpec, NodePoolSpec, ProviderKind, StateSpec, StorageSpec, WorkerSpec,
 };
 
 use super::defaults::{
@@ -17,7 +17,9 @@ use super::defaults::{
 use super::getters::{
     Get, check_host_port, expect_positive_duration, expect_string, non_empty_string,
 };
-use super::schema::{CLUSTER, COORDINATOR, NODE_POOL, PROVIDERS, STATE, STATE_BACKENDS, STORAGE};
+use super::schema::{
+    CLUSTER, COORDINATOR, NODE_POOL, PROVIDERS, STATE, STATE_BACKENDS, STORAGE, WORKER,
+};
 use super::scope::{Bad, Loader};
 use super::source::{SourceFile, header_span, value_span};
 
@@ -117,6 +119,11 @@ impl<'d> Loader<'d> {
             }),
         };
 
+        let worker = match self.at_most_one(src, body, &WORKER, &CLUSTER) {
+            Some(worker) => self.worker(src, worker),
+            None => Some(WorkerSpec::default()),
+        };
+
         Some(ClusterSpec {
             name: name.to_owned(),
             provider: provider?,
@@ -124,7 +131,36 @@ impl<'d> Loader<'d> {
             storage: storage?,
             state: state?,
             coordinator: coordinator?,
+            worker: worker?,
         })
+    }
+
+    /// `worker { binary }`: the binary must exist (relative paths are resolved against the
+    /// configuration directory), so that a typo is found here, not when nodes start.
+    pub(super) fn worker(&mut self, src: &SourceFile, block: &Block) -> Option<WorkerSpec> {
+        let labels_ok = self.check_labels(src, block, &WORKER);
+        let body = &block.body;
+        self.check_body(src, body, &WORKER);
+        let binary = match self.get(src, body, "binary", non_empty_string) {
+            Get::Found(path, attr) => {
+                let resolved = self.resolve_path(&path);
+                if !resolved.is_file() {
+                    self.push(
+                        src.error(
+                            value_span(attr),
+                            format!("Worker binary `{}` does not exist", resolved.display()),
+                        )
+                        .with_detail("A relative path is resolved against the configuration directory.")
+                        .with_hint("build it first (`cargo build --release -p YOUR_CRATE`), or fix the path"),
+                    );
+                    return None;
+                }
+                Some(Some(resolved))
+            }
+            Get::Missing => Some(None),
+            Get::Invalid => None,
+        };
+        labels_ok.then_some(WorkerSpec { binary: binary? })
     }
 
     pub(super) fn node_pool(

@@ -1,5 +1,5 @@
-//! Decoding `dataset` blocks: the source (a CSV file or a synthetic generator), its columns
-//! read from the CSV header, and the validation split.
+//! Decoding `dataset` blocks: the source (a CSV, IDX or NPY file, or a synthetic generator),
+//! its shape read from the file's header, and the validation split.
 
 use std::path::Path;
 
@@ -90,7 +90,7 @@ impl<'d> Loader<'d> {
 
         // Attributes that only make sense for the other kind of source.
         let foreign: &[&str] = match &kind {
-            Some(SourceKind::Blobs) => &["format", "label"],
+            Some(SourceKind::Blobs) => &["format", "label", "labels"],
             Some(SourceKind::Csv { .. }) => &["samples", "seed"],
             None => &[],
         };
@@ -141,6 +141,11 @@ impl<'d> Loader<'d> {
         } else {
             Get::Missing
         };
+        let labels_file = if applies("labels") {
+            self.get_string(src, body, "labels")
+        } else {
+            Get::Missing
+        };
         let label = if applies("label") {
             self.get_string(src, body, "label")
         } else {
@@ -188,8 +193,47 @@ impl<'d> Loader<'d> {
                     origin,
                 )
             }
+            SourceKind::Csv { path } if format_of(&path, &format) != "csv" => {
+                let format = self.one_of(
+                    src,
+                    format,
+                    format_of(&path, &Get::Missing),
+                    DATASET_FORMATS,
+                    "dataset format",
+                )?;
+                if let Some(attr) = body.get_attribute("label") {
+                    self.push(
+                        src.error(attr.key.span(), format!("`label` does not apply to a `format = \"{format}\"` dataset"))
+                            .with_hint("the labels of an IDX or NPY dataset are a file of their own: `labels = \"file://…\"`"),
+                    );
+                    return None;
+                }
+                let labels_file = self.required(
+                    src,
+                    block,
+                    "labels",
+                    "labels = \"file://PATH\"",
+                    labels_file,
+                )?;
+                let arrays = ArrayFiles {
+                    name,
+                    format: &format,
+                    x: (&path, source.as_ref()?.1),
+                    y: labels_file,
+                    split: validation_split?,
+                };
+                let (source, features, origin) = self.array_dataset(src, arrays, features)?;
+                (source, features, origin)
+            }
             SourceKind::Csv { path } => {
                 let format = self.one_of(src, format, "csv", DATASET_FORMATS, "dataset format");
+                if let Get::Found(_, attr) = labels_file {
+                    self.push(
+                        src.error(attr.key.span(), "`labels` does not apply to a CSV dataset")
+                            .with_hint("a CSV dataset names its label column with `label = \"COLUMN\"`; `labels` is for IDX and NPY files"),
+                    );
+                    return None;
+                }
                 let label = self.required(src, block, "label", "label = \"COLUMN\"", label);
                 let source_attr = source.as_ref()?.1;
                 let shown = self.dir.join(&path);
@@ -369,5 +413,175 @@ impl<'d> Loader<'d> {
                 None
             }
         }
+    }
+
+    /// The shape of an IDX or NPY dataset, from the headers of its two files (reported at
+    /// `source` or `labels` when they are unreadable or disagree).
+    fn array_dataset(
+        &mut self,
+        src: &SourceFile,
+        files: ArrayFiles<'_>,
+        features: Get<'_, u32>,
+    ) -> Option<(DataSource, u32, String)> {
+        use kiln_proto::formats::{idx_header, npy_header};
+        let read = if files.format == "idx" {
+            idx_header
+        } else {
+            npy_header
+        };
+        let (y_path, y_attr) = &files.y;
+        let Some(y_path) = y_path
+            .strip_prefix("file://")
+            .filter(|p| !p.trim().is_empty())
+        else {
+            self.push(
+                src.error(value_span(y_attr), format!("Unsupported labels location {y_path:?}"))
+                    .with_hint("write `labels = \"file://PATH\"`; a relative PATH is resolved against the configuration directory"),
+            );
+            return None;
+        };
+        let (x_path, x_attr) = files.x;
+        let x_abs = self.resolve_path(x_path);
+        let y_abs = self.resolve_path(y_path);
+        let mut header = |path: &Path, attr: &Attribute| match read(path) {
+            Ok(header) => Some(header),
+            Err(e) => {
+                self.push(
+                    src.error(
+                        value_span(attr),
+                        format!("Cannot use `{}` as {} data", path.display(), files.format),
+                    )
+                    .with_detail(kiln_proto::error_chain(&e))
+                    .with_hint("a relative path is resolved against the configuration directory"),
+                );
+                None
+            }
+        };
+        let xh = header(&x_abs, x_attr);
+        let yh = header(&y_abs, y_attr);
+        let (xh, yh) = (xh?, yh?);
+        let mut problem = |attr: &Attribute, summary: String, hint: &str| {
+            self.push(
+                src.error(value_span(attr), summary)
+                    .with_hint(hint.to_owned()),
+            );
+        };
+        if xh.shape.len() < 2 {
+            problem(
+                x_attr,
+                format!(
+                    "`{}` holds {}: features need [samples, features] or [samples, (channels,) height, width]",
+                    x_abs.display(),
+                    xh.describe()
+                ),
+                "save the features with the samples along the first axis",
+            );
+            return None;
+        }
+        if !yh.dtype.is_integer() || yh.shape.len() != 1 {
+            problem(
+                y_attr,
+                format!(
+                    "`{}` holds {}: labels must be one integer per sample, shape [N]",
+                    y_abs.display(),
+                    yh.describe()
+                ),
+                "save the class indices as an integer array of shape [N]",
+            );
+            return None;
+        }
+        if xh.rows() != yh.rows() {
+            problem(
+                y_attr,
+                format!(
+                    "`{}` has {} labels but `{}` has {} samples",
+                    y_abs.display(),
+                    yh.rows(),
+                    x_abs.display(),
+                    xh.rows()
+                ),
+                "every sample needs exactly one label",
+            );
+            return None;
+        }
+        if training_rows(xh.rows(), files.split) == 0 {
+            problem(
+                x_attr,
+                format!(
+                    "`{}` has {} samples: none is left for training after `validation_split = {}`",
+                    x_abs.display(),
+                    xh.rows(),
+                    files.split
+                ),
+                "add samples, or lower `validation_split`",
+            );
+            return None;
+        }
+        let Some(from_header) = u32::try_from(xh.row_len()).ok().filter(|&n| n >= 1) else {
+            problem(
+                x_attr,
+                format!(
+                    "`{}` holds {}: a sample must have between 1 and {} values",
+                    x_abs.display(),
+                    xh.describe(),
+                    u32::MAX
+                ),
+                "check the array's shape",
+            );
+            return None;
+        };
+        match features {
+            Get::Found(declared, attr) if declared != from_header => {
+                problem(
+                    attr,
+                    format!(
+                        "`features = {declared}` does not match `{}`, whose samples have {from_header} values ({})",
+                        x_abs.display(),
+                        xh.describe()
+                    ),
+                    "leave `features` out: it is read from the file",
+                );
+                return None;
+            }
+            Get::Invalid => return None,
+            _ => {}
+        }
+        let origin = format!(
+            "dataset {:?} has {from_header} features per sample in `{}` ({})",
+            files.name,
+            x_abs.display(),
+            xh.describe()
+        );
+        let source = if files.format == "idx" {
+            DataSource::Idx {
+                images: x_abs,
+                labels: y_abs,
+            }
+        } else {
+            DataSource::Npy { x: x_abs, y: y_abs }
+        };
+        Some((source, from_header, origin))
+    }
+}
+
+/// The two files of an IDX or NPY dataset, as declared.
+struct ArrayFiles<'a> {
+    name: &'a str,
+    format: &'a str,
+    x: (&'a str, &'a Attribute),
+    y: (String, &'a Attribute),
+    split: f64,
+}
+
+/// The format a `file://` source is read as: `format` when set, else from the file name
+/// (`*.npy`: npy; an IDX name such as `train-images-idx3-ubyte[.gz]`: idx; anything else: csv).
+fn format_of(path: &str, format: &Get<'_, String>) -> &'static str {
+    match format {
+        Get::Found(f, _) if f == "idx" => "idx",
+        Get::Found(f, _) if f == "npy" => "npy",
+        Get::Found(..) | Get::Invalid => "csv",
+        Get::Missing if path.ends_with(".npy") => "npy",
+        Get::Missing if path.contains("-idx") || path.contains(".idx") => "idx",
+        Get::Missing => "csv",
     }
 }

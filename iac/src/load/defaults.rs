@@ -31,3 +31,5 @@ pub(super) const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 /// Default `restart.backoff`.
 pub(super) const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
+/// Adam's and AdamW's moment decay rates.
+pub(super) const DEFAULT_BETAS: [f64; 2] = [0.9, 0.999];

@@ -271,18 +271,6 @@ impl<'d> Loader<'d> {
         self.get(src, body, name, expect_string)
     }
 
-    /// A list of whole numbers; a bad element is reported at the element when the list is
-    /// written literally.
-    pub(super) fn get_u32_list<'b>(
-        &mut self,
-        src: &SourceFile,
-        body: &'b Body,
-        name: &str,
-        min: u32,
-    ) -> Get<'b, Vec<u32>> {
-        self.get_list(src, body, name, "whole numbers", |v| expect_u32(v, min))
-    }
-
     /// A list of `what`; a bad element is reported at the element when the list is written
     /// literally.
     pub(super) fn get_list<'b, T>(

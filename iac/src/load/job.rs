@@ -7,30 +7,23 @@ use hcl::edit::Span;
 use hcl::edit::structure::{Attribute, Block};
 
 use crate::spec::{
-    Backend, CheckpointSpec, ClusterSpec, Collective, DeploySpec, GateSpec, JobSpec, ModelSpec,
-    OptimizerSpec, ProviderKind, RestartSpec, TrainingSpec,
+    Backend, CheckpointSpec, ClusterSpec, Collective, DeploySpec, GateSpec, JobSpec,
+    LrScheduleSpec, OptimizerSpec, ProviderKind, RestartSpec, ScheduleKind, TrainingSpec,
 };
 
 use super::defaults::{
-    DEFAULT_BACKOFF, DEFAULT_EPOCHS, DEFAULT_EVERY_STEPS, DEFAULT_KEEP, DEFAULT_LEARNING_RATE,
-    DEFAULT_MAX_RESTARTS,
+    DEFAULT_BACKOFF, DEFAULT_BETAS, DEFAULT_EPOCHS, DEFAULT_EVERY_STEPS, DEFAULT_KEEP,
+    DEFAULT_LEARNING_RATE, DEFAULT_MAX_RESTARTS,
 };
 use super::getters::{Get, expect_duration, expect_number, expect_string};
 use super::hints::{code_list, suggest};
+use super::model::DecodedModel;
 use super::schema::{
-    BACKENDS, CHECKPOINT, COLLECTIVES, DATASET, DEPLOY, GATE, JOB, MAX_ALIAS_LEN, MODEL,
-    MODEL_KINDS, OPTIMIZER, OPTIMIZERS, RESTART, TRAINING,
+    BACKENDS, CHECKPOINT, COLLECTIVES, DATASET, DEPLOY, GATE, JOB, LR_SCHEDULE, MAX_ALIAS_LEN,
+    MODEL, OPTIMIZER, OPTIMIZERS, RESTART, SCHEDULES, TRAINING, optimizer_attrs,
 };
 use super::scope::{Bad, Loader};
 use super::source::{SourceFile, header_span, value_span};
-
-/// A decoded `model` block, with the attributes the job-level cross-checks point at.
-pub(super) struct DecodedModel<'b> {
-    pub(super) spec: ModelSpec,
-    pub(super) block: &'b Block,
-    pub(super) inputs: &'b Attribute,
-    pub(super) classes: &'b Attribute,
-}
 
 /// A decoded `training` block, with the attributes the job-level cross-checks point at.
 pub(super) struct DecodedTraining<'b> {
@@ -100,7 +93,7 @@ impl<'d> Loader<'d> {
 
         let model = self
             .exactly_one(src, block, &MODEL, &JOB)
-            .and_then(|model| self.model(src, model));
+            .and_then(|model| self.model(src, model, cluster_spec));
         let dataset = self
             .exactly_one(src, block, &DATASET, &JOB)
             .and_then(|dataset| self.dataset(src, dataset));
@@ -204,39 +197,25 @@ impl<'d> Loader<'d> {
                 );
             }
         }
-        if let (Some(model), Some(training), Some(cluster)) = (&model, &training, cluster_spec)
-            && !self.model_fits(src, name, model, &training.spec, cluster)
-        {
-            consistent = false;
-        }
-        if let (Some(model), Some(dataset)) = (&model, &dataset) {
-            if model.spec.inputs != dataset.spec.features {
-                consistent = false;
-                self.push(
-                    src.error(
-                        value_span(model.inputs),
-                        format!(
-                            "Model `inputs` ({}) does not match the dataset's feature count ({})",
-                            model.spec.inputs, dataset.spec.features
-                        ),
-                    )
-                    .with_detail(format!("The {}.", dataset.features_origin))
-                    .with_hint(format!("set `inputs = {}`", dataset.spec.features)),
-                );
-            }
-            if model.spec.classes != dataset.spec.classes {
-                consistent = false;
-                self.push(
-                    src.error(
-                        value_span(model.classes),
-                        format!(
-                            "Model `classes` ({}) does not match the dataset's class count ({})",
-                            model.spec.classes, dataset.spec.classes
-                        ),
-                    )
-                    .with_detail(format!("The {}.", dataset.classes_origin))
-                    .with_hint(format!("set `classes = {}`", dataset.spec.classes)),
-                );
+        // The worker binary checks the model against the data; then whether a node holds it.
+        let mut footprint = None;
+        if let (Some(m), Some(d), Some(c)) = (&model, &dataset, cluster_spec) {
+            match self.check_model(src, m, d, c) {
+                Some(report) => {
+                    if let Some(training) = &training {
+                        let need = crate::footprint::Footprint::of(
+                            report.parameters,
+                            report.activations_per_sample,
+                            training.spec.batch_size,
+                        );
+                        footprint = Some(need);
+                        if !self.model_fits(src, name, m, need, &training.spec, c) {
+                            consistent = false;
+                        }
+                    }
+                }
+                None if self.opts.catalog.is_some() => consistent = false,
+                None => {}
             }
         }
 
@@ -253,6 +232,7 @@ impl<'d> Loader<'d> {
             checkpoint: checkpoint?,
             restart: restart?,
             deploy: deploy?,
+            footprint,
         })
     }
 
@@ -264,13 +244,13 @@ impl<'d> Loader<'d> {
         src: &SourceFile,
         job: &str,
         model: &DecodedModel<'_>,
+        need: crate::footprint::Footprint,
         training: &TrainingSpec,
         cluster: &ClusterSpec,
     ) -> bool {
-        use crate::footprint::{Footprint, PARAMETER_COPIES, grouped, human_bytes};
-        let need = Footprint::of_mlp(&model.spec, training.batch_size);
+        use crate::footprint::{PARAMETER_COPIES, grouped, human_bytes};
         let detail = format!(
-            "{} parameters; each worker holds {PARAMETER_COPIES} f32 copies of them (the parameters, their gradients, Adam's two moments, the all-reduce buffer and a checkpoint snapshot) and the activations of a batch of {}.",
+            "{} parameters; each worker holds {PARAMETER_COPIES} f32 copies of them (the parameters, their gradients, the optimizer's two moments, the all-reduce buffer and a checkpoint snapshot) and the activations of a batch of {}.",
             grouped(need.parameters),
             training.batch_size
         );
@@ -294,7 +274,7 @@ impl<'d> Loader<'d> {
                     ),
                 )
                 .with_detail(detail)
-                .with_hint("make the model smaller (`hidden`), or give the pool more `memory_gb`"),
+                .with_hint("make the model smaller, or give the pool more `memory_gb`"),
             );
             return false;
         }
@@ -316,37 +296,10 @@ impl<'d> Loader<'d> {
                     ),
                 )
                 .with_detail(detail)
-                .with_hint("the workers will likely die for want of memory; make the model smaller (`hidden`)");
+                .with_hint("the workers will likely die for want of memory; make the model smaller");
             self.push(warning.as_warning());
         }
         true
-    }
-
-    pub(super) fn model<'b>(
-        &mut self,
-        src: &SourceFile,
-        block: &'b Block,
-    ) -> Option<DecodedModel<'b>> {
-        // The attributes depend on the kind: with an unknown kind, there is nothing to check.
-        self.kind_label(src, block, &MODEL, MODEL_KINDS, "model kind")?;
-        let body = &block.body;
-        self.check_body(src, body, &MODEL);
-        let inputs = self.get_u32(src, body, "inputs", 1);
-        let inputs = self.required(src, block, "inputs", "inputs = 32", inputs);
-        let hidden = self.get_u32_list(src, body, "hidden", 1).or(Vec::new());
-        let classes = self.get_u32(src, body, "classes", 2);
-        let classes = self.required(src, block, "classes", "classes = 2", classes);
-        let ((inputs, inputs_attr), hidden, (classes, classes_attr)) = (inputs?, hidden?, classes?);
-        Some(DecodedModel {
-            spec: ModelSpec {
-                inputs,
-                hidden,
-                classes,
-            },
-            block,
-            inputs: inputs_attr,
-            classes: classes_attr,
-        })
     }
 
     pub(super) fn training<'b>(
@@ -392,8 +345,16 @@ impl<'d> Loader<'d> {
             Some(optimizer) => self.optimizer(src, optimizer),
             None => Some(OptimizerSpec::Adam {
                 learning_rate: DEFAULT_LEARNING_RATE,
+                betas: DEFAULT_BETAS,
             }),
         };
+        let lr_schedule = match self.at_most_one(src, body, &LR_SCHEDULE, &TRAINING) {
+            Some(schedule) => self.lr_schedule(src, schedule).map(Some),
+            None => Some(None),
+        };
+        let clip_grad_norm = self
+            .get(src, body, "clip_grad_norm", positive_number)
+            .optional();
 
         // Stop at whichever of `epochs` and `max_steps` comes first; neither: one epoch.
         let (epochs, max_steps) = match (epochs, max_steps) {
@@ -475,6 +436,8 @@ impl<'d> Loader<'d> {
             backend: backend?,
             collective: collective?,
             optimizer: optimizer?,
+            lr_schedule: lr_schedule?,
+            clip_grad_norm: clip_grad_norm?,
         };
         ok.then_some(DecodedTraining {
             spec,
@@ -484,20 +447,161 @@ impl<'d> Loader<'d> {
     }
 
     pub(super) fn optimizer(&mut self, src: &SourceFile, block: &Block) -> Option<OptimizerSpec> {
-        self.kind_label(src, block, &OPTIMIZER, OPTIMIZERS, "optimizer")?;
+        let kind = self.kind_label(src, block, &OPTIMIZER, OPTIMIZERS, "optimizer")?;
         let body = &block.body;
-        self.check_body(src, body, &OPTIMIZER);
+        self.check_names(src, body, &OPTIMIZER, optimizer_attrs(kind));
         let learning_rate = self
-            .get(src, body, "learning_rate", |value| {
-                let rate = expect_number(value)?;
-                if rate > 0.0 {
-                    Ok(rate)
-                } else {
-                    Err(Bad::Value(format!("must be greater than 0, got {rate}")))
+            .get(src, body, "learning_rate", positive_number)
+            .or(DEFAULT_LEARNING_RATE);
+        let fraction = |value: &hcl::Value| {
+            let x = expect_number(value)?;
+            if (0.0..1.0).contains(&x) {
+                Ok(x)
+            } else {
+                Err(Bad::Value(format!(
+                    "must be at least 0 and less than 1, got {x}"
+                )))
+            }
+        };
+        let non_negative = |value: &hcl::Value| {
+            let x = expect_number(value)?;
+            if x >= 0.0 {
+                Ok(x)
+            } else {
+                Err(Bad::Value(format!("must be 0 or more, got {x}")))
+            }
+        };
+        match kind {
+            "sgd" => {
+                let momentum = self.get(src, body, "momentum", fraction).or(0.0);
+                let nesterov = self
+                    .get(src, body, "nesterov", |v| match v {
+                        hcl::Value::Bool(b) => Ok(*b),
+                        _ => Err(Bad::Type("expected true or false".into())),
+                    })
+                    .or(false);
+                let weight_decay = self.get(src, body, "weight_decay", non_negative).or(0.0);
+                let (momentum, nesterov) = (momentum?, nesterov?);
+                if nesterov && momentum == 0.0 {
+                    self.push(
+                        src.error(
+                            header_span(block),
+                            "`nesterov = true` needs `momentum` above 0",
+                        )
+                        .with_hint("set e.g. `momentum = 0.9`"),
+                    );
+                    return None;
                 }
-            })
-            .or(DEFAULT_LEARNING_RATE)?;
-        Some(OptimizerSpec::Adam { learning_rate })
+                Some(OptimizerSpec::Sgd {
+                    learning_rate: learning_rate?,
+                    momentum,
+                    nesterov,
+                    weight_decay: weight_decay?,
+                })
+            }
+            _ => {
+                let betas = self
+                    .get_list(src, body, "betas", "numbers", fraction)
+                    .or(DEFAULT_BETAS.to_vec());
+                let betas = match betas?[..] {
+                    [b1, b2] => [b1, b2],
+                    ref other => {
+                        let attr = body.get_attribute("betas");
+                        self.push(
+                            src.error(
+                                attr.and_then(value_span),
+                                format!("`betas` takes 2 numbers, got {}", other.len()),
+                            )
+                            .with_hint("write e.g. `betas = [0.9, 0.999]`"),
+                        );
+                        return None;
+                    }
+                };
+                if kind == "adamw" {
+                    let weight_decay = self.get(src, body, "weight_decay", non_negative).or(0.01);
+                    Some(OptimizerSpec::AdamW {
+                        learning_rate: learning_rate?,
+                        betas,
+                        weight_decay: weight_decay?,
+                    })
+                } else {
+                    Some(OptimizerSpec::Adam {
+                        learning_rate: learning_rate?,
+                        betas,
+                    })
+                }
+            }
+        }
+    }
+
+    pub(super) fn lr_schedule(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+    ) -> Option<LrScheduleSpec> {
+        let labels_ok = self.check_labels(src, block, &LR_SCHEDULE);
+        let body = &block.body;
+        self.check_body(src, body, &LR_SCHEDULE);
+        let kind = self.get_string(src, body, "kind");
+        let kind = self.one_of(src, kind, "constant", SCHEDULES, "schedule kind")?;
+        let only = |name: &str| match kind.as_str() {
+            "step" => ["step_size", "gamma"].contains(&name),
+            "cosine" => ["min_lr", "decay_steps"].contains(&name),
+            _ => false,
+        };
+        for name in ["step_size", "gamma", "min_lr", "decay_steps"] {
+            if !only(name)
+                && let Some(attr) = body.get_attribute(name)
+            {
+                self.push(
+                    src.error(
+                        attr.key.span(),
+                        format!("`{name}` does not apply to `kind = \"{kind}\"`"),
+                    )
+                    .with_hint(if ["step_size", "gamma"].contains(&name) {
+                        "it belongs to `kind = \"step\"`"
+                    } else {
+                        "it belongs to `kind = \"cosine\"`"
+                    }),
+                );
+                return None;
+            }
+        }
+        let warmup_steps = self.get_u64(src, body, "warmup_steps", 0).or(0);
+        let kind = match kind.as_str() {
+            "step" => {
+                let step_size = self.get_u64(src, body, "step_size", 1);
+                let step_size =
+                    self.required(src, block, "step_size", "step_size = 1000", step_size);
+                let gamma = self.get(src, body, "gamma", positive_number).or(0.1);
+                ScheduleKind::Step {
+                    step_size: step_size?.0,
+                    gamma: gamma?,
+                }
+            }
+            "cosine" => {
+                let min_lr = self
+                    .get(src, body, "min_lr", |v| {
+                        let x = expect_number(v)?;
+                        if x >= 0.0 {
+                            Ok(x)
+                        } else {
+                            Err(Bad::Value(format!("must be 0 or more, got {x}")))
+                        }
+                    })
+                    .or(0.0);
+                let decay_steps = self.get_u64(src, body, "decay_steps", 1).optional();
+                ScheduleKind::Cosine {
+                    min_lr: min_lr?,
+                    decay_steps: decay_steps?,
+                }
+            }
+            _ => ScheduleKind::Constant,
+        };
+        labels_ok.then_some(LrScheduleSpec {
+            warmup_steps: warmup_steps?,
+            kind,
+        })
     }
 
     pub(super) fn checkpoint(&mut self, src: &SourceFile, block: &Block) -> Option<CheckpointSpec> {
@@ -584,5 +688,15 @@ impl<'d> Loader<'d> {
         labels_ok.then_some(GateSpec {
             min_val_accuracy: accuracy?.0,
         })
+    }
+}
+
+/// A number above 0.
+fn positive_number(value: &hcl::Value) -> Result<f64, Bad> {
+    let x = expect_number(value)?;
+    if x > 0.0 {
+        Ok(x)
+    } else {
+        Err(Bad::Value(format!("must be greater than 0, got {x}")))
     }
 }

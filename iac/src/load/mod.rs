@@ -24,6 +24,7 @@ mod getters;
 pub(crate) mod hints;
 mod job;
 mod locals;
+mod model;
 mod options;
 mod schema;
 mod scope;

@@ -2,6 +2,9 @@
 //! environment, as the embedding program hands them to the loader.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::models::ModelCatalog;
 
 /// Prefix of the environment variables that set input variables: `KILN_VAR_workers`.
 pub const ENV_PREFIX: &str = "KILN_VAR_";
@@ -10,7 +13,7 @@ pub const ENV_PREFIX: &str = "KILN_VAR_";
 ///
 /// Precedence, lowest first: `default` < environment (`KILN_VAR_NAME`) < `var_files` (in
 /// order) < `vars` (in order). A later source replaces an earlier one; values are not merged.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// `--var NAME=VALUE`, in command-line order (the last one for a name wins). A value is
     /// read as an HCL expression when it is a valid one of the declared type, else as a
@@ -25,6 +28,10 @@ pub struct LoadOptions {
     /// process environment (and taking precedence over it): for embedding and tests, which
     /// cannot safely change the process environment.
     pub env_vars: Vec<(String, String)>,
+    /// Who says which model kinds a cluster's worker binary offers, and checks each `model`
+    /// block against its schema. `None`: model blocks are read but not checked (for
+    /// embedders that check them elsewhere; every `kiln` command gives one).
+    pub catalog: Option<Arc<dyn ModelCatalog>>,
 }
 
 impl LoadOptions {

@@ -17,9 +17,9 @@ pub(super) const MAX_ALIAS_LEN: usize = 63;
 
 pub(super) const PROVIDERS: &[&str] = &["local"];
 pub(super) const STATE_BACKENDS: &[&str] = &["embedded", "etcd"];
-pub(super) const MODEL_KINDS: &[&str] = &["mlp"];
-pub(super) const OPTIMIZERS: &[&str] = &["adam"];
-pub(super) const DATASET_FORMATS: &[&str] = &["csv"];
+pub(super) const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
+pub(super) const SCHEDULES: &[&str] = &["constant", "step", "cosine"];
+pub(super) const DATASET_FORMATS: &[&str] = &["csv", "idx", "npy"];
 pub(super) const SYNTHETIC_SOURCES: &[&str] = &["blobs"];
 pub(super) const BACKENDS: &[&str] = &["cpu", "cuda"];
 pub(super) const COLLECTIVES: &[&str] = &["ring", "nccl"];
@@ -50,7 +50,13 @@ pub(super) const CLUSTER: Schema = Schema {
     ident: "cluster",
     labels: &["NAME"],
     attrs: &["provider"],
-    blocks: &["node_pool", "storage", "state", "coordinator"],
+    blocks: &["node_pool", "storage", "state", "coordinator", "worker"],
+};
+pub(super) const WORKER: Schema = Schema {
+    ident: "worker",
+    labels: &[],
+    attrs: &["binary"],
+    blocks: &[],
 };
 pub(super) const NODE_POOL: Schema = Schema {
     ident: "node_pool",
@@ -102,10 +108,11 @@ pub(super) const JOB: Schema = Schema {
         "deploy",
     ],
 };
+/// The attributes of a `model` block are those of its kind, which the worker binary reports.
 pub(super) const MODEL: Schema = Schema {
     ident: "model",
     labels: &["KIND"],
-    attrs: &["inputs", "hidden", "classes"],
+    attrs: &[],
     blocks: &[],
 };
 pub(super) const DATASET: Schema = Schema {
@@ -120,6 +127,7 @@ pub(super) const DATASET: Schema = Schema {
         "validation_split",
         "format",
         "label",
+        "labels",
     ],
     blocks: &[],
 };
@@ -136,15 +144,45 @@ pub(super) const TRAINING: Schema = Schema {
         "seed",
         "backend",
         "collective",
+        "clip_grad_norm",
     ],
-    blocks: &["optimizer"],
+    blocks: &["optimizer", "lr_schedule"],
 };
+/// Every attribute any optimizer takes; [`optimizer_attrs`] says which one takes which.
 pub(super) const OPTIMIZER: Schema = Schema {
     ident: "optimizer",
     labels: &["KIND"],
-    attrs: &["learning_rate"],
+    attrs: &[
+        "learning_rate",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "betas",
+    ],
     blocks: &[],
 };
+pub(super) const LR_SCHEDULE: Schema = Schema {
+    ident: "lr_schedule",
+    labels: &[],
+    attrs: &[
+        "kind",
+        "warmup_steps",
+        "step_size",
+        "gamma",
+        "min_lr",
+        "decay_steps",
+    ],
+    blocks: &[],
+};
+
+/// The attributes optimizer `kind` takes.
+pub(super) fn optimizer_attrs(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "sgd" => &["learning_rate", "momentum", "nesterov", "weight_decay"],
+        "adamw" => &["learning_rate", "betas", "weight_decay"],
+        _ => &["learning_rate", "betas"],
+    }
+}
 pub(super) const CHECKPOINT: Schema = Schema {
     ident: "checkpoint",
     labels: &[],
@@ -253,11 +291,23 @@ impl<'d> Loader<'d> {
 
     /// Reports attributes and blocks the schema does not know.
     pub(crate) fn check_body(&mut self, src: &SourceFile, body: &Body, schema: &Schema) {
+        self.check_names(src, body, schema, schema.attrs);
+    }
+
+    /// Reports attributes not in `attrs` and blocks not in the schema: for blocks whose
+    /// attributes are known only at run time (a model kind's).
+    pub(crate) fn check_names(
+        &mut self,
+        src: &SourceFile,
+        body: &Body,
+        schema: &Schema,
+        attrs: &[&str],
+    ) {
         for structure in body.iter() {
             match structure {
                 Structure::Attribute(attr) => {
                     let name = attr.key.as_str();
-                    if schema.attrs.contains(&name) {
+                    if attrs.contains(&name) {
                         continue;
                     }
                     let diagnostic = if schema.blocks.contains(&name) {
@@ -269,7 +319,7 @@ impl<'d> Loader<'d> {
                     } else {
                         let diagnostic =
                             src.error(attr.key.span(), format!("Unknown attribute `{name}`"));
-                        self.unknown(diagnostic, name, schema.attrs, schema, "attributes")
+                        self.unknown(diagnostic, name, attrs, schema, "attributes")
                     };
                     self.push(diagnostic);
                 }
@@ -278,7 +328,7 @@ impl<'d> Loader<'d> {
                     if schema.blocks.contains(&name) {
                         continue;
                     }
-                    let diagnostic = if schema.attrs.contains(&name) {
+                    let diagnostic = if attrs.contains(&name) {
                         src.error(
                             block.ident.span(),
                             format!("`{name}` is an attribute, not a block"),

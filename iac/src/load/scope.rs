@@ -73,6 +73,8 @@ pub(crate) struct Loader<'d> {
     /// The files in load order, to sort diagnostics by file then position.
     pub(super) files: Vec<PathBuf>,
     pub(super) diags: Vec<Diagnostic>,
+    /// The model kinds of each worker binary asked so far (`None`: it could not answer).
+    pub(super) catalogs: BTreeMap<Option<PathBuf>, Option<kiln_proto::models::Catalog>>,
 }
 
 impl<'d> Loader<'d> {
@@ -88,6 +90,7 @@ impl<'d> Loader<'d> {
             secrets: Vec::new(),
             files: Vec::new(),
             diags: Vec::new(),
+            catalogs: BTreeMap::new(),
         }
     }
 

@@ -402,9 +402,15 @@ fn start_node(
         .and_then(Value::as_u64)
         .unwrap_or(1);
     let log = cx.log_dir.join(format!("{}-{name}.log", address.cluster));
-    let cmd = worker_command(&cx.worker_bin, url, token.trim(), &name, cpus);
+    // The cluster's own worker binary, when it declares one.
+    let bin = r
+        .attrs
+        .get("worker_binary")
+        .and_then(Value::as_str)
+        .map_or_else(|| cx.worker_bin.clone(), std::path::PathBuf::from);
+    let cmd = worker_command(&bin, url, token.trim(), &name, cpus);
     let (_child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
-        bin: cx.worker_bin.clone(),
+        bin: bin.clone(),
         node: address.to_string(),
         source,
     })?;

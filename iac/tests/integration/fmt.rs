@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::load_dir;
 use kiln_iac::fmt::{FormattedFile, format_dir, format_source, write_formatted};
-use kiln_iac::load_dir;
 use proptest::prelude::*;
 
 use crate::fixture;

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::{load_dir, no_env};
 use kiln_iac::spec::{Backend, Config, DataSource, NodePoolSpec, OptimizerSpec};
-use kiln_iac::{Diagnostics, LoadOptions, Severity, load_dir, load_dir_with};
+use kiln_iac::{Diagnostics, LoadOptions, Severity, load_dir_with};
 
 use crate::fixture;
 
@@ -46,7 +47,7 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 #[test]
 fn variables_locals_functions_and_templates_evaluate() {
     let dir = fixture("expressions");
-    let config = load(&dir, &LoadOptions::default());
+    let config = load(&dir, &no_env());
     let base = dir.canonicalize().expect("canonical");
 
     let cluster = &config.clusters["local"];
@@ -82,10 +83,10 @@ fn variables_locals_functions_and_templates_evaluate() {
 
     let job = &config.jobs["demo"];
     // length(split(",", file("features.txt"))): the file is read relative to the directory.
-    assert_eq!(job.model.inputs, 8);
+    assert_eq!(job.model.attributes["inputs"], 8);
     assert_eq!(job.dataset.features, 8);
     // [for i in range(local.depth) : local.width * (i + 1)] with width = max(16, 8) * 2
-    assert_eq!(job.model.hidden, [32, 64]);
+    assert_eq!(job.model.attributes["hidden"], serde_json::json!([32, 64]));
     assert_eq!(
         job.dataset.source,
         DataSource::Blobs {
@@ -105,7 +106,8 @@ fn variables_locals_functions_and_templates_evaluate() {
     assert_eq!(
         training.optimizer,
         OptimizerSpec::Adam {
-            learning_rate: 0.01
+            learning_rate: 0.01,
+            betas: [0.9, 0.999],
         }
     );
     assert_eq!((job.checkpoint.every_steps, job.checkpoint.keep), (100, 3));
@@ -120,7 +122,7 @@ fn variable_values_override_defaults_in_order() {
     let project = fixture("expressions");
     let cuda = LoadOptions {
         vars: vec![("use_cuda".into(), "true".into())],
-        ..LoadOptions::default()
+        ..no_env()
     };
     let config = load(&project, &cuda);
     let big = &config.clusters["local"].node_pools[1];
@@ -185,10 +187,10 @@ fn precedence_is_default_then_environment_then_files_then_command_line() {
     let file = |name: &str| dir.join(name);
     let env = vec![("KILN_VAR_workers".to_owned(), "2".to_owned())];
 
-    assert_eq!(workers(dir, &LoadOptions::default()), 1);
+    assert_eq!(workers(dir, &no_env()), 1);
     let with_env = LoadOptions {
         env_vars: env.clone(),
-        ..LoadOptions::default()
+        ..no_env()
     };
     assert_eq!(workers(dir, &with_env), 2);
     let with_file = LoadOptions {
@@ -205,7 +207,7 @@ fn precedence_is_default_then_environment_then_files_then_command_line() {
     // Among files and among `--var`s, the later one wins.
     let files = LoadOptions {
         var_files: vec![file("three.kvars"), file("five.kvars")],
-        ..LoadOptions::default()
+        ..no_env()
     };
     assert_eq!(workers(dir, &files), 5);
     let vars = LoadOptions {
@@ -219,7 +221,7 @@ fn precedence_is_default_then_environment_then_files_then_command_line() {
 
     // `load_dir` reads the process environment; explicit entries are for tests.
     assert!(LoadOptions::from_env().env);
-    assert!(!LoadOptions::default().env);
+    assert!(!no_env().env);
 }
 
 #[test]
@@ -233,12 +235,12 @@ fn command_line_values_parse_as_hcl_when_they_fit_the_type() {
             ("hidden".into(), "[8, 8]".into()),
         ],
         env_vars: vec![("KILN_VAR_workers".into(), "min(5, 6)".into())],
-        ..LoadOptions::default()
+        ..no_env()
     };
     let config = load(dir.path(), &options);
     let job = &config.jobs["j"];
     assert_eq!(job.deploy.as_ref().map(|d| d.alias.as_str()), Some("3"));
-    assert_eq!(job.model.hidden, [8, 8]);
+    assert_eq!(job.model.attributes["hidden"], serde_json::json!([8, 8]));
     assert_eq!(job.training.workers, 5);
 }
 
@@ -266,7 +268,7 @@ fn bad_values_from_outside_the_directory_are_located() {
         dir,
         &LoadOptions {
             vars: vec![("workers".into(), "two".into())],
-            ..LoadOptions::default()
+            ..no_env()
         },
     );
     assert_eq!(
@@ -285,7 +287,7 @@ fn bad_values_from_outside_the_directory_are_located() {
         dir,
         &LoadOptions {
             vars: vec![("wrokers".into(), "2".into())],
-            ..LoadOptions::default()
+            ..no_env()
         },
     );
     assert_eq!(diagnostics.len(), 1);
@@ -304,7 +306,7 @@ fn bad_values_from_outside_the_directory_are_located() {
         dir,
         &LoadOptions {
             var_files: vec![dir.join("bad.kvars")],
-            ..LoadOptions::default()
+            ..no_env()
         },
     );
     assert_eq!(
@@ -326,7 +328,7 @@ fn bad_values_from_outside_the_directory_are_located() {
         dir,
         &LoadOptions {
             var_files: vec![PathBuf::from("no-such.kvars")],
-            ..LoadOptions::default()
+            ..no_env()
         },
     );
     assert_eq!(diagnostics.0[0].summary, "Cannot read variable file");
@@ -392,7 +394,7 @@ cluster "typed" {
             ("token".into(), SECRET.into()),
             ("port".into(), "x-8471-y".into()),
         ],
-        ..LoadOptions::default()
+        ..no_env()
     };
     let diagnostics = fail(dir.path(), &options);
     let rendered = diagnostics.to_string();
@@ -428,7 +430,7 @@ fn a_cycle_of_locals_is_named_in_order() {
     );
 
     let dir = dir_with(&[("locals.hcl", "locals {\n  a = local.a + 1\n}\n")]);
-    let diagnostics = load_dir_with(dir.path(), &LoadOptions::default()).expect_err("a cycle");
+    let diagnostics = load_dir_with(dir.path(), &no_env()).expect_err("a cycle");
     assert_eq!(
         diagnostics.0[0].summary,
         "Cycle in local values: local.a → local.a"
@@ -440,7 +442,7 @@ fn diagnostics_render_as_json() {
     let diagnostics = load_dir(&fixture("multi")).expect_err("invalid");
     let json: serde_json::Value = serde_json::from_str(&diagnostics.to_json()).expect("valid JSON");
     assert_eq!(json["valid"], false);
-    assert_eq!(json["error_count"], 5);
+    assert_eq!(json["error_count"], 4);
     assert_eq!(json["warning_count"], 0);
     let first = &json["diagnostics"][0];
     assert_eq!(first["severity"], "error");

@@ -3,7 +3,8 @@
 
 use std::path::Path;
 
-use kiln_iac::{Diagnostics, load_dir};
+use crate::load_dir;
+use kiln_iac::Diagnostics;
 
 use crate::fixture;
 

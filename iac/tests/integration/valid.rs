@@ -4,15 +4,23 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_iac::load_dir;
+use crate::load_dir;
 use kiln_iac::spec::{
     Backend, CheckpointSpec, ClusterSpec, Collective, CoordinatorSpec, DataSource, DatasetSpec,
     JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec, ProviderKind, RestartSpec, StateSpec,
-    StorageSpec, TrainingSpec,
+    StorageSpec, TrainingSpec, WorkerSpec,
 };
 use kiln_iac::spec::{DeploySpec, GateSpec};
 
 use crate::fixture;
+
+fn mlp(inputs: u32, hidden: &[u32], classes: u32) -> ModelSpec {
+    let attributes = serde_json::json!({"inputs": inputs, "hidden": hidden, "classes": classes});
+    ModelSpec {
+        kind: "mlp".into(),
+        attributes: attributes.as_object().cloned().unwrap_or_default(),
+    }
+}
 
 /// A node pool with only `name` and `count` set.
 fn pool(name: &str, count: u32) -> NodePoolSpec {
@@ -83,6 +91,7 @@ fn loads_every_cluster_with_defaults() {
                 path: base.join(".kiln/state"),
             },
             coordinator: default_coordinator(),
+            worker: WorkerSpec::default(),
         }
     );
     assert_eq!(local.node_count(), 3);
@@ -102,6 +111,7 @@ fn loads_every_cluster_with_defaults() {
                 path: base.join(".kiln").join("state"),
             },
             coordinator: default_coordinator(),
+            worker: WorkerSpec::default(),
         }
     );
 
@@ -129,11 +139,7 @@ fn loads_a_fully_specified_blobs_job() {
             name: "quickstart".into(),
             file: PathBuf::from("tests/fixtures/valid/jobs.hcl"),
             cluster: "local".into(),
-            model: ModelSpec {
-                inputs: 32,
-                hidden: vec![64, 64],
-                classes: 4,
-            },
+            model: mlp(32, &[64, 64], 4),
             dataset: DatasetSpec {
                 name: "blobs".into(),
                 source: DataSource::Blobs {
@@ -156,7 +162,10 @@ fn loads_a_fully_specified_blobs_job() {
                 collective: Collective::Ring,
                 optimizer: OptimizerSpec::Adam {
                     learning_rate: 0.01,
+                    betas: [0.9, 0.999],
                 },
+                lr_schedule: None,
+                clip_grad_norm: None,
             },
             checkpoint: CheckpointSpec {
                 every_steps: 50,
@@ -164,6 +173,7 @@ fn loads_a_fully_specified_blobs_job() {
             },
             restart: no_restart(),
             deploy: None,
+            footprint: config.jobs["quickstart"].footprint,
         }
     );
 }
@@ -177,11 +187,7 @@ fn loads_a_minimal_csv_job_with_defaults() {
             name: "tabular".into(),
             file: PathBuf::from("tests/fixtures/valid/tabular.hcl"),
             cluster: "minimal".into(),
-            model: ModelSpec {
-                inputs: 4,
-                hidden: vec![],
-                classes: 3,
-            },
+            model: mlp(4, &[], 3),
             dataset: DatasetSpec {
                 name: "iris".into(),
                 source: DataSource::Csv {
@@ -205,7 +211,10 @@ fn loads_a_minimal_csv_job_with_defaults() {
                 collective: Collective::Ring,
                 optimizer: OptimizerSpec::Adam {
                     learning_rate: 0.001,
+                    betas: [0.9, 0.999],
                 },
+                lr_schedule: None,
+                clip_grad_norm: None,
             },
             checkpoint: CheckpointSpec {
                 every_steps: 100,
@@ -213,6 +222,7 @@ fn loads_a_minimal_csv_job_with_defaults() {
             },
             restart: no_restart(),
             deploy: None,
+            footprint: config.jobs["tabular"].footprint,
         }
     );
 }
@@ -285,6 +295,7 @@ fn loads_every_attribute_of_the_schema() {
                 heartbeat_interval: Duration::from_millis(500),
                 lease_ttl: Duration::from_secs(2),
             },
+            worker: WorkerSpec::default(),
         }
     );
 
@@ -303,7 +314,10 @@ fn loads_every_attribute_of_the_schema() {
             collective: Collective::Nccl,
             optimizer: OptimizerSpec::Adam {
                 learning_rate: 0.0003,
+                betas: [0.9, 0.999],
             },
+            lr_schedule: None,
+            clip_grad_norm: None,
         }
     );
     assert_eq!((full.checkpoint.every_steps, full.checkpoint.keep), (50, 5));
@@ -394,20 +408,13 @@ job "j" {
 
 #[test]
 fn examples_load_with_their_documented_values() {
-    let defaults = kiln_iac::LoadOptions::default();
+    let defaults = crate::no_env();
     let quickstart = kiln_iac::load_dir_with(Path::new("../examples/quickstart"), &defaults)
         .unwrap_or_else(|d| panic!("{d}"));
     let job = &quickstart.jobs["quickstart"];
     let cluster = &quickstart.clusters["local"];
     assert_eq!(cluster.node_count(), 2);
-    assert_eq!(
-        (
-            job.model.inputs,
-            job.model.hidden.as_slice(),
-            job.model.classes
-        ),
-        (32, &[64, 64][..], 4)
-    );
+    assert_eq!(job.model, mlp(32, &[64, 64], 4));
     assert_eq!((job.dataset.features, job.dataset.classes), (32, 4));
     assert_eq!(
         (job.training.workers, job.training.epochs, job.training.seed),
@@ -429,14 +436,20 @@ fn examples_load_with_their_documented_values() {
         .unwrap_or_else(|d| panic!("{d}"));
     let job = &csv.jobs["csv-classifier"];
     assert_eq!(csv.clusters["local"].node_count(), 2);
-    assert_eq!((job.model.inputs, job.model.classes), (4, 3));
+    assert_eq!(
+        (
+            &job.model.attributes["inputs"],
+            &job.model.attributes["classes"]
+        ),
+        (&serde_json::json!(4), &serde_json::json!(3))
+    );
     assert_eq!((job.dataset.features, job.dataset.classes), (4, 3));
     assert_eq!((job.training.workers, job.training.epochs), (2, Some(20)));
 
     // One variable sizes both the cluster and the job.
     let one = kiln_iac::LoadOptions {
         vars: vec![("workers".into(), "1".into())],
-        ..kiln_iac::LoadOptions::default()
+        ..crate::no_env()
     };
     let config = kiln_iac::load_dir_with(Path::new("../examples/quickstart"), &one)
         .unwrap_or_else(|d| panic!("{d}"));

@@ -15,14 +15,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use kiln_proto::v1::{
-    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, ModelSpec, TrainingSpec,
-    dataset_spec::Source,
+    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, TrainingSpec, dataset_spec::Source,
 };
-use kiln_worker::agent::CpuBackend;
 use kiln_worker::checkpoint::CheckpointStore;
 use kiln_worker::collective::ring::RingCollective;
+use kiln_worker::model::{Registry, mlp};
+use kiln_worker::optim;
 use kiln_worker::spec::TrainSpec;
-use kiln_worker::train::{self, Context, Observer, Outcome, Task, TrainError};
+use kiln_worker::train::{CheckpointMode, Context, Observer, Outcome, Task, TrainError};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
@@ -43,12 +43,7 @@ const GATE_TIMEOUT: Duration = Duration::from_secs(60);
 fn spec(storage_url: &str) -> JobSpec {
     JobSpec {
         name: JOB.into(),
-        model: Some(ModelSpec {
-            inputs: 8,
-            hidden: vec![16, 16],
-            classes: 3,
-            kind: "mlp".into(),
-        }),
+        model: Some(mlp::spec(8, &[16, 16], 3)),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
             source: Some(Source::Blobs(BlobsSource {
@@ -64,7 +59,7 @@ fn spec(storage_url: &str) -> JobSpec {
             batch_size: 36,
             epochs: Some(1000),
             seed: 9,
-            learning_rate: 0.01,
+            optimizer: Some(optim::adam(0.01)),
             max_steps: Some(STEPS),
             ..TrainingSpec::default()
         }),
@@ -334,7 +329,7 @@ impl Harness {
         let peers = [listener.local_addr().expect("addr")];
         let mut ring = RingCollective::connect(&listener, 0, &peers, 1, Duration::from_secs(5))
             .expect("one-rank ring");
-        train::train::<CpuBackend>(
+        Registry::builtin().train(
             &Task {
                 job_id: JOB.into(),
                 spec: TrainSpec::try_from(&spec(storage_url)).expect("a valid spec"),
@@ -349,6 +344,7 @@ impl Harness {
                 leave: &AtomicBool::new(false),
                 observer,
             },
+            CheckpointMode::Background,
         )
     }
 

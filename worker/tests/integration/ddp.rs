@@ -7,14 +7,14 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use kiln_proto::v1::{
-    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, ModelSpec, TrainingSpec,
-    dataset_spec::Source,
+    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, LrSchedule, Metrics, OptimizerSpec,
+    TrainingSpec, dataset_spec::Source,
 };
-use kiln_worker::agent::CpuBackend;
 use kiln_worker::collective::ring::RingCollective;
-use kiln_worker::model::{Mlp, flatten_params};
+use kiln_worker::model::{Registry, mlp};
+use kiln_worker::optim;
 use kiln_worker::spec::TrainSpec;
-use kiln_worker::train::{self, Context, Observer, Task};
+use kiln_worker::train::{CheckpointMode, Context, Observer, Task};
 
 struct Quiet;
 
@@ -27,12 +27,7 @@ impl Observer for Quiet {
 fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
     JobSpec {
         name: "ddp".into(),
-        model: Some(ModelSpec {
-            inputs: 8,
-            hidden: vec![16, 16],
-            classes: 3,
-            kind: "mlp".into(),
-        }),
+        model: Some(mlp::spec(8, &[16, 16], 3)),
         dataset: Some(DatasetSpec {
             name: "blobs".into(),
             // 310 samples, 31 held out: 279 to train on, so epochs end in a short batch.
@@ -49,7 +44,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             batch_size,
             epochs: Some(100),
             seed: 9,
-            learning_rate: 0.01,
+            optimizer: Some(optim::adam(0.01)),
             max_steps: Some(max_steps),
             ..TrainingSpec::default()
         }),
@@ -88,19 +83,21 @@ fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
                         spec: TrainSpec::try_from(&spec).expect("a valid spec"),
                         resume_step: None,
                     };
-                    let outcome = train::train::<CpuBackend>(
-                        &task,
-                        Context {
-                            device: Default::default(),
-                            collective: &mut ring,
-                            store: None,
-                            runtime: handle,
-                            cancel: &cancel,
-                            leave: &AtomicBool::new(false),
-                            observer: &mut Quiet,
-                        },
-                    )
-                    .expect("training");
+                    let outcome = Registry::builtin()
+                        .train(
+                            &task,
+                            Context {
+                                device: Default::default(),
+                                collective: &mut ring,
+                                store: None,
+                                runtime: handle,
+                                cancel: &cancel,
+                                leave: &AtomicBool::new(false),
+                                observer: &mut Quiet,
+                            },
+                            CheckpointMode::Background,
+                        )
+                        .expect("training");
                     outcome.params
                 })
             })
@@ -126,12 +123,24 @@ fn assert_close(a: &[f32], b: &[f32]) {
 }
 
 fn check(world: usize, batch: u32) {
+    check_with(world, batch, |_| {});
+}
+
+/// `world` ranks × `batch` against 1 rank × `world · batch`, with the training block changed
+/// by `tune` in both.
+fn check_with(world: usize, batch: u32, tune: impl Fn(&mut TrainingSpec)) {
+    let tuned = |mut spec: JobSpec| {
+        if let Some(training) = spec.training.as_mut() {
+            tune(training);
+        }
+        spec
+    };
     // 40 steps cross two epoch boundaries, each ending in a short, unevenly split batch.
     let steps = 40;
-    let sharded = run(world, spec(world as u32, batch, steps));
-    let single = run(1, spec(1, batch * world as u32, steps));
-    let model_spec = spec(1, 1, 1).model.expect("model");
-    let initial = flatten_params(&Mlp::<CpuBackend>::new(&model_spec, 9, &Default::default()));
+    let sharded = run(world, tuned(spec(world as u32, batch, steps)));
+    let single = run(1, tuned(spec(1, batch * world as u32, steps)));
+    // No step: the initial parameters.
+    let initial = run(1, tuned(spec(1, batch, 0))).remove(0);
     for rank in &sharded[1..] {
         assert_eq!(rank, &sharded[0], "ranks end bit-identical");
     }
@@ -147,4 +156,45 @@ fn two_ranks_match_one_rank_with_double_batch() {
 #[test]
 fn three_ranks_match_one_rank_with_triple_batch() {
     check(3, 5);
+}
+
+#[test]
+fn sgd_with_nesterov_momentum_cosine_warmup_and_clipping_shard_exactly() {
+    check_with(2, 8, |training| {
+        training.optimizer = Some(OptimizerSpec {
+            kind: "sgd".into(),
+            learning_rate: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            ..OptimizerSpec::default()
+        });
+        training.lr_schedule = Some(LrSchedule {
+            kind: "cosine".into(),
+            warmup_steps: 5,
+            min_lr: 0.001,
+            ..LrSchedule::default()
+        });
+        training.clip_grad_norm = Some(0.5);
+    });
+}
+
+#[test]
+fn adamw_with_a_step_schedule_shards_exactly() {
+    check_with(2, 8, |training| {
+        training.optimizer = Some(OptimizerSpec {
+            kind: "adamw".into(),
+            learning_rate: 0.01,
+            beta1: 0.9,
+            beta2: 0.99,
+            weight_decay: 0.01,
+            ..OptimizerSpec::default()
+        });
+        training.lr_schedule = Some(LrSchedule {
+            kind: "step".into(),
+            step_size: 10,
+            gamma: 0.5,
+            ..LrSchedule::default()
+        });
+    });
 }

@@ -1,11 +1,16 @@
-//! Datasets and sharding: loading samples (synthetic blobs, CSV) into memory, splitting off the
+//! Datasets and sharding: loading samples (synthetic blobs, CSV, IDX, NPY), splitting off the
 //! held-out validation set, and deciding which samples each rank trains on at each step.
 //!
 //! Sharding is a pure function of (seed, epoch, position, world size): every rank computes the
 //! same seeded permutation of the training split and takes its own slice of each global batch,
 //! so ranks never exchange sample lists and the union of their slices is exactly the batch.
 
+mod arrays;
+mod csv_file;
+mod table;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kiln_proto::v1::{DatasetSpec, dataset_spec::Source};
 use rand::SeedableRng;
@@ -13,57 +18,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 
-/// Samples held in memory: `x` is row-major `[len, features]`, `y` the class of each row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Samples {
-    /// Features per sample.
-    pub features: usize,
-    /// Row-major feature matrix.
-    pub x: Vec<f32>,
-    /// Class index of each row.
-    pub y: Vec<u32>,
-}
-
-impl Samples {
-    fn with_capacity(features: usize, rows: usize) -> Self {
-        Self {
-            features,
-            x: Vec::with_capacity(rows * features),
-            y: Vec::with_capacity(rows),
-        }
-    }
-
-    /// Number of samples.
-    pub fn len(&self) -> usize {
-        self.y.len()
-    }
-
-    /// Whether there are no samples.
-    pub fn is_empty(&self) -> bool {
-        self.y.is_empty()
-    }
-
-    /// The feature row of sample `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.x[i * self.features..(i + 1) * self.features]
-    }
-
-    /// Copies the rows `indices` into a new feature matrix and label vector.
-    pub fn gather(&self, indices: &[u32]) -> (Vec<f32>, Vec<u32>) {
-        let mut x = Vec::with_capacity(indices.len() * self.features);
-        let mut y = Vec::with_capacity(indices.len());
-        for &i in indices {
-            x.extend_from_slice(self.row(i as usize));
-            y.push(self.y[i as usize]);
-        }
-        (x, y)
-    }
-
-    fn push(&mut self, row: &[f32], label: u32) {
-        self.x.extend_from_slice(row);
-        self.y.push(label);
-    }
-}
+pub use csv_file::read_csv;
+pub use table::{Samples, Table};
 
 /// The training and validation splits of a dataset.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +56,26 @@ pub enum DataError {
         /// What is wrong with it.
         message: String,
     },
+    /// An array file (IDX, NPY) is unreadable or does not hold what it should.
+    #[error("{}: {message}", path.display())]
+    Array {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An array file's header is malformed.
+    #[error(transparent)]
+    Format(#[from] kiln_proto::formats::FormatError),
+    /// A file could not be read.
+    #[error("cannot read {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The spec does not describe the data.
     #[error("dataset {name:?}: {message}")]
     Spec {
@@ -126,33 +102,46 @@ pub fn load(spec: &DatasetSpec) -> Result<Splits, DataError> {
             )?,
             0,
         ),
+        Some(Source::Idx(i)) => (
+            arrays::load(
+                arrays::Format::Idx,
+                Path::new(&i.images),
+                Path::new(&i.labels),
+                spec.features as usize,
+                spec.classes,
+            )?,
+            0,
+        ),
+        Some(Source::Npy(n)) => (
+            arrays::load(
+                arrays::Format::Npy,
+                Path::new(&n.x),
+                Path::new(&n.y),
+                spec.features as usize,
+                spec.classes,
+            )?,
+            0,
+        ),
         None => return Err(DataError::NoSource(spec.name.clone())),
     };
     Ok(split(all, spec.validation_split, split_seed))
 }
 
-fn split(all: Samples, validation_split: f64, seed: u64) -> Splits {
+fn split(all: Table, validation_split: f64, seed: u64) -> Splits {
     let mut order: Vec<u32> = (0..all.len() as u32).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_5917));
     let n_val = (all.len() as f64 * validation_split).round() as usize;
-    let (val_idx, train_idx) = order.split_at(n_val.min(all.len()));
-    let pick = |idx: &[u32]| {
-        let (x, y) = all.gather(idx);
-        Samples {
-            features: all.features,
-            x,
-            y,
-        }
-    };
+    let train = order.split_off(n_val.min(all.len()));
+    let all = Arc::new(all);
     Splits {
-        train: pick(train_idx),
-        validation: pick(val_idx),
+        train: Samples::new(all.clone(), train),
+        validation: Samples::new(all, order),
     }
 }
 
 /// Gaussian blobs: one centre per class drawn from U(-4, 4) per feature, samples are
 /// centre + N(0, 1) noise, classes assigned round-robin. Deterministic in `seed`.
-fn blobs(spec: &DatasetSpec, samples: u64, seed: u64) -> Result<Samples, DataError> {
+fn blobs(spec: &DatasetSpec, samples: u64, seed: u64) -> Result<Table, DataError> {
     let (features, classes) = (spec.features as usize, spec.classes as usize);
     if features == 0 || classes == 0 {
         return Err(DataError::Spec {
@@ -172,95 +161,14 @@ fn blobs(spec: &DatasetSpec, samples: u64, seed: u64) -> Result<Samples, DataErr
         name: spec.name.clone(),
         message: e.to_string(),
     })?;
-    let mut out = Samples::with_capacity(features, samples as usize);
-    let mut row = vec![0.0f32; features];
+    let mut x = Vec::with_capacity(samples as usize * features);
+    let mut y = Vec::with_capacity(samples as usize);
     for i in 0..samples as usize {
         let class = i % classes;
-        for (f, v) in row.iter_mut().enumerate() {
-            *v = centres[class * features + f] + noise.sample(&mut rng);
-        }
-        out.push(&row, class as u32);
+        x.extend((0..features).map(|f| centres[class * features + f] + noise.sample(&mut rng)));
+        y.push(class as u32);
     }
-    Ok(out)
-}
-
-/// Reads a CSV file with a header. `label` names the class column (integers in `0..classes`);
-/// every other column is a numeric feature. Errors name the 1-based line.
-pub fn read_csv(
-    path: &Path,
-    label: &str,
-    features: usize,
-    classes: u32,
-) -> Result<Samples, DataError> {
-    let read_err = |source| DataError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let row_err = |line: u64, message: String| DataError::Row {
-        path: path.to_owned(),
-        line,
-        message,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(read_err)?;
-    let header = reader.headers().map_err(read_err)?.clone();
-    let label_col = header
-        .iter()
-        .position(|h| h == label)
-        .ok_or_else(|| row_err(1, format!("no column named {label:?} in the header")))?;
-    if header.len() - 1 != features {
-        return Err(row_err(
-            1,
-            format!(
-                "header has {} feature columns, the spec expects {features}",
-                header.len() - 1
-            ),
-        ));
-    }
-    let mut out = Samples::with_capacity(features, 0);
-    let mut row = Vec::with_capacity(features);
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            match e.kind() {
-                csv::ErrorKind::UnequalLengths {
-                    expected_len, len, ..
-                } => row_err(line, format!("{len} fields, the header has {expected_len}")),
-                _ => row_err(line, e.to_string()),
-            }
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
-        row.clear();
-        let mut class = 0;
-        for (col, field) in record.iter().enumerate() {
-            if col == label_col {
-                class = field
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|c| *c < classes)
-                    .ok_or_else(|| {
-                        row_err(
-                            line,
-                            format!(
-                                "label {field:?} is not a class index in 0..{classes} (column {label:?})"
-                            ),
-                        )
-                    })?;
-            } else {
-                let value = field.parse::<f32>().ok().filter(|v| v.is_finite());
-                row.push(value.ok_or_else(|| {
-                    row_err(
-                        line,
-                        format!("{:?} in column {:?} is not a number", field, &header[col]),
-                    )
-                })?);
-            }
-        }
-        out.push(&row, class);
-    }
-    Ok(out)
+    Ok(Table::dense(features, x, y))
 }
 
 /// The sample order of `epoch`: a permutation of `0..len` seeded by (seed, epoch).
@@ -334,30 +242,8 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.validation.len(), 200);
         assert_eq!(a.train.len(), 800);
-        assert_eq!(a.train.x.len(), 800 * 5);
-        assert!(a.train.y.iter().all(|&c| c < 3));
-    }
-
-    #[test]
-    fn csv_reports_the_line_of_a_bad_row() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("d.csv");
-        std::fs::write(&path, "a,b,label\n1,2,0\n3,4,1\n5,x,1\n").expect("write");
-        let err = read_csv(&path, "label", 2, 2).expect_err("bad row");
-        assert!(err.to_string().contains("d.csv:4:"), "{err}");
-        assert!(err.to_string().contains("\"x\""), "{err}");
-
-        std::fs::write(&path, "a,b,label\n1,2,0\n3,4\n").expect("write");
-        let err = read_csv(&path, "label", 2, 2).expect_err("short row");
-        assert!(err.to_string().contains("d.csv:3:"), "{err}");
-
-        std::fs::write(&path, "a,label,b\n1,1,2\n3,0,4\n").expect("write");
-        let ok = read_csv(&path, "label", 2, 2).expect("good file");
-        assert_eq!(ok.x, vec![1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(ok.y, vec![1, 0]);
-
-        std::fs::write(&path, "a,b,label\n1,2,7\n").expect("write");
-        let err = read_csv(&path, "label", 2, 2).expect_err("label out of range");
-        assert!(err.to_string().contains("d.csv:2:"), "{err}");
+        let (x, y) = a.train.gather(&(0..800).collect::<Vec<_>>());
+        assert_eq!(x.len(), 800 * 5);
+        assert!(y.iter().all(|&c| c < 3));
     }
 }

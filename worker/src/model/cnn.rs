@@ -1,0 +1,223 @@
+//! `model "cnn"`: a convolutional classifier of images. Each entry of `channels` is a stage
+//! conv (`kernel_size`, same padding) → ReLU → 2×2 max-pool; then the feature maps are
+//! flattened and go through fully connected layers (`hidden`, ReLU between) to the logits.
+
+use burn::module::Module;
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use serde_json::json;
+
+use super::mlp::check_size;
+use super::{AttrError, AttrSchema, AttrType, Attrs, Classifier, DataShape, Init, ModelKind};
+
+/// The configuration of `model "cnn"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CnnKind {
+    input: [usize; 3],
+    channels: Vec<usize>,
+    kernel: usize,
+    /// Fully connected widths: the flattened maps, `hidden`, the classes.
+    dense: Vec<usize>,
+}
+
+/// The CNN module.
+#[derive(Module, Debug)]
+pub struct Cnn<B: Backend> {
+    convs: Vec<Conv2d<B>>,
+    pool: MaxPool2d,
+    dense: Vec<Linear<B>>,
+    channels: usize,
+    height: usize,
+    width: usize,
+}
+
+impl<B: Backend> Classifier<B> for Cnn<B> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let batch = x.dims()[0];
+        let mut maps = x.reshape([batch, self.channels, self.height, self.width]);
+        for conv in &self.convs {
+            maps = self.pool.forward(relu(conv.forward(maps)));
+        }
+        let mut x: Tensor<B, 2> = maps.flatten(1, 3);
+        let last = self.dense.len() - 1;
+        for (i, layer) in self.dense.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = relu(x);
+            }
+        }
+        x
+    }
+}
+
+impl ModelKind for CnnKind {
+    const NAME: &'static str = "cnn";
+    const DOC: &'static str = "A convolutional network of images: conv → ReLU → 2×2 max-pool stages, then fully connected layers.";
+    type Model<B: Backend> = Cnn<B>;
+
+    fn attributes() -> Vec<AttrSchema> {
+        vec![
+            AttrSchema::required(
+                "input_shape",
+                AttrType::IntegerList,
+                "[channels, height, width] of a sample; the product equals the dataset's features.",
+            ),
+            AttrSchema::required(
+                "channels",
+                AttrType::IntegerList,
+                "Output channels of each conv → ReLU → 2×2 max-pool stage.",
+            ),
+            AttrSchema::optional(
+                "kernel_size",
+                AttrType::Integer,
+                json!(3),
+                "Side of the square convolution kernels (odd; same padding).",
+            ),
+            AttrSchema::optional(
+                "hidden",
+                AttrType::IntegerList,
+                json!([]),
+                "Widths of the fully connected layers after flattening.",
+            ),
+            AttrSchema::required(
+                "classes",
+                AttrType::Integer,
+                "Output classes; equals the dataset's.",
+            ),
+        ]
+    }
+
+    fn configure(attrs: &Attrs, data: DataShape) -> Result<Self, AttrError> {
+        let shape = attrs.integers("input_shape")?;
+        let [c, h, w] = shape[..] else {
+            return Err(AttrError::at(
+                "input_shape",
+                format!(
+                    "`input_shape` has {} entries; it takes 3: [channels, height, width]",
+                    shape.len()
+                ),
+            )
+            .with_hint("for 28×28 greyscale images: `input_shape = [1, 28, 28]`"));
+        };
+        if c * h * w != data.features {
+            return Err(AttrError::at(
+                "input_shape",
+                format!("`input_shape` {c}×{h}×{w} = {} features, but the dataset has {}", c * h * w, data.features),
+            )
+            .with_hint("the product of [channels, height, width] must equal the dataset's features per sample"));
+        }
+        if c == 0 {
+            return Err(AttrError::at(
+                "input_shape",
+                "an image needs at least 1 channel",
+            ));
+        }
+        let kernel = attrs.integer("kernel_size")?;
+        if kernel == 0 || kernel.is_multiple_of(2) {
+            return Err(AttrError::at(
+                "kernel_size",
+                format!("`kernel_size` must be odd for same padding, got {kernel}"),
+            )
+            .with_hint("use 3 or 5"));
+        }
+        let channels = attrs.integers("channels")?;
+        if channels.contains(&0) {
+            return Err(AttrError::at(
+                "channels",
+                "a convolution needs at least 1 output channel",
+            ));
+        }
+        let (mut side_h, mut side_w) = (h, w);
+        for (stage, _) in channels.iter().enumerate() {
+            if side_h < 2 || side_w < 2 {
+                return Err(AttrError::at(
+                    "channels",
+                    format!("stage {} would pool a {side_h}×{side_w} map below 1×1: a {h}×{w} input allows {stage} stage(s)", stage + 1),
+                )
+                .with_hint("use fewer entries in `channels`, or larger inputs"));
+            }
+            side_h /= 2;
+            side_w /= 2;
+        }
+        let hidden = attrs.integers("hidden")?;
+        if hidden.contains(&0) {
+            return Err(AttrError::at(
+                "hidden",
+                "a hidden layer needs at least 1 unit",
+            ));
+        }
+        let classes = check_size(attrs, "classes", data.classes, "class count")?;
+        let flat = channels.last().copied().unwrap_or(c) * side_h * side_w;
+        let dense = std::iter::once(flat)
+            .chain(hidden)
+            .chain(std::iter::once(classes))
+            .collect();
+        Ok(Self {
+            input: [c, h, w],
+            channels,
+            kernel,
+            dense,
+        })
+    }
+
+    fn init<B: Backend>(&self, init: &mut Init<'_, B>) -> Cnn<B> {
+        let [c, h, w] = self.input;
+        let mut inputs = c;
+        let convs = self
+            .channels
+            .iter()
+            .map(|&out| {
+                let conv = init.conv2d(inputs, out, self.kernel);
+                inputs = out;
+                conv
+            })
+            .collect();
+        let dense = self
+            .dense
+            .windows(2)
+            .map(|d| init.linear(d[0], d[1]))
+            .collect();
+        Cnn {
+            convs,
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            dense,
+            channels: c,
+            height: h,
+            width: w,
+        }
+    }
+
+    fn parameters(&self) -> u64 {
+        let mut inputs = self.input[0] as u64;
+        let k2 = (self.kernel * self.kernel) as u64;
+        let mut total = 0u64;
+        for &out in &self.channels {
+            total += out as u64 * (inputs * k2 + 1);
+            inputs = out as u64;
+        }
+        total
+            + self
+                .dense
+                .windows(2)
+                .map(|d| (d[0] as u64 + 1) * d[1] as u64)
+                .sum::<u64>()
+    }
+
+    fn activations_per_sample(&self) -> u64 {
+        let [_, mut h, mut w] = self.input;
+        let mut floats = self.input.iter().product::<usize>() as u64;
+        for &out in &self.channels {
+            // Conv output and its ReLU at full size, then the pooled map.
+            floats += 2 * (out * h * w) as u64;
+            h /= 2;
+            w /= 2;
+            floats += (out * h * w) as u64;
+        }
+        floats += self.dense.iter().map(|&d| d as u64).sum::<u64>();
+        2 * floats
+    }
+}
