@@ -138,8 +138,11 @@ fn describe(m: &Metrics, folded: &str) -> String {
     let acc = m
         .val_accuracy
         .map_or_else(|| "-".to_owned(), |a| format!("{a:.4}"));
+    let val_loss = m
+        .val_loss
+        .map_or_else(|| "-".to_owned(), |l| format!("{l:.4}"));
     let mut line = format!(
-        "loss {:.4}  val_acc {acc}  {:.0} samples/s",
+        "loss {:.4}  val_loss {val_loss}  val_acc {acc}  {:.0} samples/s",
         m.loss, m.samples_per_sec
     );
     if !folded.is_empty() {
@@ -185,6 +188,9 @@ pub fn print_summary(job: &Job) {
         println!("  loss          {:.5}", m.loss);
         if let Some(acc) = m.val_accuracy {
             println!("  val accuracy  {acc:.4}");
+        }
+        if let Some(loss) = m.val_loss {
+            println!("  val loss      {loss:.5}");
         }
         if m.samples_per_sec > 0.0 {
             println!("  throughput    {:.0} samples/s", m.samples_per_sec);

@@ -92,6 +92,13 @@ pub enum AgentError {
     Signal(#[source] std::io::Error),
 }
 
+/// What every task of this worker uses: its collective listener (bound once, for the life
+/// of the process) and the model kinds it trains.
+struct Host {
+    listener: TcpListener,
+    registry: Arc<Registry>,
+}
+
 /// A task the agent is running.
 struct Running {
     job_id: String,
@@ -138,15 +145,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         addr: config.collective_bind,
         source,
     })?;
-    let listener = Arc::new(listener);
+    let host = Arc::new(Host {
+        listener,
+        registry: config.registry.clone(),
+    });
     // SIGTERM is a request to leave: preemption, a scale-down, `kiln destroy`.
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::Signal)?;
     let mut timeout = config.connect_timeout;
     loop {
         let (client, registered) = register(&config, collective_addr, timeout).await?;
-        let registry = config.registry.clone();
-        match session(client, registered, listener.clone(), registry, &mut sigterm).await? {
+        match session(client, registered, host.clone(), &mut sigterm).await? {
             SessionEnd::Closed => return Ok(()),
             SessionEnd::Lost(cause) => {
                 tracing::warn!(%cause, "lost the coordinator; registering again");
@@ -208,8 +217,7 @@ fn is_refusal(code: tonic::Code) -> bool {
 async fn session(
     mut client: CoordinatorClient<Channel>,
     registered: RegisterResponse,
-    listener: Arc<TcpListener>,
-    registry: Arc<Registry>,
+    host: Arc<Host>,
     sigterm: &mut tokio::signal::unix::Signal,
 ) -> Result<SessionEnd, AgentError> {
     let worker_id = registered.worker_id;
@@ -284,8 +292,7 @@ async fn session(
                     assignment,
                     client.clone(),
                     worker_id.clone(),
-                    listener.clone(),
-                    registry.clone(),
+                    host.clone(),
                 ));
             }
             Some(Command::Goodbye(goodbye)) => {
@@ -425,8 +432,7 @@ fn start_task(
     assignment: Assignment,
     mut client: CoordinatorClient<Channel>,
     worker_id: String,
-    listener: Arc<TcpListener>,
-    registry: Arc<Registry>,
+    host: Arc<Host>,
 ) -> Running {
     let cancel = Arc::new(AtomicBool::new(false));
     let leave = Arc::new(AtomicBool::new(false));
@@ -472,16 +478,7 @@ fn start_task(
         let (cancel, leave, abort) = (cancel.clone(), leave.clone(), abort.clone());
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            run_task(
-                &assignment,
-                &listener,
-                &registry,
-                &cancel,
-                &leave,
-                &abort,
-                &runtime,
-                tx,
-            )
+            run_task(&assignment, &host, &cancel, &leave, &abort, &runtime, tx)
         })
     };
 
@@ -584,8 +581,7 @@ fn refuse_unbuilt(spec: &TrainSpec, registry: &Registry) -> Result<(), TaskFailu
 /// Runs one assignment on this thread.
 fn run_task(
     assignment: &Assignment,
-    listener: &TcpListener,
-    registry: &Registry,
+    host: &Host,
     cancel: &AtomicBool,
     leave: &AtomicBool,
     abort: &Mutex<Option<AbortHandle>>,
@@ -601,7 +597,7 @@ fn run_task(
         refused: true,
         ..e.to_string().into()
     })?;
-    refuse_unbuilt(&spec, registry)?;
+    refuse_unbuilt(&spec, &host.registry)?;
     let peers = assignment
         .peers
         .iter()
@@ -612,7 +608,7 @@ fn run_task(
         .collect::<Result<Vec<_>, _>>()?;
     let session = session_id(&assignment.job_id, assignment.generation);
     let mut ring = RingCollective::connect(
-        listener,
+        &host.listener,
         assignment.rank as usize,
         &peers,
         session,
@@ -643,7 +639,7 @@ fn run_task(
         resume_step: assignment.resume_step,
     };
     let mut observer = ChannelObserver(reports);
-    registry
+    host.registry
         .train(
             &task,
             train::Context {

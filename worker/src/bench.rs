@@ -419,7 +419,8 @@ impl Drop for ScratchDir {
     }
 }
 
-struct Silent;
+/// An observer that ignores everything.
+pub(crate) struct Silent;
 
 impl Observer for Silent {
     fn progress(&mut self, _: &Metrics) {}

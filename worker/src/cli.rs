@@ -13,8 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::agent::{self, AgentConfig};
-use crate::bench;
 use crate::model::Registry;
+use crate::{bench, overhead};
 
 #[derive(Parser)]
 #[command(name = "kiln-worker", version, about = "kiln worker agent")]
@@ -59,6 +59,8 @@ enum Command {
     BenchAllreduce(bench::AllreduceBenchArgs),
     /// The training runs of `kiln bench checkpoint` (prints one JSON line).
     BenchCheckpoint(bench::CheckpointBenchArgs),
+    /// kiln's training loop against a bare Burn loop of the same model (prints one JSON line).
+    BenchOverhead(overhead::OverheadBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -102,6 +104,12 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             return bench::run_checkpoint_bench(args, &registry, runtime.handle());
+        }
+        Some(Command::BenchOverhead(args)) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            return overhead::run(args, runtime.handle());
         }
         None => {}
     }

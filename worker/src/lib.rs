@@ -19,5 +19,6 @@ pub mod collective;
 pub mod data;
 pub mod model;
 pub mod optim;
+pub mod overhead;
 pub mod spec;
 pub mod train;

@@ -178,20 +178,22 @@ pub async fn status(
         follow::print_summary(&jobs[0]);
     } else {
         println!(
-            "{:<24} {:<10} {:>5} {:>12} {:>9} {:>9}",
-            "JOB", "STATE", "GEN", "STEP", "VAL_ACC", "ELAPSED"
+            "{:<24} {:<10} {:>5} {:>12} {:>9} {:>9} {:>9}",
+            "JOB", "STATE", "GEN", "STEP", "VAL_LOSS", "VAL_ACC", "ELAPSED"
         );
         for job in &jobs {
             let m = job.metrics.unwrap_or_default();
             let acc = m
                 .val_accuracy
                 .map_or_else(|| "-".into(), |a| format!("{a:.4}"));
+            let val_loss = m.val_loss.map_or_else(|| "-".into(), |l| format!("{l:.4}"));
             println!(
-                "{:<24} {:<10} {:>5} {:>12} {:>9} {:>8.1}s",
+                "{:<24} {:<10} {:>5} {:>12} {:>9} {:>9} {:>8.1}s",
                 job.id,
                 job.state().label(),
                 job.generation,
                 format!("{}/{}", m.step, m.total_steps),
+                val_loss,
                 acc,
                 follow::elapsed(job).as_secs_f64()
             );
@@ -214,6 +216,7 @@ fn job_json(job: &Job) -> serde_json::Value {
             "total_steps": m.total_steps,
             "loss": m.loss,
             "val_accuracy": m.val_accuracy,
+            "val_loss": m.val_loss,
             "samples_per_sec": m.samples_per_sec,
         },
         "restarts": job.restarts,

@@ -98,7 +98,9 @@ fn worker_command(
     cmd.env("KILN_COORDINATOR", coordinator_url)
         .env("KILN_JOIN_TOKEN", join_token)
         .env("KILN_NODE_NAME", name)
-        .env("RAYON_NUM_THREADS", cpus.to_string());
+        .env("RAYON_NUM_THREADS", cpus.to_string())
+        // Burn's CPU matmul has a thread pool of its own, sized by the machine otherwise.
+        .env("MATMUL_NUM_THREADS", cpus.to_string());
     cmd
 }
 

@@ -2,8 +2,10 @@
 
 mod bad_input;
 mod coordinator;
+mod datasets;
 mod fmt;
 mod infra;
+mod models;
 mod recovery;
 mod shared_store;
 mod up;

@@ -48,8 +48,12 @@ struct Up {
 
 impl Up {
     fn start(sandbox: &Sandbox) -> Self {
+        Self::start_with(sandbox, &["up", "."])
+    }
+
+    fn start_with(sandbox: &Sandbox, args: &[&str]) -> Self {
         let mut child = sandbox
-            .kiln(&["up", "."])
+            .kiln(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -111,14 +115,18 @@ fn checkpoint_step(line: &str) -> Option<u64> {
         .ok()
 }
 
-/// Live `kiln-worker` processes of the sandbox.
+/// Live worker processes of the sandbox (the bundled `kiln-worker` or a worker binary of
+/// one's own, all named `*-worker`).
 fn workers(sandbox: &Sandbox) -> Vec<u32> {
     sandbox
         .processes()
         .into_iter()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("kiln-worker"))
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let cmdline = String::from_utf8_lossy(&c);
+                let exe = cmdline.split('\0').next().unwrap_or_default();
+                exe.ends_with("-worker")
+            })
         })
         .collect()
 }
@@ -160,15 +168,41 @@ pub(crate) fn uninterrupted_digest() -> String {
 #[test]
 fn killed_workers_are_replaced_and_the_run_ends_bit_identical() {
     let reference = uninterrupted_digest();
-    let mut rng = Rng::seeded();
-
     let sandbox = sandbox(3, "0s");
-    let mut up = Up::start(&sandbox);
+    kill_and_compare(&sandbox, &["up", "."], 3, 300, &reference);
+}
+
+/// The custom-model example: its own worker binary and model kind, SGD with Nesterov
+/// momentum, a cosine schedule with warm-up and gradient clipping.
+#[test]
+fn a_model_kind_of_ones_own_resumes_bit_identical_too() {
+    let example = std::fs::read_to_string("../examples/custom-model/job.hcl").expect("example");
+    let binary = format!(
+        "worker_binary={}",
+        kiln_tests::bin("resmlp-worker").display()
+    );
+    let args = ["up", ".", "--var", &binary];
+    let reference = {
+        let sandbox = Sandbox::new().with_files(&[("job.hcl", &example)]);
+        let out = sandbox.run(&args, T).expect("kiln up");
+        assert!(out.status.success(), "{}", describe(&out));
+        digest(&out)
+    };
+    let sandbox = Sandbox::new().with_files(&[("job.hcl", &example)]);
+    kill_and_compare(&sandbox, &args, 1, 400, &reference);
+}
+
+/// Runs `kiln ARGS` in `sandbox`, kills a random worker `kills` times (each after a
+/// checkpoint up to `spread` steps past the last kill), and checks that the job recovers each
+/// time and ends with parameters whose digest is `reference`.
+fn kill_and_compare(sandbox: &Sandbox, args: &[&str], kills: u64, spread: u64, reference: &str) {
+    let mut rng = Rng::seeded();
+    let mut up = Up::start_with(sandbox, args);
     let mut at = 0;
-    for kill in 1..=3u64 {
-        at += 50 + rng.below(300);
+    for kill in 1..=kills {
+        at += 50 + rng.below(spread);
         up.wait_for_checkpoint(at);
-        let live = workers(&sandbox);
+        let live = workers(sandbox);
         assert_eq!(live.len(), 2, "two workers run: {live:?}");
         let victim = live[rng.below(2) as usize];
         let killed = Instant::now();
@@ -194,16 +228,19 @@ fn killed_workers_are_replaced_and_the_run_ends_bit_identical() {
     assert_eq!(
         events
             .matches("was killed by signal 9; replaced by pid")
-            .count(),
-        3,
+            .count() as u64,
+        kills,
         "{events}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("restarts      3"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("restarts      {kills}")),
+        "{stdout}"
+    );
     assert_eq!(
         digest(&out),
         reference,
-        "a run killed and resumed 3 times ends bit-identical to an uninterrupted one"
+        "a run killed and resumed {kills} times ends bit-identical to an uninterrupted one"
     );
     sandbox.assert_no_processes(Duration::from_secs(10));
 }

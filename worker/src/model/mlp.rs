@@ -128,6 +128,5 @@ pub fn spec(inputs: u32, hidden: &[u32], classes: u32) -> kiln_proto::v1::ModelS
     kiln_proto::v1::ModelSpec {
         kind: MlpKind::NAME.to_owned(),
         attributes: json!({"inputs": inputs, "hidden": hidden, "classes": classes}).to_string(),
-        ..Default::default()
     }
 }

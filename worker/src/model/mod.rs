@@ -80,6 +80,31 @@ pub trait ModelKind: Sized + Send + Sync + 'static {
     }
 }
 
+/// The schema of kind `K`, as `models --json` shows it.
+pub fn schema<K: ModelKind>() -> kiln_proto::models::KindSchema {
+    kiln_proto::models::KindSchema {
+        name: K::NAME.to_owned(),
+        doc: K::DOC.to_owned(),
+        attributes: K::attributes(),
+    }
+}
+
+/// Checks `attributes` against `K`'s schema, fills in its defaults, and configures `K` for
+/// `data`.
+pub fn configure<K: ModelKind>(
+    attributes: &Map<String, Value>,
+    data: DataShape,
+) -> Result<K, AttrError> {
+    let complete = schema::<K>()
+        .complete(attributes)
+        .map_err(|message| AttrError {
+            attribute: None,
+            message,
+            hint: None,
+        })?;
+    K::configure(&Attrs::new(complete), data)
+}
+
 /// A model that cannot be built from its attributes; `kiln validate` shows it at the
 /// attribute.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

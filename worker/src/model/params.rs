@@ -24,19 +24,20 @@ pub fn flatten_params<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
 }
 
 /// Appends every parameter's gradient to `out` in visit order, zeros where a parameter got no
-/// gradient (e.g. on a rank whose slice of the batch is empty).
+/// gradient (e.g. on a rank whose slice of the batch is empty). The gradients are taken out of
+/// `grads`: a tensor nothing else holds reads out as one copy, a shared one element by element.
 pub fn flatten_grads<B: AutodiffBackend, M: Module<B>>(
     module: &M,
-    grads: &GradientsParams,
+    mut grads: GradientsParams,
     out: &mut Vec<f32>,
 ) {
     struct Flatten<'a> {
-        grads: &'a GradientsParams,
+        grads: &'a mut GradientsParams,
         out: &'a mut Vec<f32>,
     }
     impl<B: AutodiffBackend> ModuleVisitor<B> for Flatten<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            match self.grads.get::<B::InnerBackend, D>(param.id) {
+            match self.grads.remove::<B::InnerBackend, D>(param.id) {
                 Some(grad) => extend_with(self.out, grad),
                 None => {
                     let n = param.val().shape().num_elements();
@@ -45,7 +46,10 @@ pub fn flatten_grads<B: AutodiffBackend, M: Module<B>>(
             }
         }
     }
-    module.visit(&mut Flatten { grads, out });
+    module.visit(&mut Flatten {
+        grads: &mut grads,
+        out,
+    });
 }
 
 /// Rebuilds per-parameter gradients from a flat buffer laid out by [`flatten_grads`].

@@ -8,7 +8,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
 use kiln_proto::models::{AttrProblem, Catalog, CheckReport, CheckRequest, KindSchema};
 
-use super::{AttrError, Attrs, DataShape, Init, ModelKind, cnn::CnnKind, mlp::MlpKind};
+use super::{AttrError, DataShape, Init, ModelKind, cnn::CnnKind, mlp::MlpKind};
 use crate::train::{self, CheckpointMode, Context, Outcome, Task, TrainError};
 
 /// The CPU training backend.
@@ -137,37 +137,12 @@ trait Kind: Send + Sync {
 
 struct Erased<K>(PhantomData<fn() -> K>);
 
-fn schema<K: ModelKind>() -> KindSchema {
-    KindSchema {
-        name: K::NAME.to_owned(),
-        doc: K::DOC.to_owned(),
-        attributes: K::attributes(),
-    }
-}
-
-impl<K: ModelKind> Erased<K> {
-    fn configure(
-        &self,
-        attributes: &serde_json::Map<String, serde_json::Value>,
-        data: DataShape,
-    ) -> Result<K, AttrError> {
-        let complete = schema::<K>()
-            .complete(attributes)
-            .map_err(|message| AttrError {
-                attribute: None,
-                message,
-                hint: None,
-            })?;
-        K::configure(&Attrs::new(complete), data)
-    }
-}
-
 impl<K: ModelKind> Kind for Erased<K>
 where
     K::Model<CpuBackend>: AutodiffModule<CpuBackend, InnerModule = K::Model<NdArray>>,
 {
     fn schema(&self) -> KindSchema {
-        schema::<K>()
+        super::schema::<K>()
     }
 
     fn check(
@@ -175,7 +150,7 @@ where
         attributes: &serde_json::Map<String, serde_json::Value>,
         data: DataShape,
     ) -> Result<(u64, u64), AttrError> {
-        let kind = self.configure(attributes, data)?;
+        let kind = super::configure::<K>(attributes, data)?;
         Ok((kind.parameters(), kind.activations_per_sample()))
     }
 
@@ -190,8 +165,7 @@ where
             features: spec.dataset.features as usize,
             classes: spec.dataset.classes as usize,
         };
-        let kind = self
-            .configure(&spec.model_attributes, data)
+        let kind = super::configure::<K>(&spec.model_attributes, data)
             .map_err(|e| TrainError::Spec(format!("model {:?}: {e}", K::NAME)))?;
         let model = kind.init::<CpuBackend>(&mut Init::new(spec.seed, &ctx.device));
         train::train_with(task, ctx, mode, model)
