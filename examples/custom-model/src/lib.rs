@@ -12,6 +12,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
+use kiln_worker::model::mlp::check_size;
 use kiln_worker::model::{
     AttrError, AttrSchema, AttrType, Attrs, Classifier, DataShape, Init, ModelKind,
 };
@@ -84,28 +85,8 @@ impl ModelKind for ResMlpKind {
     }
 
     fn configure(attrs: &Attrs, data: DataShape) -> Result<Self, AttrError> {
-        let inputs = attrs.integer("inputs")?;
-        if inputs != data.features {
-            return Err(AttrError::at(
-                "inputs",
-                format!(
-                    "`inputs` ({inputs}) does not match the dataset's {} features",
-                    data.features
-                ),
-            )
-            .with_hint(format!("set `inputs = {}`", data.features)));
-        }
-        let classes = attrs.integer("classes")?;
-        if classes != data.classes {
-            return Err(AttrError::at(
-                "classes",
-                format!(
-                    "`classes` ({classes}) does not match the dataset's {} classes",
-                    data.classes
-                ),
-            )
-            .with_hint(format!("set `classes = {}`", data.classes)));
-        }
+        let inputs = check_size(attrs, "inputs", data.features, "feature count")?;
+        let classes = check_size(attrs, "classes", data.classes, "class count")?;
         let width = attrs.integer("width")?;
         if width == 0 {
             return Err(AttrError::at("width", "`width` must be at least 1"));

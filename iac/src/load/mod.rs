@@ -6,7 +6,8 @@
 //!
 //! It reports every mistake it can find (across all files) rather than stopping at the
 //! first, and never panics. It does not provision anything and does not read datasets beyond
-//! a CSV header.
+//! a CSV header or an IDX/NPY header; it asks the cluster's worker binary (through the
+//! options' `ModelCatalog`) which model kinds exist.
 //!
 //! Why not `hcl::from_str` + serde: serde gives no locations for semantic errors, and
 //! decoding an expression into a `String` silently stringifies it.
@@ -15,7 +16,7 @@
 //! suggestions), `secrets` (scrubbing sensitive values), `options` and `defaults`, `scope`
 //! (the [`Loader`] every pass shares, and evaluation), `schema` (which attributes and blocks
 //! each block accepts), `getters` (typed attribute reads), `vars` and `locals`, then the
-//! decoders `cluster`, `dataset` and `job`. This file only orders the passes.
+//! decoders `cluster`, `dataset`, `model` and `job`. This file only orders the passes.
 
 mod cluster;
 mod dataset;

@@ -268,6 +268,7 @@ fn examples_and_valid_fixture_are_canonical() {
         fixture("valid"),
         PathBuf::from("../examples/quickstart"),
         PathBuf::from("../examples/csv"),
+        PathBuf::from("../examples/custom-model"),
     ] {
         let files = format_dir(&dir).unwrap_or_else(|d| panic!("{d}"));
         assert!(!files.is_empty());

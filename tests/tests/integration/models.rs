@@ -89,7 +89,7 @@ fn validate_checks_a_kind_of_ones_own_against_its_binary() {
     let (ok, text) = validate_example(|hcl| hcl.replace("    inputs  = 16", "    inputs  = 12"));
     assert!(!ok);
     assert!(
-        text.contains("`inputs` (12) does not match the dataset's 16 features")
+        text.contains("Model `inputs` (12) does not match the dataset's feature count (16)")
             && text.contains("job.hcl:45:15")
             && text.contains("set `inputs = 16`"),
         "{text}"

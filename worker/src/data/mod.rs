@@ -102,29 +102,16 @@ pub fn load(spec: &DatasetSpec) -> Result<Splits, DataError> {
             )?,
             0,
         ),
-        Some(Source::Idx(i)) => (
-            arrays::load(
-                arrays::Format::Idx,
-                Path::new(&i.images),
-                Path::new(&i.labels),
-                spec.features as usize,
-                spec.classes,
-            )?,
-            0,
-        ),
-        Some(Source::Npy(n)) => (
-            arrays::load(
-                arrays::Format::Npy,
-                Path::new(&n.x),
-                Path::new(&n.y),
-                spec.features as usize,
-                spec.classes,
-            )?,
-            0,
-        ),
+        Some(Source::Idx(i)) => (array(arrays::Format::Idx, &i.images, &i.labels, spec)?, 0),
+        Some(Source::Npy(n)) => (array(arrays::Format::Npy, &n.x, &n.y, spec)?, 0),
         None => return Err(DataError::NoSource(spec.name.clone())),
     };
     Ok(split(all, spec.validation_split, split_seed))
+}
+
+fn array(format: arrays::Format, x: &str, y: &str, spec: &DatasetSpec) -> Result<Table, DataError> {
+    let (features, classes) = (spec.features as usize, spec.classes);
+    arrays::load(format, Path::new(x), Path::new(y), features, classes)
 }
 
 fn split(all: Table, validation_split: f64, seed: u64) -> Splits {

@@ -34,13 +34,10 @@ impl<B: Backend> Classifier<B> for Mlp<B> {
     }
 }
 
-/// `inputs` and `classes` must match the data: a located error otherwise.
-pub(crate) fn check_size(
-    attrs: &Attrs,
-    name: &str,
-    want: usize,
-    what: &str,
-) -> Result<usize, AttrError> {
+/// Attribute `name`, which must equal the data's `want` (`what`: "feature count", "class
+/// count"); a located error with a hint otherwise. For kinds whose `inputs` and `classes`
+/// restate the dataset's.
+pub fn check_size(attrs: &Attrs, name: &str, want: usize, what: &str) -> Result<usize, AttrError> {
     let value = attrs.integer(name)?;
     if value == want {
         Ok(value)
