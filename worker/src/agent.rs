@@ -665,8 +665,10 @@ fn run_task(
                     train::TrainError::Collective(_) | train::TrainError::Left { .. }
                 ) && left.is_none(),
                 left,
+                // Data that cannot be read and a model that cannot be built stay so on
+                // every worker and every restart.
+                refused: matches!(e, train::TrainError::Data(_) | train::TrainError::Spec(_)),
                 message: error_chain(&e),
-                refused: false,
             }
         })
 }

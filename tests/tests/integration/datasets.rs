@@ -171,3 +171,40 @@ fn a_cnn_trains_on_npy_arrays_and_file_mistakes_are_located() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_label_out_of_range_fails_the_job_at_once_naming_the_file() {
+    let (pixels, mut labels) = images(200);
+    labels[57] = 9;
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        (
+            "job.hcl",
+            &cnn_job(
+                r#"  dataset "quadrants" {
+    format  = "idx"
+    source  = "file://images-idx3-ubyte"
+    labels  = "file://labels-idx1-ubyte"
+    classes = 4
+  }
+  restart {
+    max_restarts = 3
+    backoff      = "0s"
+  }"#,
+            ),
+        ),
+    ]);
+    let images = idx_bytes(DType::U8, &[200, SIDE as u32, SIDE as u32], &pixels);
+    std::fs::write(sandbox.path().join("images-idx3-ubyte"), images).expect("write");
+    let labels = idx_bytes(DType::U8, &[200], &labels);
+    std::fs::write(sandbox.path().join("labels-idx1-ubyte"), labels).expect("write");
+    let out = sandbox.run(&["up", "."], T).expect("kiln up");
+    let text = describe(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("labels-idx1-ubyte: label 9 of sample 57 is not a class index in 0..4"),
+        "{text}"
+    );
+    // No restart would read other data: the job fails without using its budget.
+    assert!(!text.contains("→ restart"), "{text}");
+}
