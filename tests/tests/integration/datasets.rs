@@ -83,33 +83,42 @@ fn train(sandbox: &Sandbox) -> String {
     stdout
 }
 
-#[test]
-fn a_cnn_trains_on_gzipped_idx_images() {
-    let (pixels, labels) = images(800);
+/// A sandbox with the CNN job on IDX files `data/images` (gzipped when `gz`) and
+/// `data/labels`, holding `pixels` and `labels`; `extra` is added to the job.
+fn idx_sandbox(pixels: &[u8], labels: &[u8], gz: bool, extra: &str) -> Sandbox {
+    let images_file = if gz {
+        "images-idx3-ubyte.gz"
+    } else {
+        "images-idx3-ubyte"
+    };
+    let dataset = format!(
+        r#"  dataset "quadrants" {{
+    format  = "idx"
+    source  = "file://data/{images_file}"
+    labels  = "file://data/labels-idx1-ubyte"
+    classes = 4
+  }}
+{extra}"#
+    );
     let sandbox = Sandbox::new().with_files(&[
         ("cluster.hcl", &cluster_hcl(2)),
-        (
-            "job.hcl",
-            &cnn_job(
-                r#"  dataset "quadrants" {
-    format = "idx"
-    source = "file://data/train-images-idx3-ubyte.gz"
-    labels = "file://data/train-labels-idx1-ubyte"
-    classes = 4
-  }"#,
-            ),
-        ),
+        ("job.hcl", &cnn_job(&dataset)),
     ]);
     let data = sandbox.path().join("data");
     std::fs::create_dir_all(&data).expect("mkdir");
-    let images = idx_bytes(DType::U8, &[800, SIDE as u32, SIDE as u32], &pixels);
-    std::fs::write(data.join("train-images-idx3-ubyte.gz"), gzip(&images)).expect("write");
-    std::fs::write(
-        data.join("train-labels-idx1-ubyte"),
-        idx_bytes(DType::U8, &[800], &labels),
-    )
-    .expect("write");
-    train(&sandbox);
+    let n = labels.len() as u32;
+    let images = idx_bytes(DType::U8, &[n, SIDE as u32, SIDE as u32], pixels);
+    let images = if gz { gzip(&images) } else { images };
+    std::fs::write(data.join(images_file), images).expect("write");
+    let labels = idx_bytes(DType::U8, &[n], labels);
+    std::fs::write(data.join("labels-idx1-ubyte"), labels).expect("write");
+    sandbox
+}
+
+#[test]
+fn a_cnn_trains_on_gzipped_idx_images() {
+    let (pixels, labels) = images(800);
+    train(&idx_sandbox(&pixels, &labels, true, ""));
 }
 
 #[test]
@@ -176,28 +185,8 @@ fn a_cnn_trains_on_npy_arrays_and_file_mistakes_are_located() {
 fn a_label_out_of_range_fails_the_job_at_once_naming_the_file() {
     let (pixels, mut labels) = images(200);
     labels[57] = 9;
-    let sandbox = Sandbox::new().with_files(&[
-        ("cluster.hcl", &cluster_hcl(2)),
-        (
-            "job.hcl",
-            &cnn_job(
-                r#"  dataset "quadrants" {
-    format  = "idx"
-    source  = "file://images-idx3-ubyte"
-    labels  = "file://labels-idx1-ubyte"
-    classes = 4
-  }
-  restart {
-    max_restarts = 3
-    backoff      = "0s"
-  }"#,
-            ),
-        ),
-    ]);
-    let images = idx_bytes(DType::U8, &[200, SIDE as u32, SIDE as u32], &pixels);
-    std::fs::write(sandbox.path().join("images-idx3-ubyte"), images).expect("write");
-    let labels = idx_bytes(DType::U8, &[200], &labels);
-    std::fs::write(sandbox.path().join("labels-idx1-ubyte"), labels).expect("write");
+    let restart = "  restart {\n    max_restarts = 3\n    backoff      = \"0s\"\n  }";
+    let sandbox = idx_sandbox(&pixels, &labels, false, restart);
     let out = sandbox.run(&["up", "."], T).expect("kiln up");
     let text = describe(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
