@@ -64,7 +64,9 @@ pub fn load_dir(dir: &Path) -> Result<Config, Diagnostics> {
 }
 
 /// Loads every `*.hcl` file of `dir` (in file-name order) into one validated [`Config`],
-/// with variable values from `options` (see [`LoadOptions`] for the precedence).
+/// with variable values from `options` (see [`LoadOptions`] for the precedence). `model`
+/// blocks are checked against the kinds `options.catalog` reports for each cluster's worker
+/// binary; without a catalog they are carried unchecked.
 ///
 /// Relative paths inside the configuration (storage and state locations, CSV files,
 /// `file()`) are resolved against the canonicalized `dir`, which is also [`Config::dir`].
