@@ -453,24 +453,6 @@ impl<'d> Loader<'d> {
         let learning_rate = self
             .get(src, body, "learning_rate", positive_number)
             .or(DEFAULT_LEARNING_RATE);
-        let fraction = |value: &hcl::Value| {
-            let x = expect_number(value)?;
-            if (0.0..1.0).contains(&x) {
-                Ok(x)
-            } else {
-                Err(Bad::Value(format!(
-                    "must be at least 0 and less than 1, got {x}"
-                )))
-            }
-        };
-        let non_negative = |value: &hcl::Value| {
-            let x = expect_number(value)?;
-            if x >= 0.0 {
-                Ok(x)
-            } else {
-                Err(Bad::Value(format!("must be 0 or more, got {x}")))
-            }
-        };
         match kind {
             "sgd" => {
                 let momentum = self.get(src, body, "momentum", fraction).or(0.0);
@@ -580,16 +562,7 @@ impl<'d> Loader<'d> {
                 }
             }
             "cosine" => {
-                let min_lr = self
-                    .get(src, body, "min_lr", |v| {
-                        let x = expect_number(v)?;
-                        if x >= 0.0 {
-                            Ok(x)
-                        } else {
-                            Err(Bad::Value(format!("must be 0 or more, got {x}")))
-                        }
-                    })
-                    .or(0.0);
+                let min_lr = self.get(src, body, "min_lr", non_negative).or(0.0);
                 let decay_steps = self.get_u64(src, body, "decay_steps", 1).optional();
                 ScheduleKind::Cosine {
                     min_lr: min_lr?,
@@ -691,12 +664,28 @@ impl<'d> Loader<'d> {
     }
 }
 
-/// A number above 0.
-fn positive_number(value: &hcl::Value) -> Result<f64, Bad> {
+/// A number for which `ok` holds; `rule` says which those are.
+fn number_where(value: &hcl::Value, ok: fn(f64) -> bool, rule: &str) -> Result<f64, Bad> {
     let x = expect_number(value)?;
-    if x > 0.0 {
+    if ok(x) {
         Ok(x)
     } else {
-        Err(Bad::Value(format!("must be greater than 0, got {x}")))
+        Err(Bad::Value(format!("must be {rule}, got {x}")))
     }
+}
+
+fn positive_number(value: &hcl::Value) -> Result<f64, Bad> {
+    number_where(value, |x| x > 0.0, "greater than 0")
+}
+
+fn non_negative(value: &hcl::Value) -> Result<f64, Bad> {
+    number_where(value, |x| x >= 0.0, "0 or more")
+}
+
+fn fraction(value: &hcl::Value) -> Result<f64, Bad> {
+    number_where(
+        value,
+        |x| (0.0..1.0).contains(&x),
+        "at least 0 and less than 1",
+    )
 }

@@ -182,7 +182,8 @@ impl<'d> Loader<'d> {
         for structure in block.body.iter() {
             if let Structure::Attribute(attr) = structure {
                 let value = self.eval(src, attr)?;
-                let json = serde_json::to_value(&value).ok()?;
+                // Every HCL value has a JSON form.
+                let json = serde_json::to_value(&value).unwrap_or_default();
                 out.insert(attr.key.as_str().to_owned(), json);
             }
         }

@@ -35,14 +35,14 @@ impl Registry {
     where
         K::Model<CpuBackend>: AutodiffModule<CpuBackend, InnerModule = K::Model<NdArray>>,
     {
-        self.kinds.retain(|k| k.schema().name != K::NAME);
+        self.kinds.retain(|k| k.name() != K::NAME);
         self.kinds.push(Box::new(Erased::<K>(PhantomData)));
         self
     }
 
     /// The names of the kinds, as workers advertise them when they register.
     pub fn names(&self) -> Vec<String> {
-        self.kinds.iter().map(|k| k.schema().name).collect()
+        self.kinds.iter().map(|k| k.name().to_owned()).collect()
     }
 
     /// Every kind and its attribute schema (`kiln-worker models --json`).
@@ -111,15 +111,13 @@ impl Registry {
     }
 
     fn kind(&self, name: &str) -> Option<&dyn Kind> {
-        self.kinds
-            .iter()
-            .find(|k| k.schema().name == name)
-            .map(|k| &**k)
+        self.kinds.iter().find(|k| k.name() == name).map(|k| &**k)
     }
 }
 
 /// A kind with its types erased.
 trait Kind: Send + Sync {
+    fn name(&self) -> &'static str;
     fn schema(&self) -> KindSchema;
     /// The parameter count and activations per sample of a valid model.
     fn check(
@@ -141,6 +139,10 @@ impl<K: ModelKind> Kind for Erased<K>
 where
     K::Model<CpuBackend>: AutodiffModule<CpuBackend, InnerModule = K::Model<NdArray>>,
 {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
     fn schema(&self) -> KindSchema {
         super::schema::<K>()
     }
