@@ -8,10 +8,11 @@ use futures::Stream;
 use kiln_proto::ServiceError;
 use kiln_proto::v1::coordinator_server::{self, CoordinatorServer};
 use kiln_proto::v1::{
-    Ack, AssignmentsRequest, CancelJobRequest, CheckpointReport, GetJobRequest, HeartbeatRequest,
-    HeartbeatResponse, Job, JobEvent, ListJobsRequest, ListJobsResponse, ProgressReport,
-    RegisterRequest, RegisterResponse, ResumeJobRequest, SubmitJobRequest, SubmitJobResponse,
-    TaskEnd, WatchJobRequest, WorkerCommand,
+    Ack, AssignmentsRequest, CancelJobRequest, CheckpointReport, GetCollectiveIdRequest,
+    GetCollectiveIdResponse, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobEvent,
+    ListJobsRequest, ListJobsResponse, ProgressReport, PublishCollectiveIdRequest, RegisterRequest,
+    RegisterResponse, ResumeJobRequest, SubmitJobRequest, SubmitJobResponse, TaskEnd,
+    WatchJobRequest, WorkerCommand,
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -93,6 +94,27 @@ impl coordinator_server::Coordinator for Service {
         self.control
             .task_end(request.into_inner())
             .map(|()| Response::new(Ack {}))
+            .map_err(status)
+    }
+
+    #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id, worker = %request.get_ref().worker_id))]
+    async fn publish_collective_id(
+        &self,
+        request: Request<PublishCollectiveIdRequest>,
+    ) -> Result<Response<Ack>, Status> {
+        self.control
+            .publish_collective_id(request.into_inner())
+            .map(|()| Response::new(Ack {}))
+            .map_err(status)
+    }
+
+    async fn get_collective_id(
+        &self,
+        request: Request<GetCollectiveIdRequest>,
+    ) -> Result<Response<GetCollectiveIdResponse>, Status> {
+        self.control
+            .collective_id(request.get_ref())
+            .map(|id| Response::new(GetCollectiveIdResponse { id }))
             .map_err(status)
     }
 

@@ -61,6 +61,16 @@ impl ClusterSpec {
     pub fn node_count(&self) -> u32 {
         self.node_pools.iter().map(|p| p.count).sum()
     }
+
+    /// The GPU type every GPU node of the cluster declares, when they all declare the same
+    /// one: what a CUDA job's workers must have. `None`: any GPU.
+    pub fn gpu_type(&self) -> Option<&str> {
+        let mut gpu_pools = self.node_pools.iter().filter(|p| p.gpus_per_node > 0);
+        let first = gpu_pools.next()?.gpu_type.as_deref()?;
+        gpu_pools
+            .all(|p| p.gpu_type.as_deref() == Some(first))
+            .then_some(first)
+    }
 }
 
 /// `node_pool "NAME" { count, cpus_per_node, memory_gb, gpus_per_node, gpu_type, labels }`.
@@ -326,6 +336,8 @@ pub struct TrainingSpec {
     pub lr_schedule: Option<LrScheduleSpec>,
     /// Clip the averaged gradient to this global L2 norm.
     pub clip_grad_norm: Option<f64>,
+    /// NCCL all-reduces the gradient in buckets of at most this many MiB (>= 1, default 25).
+    pub bucket_mb: u32,
 }
 
 /// `checkpoint { every_steps, keep }`.

@@ -125,6 +125,11 @@ impl JobSpec {
                     Collective::Nccl => "nccl",
                 }
                 .to_owned(),
+                gpu_type: match self.training.backend {
+                    Backend::Cuda => cluster.gpu_type().unwrap_or_default().to_owned(),
+                    Backend::Cpu => String::new(),
+                },
+                bucket_mb: self.training.bucket_mb,
             }),
             checkpoint: Some(v1::CheckpointSpec {
                 every_steps: self.checkpoint.every_steps,

@@ -11,6 +11,13 @@ use serde_json::{Map, Value};
 pub struct Catalog {
     /// The kinds, by name.
     pub kinds: Vec<KindSchema>,
+    /// The compute backends the binary trains with: `cpu`, and `cuda` where it was built with
+    /// the `cuda` feature. Empty (an older binary): `cpu`.
+    #[serde(default)]
+    pub backends: Vec<String>,
+    /// Its gradient all-reduces: `ring`, and `nccl` with the `cuda` feature. Empty: `ring`.
+    #[serde(default)]
+    pub collectives: Vec<String>,
 }
 
 impl Catalog {

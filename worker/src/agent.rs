@@ -23,7 +23,6 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::capability;
 use crate::checkpoint::CheckpointStore;
 use crate::collective::AbortHandle;
 use crate::collective::ring::RingCollective;
@@ -181,6 +180,7 @@ async fn register(
             node_name: config.node_name.clone(),
             pid: std::process::id(),
             model_kinds: config.registry.names(),
+            resources: Some(crate::resources::probe()),
         };
         match client.register(request).await {
             Ok(response) => return Ok((client, response.into_inner())),
@@ -560,7 +560,7 @@ impl From<&str> for TaskFailure {
 
 /// Fails a task that asks for what this worker cannot do, before it joins the ring.
 fn refuse_unbuilt(spec: &TrainSpec, registry: &Registry) -> Result<(), TaskFailure> {
-    let missing = capability::missing(&spec.backend, &spec.collective).or_else(|| {
+    let missing = crate::resources::missing(&spec.backend, &spec.collective).or_else(|| {
         (!registry.offers(&spec.model_kind)).then(|| {
             format!(
                 "this worker binary does not offer model kind {:?} (it offers {})",
@@ -645,6 +645,7 @@ fn run_task(
             train::Context {
                 device: Default::default(),
                 collective: &mut ring,
+                device_reduce: None,
                 store: store.as_ref(),
                 runtime,
                 cancel,

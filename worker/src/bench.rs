@@ -274,6 +274,7 @@ pub fn run_checkpoint_bench(
                     train::Context {
                         device: Default::default(),
                         collective: &mut ring,
+                        device_reduce: None,
                         store: (kind != RunKind::None).then_some(&store),
                         runtime,
                         cancel: &AtomicBool::new(false),

@@ -12,13 +12,15 @@
 
 pub mod agent;
 pub mod bench;
-pub mod capability;
 pub mod checkpoint;
 pub mod cli;
 pub mod collective;
 pub mod data;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod model;
 pub mod optim;
 pub mod overhead;
+pub mod resources;
 pub mod spec;
 pub mod train;

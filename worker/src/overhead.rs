@@ -104,6 +104,7 @@ pub fn run(args: OverheadBenchArgs, runtime: &tokio::runtime::Handle) -> anyhow:
             Context {
                 device: Default::default(),
                 collective: &mut ring,
+                device_reduce: None,
                 store: None,
                 runtime,
                 cancel: &AtomicBool::new(false),

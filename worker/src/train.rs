@@ -27,10 +27,13 @@ use kiln_proto::v1::Metrics;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, InFlight};
-use crate::collective::{Collective, CollectiveError};
+use crate::collective::{Collective, CollectiveError, DeviceReduce};
 use crate::data::{self, DataError, Samples};
 use crate::model::Classifier;
-use crate::model::params::{flatten_grads, flatten_params, unflatten_grads};
+use crate::model::params::{
+    flatten_grads, flatten_grads_on_device, flatten_params, unflatten_grads,
+    unflatten_grads_on_device,
+};
 use crate::optim::{Optim, Schedule, clip_global_norm};
 use crate::spec::TrainSpec;
 
@@ -162,6 +165,9 @@ pub struct Context<'a, B: AutodiffBackend> {
     pub device: B::Device,
     /// The all-reduce among the ranks of this generation.
     pub collective: &'a mut dyn Collective,
+    /// Where set, gradients are all-reduced through this on the device instead of through
+    /// `collective` on the host (which still carries the departure barrier).
+    pub device_reduce: Option<&'a mut dyn DeviceReduce<B::InnerBackend>>,
     /// Checkpoint storage (read by every rank on resume, written by rank 0); `None` disables
     /// checkpoints.
     pub store: Option<&'a CheckpointStore>,
@@ -359,23 +365,40 @@ where
         let (grads, leaving) = match local {
             // One rank has nothing to reduce: its gradients go to the optimizer as they are,
             // without the flat buffer's two copies (a few percent of a step).
-            Some((grads, loss)) if world == 1 && spec.clip_grad_norm.is_none() => {
+            // (A device collective still runs, so NCCL is exercised at world size 1 too.)
+            Some((grads, loss))
+                if world == 1 && spec.clip_grad_norm.is_none() && ctx.device_reduce.is_none() =>
+            {
                 pos.loss = f64::from(loss);
                 (grads, leave)
             }
             local => {
-                buf.clear();
                 let (grads, loss) = local.unwrap_or_else(|| (GradientsParams::new(), 0.0));
-                flatten_grads(&model, grads, &mut buf);
-                buf.push(loss);
-                buf.push(if leave { 1.0 } else { 0.0 });
-                ctx.collective.all_reduce_mean(&mut buf)?;
-                let leaving = buf.pop().unwrap_or_default() > 0.0;
-                pos.loss = f64::from(buf.pop().unwrap_or_default());
-                if let Some(max_norm) = spec.clip_grad_norm {
-                    clip_global_norm(&mut buf, max_norm);
+                if let Some(reduce) = ctx.device_reduce.as_deref_mut() {
+                    let (grads, loss, leaving) = reduce_on_device(
+                        &model,
+                        grads,
+                        loss,
+                        leave,
+                        spec.clip_grad_norm,
+                        reduce,
+                        &device,
+                    )?;
+                    pos.loss = loss;
+                    (grads, leaving)
+                } else {
+                    buf.clear();
+                    flatten_grads(&model, grads, &mut buf);
+                    buf.push(loss);
+                    buf.push(if leave { 1.0 } else { 0.0 });
+                    ctx.collective.all_reduce_mean(&mut buf)?;
+                    let leaving = buf.pop().unwrap_or_default() > 0.0;
+                    pos.loss = f64::from(buf.pop().unwrap_or_default());
+                    if let Some(max_norm) = spec.clip_grad_norm {
+                        clip_global_norm(&mut buf, max_norm);
+                    }
+                    (unflatten_grads(&model, &buf, &device), leaving)
                 }
-                (unflatten_grads(&model, &buf, &device), leaving)
             }
         };
         model = optim.step(schedule.rate(pos.step, horizon), model, grads);
@@ -481,6 +504,43 @@ where
         params: flatten_params(&model),
         checkpoint_stalls: std::mem::take(&mut checkpoints.stalls),
     })
+}
+
+/// One step's all-reduce on the device: the gradients, this rank's share of the loss and its
+/// departure vote in one flat tensor, reduced in place; the mean loss and whether any rank
+/// leaves come back as two floats, the gradients stay where they are (clipped there too).
+fn reduce_on_device<B: AutodiffBackend, M: Module<B>>(
+    model: &M,
+    grads: GradientsParams,
+    loss: f32,
+    leave: bool,
+    clip_grad_norm: Option<f64>,
+    reduce: &mut dyn DeviceReduce<B::InnerBackend>,
+    device: &B::Device,
+) -> Result<(GradientsParams, f64, bool), TrainError> {
+    let vote = if leave { 1.0 } else { 0.0 };
+    let flat = flatten_grads_on_device(model, grads, &[loss, vote], device);
+    let n = flat.dims()[0] - 2;
+    let flat = reduce.all_reduce_mean(flat)?;
+    let tail: Vec<f32> = flat
+        .clone()
+        .slice(n..n + 2)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let mut grads = flat.slice(0..n);
+    if let Some(max_norm) = clip_grad_norm {
+        // The norm in f32 on the device; every rank clips the same reduced values alike.
+        let norm = f64::from(scalar(grads.clone().powi_scalar(2).sum().sqrt()));
+        if norm > max_norm && norm > 0.0 {
+            grads = grads.mul_scalar((max_norm / norm) as f32);
+        }
+    }
+    Ok((
+        unflatten_grads_on_device(model, &grads),
+        f64::from(tail[0]),
+        tail[1] > 0.0,
+    ))
 }
 
 /// Where `KILN_SAMPLE_AUDIT_DIR` asks rank 0 to log every step's global batch (`step epoch

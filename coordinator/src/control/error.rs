@@ -26,6 +26,12 @@ pub enum ControlError {
     /// The request is malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The request is about a generation that is no longer (or not yet) the job's current one.
+    #[error("stale request: {0}")]
+    Stale(String),
+    /// The caller may not make this request (e.g. a worker that holds no rank of the job).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     /// The coordinator is shutting down.
     #[error("the coordinator is shutting down")]
     ShuttingDown,
@@ -51,6 +57,8 @@ impl ServiceError for ControlError {
                 tonic::Code::NotFound
             }
             ControlError::Invalid(_) => tonic::Code::InvalidArgument,
+            ControlError::Stale(_) => tonic::Code::FailedPrecondition,
+            ControlError::NotAllowed(_) => tonic::Code::PermissionDenied,
             ControlError::ShuttingDown => tonic::Code::Unavailable,
             ControlError::State(_) => tonic::Code::Internal,
             ControlError::Storage { source, .. } if source.is_bad_url() => {

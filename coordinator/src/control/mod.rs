@@ -13,8 +13,10 @@
 
 mod error;
 mod events;
+mod fit;
 mod lifecycle;
 mod registry;
+mod rendezvous;
 mod schedule;
 mod spec;
 mod storage;

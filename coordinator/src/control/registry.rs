@@ -67,7 +67,8 @@ impl Control {
         let mut state = self.lock();
         state.next_worker += 1;
         let id = format!("w-{}", state.next_worker);
-        tracing::info!(worker = %id, node = %req.node_name, pid = req.pid, "worker registered");
+        let gpus = req.resources.as_ref().map_or(0, |r| r.gpus.len());
+        tracing::info!(worker = %id, node = %req.node_name, pid = req.pid, gpus, "worker registered");
         state.workers.insert(
             id.clone(),
             Worker {
@@ -78,6 +79,7 @@ impl Control {
                 commands: None,
                 task: None,
                 model_kinds: req.model_kinds,
+                resources: req.resources.unwrap_or_default(),
             },
         );
         Ok(RegisterResponse {

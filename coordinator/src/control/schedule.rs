@@ -2,13 +2,16 @@
 //! workers as it needs are attached; jobs behind it wait their turn, so a large job is never
 //! starved by small ones. Jobs that wait are told why.
 
+use std::collections::BTreeMap;
+
 use kiln_proto::v1::worker_command::Command;
 use kiln_proto::v1::{Assignment, JobState};
 use tokio::time::Instant;
 
 use super::error::ControlError;
-use super::spec::{model_kind, workers_needed};
-use super::table::{Generation, State};
+use super::fit::Needs;
+use super::spec::workers_needed;
+use super::table::{Generation, State, Worker};
 use super::{Control, log_failure};
 
 impl Control {
@@ -34,11 +37,11 @@ impl Control {
                 break;
             }
             let (want, need) = workers_needed(job);
-            let kind = model_kind(job);
+            let needs = Needs::of(job);
             let idle: Vec<String> = state
                 .workers
                 .iter()
-                .filter(|(_, w)| w.idle() && w.offers(kind))
+                .filter(|(_, w)| w.idle() && w.misfit(&needs).is_none())
                 .map(|(id, _)| id.clone())
                 .take(want)
                 .collect();
@@ -100,8 +103,8 @@ impl Control {
     }
 
     /// Says why each queued job waits, in its `message` and as an event when that changes:
-    /// how many workers the first one needs and has (of those that train its model kind), or
-    /// which job the others queue behind.
+    /// how many workers the first one needs and has (of those it fits on, and why the others
+    /// do not fit), or which job the others queue behind.
     fn report_waiting(&self, state: &mut State) {
         let now = Instant::now();
         let queue = state.queue.clone();
@@ -115,28 +118,7 @@ impl Control {
             };
             let reason = if i == 0 {
                 let (_, need) = workers_needed(job);
-                let kind = model_kind(job);
-                let offering = || state.workers.values().filter(|w| w.offers(kind));
-                let (registered, idle) =
-                    (offering().count(), offering().filter(|w| w.idle()).count());
-                let plural = if need == 1 { "" } else { "s" };
-                if registered == 0 && !state.workers.is_empty() {
-                    let mut offered: Vec<&str> = state
-                        .workers
-                        .values()
-                        .flat_map(|w| w.model_kinds.iter().map(String::as_str))
-                        .collect();
-                    offered.sort_unstable();
-                    offered.dedup();
-                    format!(
-                        "pending: no registered worker trains model kind {kind:?} (they offer: {}); needs {need} worker{plural} whose binary does",
-                        offered.join(", ")
-                    )
-                } else {
-                    format!(
-                        "pending: needs {need} worker{plural}, {registered} registered ({idle} idle)"
-                    )
-                }
+                waiting_for(&state.workers, &Needs::of(job), need)
             } else {
                 format!("pending: queued behind {}", queue[0])
             };
@@ -147,4 +129,50 @@ impl Control {
             }
         }
     }
+}
+
+/// Why the job at the head of the queue, whose ranks need `needs`, waits for `need` workers.
+fn waiting_for(workers: &BTreeMap<String, Worker>, needs: &Needs<'_>, need: usize) -> String {
+    let plural = if need == 1 { "" } else { "s" };
+    if !workers.is_empty() && !workers.values().any(|w| w.offers(needs.kind)) {
+        let mut offered: Vec<&str> = workers
+            .values()
+            .flat_map(|w| w.model_kinds.iter().map(String::as_str))
+            .collect();
+        offered.sort_unstable();
+        offered.dedup();
+        return format!(
+            "pending: no registered worker trains model kind {:?} (they offer: {}); needs {need} worker{plural} whose binary does",
+            needs.kind,
+            offered.join(", ")
+        );
+    }
+    let misfits: Vec<String> = workers
+        .iter()
+        .filter_map(|(id, w)| w.misfit(needs).map(|why| format!("{id}: {why}")))
+        .collect();
+    let fitting = workers.len() - misfits.len();
+    let idle = workers
+        .values()
+        .filter(|w| w.idle() && w.misfit(needs).is_none())
+        .count();
+    if fitting >= need || misfits.is_empty() {
+        return format!("pending: needs {need} worker{plural}, {fitting} registered ({idle} idle)");
+    }
+    let with = if needs.backend == "cuda" {
+        format!(" with {} each", needs.gpu_words())
+    } else {
+        String::new()
+    };
+    // A few reasons say enough: the message is one line of `kiln status`.
+    const SHOWN: usize = 4;
+    let more = match misfits.len() {
+        n if n > SHOWN => format!("; and {} more", n - SHOWN),
+        _ => String::new(),
+    };
+    format!(
+        "pending: needs {need} worker{plural}{with}, {fitting} of {} registered fit ({idle} idle); {}{more}",
+        workers.len(),
+        misfits[..misfits.len().min(SHOWN)].join("; ")
+    )
 }

@@ -4,12 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kiln_proto::v1::worker_command::Command;
-use kiln_proto::v1::{Job, JobState, WorkerCommand};
+use kiln_proto::v1::{Job, JobState, Resources, WorkerCommand};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::error::ControlError;
 use super::events::EventLogs;
+use super::fit::{self, Needs};
 
 /// The stream of commands to one worker.
 pub type CommandSender = mpsc::Sender<Result<WorkerCommand, tonic::Status>>;
@@ -26,6 +27,8 @@ pub(super) struct Worker {
     pub(super) task: Option<(String, u64)>,
     /// The model kinds its binary trains.
     pub(super) model_kinds: Vec<String>,
+    /// Its CPUs, memory and GPUs, and the backends and collectives its binary was built with.
+    pub(super) resources: Resources,
 }
 
 impl Worker {
@@ -41,6 +44,11 @@ impl Worker {
     /// Whether its binary trains model `kind`.
     pub(super) fn offers(&self, kind: &str) -> bool {
         self.model_kinds.iter().any(|k| k == kind)
+    }
+
+    /// Why a rank that `needs` cannot run here; `None` when it can.
+    pub(super) fn misfit(&self, needs: &Needs<'_>) -> Option<String> {
+        fit::misfit(&self.model_kinds, &self.resources, needs)
     }
 
     /// Sends `command` on the worker's stream, if it has one.
@@ -59,6 +67,8 @@ impl Worker {
 pub(super) struct Generation {
     /// Ranks that finished their task.
     pub(super) done: BTreeSet<u32>,
+    /// The NCCL unique id rank 0 published for this generation's communicator.
+    pub(super) collective_id: Option<Vec<u8>>,
 }
 
 #[derive(Default)]

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use kiln_proto::v1::worker_command::Command;
 use kiln_proto::v1::{
-    Assignment, BlobsSource, DatasetSpec, Job, JobSpec, JobState, ModelSpec, OptimizerSpec,
-    RegisterRequest, RestartSpec, TaskEnd, TrainingSpec, WorkerCommand, dataset_spec,
+    Assignment, BlobsSource, DatasetSpec, GetCollectiveIdRequest, Gpu, Job, JobSpec, JobState,
+    ModelSpec, OptimizerSpec, PublishCollectiveIdRequest, RegisterRequest, Resources, RestartSpec,
+    TaskEnd, TrainingSpec, WorkerCommand, dataset_spec,
 };
 use tokio::sync::mpsc;
 
@@ -132,6 +133,29 @@ impl TestWorker {
 
     /// A worker whose binary trains `kinds`.
     fn offering(control: &Control, kinds: &[&str]) -> TestWorker {
+        Self::with(control, kinds, Resources::default())
+    }
+
+    /// A worker with `gpus` (by name) whose binary trains `mlp` on the CPU and with CUDA.
+    fn with_gpus(control: &Control, gpus: &[&str]) -> TestWorker {
+        let resources = Resources {
+            gpus: gpus
+                .iter()
+                .enumerate()
+                .map(|(index, name)| Gpu {
+                    index: index as u32,
+                    name: (*name).to_owned(),
+                    memory_bytes: 80 << 30,
+                })
+                .collect(),
+            backends: vec!["cpu".into(), "cuda".into()],
+            collectives: vec!["ring".into(), "nccl".into()],
+            ..Resources::default()
+        };
+        Self::with(control, &["mlp"], resources)
+    }
+
+    fn with(control: &Control, kinds: &[&str], resources: Resources) -> TestWorker {
         let id = control
             .register(RegisterRequest {
                 join_token: "token".into(),
@@ -139,6 +163,7 @@ impl TestWorker {
                 node_name: "node".into(),
                 pid: 1,
                 model_kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
+                resources: Some(resources),
             })
             .expect("register")
             .worker_id;
@@ -481,4 +506,134 @@ async fn a_job_is_placed_only_on_workers_that_train_its_model_kind() {
         control.job(&job.id).expect("job").state(),
         JobState::Running
     );
+}
+
+/// `spec` trained with CUDA and NCCL on GPUs of `gpu_type` (empty: any).
+fn on_gpus(mut spec: JobSpec, gpu_type: &str) -> JobSpec {
+    let training = spec.training.as_mut().expect("training");
+    training.backend = "cuda".into();
+    training.collective = "nccl".into();
+    training.gpu_type = gpu_type.into();
+    spec
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cuda_job_is_placed_only_on_workers_with_a_gpu_of_its_type_and_says_why_it_waits() {
+    let control = control();
+    let mut cpu = TestWorker::join(&control);
+    let mut a100 = TestWorker::with_gpus(&control, &["NVIDIA A100-SXM4-80GB"]);
+    let mut h100 = TestWorker::with_gpus(&control, &["NVIDIA H100 80GB HBM3"]);
+    let job = submit(&control, on_gpus(spec("g", 2), "h100")).await;
+    assert_eq!(job.state(), JobState::Pending);
+    for reason in [
+        "needs 2 workers with a \"h100\" GPU each, 1 of 3 registered fit (1 idle)",
+        &format!(
+            "{}: its binary was built without the \"cuda\" backend",
+            cpu.id
+        ),
+        &format!(
+            "{}: its GPU (NVIDIA A100-SXM4-80GB) is not a \"h100\"",
+            a100.id
+        ),
+    ] {
+        assert!(
+            job.message.contains(reason),
+            "{reason:?} in {}",
+            job.message
+        );
+    }
+
+    let mut second = TestWorker::with_gpus(&control, &["NVIDIA H100 PCIe"]);
+    let job = control.job(&job.id).expect("job");
+    assert_eq!(job.state(), JobState::Running, "{}", job.message);
+    assert_eq!(job.workers, [h100.id.clone(), second.id.clone()]);
+    assert_eq!(h100.assignments().len(), 1);
+    assert_eq!(second.assignments().len(), 1);
+    assert!(cpu.assignments().is_empty() && a100.assignments().is_empty());
+
+    // Without a `gpu_type` any GPU will do, but never a worker without one.
+    let any = submit(&control, on_gpus(spec("any", 2), "")).await;
+    assert!(
+        any.message.contains(&format!("{}: it has no GPU", cpu.id)),
+        "{}",
+        any.message
+    );
+    let mut third = TestWorker::with_gpus(&control, &["NVIDIA L4"]);
+    let any = control.job(&any.id).expect("job");
+    assert_eq!(any.workers, [a100.id.clone(), third.id.clone()]);
+    assert_eq!(third.assignments().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_collective_id_travels_from_rank_0_within_its_generation_only() {
+    let control = control();
+    let mut workers = [
+        TestWorker::with_gpus(&control, &["NVIDIA H200"]),
+        TestWorker::with_gpus(&control, &["NVIDIA H200"]),
+    ];
+    let outsider = TestWorker::with_gpus(&control, &["NVIDIA H200"]);
+    let job = submit(
+        &control,
+        with_restarts(on_gpus(spec("n", 2), ""), 1, Duration::ZERO),
+    )
+    .await;
+    let (rank0, rank1) = (&workers[0].id, &workers[1].id);
+    let get = |worker: &str, generation: u64| {
+        control.collective_id(&GetCollectiveIdRequest {
+            worker_id: worker.to_owned(),
+            job_id: job.id.clone(),
+            generation,
+        })
+    };
+    let publish = |worker: &str, generation: u64, id: Vec<u8>| {
+        control.publish_collective_id(PublishCollectiveIdRequest {
+            worker_id: worker.to_owned(),
+            job_id: job.id.clone(),
+            generation,
+            id,
+        })
+    };
+    let code = |e: super::ControlError| kiln_proto::ServiceError::code(&e);
+    assert_eq!(get(rank1, 1).expect("not yet"), Vec::<u8>::new());
+    let id = vec![7u8; 128];
+    assert_eq!(
+        code(publish(rank1, 1, id.clone()).expect_err("refused")),
+        tonic::Code::PermissionDenied
+    );
+    assert_eq!(
+        code(publish(rank0, 1, vec![7; 12]).expect_err("refused")),
+        tonic::Code::InvalidArgument
+    );
+    publish(rank0, 1, id.clone()).expect("rank 0 publishes");
+    assert_eq!(get(rank1, 1).expect("fetched"), id);
+    assert_eq!(
+        code(get(&outsider.id, 1).expect_err("refused")),
+        tonic::Code::PermissionDenied
+    );
+
+    // A failed rank ends generation 1; generation 2 starts on the same two without an id.
+    control
+        .task_end(workers[1].end(&job, false, "boom"))
+        .expect("task end");
+    control
+        .task_end(workers[0].end(&job, false, "cancelled"))
+        .expect("task end");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let job = control.job(&job.id).expect("job");
+    assert_eq!(job.generation, 2, "{}", job.message);
+    let stale = get(rank1, 1).expect_err("refused");
+    assert_eq!(code(stale), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        code(publish(rank0, 1, id.clone()).expect_err("refused")),
+        tonic::Code::FailedPrecondition
+    );
+    let rank0 = &job.workers[0];
+    let rank1 = &job.workers[1];
+    assert_eq!(get(rank1, 2).expect("generation 2"), Vec::<u8>::new());
+    let fresh = vec![9u8; 128];
+    publish(rank0, 2, fresh.clone()).expect("generation 2's own id");
+    assert_eq!(get(rank1, 2).expect("fetched"), fresh);
+    for worker in &mut workers {
+        assert!(!worker.assignments().is_empty());
+    }
 }

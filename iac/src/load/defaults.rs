@@ -33,3 +33,5 @@ pub(super) const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
 pub(super) const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
 /// Adam's and AdamW's moment decay rates.
 pub(super) const DEFAULT_BETAS: [f64; 2] = [0.9, 0.999];
+/// `training.bucket_mb`: NCCL all-reduces the gradient in buckets of this many MiB.
+pub(super) const DEFAULT_BUCKET_MB: u32 = 25;

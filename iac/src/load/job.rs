@@ -12,8 +12,8 @@ use crate::spec::{
 };
 
 use super::defaults::{
-    DEFAULT_BACKOFF, DEFAULT_BETAS, DEFAULT_EPOCHS, DEFAULT_EVERY_STEPS, DEFAULT_KEEP,
-    DEFAULT_LEARNING_RATE, DEFAULT_MAX_RESTARTS,
+    DEFAULT_BACKOFF, DEFAULT_BETAS, DEFAULT_BUCKET_MB, DEFAULT_EPOCHS, DEFAULT_EVERY_STEPS,
+    DEFAULT_KEEP, DEFAULT_LEARNING_RATE, DEFAULT_MAX_RESTARTS,
 };
 use super::getters::{Get, expect_duration, expect_number, expect_string};
 use super::hints::{code_list, suggest};
@@ -130,38 +130,6 @@ impl<'d> Loader<'d> {
 
         // Cross-checks, each reported where the fix most likely goes.
         let mut consistent = name_ok;
-        if let (Some(training), Some(cluster)) = (&training, cluster_spec)
-            && training.spec.backend == Backend::Cuda
-            && cluster
-                .node_pools
-                .iter()
-                .all(|pool| pool.gpus_per_node == 0)
-        {
-            consistent = false;
-            let pools = cluster
-                .node_pools
-                .iter()
-                .map(|p| format!("{:?} (gpus_per_node = {})", p.name, p.gpus_per_node))
-                .collect::<Vec<_>>()
-                .join(", ");
-            self.push(
-                src.error(
-                    training.backend.and_then(value_span),
-                    format!(
-                        "Job {name:?} uses `backend = \"cuda\"` but cluster {:?} has no GPUs",
-                        cluster.name
-                    ),
-                )
-                .with_detail(format!(
-                    "Node pools of cluster {:?}: {pools}.",
-                    cluster.name
-                ))
-                .with_hint(format!(
-                    "set `gpus_per_node` on a node pool of cluster {:?}, or use `backend = \"cpu\"`",
-                    cluster.name
-                )),
-            );
-        }
         if let (Some(training), Some(cluster)) = (&training, cluster_spec) {
             let workers = training.workers;
             let training = &training.spec;
@@ -197,7 +165,8 @@ impl<'d> Loader<'d> {
                 );
             }
         }
-        // The worker binary checks the model against the data; then whether a node holds it.
+        // The worker binary checks the model against the data; then whether a node holds it,
+        // and whether the binary trains on GPUs when the job asks for them.
         let mut footprint = None;
         if let (Some(m), Some(d), Some(c)) = (&model, &dataset, cluster_spec) {
             match self.check_model(src, m, d, c) {
@@ -217,6 +186,11 @@ impl<'d> Loader<'d> {
                 None if self.opts.catalog.is_some() => consistent = false,
                 None => {}
             }
+        }
+        if let (Some(training), Some(c)) = (&training, cluster_spec)
+            && !self.check_gpus(src, name, training, c)
+        {
+            consistent = false;
         }
 
         if !(consistent && cluster_ok) {
@@ -414,16 +388,21 @@ impl<'d> Loader<'d> {
                 .with_hint("set `backend = \"cuda\"`, or use `collective = \"ring\"`"),
             );
         }
-        if backend == Some(Backend::Cuda) {
-            // Declared and checked, but no worker can train on a GPU yet: say so now.
-            let warning = src
-                .error(
-                    backend_attr.and_then(value_span),
-                    "`backend = \"cuda\"` is not built yet: kiln-worker trains on the CPU only, so this job fails when it starts",
-                )
-                .with_hint("use `backend = \"cpu\"` (and `collective = \"ring\"`) until the CUDA backend lands");
-            self.push(warning.as_warning());
-        }
+        let bucket_mb = match self.get_u32(src, body, "bucket_mb", 1) {
+            Get::Found(mb, attr) => {
+                if collective != Some(Collective::Nccl) {
+                    self.push(
+                        src.error(value_span(attr), "`bucket_mb` has no effect without `collective = \"nccl\"`")
+                            .with_detail("The ring all-reduces the whole gradient at once; only NCCL splits it into buckets.")
+                            .with_hint("remove `bucket_mb`, or set `collective = \"nccl\"`")
+                            .as_warning(),
+                    );
+                }
+                Some(mb)
+            }
+            Get::Missing => Some(DEFAULT_BUCKET_MB),
+            Get::Invalid => None,
+        };
 
         let spec = TrainingSpec {
             workers,
@@ -438,6 +417,7 @@ impl<'d> Loader<'d> {
             optimizer: optimizer?,
             lr_schedule: lr_schedule?,
             clip_grad_norm: clip_grad_norm?,
+            bucket_mb: bucket_mb?,
         };
         ok.then_some(DecodedTraining {
             spec,

@@ -22,6 +22,7 @@ mod cluster;
 mod dataset;
 mod defaults;
 mod getters;
+mod gpu;
 pub(crate) mod hints;
 mod job;
 mod locals;

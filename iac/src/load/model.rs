@@ -27,7 +27,7 @@ pub(super) struct DecodedModel<'b> {
 }
 
 /// Where a cluster's worker binary is, as messages name it.
-fn binary_name(binary: Option<&Path>) -> String {
+pub(super) fn binary_name(binary: Option<&Path>) -> String {
     match binary {
         Some(path) => format!("`{}`", path.display()),
         None => "the bundled `kiln-worker`".to_owned(),

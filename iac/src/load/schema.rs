@@ -144,6 +144,7 @@ pub(super) const TRAINING: Schema = Schema {
         "seed",
         "backend",
         "collective",
+        "bucket_mb",
         "clip_grad_norm",
     ],
     blocks: &["optimizer", "lr_schedule"],

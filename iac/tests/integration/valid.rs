@@ -166,6 +166,7 @@ fn loads_a_fully_specified_blobs_job() {
                 },
                 lr_schedule: None,
                 clip_grad_norm: None,
+                bucket_mb: 25,
             },
             checkpoint: CheckpointSpec {
                 every_steps: 50,
@@ -215,6 +216,7 @@ fn loads_a_minimal_csv_job_with_defaults() {
                 },
                 lr_schedule: None,
                 clip_grad_norm: None,
+                bucket_mb: 25,
             },
             checkpoint: CheckpointSpec {
                 every_steps: 100,
@@ -318,6 +320,7 @@ fn loads_every_attribute_of_the_schema() {
             },
             lr_schedule: None,
             clip_grad_norm: None,
+            bucket_mb: 25,
         }
     );
     assert_eq!((full.checkpoint.every_steps, full.checkpoint.keep), (50, 5));

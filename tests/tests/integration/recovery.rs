@@ -248,11 +248,21 @@ fn kill_and_compare(sandbox: &Sandbox, args: &[&str], kills: u64, spread: u64, r
 #[test]
 fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
     let reference = uninterrupted_digest();
-    // The backoff leaves time to damage the checkpoint the restart will resume from.
-    let sandbox = sandbox(1, "2s");
+    // The backoff leaves time to damage the checkpoint the restart will resume from; keeping
+    // five leaves an older one to fall back to.
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        (
+            "job.hcl",
+            &job(1, "2s").replace("keep        = 2", "keep        = 5"),
+        ),
+    ]);
     let mut up = Up::start(&sandbox);
     up.wait_for_checkpoint(100);
-    assert!(signal(workers(&sandbox)[0], "KILL"));
+    // Every rank at once: a survivor would go on committing the checkpoint it had in flight.
+    for pid in workers(&sandbox) {
+        assert!(signal(pid, "KILL"));
+    }
     let failed = up.wait_for("the restart announcement", |l| l.contains("resumes from"));
     let step: u64 = failed
         .split("resumes from checkpoint ")
@@ -260,18 +270,34 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no checkpoint in {failed:?}"));
-    let model = sandbox.path().join(format!(
-        ".kiln/store/jobs/chaos-1/checkpoints/{step}/model.bin"
-    ));
-    let mut bytes = std::fs::read(&model).expect("model object");
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x40;
-    std::fs::write(&model, bytes).expect("flip one byte");
+    // Reports lag: a commit the coordinator has not heard of yet is damaged too, so the
+    // restart must fall back below `step`.
+    let checkpoints = sandbox.path().join(".kiln/store/jobs/chaos-1/checkpoints");
+    let mut damaged = Vec::new();
+    for entry in std::fs::read_dir(&checkpoints).expect("checkpoints") {
+        let dir = entry.expect("entry").path();
+        let Some(at) = dir
+            .file_name()
+            .and_then(|n| n.to_str()?.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if at < step || !dir.join("manifest.json").exists() {
+            continue;
+        }
+        let model = dir.join("model.bin");
+        let mut bytes = std::fs::read(&model).expect("model object");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&model, bytes).expect("flip one byte");
+        damaged.push(at);
+    }
+    assert!(damaged.contains(&step), "{step} not committed: {damaged:?}");
 
     let note = up.wait_for("the fallback note", |l| l.contains("unusable"));
     assert!(
         note.contains(&format!("up to {step} are unusable")),
-        "{note}"
+        "{note} (damaged {damaged:?})"
     );
     let (out, events) = up.finish();
     assert!(out.status.success(), "{}\n{events}", describe(&out));

@@ -2,13 +2,16 @@
 //! loop calls once per step, its errors, and the [`AbortHandle`] that stops a collective
 //! from another thread. The transports are the modules beside it: [`ring`], a ring
 //! all-reduce over plain TCP (its connection set-up in `handshake`, its data path in
-//! `transfer`).
+//! `transfer`), and the face of collectives that reduce device memory ([`DeviceReduce`]), with
+//! `nccl_lib`, which finds NCCL's library.
 //!
 //! Rank assignment and peer discovery are not this module's (the assignment says who is
 //! where), nor the listener's lifetime: the worker binds one listener at start and hands it
 //! to every [`ring::RingCollective::connect`], across jobs and generations.
 
 mod handshake;
+#[cfg(any(test, feature = "cuda"))]
+pub mod nccl_lib;
 pub mod ring;
 mod transfer;
 
@@ -33,6 +36,17 @@ pub trait Collective: Send {
     /// On error the collective is unusable (every later call fails too): the caller tears the
     /// job's ring down and builds a new one.
     fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), CollectiveError>;
+}
+
+/// An all-reduce of a tensor where it lives, for collectives that reduce device memory
+/// (NCCL): the gradients never travel through the host.
+pub trait DeviceReduce<B: burn::tensor::backend::Backend>: Send {
+    /// Element-wise mean over all ranks of `flat`, a contiguous 1-D tensor of the same length
+    /// on every rank.
+    fn all_reduce_mean(
+        &mut self,
+        flat: burn::tensor::Tensor<B, 1>,
+    ) -> Result<burn::tensor::Tensor<B, 1>, CollectiveError>;
 }
 
 /// What a ring was doing with a peer when something went wrong.
@@ -136,13 +150,31 @@ pub enum CollectiveError {
     /// The event loop's poller could not be set up or waited on.
     #[error("ring event loop failed")]
     Poll(#[source] io::Error),
+    /// An NCCL or CUDA call failed, or NCCL reported an asynchronous error (a peer is gone).
+    #[error("{call} failed: {message}")]
+    Device {
+        /// The call, e.g. `ncclAllReduce`.
+        call: &'static str,
+        /// NCCL's or the driver's words.
+        message: String,
+    },
+    /// An NCCL operation did not complete before its deadline.
+    #[error("{call} made no progress for {after:?}")]
+    DeviceTimeout {
+        /// The call.
+        call: &'static str,
+        /// The limit.
+        after: Duration,
+    },
 }
 
-/// Cancels a [`RingCollective`] from another thread.
+/// Cancels a collective from another thread.
 ///
-/// Aborting shuts the ring's sockets down: an all-reduce blocked in them returns
-/// [`CollectiveError::Aborted`] at once, the neighbours see the connection close, and every
-/// later call fails. Aborting twice, or after the ring is dropped, does nothing more.
+/// Aborting a [`ring::RingCollective`] shuts its sockets down: an all-reduce blocked in them
+/// returns [`CollectiveError::Aborted`] at once, the neighbours see the connection close, and
+/// every later call fails. An NCCL communicator polls the flag while it waits and aborts
+/// itself (`ncclCommAbort`). Aborting twice, or after the collective is dropped, does nothing
+/// more.
 #[derive(Debug, Clone)]
 pub struct AbortHandle {
     inner: Arc<AbortInner>,
@@ -151,8 +183,8 @@ pub struct AbortHandle {
 #[derive(Debug)]
 struct AbortInner {
     aborted: AtomicBool,
-    /// Clones of the ring's sockets (same file descriptions), so shutting them down here
-    /// unblocks the thread using them.
+    /// Clones of a ring's sockets (same file descriptions), so shutting them down here
+    /// unblocks the thread using them; none for NCCL.
     sockets: Vec<TcpStream>,
 }
 
@@ -166,7 +198,7 @@ impl AbortHandle {
         }
     }
 
-    /// Aborts the ring; see [`AbortHandle`].
+    /// Aborts the collective; see [`AbortHandle`].
     pub fn abort(&self) {
         self.inner.aborted.store(true, Ordering::SeqCst);
         for socket in &self.inner.sockets {

@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Uniform};
 use serde_json::{Map, Value};
 
-pub use registry::{CpuBackend, Registry};
+pub use registry::{CpuBackend, Registry, Trainable, TrainsOn};
 
 /// A Burn module that maps a batch of samples `[batch, features]` to logits
 /// `[batch, classes]`. Inputs arrive flat, as the dataset stores them; a model of images

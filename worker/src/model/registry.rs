@@ -6,13 +6,56 @@ use std::marker::PhantomData;
 
 use burn::backend::{Autodiff, NdArray};
 use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
 use kiln_proto::models::{AttrProblem, Catalog, CheckReport, CheckRequest, KindSchema};
 
-use super::{AttrError, DataShape, Init, ModelKind, cnn::CnnKind, mlp::MlpKind};
+use super::{AttrError, Classifier, DataShape, Init, ModelKind, cnn::CnnKind, mlp::MlpKind};
 use crate::train::{self, CheckpointMode, Context, Outcome, Task, TrainError};
 
 /// The CPU training backend.
 pub type CpuBackend = Autodiff<NdArray>;
+
+/// A kind whose model trains on backend `B`: every kind whose model is a derived Burn
+/// module, on every backend (the blanket implementation), so nothing needs implementing.
+pub trait TrainsOn<B: AutodiffBackend>: ModelKind {
+    /// Builds the model from the task's seed on `ctx.device` and trains it.
+    fn train_on(
+        &self,
+        task: &Task,
+        ctx: Context<'_, B>,
+        mode: CheckpointMode,
+    ) -> Result<Outcome, TrainError>;
+}
+
+impl<K: ModelKind, B: AutodiffBackend> TrainsOn<B> for K
+where
+    K::Model<B>: AutodiffModule<B> + 'static,
+    <K::Model<B> as AutodiffModule<B>>::InnerModule: Classifier<B::InnerBackend>,
+{
+    fn train_on(
+        &self,
+        task: &Task,
+        ctx: Context<'_, B>,
+        mode: CheckpointMode,
+    ) -> Result<Outcome, TrainError> {
+        let model = self.init::<B>(&mut Init::new(task.spec.seed, &ctx.device));
+        train::train_with(task, ctx, mode, model)
+    }
+}
+
+/// A kind this binary can train on each backend it was built with: the CPU, and with the
+/// `cuda` feature the GPU.
+#[cfg(not(feature = "cuda"))]
+pub trait Trainable: TrainsOn<CpuBackend> {}
+#[cfg(not(feature = "cuda"))]
+impl<K: TrainsOn<CpuBackend>> Trainable for K {}
+
+/// A kind this binary can train on each backend it was built with: the CPU, and with the
+/// `cuda` feature the GPU.
+#[cfg(feature = "cuda")]
+pub trait Trainable: TrainsOn<CpuBackend> + TrainsOn<crate::gpu::GpuBackend> {}
+#[cfg(feature = "cuda")]
+impl<K: TrainsOn<CpuBackend> + TrainsOn<crate::gpu::GpuBackend>> Trainable for K {}
 
 /// The model kinds a worker binary can train, by name.
 pub struct Registry {
@@ -31,10 +74,7 @@ impl Registry {
     }
 
     /// Adds kind `K`; a kind of the same name is replaced.
-    pub fn with<K: ModelKind>(mut self) -> Self
-    where
-        K::Model<CpuBackend>: AutodiffModule<CpuBackend, InnerModule = K::Model<NdArray>>,
-    {
+    pub fn with<K: Trainable>(mut self) -> Self {
         self.kinds.retain(|k| k.name() != K::NAME);
         self.kinds.push(Box::new(Erased::<K>(PhantomData)));
         self
@@ -49,6 +89,8 @@ impl Registry {
     pub fn catalog(&self) -> Catalog {
         Catalog {
             kinds: self.kinds.iter().map(|k| k.schema()).collect(),
+            backends: crate::resources::backends(),
+            collectives: crate::resources::collectives(),
         }
     }
 
@@ -95,14 +137,28 @@ impl Registry {
         ctx: Context<'_, CpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError> {
-        let kind = self.kind(&task.spec.model_kind).ok_or_else(|| {
+        self.kind_of(task)?.train(task, ctx, mode)
+    }
+
+    /// Trains `task` with its kind on the GPU `ctx.device`.
+    #[cfg(feature = "cuda")]
+    pub fn train_on_gpu(
+        &self,
+        task: &Task,
+        ctx: Context<'_, crate::gpu::GpuBackend>,
+        mode: CheckpointMode,
+    ) -> Result<Outcome, TrainError> {
+        self.kind_of(task)?.train_on_gpu(task, ctx, mode)
+    }
+
+    fn kind_of(&self, task: &Task) -> Result<&dyn Kind, TrainError> {
+        self.kind(&task.spec.model_kind).ok_or_else(|| {
             TrainError::Spec(format!(
                 "model kind {:?} is not offered by this worker binary (it offers {})",
                 task.spec.model_kind,
                 self.names().join(", ")
             ))
-        })?;
-        kind.train(task, ctx, mode)
+        })
     }
 
     /// Whether this binary offers `name`.
@@ -131,14 +187,18 @@ trait Kind: Send + Sync {
         ctx: Context<'_, CpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError>;
+    #[cfg(feature = "cuda")]
+    fn train_on_gpu(
+        &self,
+        task: &Task,
+        ctx: Context<'_, crate::gpu::GpuBackend>,
+        mode: CheckpointMode,
+    ) -> Result<Outcome, TrainError>;
 }
 
 struct Erased<K>(PhantomData<fn() -> K>);
 
-impl<K: ModelKind> Kind for Erased<K>
-where
-    K::Model<CpuBackend>: AutodiffModule<CpuBackend, InnerModule = K::Model<NdArray>>,
-{
+impl<K: Trainable> Kind for Erased<K> {
     fn name(&self) -> &'static str {
         K::NAME
     }
@@ -162,14 +222,27 @@ where
         ctx: Context<'_, CpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError> {
-        let spec = &task.spec;
-        let data = DataShape {
-            features: spec.dataset.features as usize,
-            classes: spec.dataset.classes as usize,
-        };
-        let kind = super::configure::<K>(&spec.model_attributes, data)
-            .map_err(|e| TrainError::Spec(format!("model {:?}: {e}", K::NAME)))?;
-        let model = kind.init::<CpuBackend>(&mut Init::new(spec.seed, &ctx.device));
-        train::train_with(task, ctx, mode, model)
+        TrainsOn::<CpuBackend>::train_on(&configured::<K>(task)?, task, ctx, mode)
     }
+
+    #[cfg(feature = "cuda")]
+    fn train_on_gpu(
+        &self,
+        task: &Task,
+        ctx: Context<'_, crate::gpu::GpuBackend>,
+        mode: CheckpointMode,
+    ) -> Result<Outcome, TrainError> {
+        TrainsOn::<crate::gpu::GpuBackend>::train_on(&configured::<K>(task)?, task, ctx, mode)
+    }
+}
+
+/// Kind `K` configured from the task's model attributes and data.
+fn configured<K: ModelKind>(task: &Task) -> Result<K, TrainError> {
+    let spec = &task.spec;
+    let data = DataShape {
+        features: spec.dataset.features as usize,
+        classes: spec.dataset.classes as usize,
+    };
+    super::configure::<K>(&spec.model_attributes, data)
+        .map_err(|e| TrainError::Spec(format!("model {:?}: {e}", K::NAME)))
 }

@@ -338,6 +338,7 @@ impl Harness {
             Context {
                 device: Default::default(),
                 collective: &mut ring,
+                device_reduce: None,
                 store,
                 runtime: self.runtime.handle(),
                 cancel,

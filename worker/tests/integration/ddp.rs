@@ -89,6 +89,7 @@ fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
                             Context {
                                 device: Default::default(),
                                 collective: &mut ring,
+                                device_reduce: None,
                                 store: None,
                                 runtime: handle,
                                 cancel: &cancel,
