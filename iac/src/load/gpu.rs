@@ -8,7 +8,8 @@ use super::scope::Loader;
 use super::source::{SourceFile, value_span};
 
 impl<'d> Loader<'d> {
-    /// Reports what stands between the job `name` and its GPUs; `false` on an error.
+    /// Reports what stands between the job `name` and its GPUs; `false` on an error (a
+    /// binary built without CUDA is a warning: the nodes may run one built elsewhere).
     pub(super) fn check_gpus(
         &mut self,
         src: &SourceFile,
@@ -94,10 +95,10 @@ impl<'d> Loader<'d> {
                         at,
                         format!("{binary} was built without {lacks}: no worker of cluster {:?} can take job {name:?}", cluster.name),
                     )
-                    .with_detail("The job would wait in the queue, and `kiln status` would say why.")
-                    .with_hint("build the worker with `cargo build --release -p kiln-worker --features cuda`, or use `backend = \"cpu\"`"),
+                    .with_detail("The job would wait in the queue, and `kiln status` would say why; a warning, since the nodes may run a binary built elsewhere.")
+                    .with_hint("build the worker with `cargo build --release -p kiln-worker --features cuda`, or use `backend = \"cpu\"`")
+                    .as_warning(),
                 );
-                return false;
             }
         }
         true
