@@ -639,11 +639,11 @@ fn run_task(
         resume_step: assignment.resume_step,
     };
     let mut observer = ChannelObserver(reports);
-    host.registry
-        .train(
-            &task,
+    // Both contexts differ only in the device; the macro keeps them one list.
+    macro_rules! context {
+        ($device:expr) => {
             train::Context {
-                device: Default::default(),
+                device: $device,
                 collective: &mut ring,
                 device_reduce: None,
                 store: store.as_ref(),
@@ -651,27 +651,42 @@ fn run_task(
                 cancel,
                 leave,
                 observer: &mut observer,
-            },
-            CheckpointMode::Background,
-        )
-        .map_err(|e| {
-            let this_one_left = leave.load(Ordering::SeqCst);
-            let left = match e {
-                train::TrainError::Left { checkpoint, .. } if this_one_left => Some(checkpoint),
-                _ => None,
-            };
-            TaskFailure {
-                peer: matches!(
-                    e,
-                    train::TrainError::Collective(_) | train::TrainError::Left { .. }
-                ) && left.is_none(),
-                left,
-                // Data that cannot be read and a model that cannot be built stay so on
-                // every worker and every restart.
-                refused: matches!(e, train::TrainError::Data(_) | train::TrainError::Spec(_)),
-                message: error_chain(&e),
             }
-        })
+        };
+    }
+    let mode = CheckpointMode::Background;
+    let trained = match task.spec.backend.as_str() {
+        // The host-staged ring: gradients go through host memory between the GPUs.
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            let device = crate::gpu::device().map_err(|why| TaskFailure {
+                refused: true,
+                ..why.into()
+            })?;
+            host.registry.train_on_gpu(&task, context!(device), mode)
+        }
+        _ => host
+            .registry
+            .train(&task, context!(Default::default()), mode),
+    };
+    trained.map_err(|e| {
+        let this_one_left = leave.load(Ordering::SeqCst);
+        let left = match e {
+            train::TrainError::Left { checkpoint, .. } if this_one_left => Some(checkpoint),
+            _ => None,
+        };
+        TaskFailure {
+            peer: matches!(
+                e,
+                train::TrainError::Collective(_) | train::TrainError::Left { .. }
+            ) && left.is_none(),
+            left,
+            // Data that cannot be read and a model that cannot be built stay so on
+            // every worker and every restart.
+            refused: matches!(e, train::TrainError::Data(_) | train::TrainError::Spec(_)),
+            message: error_chain(&e),
+        }
+    })
 }
 
 /// Identifies one generation's ring, so a late connection from an older one is refused.

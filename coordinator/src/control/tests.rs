@@ -553,7 +553,10 @@ async fn a_cuda_job_is_placed_only_on_workers_with_a_gpu_of_its_type_and_says_wh
 
     // Without a `gpu_type` any GPU will do: three workers fit, two of them busy.
     let any = submit(&control, on_gpus(spec("any", 2), "")).await;
-    assert_eq!(any.message, "pending: needs 2 workers, 3 registered (1 idle)");
+    assert_eq!(
+        any.message,
+        "pending: needs 2 workers, 3 registered (1 idle)"
+    );
     let mut third = TestWorker::with_gpus(&control, &["NVIDIA L4"]);
     let any = control.job(&any.id).expect("job");
     assert_eq!(any.workers, [a100.id.clone(), third.id.clone()]);

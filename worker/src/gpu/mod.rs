@@ -18,6 +18,8 @@ pub type GpuBackend = Autodiff<GpuInner>;
 
 /// The GPUs the driver shows this process (after `CUDA_VISIBLE_DEVICES`), or why none can be
 /// listed.
+// The driver's probes are FFI calls; each is justified where it is made.
+#[allow(unsafe_code)]
 pub fn devices() -> Result<Vec<Gpu>, String> {
     use cudarc::driver::result;
     // SAFETY: only probes whether libcuda can be opened.
@@ -43,6 +45,7 @@ pub fn devices() -> Result<Vec<Gpu>, String> {
 
 /// The device a rank trains on, the first one it sees (the provider gives each worker its
 /// own through `CUDA_VISIBLE_DEVICES`), once everything CubeCL needs is there.
+#[allow(unsafe_code)]
 pub fn device() -> Result<CudaDevice, String> {
     let gpus = devices()?;
     let Some(first) = gpus.first() else {
