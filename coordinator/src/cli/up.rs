@@ -8,7 +8,9 @@ use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
 use kiln_iac::provider::{LocalProvider, NodeExit, Provider, WorkerLaunch, log_tail};
 use kiln_iac::spec::{Config, JobSpec, StateSpec};
-use kiln_proto::v1::{Job, JobState, ResumeJobRequest, SubmitJobRequest};
+use kiln_proto::v1::{
+    CancelJobRequest, GetJobRequest, Job, JobState, ResumeJobRequest, SubmitJobRequest,
+};
 
 use crate::control::{Control, LeaseConfig};
 use crate::follow::{self, Followed, OnInterrupt};
@@ -157,11 +159,29 @@ async fn run_on_cluster(
     // A node whose worker dies is replaced as often as the job may restart: the coordinator
     // restarts the job from its last checkpoint once the replacement registers.
     let mut replaced = 0;
+    let mut poll = client.clone();
+    let mut placeable = tokio::time::interval(Duration::from_secs(1));
     let follow = follow::follow(&mut client, &job_id, interrupts.recv(), OnInterrupt::Cancel);
     let mut follow = std::pin::pin!(follow);
     let followed = loop {
         tokio::select! {
             job = &mut follow => break job,
+            _ = placeable.tick() => {
+                // Every node of this cluster has registered and too few fit: it would wait
+                // forever, since no other worker joins an ephemeral cluster.
+                let job = poll.get_job(GetJobRequest { job_id: job_id.clone() }).await?.into_inner();
+                if job.state() == JobState::Pending
+                    && job.workers_registered >= cluster.node_count()
+                    && job.workers_fit < job.workers_needed
+                {
+                    poll.cancel_job(CancelJobRequest { job_id: job_id.clone() }).await?;
+                    return Err(CliError::job_failed(anyhow!(
+                        "job {job_id} cannot be placed on cluster {:?}, so it was cancelled: {}",
+                        cluster.name,
+                        job.message.trim_start_matches("pending: ")
+                    )));
+                }
+            }
             exit = provider.next_exit() => {
                 // A worker that left cleanly (preempted with SIGTERM: it checkpointed first) is
                 // replaced without counting against the job's restarts.

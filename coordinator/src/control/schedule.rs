@@ -118,7 +118,17 @@ impl Control {
             };
             let reason = if i == 0 {
                 let (_, need) = workers_needed(job);
-                waiting_for(&state.workers, &Needs::of(job), need)
+                let needs = Needs::of(job);
+                let fit = state
+                    .workers
+                    .values()
+                    .filter(|w| w.misfit(&needs).is_none())
+                    .count();
+                let reason = waiting_for(&state.workers, &needs, need);
+                job.workers_fit = fit as u32;
+                job.workers_registered = state.workers.len() as u32;
+                job.workers_needed = need as u32;
+                reason
             } else {
                 format!("pending: queued behind {}", queue[0])
             };

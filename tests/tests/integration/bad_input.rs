@@ -286,7 +286,7 @@ fn state_and_destroy_on_a_fresh_directory_create_nothing() {
 }
 
 #[test]
-fn a_cuda_job_is_warned_about_and_refused_never_trained_on_the_cpu() {
+fn a_cuda_job_for_a_binary_without_cuda_is_warned_about_and_never_trained_on_the_cpu() {
     let cluster = cluster_hcl(1).replace("count = 1", "count = 1\n    gpus_per_node = 1");
     let job = blobs_job_hcl("gpu", 1, 512, 1, 10).replace(
         "    seed       = 42\n",
@@ -299,7 +299,7 @@ fn a_cuda_job_is_warned_about_and_refused_never_trained_on_the_cpu() {
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("Warning: `backend = \"cuda\"` is not built yet"),
+            .contains("was built without the CUDA backend: no worker of cluster"),
         "{}",
         describe(&out)
     );
@@ -308,8 +308,10 @@ fn a_cuda_job_is_warned_about_and_refused_never_trained_on_the_cpu() {
         .expect("kiln up");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stdout.contains("job gpu-1 failed") && stdout.contains("backend \"cuda\""),
+        stderr.contains("job gpu-1 cannot be placed on cluster \"local\"")
+            && stderr.contains("its binary was built without the \"cuda\" backend"),
         "{}",
         describe(&out)
     );

@@ -252,9 +252,10 @@ fn a_corrupt_newest_checkpoint_is_skipped_for_the_previous_one() {
     // five leaves an older one to fall back to.
     let sandbox = Sandbox::new().with_files(&[
         ("cluster.hcl", &cluster_hcl(2)),
+        // Two restarts: the provider replaces each killed worker within that budget.
         (
             "job.hcl",
-            &job(1, "2s").replace("keep        = 2", "keep        = 5"),
+            &job(2, "2s").replace("keep        = 2", "keep        = 5"),
         ),
     ]);
     let mut up = Up::start(&sandbox);
