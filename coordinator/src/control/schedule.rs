@@ -118,13 +118,7 @@ impl Control {
             };
             let reason = if i == 0 {
                 let (_, need) = workers_needed(job);
-                let needs = Needs::of(job);
-                let fit = state
-                    .workers
-                    .values()
-                    .filter(|w| w.misfit(&needs).is_none())
-                    .count();
-                let reason = waiting_for(&state.workers, &needs, need);
+                let (reason, fit) = waiting_for(&state.workers, &Needs::of(job), need);
                 job.workers_fit = fit as u32;
                 job.workers_registered = state.workers.len() as u32;
                 job.workers_needed = need as u32;
@@ -141,9 +135,24 @@ impl Control {
     }
 }
 
-/// Why the job at the head of the queue, whose ranks need `needs`, waits for `need` workers.
-fn waiting_for(workers: &BTreeMap<String, Worker>, needs: &Needs<'_>, need: usize) -> String {
+/// Why the job at the head of the queue, whose ranks need `needs`, waits for `need` workers,
+/// and how many registered workers fit it.
+fn waiting_for(
+    workers: &BTreeMap<String, Worker>,
+    needs: &Needs<'_>,
+    need: usize,
+) -> (String, usize) {
     let plural = if need == 1 { "" } else { "s" };
+    let (mut misfits, mut fitting, mut idle) = (Vec::new(), 0, 0);
+    for (id, w) in workers {
+        match w.misfit(needs) {
+            Some(why) => misfits.push(format!("{id}: {why}")),
+            None => {
+                fitting += 1;
+                idle += usize::from(w.idle());
+            }
+        }
+    }
     if !workers.is_empty() && !workers.values().any(|w| w.offers(needs.kind)) {
         let mut offered: Vec<&str> = workers
             .values()
@@ -151,23 +160,17 @@ fn waiting_for(workers: &BTreeMap<String, Worker>, needs: &Needs<'_>, need: usiz
             .collect();
         offered.sort_unstable();
         offered.dedup();
-        return format!(
+        let message = format!(
             "pending: no registered worker trains model kind {:?} (they offer: {}); needs {need} worker{plural} whose binary does",
             needs.kind,
             offered.join(", ")
         );
+        return (message, fitting);
     }
-    let misfits: Vec<String> = workers
-        .iter()
-        .filter_map(|(id, w)| w.misfit(needs).map(|why| format!("{id}: {why}")))
-        .collect();
-    let fitting = workers.len() - misfits.len();
-    let idle = workers
-        .values()
-        .filter(|w| w.idle() && w.misfit(needs).is_none())
-        .count();
     if fitting >= need || misfits.is_empty() {
-        return format!("pending: needs {need} worker{plural}, {fitting} registered ({idle} idle)");
+        let message =
+            format!("pending: needs {need} worker{plural}, {fitting} registered ({idle} idle)");
+        return (message, fitting);
     }
     let with = if needs.backend == "cuda" {
         format!(" with {} each", needs.gpu_words())
@@ -180,9 +183,10 @@ fn waiting_for(workers: &BTreeMap<String, Worker>, needs: &Needs<'_>, need: usiz
         n if n > SHOWN => format!("; and {} more", n - SHOWN),
         _ => String::new(),
     };
-    format!(
+    let message = format!(
         "pending: needs {need} worker{plural}{with}, {fitting} of {} registered fit ({idle} idle); {}{more}",
         workers.len(),
         misfits[..misfits.len().min(SHOWN)].join("; ")
-    )
+    );
+    (message, fitting)
 }

@@ -150,31 +150,13 @@ pub enum CollectiveError {
     /// The event loop's poller could not be set up or waited on.
     #[error("ring event loop failed")]
     Poll(#[source] io::Error),
-    /// An NCCL or CUDA call failed, or NCCL reported an asynchronous error (a peer is gone).
-    #[error("{call} failed: {message}")]
-    Device {
-        /// The call, e.g. `ncclAllReduce`.
-        call: &'static str,
-        /// NCCL's or the driver's words.
-        message: String,
-    },
-    /// An NCCL operation did not complete before its deadline.
-    #[error("{call} made no progress for {after:?}")]
-    DeviceTimeout {
-        /// The call.
-        call: &'static str,
-        /// The limit.
-        after: Duration,
-    },
 }
 
-/// Cancels a collective from another thread.
+/// Cancels a [`ring::RingCollective`] from another thread.
 ///
 /// Aborting a [`ring::RingCollective`] shuts its sockets down: an all-reduce blocked in them
 /// returns [`CollectiveError::Aborted`] at once, the neighbours see the connection close, and
-/// every later call fails. An NCCL communicator polls the flag while it waits and aborts
-/// itself (`ncclCommAbort`). Aborting twice, or after the collective is dropped, does nothing
-/// more.
+/// every later call fails. Aborting twice, or after the ring is dropped, does nothing more.
 #[derive(Debug, Clone)]
 pub struct AbortHandle {
     inner: Arc<AbortInner>,
@@ -183,8 +165,8 @@ pub struct AbortHandle {
 #[derive(Debug)]
 struct AbortInner {
     aborted: AtomicBool,
-    /// Clones of a ring's sockets (same file descriptions), so shutting them down here
-    /// unblocks the thread using them; none for NCCL.
+    /// Clones of the ring's sockets (same file descriptions), so shutting them down here
+    /// unblocks the thread using them.
     sockets: Vec<TcpStream>,
 }
 
@@ -198,7 +180,7 @@ impl AbortHandle {
         }
     }
 
-    /// Aborts the collective; see [`AbortHandle`].
+    /// Aborts the ring; see [`AbortHandle`].
     pub fn abort(&self) {
         self.inner.aborted.store(true, Ordering::SeqCst);
         for socket in &self.inner.sockets {

@@ -6,11 +6,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use burn::backend::NdArray;
+use burn::tensor::{Tensor, TensorData};
 use kiln_proto::v1::{
     BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, LrSchedule, Metrics, OptimizerSpec,
     TrainingSpec, dataset_spec::Source,
 };
 use kiln_worker::collective::ring::RingCollective;
+use kiln_worker::collective::{Collective, CollectiveError, DeviceReduce};
 use kiln_worker::model::{Registry, mlp};
 use kiln_worker::optim;
 use kiln_worker::spec::TrainSpec;
@@ -57,26 +60,68 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
     }
 }
 
-/// Trains `spec` with `world` ranks (threads, real TCP ring) and returns each rank's parameters.
-fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+/// A [`DeviceReduce`] that stages the tensor through a ring of its own: the stand-in, on the
+/// CPU, for a collective that reduces device memory, so the loop's device path (flatten on the
+/// device, reduce, clip, slice back) runs here.
+struct Staged(RingCollective);
+
+impl DeviceReduce<NdArray> for Staged {
+    fn all_reduce_mean(
+        &mut self,
+        flat: Tensor<NdArray, 1>,
+    ) -> Result<Tensor<NdArray, 1>, CollectiveError> {
+        let device = flat.device();
+        let mut buf: Vec<f32> = flat.into_data().to_vec().expect("f32");
+        self.0.all_reduce_mean(&mut buf)?;
+        let n = buf.len();
+        Ok(Tensor::from_data(TensorData::new(buf, [n]), &device))
+    }
+}
+
+fn listeners(world: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
     let listeners: Vec<TcpListener> = (0..world)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
         .collect();
-    let peers: Vec<SocketAddr> = listeners
+    let peers = listeners
         .iter()
         .map(|l| l.local_addr().expect("addr"))
         .collect();
+    (listeners, peers)
+}
+
+/// Trains `spec` with `world` ranks (threads, real TCP ring) and returns each rank's parameters.
+fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
+    run_with(world, spec, false)
+}
+
+/// [`run`], with the gradients reduced through a [`Staged`] device collective when `on_device`.
+fn run_with(world: usize, spec: JobSpec, on_device: bool) -> Vec<Vec<f32>> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (listeners, peers) = listeners(world);
+    let (staged_listeners, staged_peers) = listeners_for(on_device, world);
     std::thread::scope(|s| {
         let handles: Vec<_> = listeners
             .iter()
             .enumerate()
             .map(|(rank, listener)| {
                 let (peers, spec, handle) = (&peers, spec.clone(), runtime.handle());
+                let staged = staged_listeners.get(rank).map(|l| (l, &staged_peers));
                 s.spawn(move || {
                     let mut ring =
                         RingCollective::connect(listener, rank, peers, 1, Duration::from_secs(10))
                             .expect("ring");
+                    let mut staged = staged.map(|(listener, peers)| {
+                        Staged(
+                            RingCollective::connect(
+                                listener,
+                                rank,
+                                peers,
+                                2,
+                                Duration::from_secs(10),
+                            )
+                            .expect("staged ring"),
+                        )
+                    });
                     let cancel = AtomicBool::new(false);
                     let task = Task {
                         job_id: "ddp".into(),
@@ -89,7 +134,9 @@ fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
                             Context {
                                 device: Default::default(),
                                 collective: &mut ring,
-                                device_reduce: None,
+                                device_reduce: staged
+                                    .as_mut()
+                                    .map(|s| s as &mut dyn DeviceReduce<NdArray>),
                                 store: None,
                                 runtime: handle,
                                 cancel: &cancel,
@@ -108,6 +155,15 @@ fn run(world: usize, spec: JobSpec) -> Vec<Vec<f32>> {
             .map(|h| h.join().expect("rank thread"))
             .collect()
     })
+}
+
+/// No second ring when the gradients stay on the host.
+fn listeners_for(on_device: bool, world: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
+    if on_device {
+        listeners(world)
+    } else {
+        (Vec::new(), Vec::new())
+    }
 }
 
 fn assert_close(a: &[f32], b: &[f32]) {
@@ -147,6 +203,19 @@ fn check_with(world: usize, batch: u32, tune: impl Fn(&mut TrainingSpec)) {
     }
     assert_ne!(single[0], initial, "training changed the parameters");
     assert_close(&sharded[0], &single[0]);
+}
+
+#[test]
+fn reducing_on_the_device_ends_bit_identical_to_reducing_on_the_host() {
+    let host = run(2, spec(2, 8, 40));
+    let device = run_with(2, spec(2, 8, 40), true);
+    assert_eq!(device[0], device[1], "ranks end bit-identical");
+    assert_eq!(
+        device[0], host[0],
+        "the same floats are reduced the same way"
+    );
+    // World size 1 takes the device path too (the host path skips the flat buffer there).
+    assert_eq!(run_with(1, spec(1, 16, 40), true), run(1, spec(1, 16, 40)));
 }
 
 #[test]
