@@ -44,6 +44,7 @@ impl<'d> Loader<'d> {
         let mut pools = Vec::new();
         let mut pools_ok = true;
         let mut pool_sites: HashMap<&str, String> = HashMap::new();
+        let mut gpu_pools = Vec::new();
         for pool in body.get_blocks(NODE_POOL.ident) {
             if !self.check_labels(src, pool, &NODE_POOL) {
                 self.check_body(src, &pool.body, &NODE_POOL);
@@ -69,9 +70,28 @@ impl<'d> Loader<'d> {
             }
             pool_sites.insert(pool_name, src.location(label.span()));
             match self.node_pool(src, pool, pool_name) {
-                Some(spec) => pools.push(spec),
+                Some(spec) => {
+                    if spec.gpus_per_node > 0 {
+                        gpu_pools.push((pool_name, label.span()));
+                    }
+                    pools.push(spec);
+                }
                 None => pools_ok = false,
             }
+        }
+        // The local provider numbers every GPU pool's devices from the machine's first GPU.
+        if let [(first, _), (second, span), ..] = &gpu_pools[..] {
+            self.push(
+                src.error(
+                    span.clone(),
+                    format!("Cluster {name:?} has a second node pool with GPUs, {second:?}"),
+                )
+                .with_detail(format!(
+                    "The local provider gives node i of a pool with `gpus_per_node = g` the machine's GPUs i·g to (i+1)·g - 1, so pools {first:?} and {second:?} would share GPUs."
+                ))
+                .with_hint("put every GPU node into one node pool"),
+            );
+            pools_ok = false;
         }
         if body.get_blocks(NODE_POOL.ident).next().is_none() {
             self.push(

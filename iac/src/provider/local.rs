@@ -27,8 +27,60 @@ const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Default)]
 pub struct LocalProvider {
     children: Vec<(Node, Child)>,
-    /// CPU threads of each launched node, for relaunching it.
-    cpus: BTreeMap<String, u32>,
+    /// What each launched node was given, for relaunching it.
+    shares: BTreeMap<String, Share>,
+}
+
+/// The part of this machine a node's worker gets.
+#[derive(Debug, Clone, Default)]
+struct Share {
+    cpus: u32,
+    /// Its `CUDA_VISIBLE_DEVICES`: empty for a node without GPUs, so it sees none.
+    gpus: String,
+}
+
+/// The test double for a machine without GPUs: `KILN_FAKE_GPUS=N` makes the provider hand out
+/// N devices (and makes the workers report the ones they get as fake GPUs).
+const FAKE_GPUS_ENV: &str = "KILN_FAKE_GPUS";
+
+/// The GPUs this machine lets kiln hand out: those of `CUDA_VISIBLE_DEVICES` when kiln runs
+/// under one, else `0..N` for the N NVIDIA GPUs the driver lists (or `KILN_FAKE_GPUS`).
+fn machine_gpus() -> Vec<String> {
+    if let Ok(visible) = std::env::var("CUDA_VISIBLE_DEVICES") {
+        return visible
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_owned)
+            .collect();
+    }
+    let count = match std::env::var(FAKE_GPUS_ENV) {
+        Ok(n) => n.trim().parse().unwrap_or(0),
+        Err(_) => std::fs::read_dir("/proc/driver/nvidia/gpus").map_or(0, Iterator::count),
+    };
+    (0..count).map(|i: usize| i.to_string()).collect()
+}
+
+/// The `CUDA_VISIBLE_DEVICES` of node `index` of a pool with `per_node` GPUs: the machine's
+/// GPUs `[index·per_node, (index+1)·per_node)`, or why the machine has too few.
+fn node_gpus(index: u32, per_node: u32, machine: &[String]) -> Result<String, String> {
+    let (first, end) = (
+        index as usize * per_node as usize,
+        (index as usize + 1) * per_node as usize,
+    );
+    match machine.get(first..end) {
+        Some(devices) => Ok(devices.join(",")),
+        None => Err(format!(
+            "node {index} of a pool with gpus_per_node = {per_node} needs the machine's GPUs {first} to {}, but this machine has {} ({}); lower `count` or `gpus_per_node`",
+            end - 1,
+            machine.len(),
+            if machine.is_empty() {
+                "no NVIDIA GPU is listed under /proc/driver/nvidia/gpus".to_owned()
+            } else {
+                format!("CUDA devices {}", machine.join(", "))
+            }
+        )),
+    }
 }
 
 impl LocalProvider {
@@ -60,13 +112,13 @@ impl LocalProvider {
             .truncate(!again)
             .open(&log_path)
             .map_err(spawn_err)?;
-        let cpus = self.cpus.get(&name).copied().unwrap_or(1);
+        let share = self.shares.get(&name).cloned().unwrap_or_default();
         let mut cmd = tokio::process::Command::from(worker_command(
             &launch.worker_bin,
             &launch.coordinator_url,
             &launch.join_token,
             &name,
-            cpus.into(),
+            &share,
         ));
         let child = cmd
             .stdin(Stdio::null())
@@ -92,15 +144,17 @@ fn worker_command(
     coordinator_url: &str,
     join_token: &str,
     name: &str,
-    cpus: u64,
+    share: &Share,
 ) -> std::process::Command {
+    let cpus = share.cpus.max(1).to_string();
     let mut cmd = std::process::Command::new(bin);
     cmd.env("KILN_COORDINATOR", coordinator_url)
         .env("KILN_JOIN_TOKEN", join_token)
         .env("KILN_NODE_NAME", name)
-        .env("RAYON_NUM_THREADS", cpus.to_string())
+        .env("RAYON_NUM_THREADS", &cpus)
         // Burn's CPU matmul has a thread pool of its own, sized by the machine otherwise.
-        .env("MATMUL_NUM_THREADS", cpus.to_string());
+        .env("MATMUL_NUM_THREADS", &cpus)
+        .env("CUDA_VISIBLE_DEVICES", &share.gpus);
     cmd
 }
 
@@ -118,13 +172,29 @@ impl Provider for LocalProvider {
             ProviderKind::Local => {}
         }
         create_log_dir(&launch.log_dir)?;
-        let mut nodes = Vec::new();
+        // Every node's share first, so a machine with too few GPUs starts nothing.
+        let machine = machine_gpus();
+        let mut names = Vec::new();
         for pool in &cluster.node_pools {
             for i in 0..pool.count {
                 let name = format!("{}-{i}", pool.name);
-                self.cpus.insert(name.clone(), pool.cpus_per_node);
-                nodes.push(self.spawn_child(name, launch, false)?);
+                let gpus = node_gpus(i, pool.gpus_per_node, &machine).map_err(|detail| {
+                    ProviderError::Invalid {
+                        resource: format!("node {name}"),
+                        detail,
+                    }
+                })?;
+                let share = Share {
+                    cpus: pool.cpus_per_node,
+                    gpus,
+                };
+                self.shares.insert(name.clone(), share);
+                names.push(name);
             }
+        }
+        let mut nodes = Vec::new();
+        for name in names {
+            nodes.push(self.spawn_child(name, launch, false)?);
         }
         Ok(nodes)
     }
@@ -398,11 +468,21 @@ fn start_node(
         )
     })?;
     let name = address.node_name().unwrap_or_default();
-    let cpus = r
-        .attrs
-        .get("cpus_per_node")
-        .and_then(Value::as_u64)
-        .unwrap_or(1);
+    let attr = |name| {
+        r.attrs
+            .get(name)
+            .and_then(Value::as_u64)
+            .and_then(|n| u32::try_from(n).ok())
+    };
+    let index = match &address.kind {
+        ResourceKind::Node { index, .. } => *index,
+        ResourceKind::Coordinator => 0,
+    };
+    let share = Share {
+        cpus: attr("cpus_per_node").unwrap_or(1),
+        gpus: node_gpus(index, attr("gpus_per_node").unwrap_or(0), &machine_gpus())
+            .map_err(|detail| invalid(address, detail))?,
+    };
     let log = cx.log_dir.join(format!("{}-{name}.log", address.cluster));
     // The cluster's own worker binary, when it declares one.
     let bin = r
@@ -410,7 +490,7 @@ fn start_node(
         .get("worker_binary")
         .and_then(Value::as_str)
         .map_or_else(|| cx.worker_bin.clone(), std::path::PathBuf::from);
-    let cmd = worker_command(&bin, url, token.trim(), &name, cpus);
+    let cmd = worker_command(&bin, url, token.trim(), &name, &share);
     let (_child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
         bin: bin.clone(),
         node: address.to_string(),
@@ -423,4 +503,27 @@ fn start_node(
 fn killed_status() -> ExitStatus {
     use std::os::unix::process::ExitStatusExt;
     ExitStatus::from_raw(9)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_gpus;
+
+    #[test]
+    fn node_i_gets_the_ith_slice_of_the_machines_gpus() {
+        let machine: Vec<String> = ["4", "5", "6", "7"].map(String::from).into();
+        assert_eq!(node_gpus(0, 2, &machine).as_deref(), Ok("4,5"));
+        assert_eq!(node_gpus(1, 2, &machine).as_deref(), Ok("6,7"));
+        assert_eq!(node_gpus(3, 1, &machine).as_deref(), Ok("7"));
+        // A node without GPUs sees none, rather than all of them.
+        assert_eq!(node_gpus(9, 0, &machine).as_deref(), Ok(""));
+
+        let short = node_gpus(2, 2, &machine).expect_err("GPUs 4 and 5 do not exist");
+        assert!(
+            short.contains("GPUs 4 to 5") && short.contains("this machine has 4"),
+            "{short}"
+        );
+        let none = node_gpus(0, 1, &[]).expect_err("no GPU at all");
+        assert!(none.contains("/proc/driver/nvidia/gpus"), "{none}");
+    }
 }

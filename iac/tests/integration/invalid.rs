@@ -103,6 +103,7 @@ single_mistake! {
     syntax_unclosed_inner_block,
     syntax_unterminated_string,
     template_undeclared_variable,
+    two_gpu_pools,
     undeclared_variable,
     unknown_attribute,
     unknown_attribute_without_close_match,

@@ -298,3 +298,59 @@ fn client_commands_find_the_applied_coordinator_and_say_when_it_is_gone() {
         );
     }
 }
+
+/// `CUDA_VISIBLE_DEVICES` of a live process, from its environment.
+fn visible_devices(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+    environ
+        .split(|b| *b == 0)
+        .filter_map(|entry| std::str::from_utf8(entry).ok())
+        .find_map(|entry| entry.strip_prefix("CUDA_VISIBLE_DEVICES="))
+        .map(str::to_owned)
+}
+
+#[test]
+fn each_local_node_sees_its_own_gpus_and_a_machine_with_too_few_is_refused() {
+    const GPU_CLUSTER: &str = r#"cluster "local" {
+  provider = "local"
+  node_pool "gpu" {
+    count         = 2
+    gpus_per_node = 2
+  }
+  node_pool "cpu" {
+    count = 1
+  }
+}
+"#;
+    let sandbox = Sandbox::new().with_files(&[("cluster.hcl", GPU_CLUSTER)]);
+    let _cleanup = Cleanup(&sandbox);
+    // The test double stands for a machine with that many GPUs.
+    let apply = |gpus: &str| {
+        let child = sandbox
+            .kiln(&["apply", "--auto-approve"])
+            .env("KILN_FAKE_GPUS", gpus)
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kiln apply");
+        wait_with_timeout(child, T).expect("kiln apply ends")
+    };
+
+    let out = apply("3");
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cluster.local.node_pool.gpu[1]")
+            && stderr.contains("needs the machine's GPUs 2 to 3, but this machine has 3"),
+        "{}",
+        describe(&out)
+    );
+
+    let out = apply("4");
+    assert!(out.status.success(), "{}", describe(&out));
+    for (node, devices) in [("gpu[0]", "0,1"), ("gpu[1]", "2,3"), ("cpu[0]", "")] {
+        let pid = recorded_pid(&sandbox, &format!("cluster.local.node_pool.{node}"));
+        assert_eq!(visible_devices(pid).as_deref(), Some(devices), "{node}");
+    }
+}
