@@ -3,6 +3,7 @@
 //! decides what the end of a generation means: success, a restart within the job's policy
 //! (after its backoff), a planned new generation, or the job's failure.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kiln_proto::v1::worker_command::Command;
@@ -279,14 +280,19 @@ impl Control {
         } else {
             if rank == 0 {
                 job.metrics = end.final_metrics;
-                job.params_digest = end.params_digest;
+                job.params_digest = end.params_digest.clone();
             }
             let world = job.workers.len();
             let generation = state.generations.entry(end.job_id.clone()).or_default();
-            generation.done.insert(rank);
+            generation.done.insert(rank, end.params_digest);
             if generation.done.len() == world {
-                let message = "all ranks finished".to_owned();
-                self.finish(&mut state, &end.job_id, JobState::Succeeded, message)?;
+                // Data-parallel ranks apply the same averaged gradients to the same start:
+                // parameters that differ mean a broken all-reduce, never a model to keep.
+                let (state_to, message) = match diverged(&generation.done) {
+                    None => (JobState::Succeeded, "all ranks finished".to_owned()),
+                    Some(why) => (JobState::Failed, why),
+                };
+                self.finish(&mut state, &end.job_id, state_to, message)?;
             }
         }
         self.schedule_locked(&mut state)
@@ -423,4 +429,21 @@ impl Control {
         self.announce(state, job, message);
         Ok(())
     }
+}
+
+/// Why the ranks' final parameters show that they diverged; `None` when they agree (ranks
+/// that report no digest are not compared).
+fn diverged(done: &BTreeMap<u32, String>) -> Option<String> {
+    let reported: Vec<(&u32, &String)> = done.iter().filter(|(_, d)| !d.is_empty()).collect();
+    let first = reported.first()?.1;
+    reported.iter().any(|(_, d)| *d != first).then(|| {
+        let each: Vec<String> = reported
+            .iter()
+            .map(|(rank, d)| format!("rank {rank} sha256:{}", &d[..d.len().min(12)]))
+            .collect();
+        format!(
+            "the ranks ended with different parameters ({}): their all-reduce diverged",
+            each.join(", ")
+        )
+    })
 }

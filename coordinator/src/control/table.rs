@@ -1,7 +1,7 @@
 //! The control plane's tables, behind its one mutex: registered workers, jobs, the queue,
 //! per-generation bookkeeping and the event logs, with the lookups every part shares.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use kiln_proto::v1::worker_command::Command;
 use kiln_proto::v1::{Job, JobState, Resources, WorkerCommand};
@@ -65,8 +65,8 @@ impl Worker {
 /// Per-generation bookkeeping that need not survive a restart.
 #[derive(Default)]
 pub(super) struct Generation {
-    /// Ranks that finished their task.
-    pub(super) done: BTreeSet<u32>,
+    /// Ranks that finished their task, with the digest of the parameters each ended with.
+    pub(super) done: BTreeMap<u32, String>,
     /// The NCCL unique id rank 0 published for this generation's communicator.
     pub(super) collective_id: Option<Vec<u8>>,
 }

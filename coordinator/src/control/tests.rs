@@ -636,3 +636,37 @@ async fn the_collective_id_travels_from_rank_0_within_its_generation_only() {
         assert!(!worker.assignments().is_empty());
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn ranks_that_end_with_different_parameters_fail_the_job() {
+    let control = control();
+    let workers = [TestWorker::join(&control), TestWorker::join(&control)];
+    let finish = |job: &Job, digests: [&str; 2]| {
+        for (worker, digest) in workers.iter().zip(digests) {
+            control
+                .task_end(TaskEnd {
+                    params_digest: digest.into(),
+                    ..worker.end(job, true, "")
+                })
+                .expect("task end");
+        }
+        control.job(&job.id).expect("job")
+    };
+    let agreed = submit(&control, spec("agreed", 2)).await;
+    let agreed = finish(
+        &agreed,
+        ["ab".repeat(32).as_str(), "ab".repeat(32).as_str()],
+    );
+    assert_eq!(agreed.state(), JobState::Succeeded, "{}", agreed.message);
+
+    let split = submit(&control, spec("split", 2)).await;
+    let split = finish(&split, ["ab".repeat(32).as_str(), "cd".repeat(32).as_str()]);
+    assert_eq!(split.state(), JobState::Failed);
+    assert!(
+        split.message.contains("rank 0 sha256:abababababab")
+            && split.message.contains("rank 1 sha256:cdcdcdcdcdcd")
+            && split.message.contains("diverged"),
+        "{}",
+        split.message
+    );
+}
