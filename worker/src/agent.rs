@@ -476,9 +476,15 @@ fn start_task(
 
     let training = {
         let (cancel, leave, abort) = (cancel.clone(), leave.clone(), abort.clone());
-        let runtime = tokio::runtime::Handle::current();
+        let link = Link {
+            runtime: tokio::runtime::Handle::current(),
+            #[cfg(feature = "cuda")]
+            client: client.clone(),
+            #[cfg(feature = "cuda")]
+            worker_id: worker_id.clone(),
+        };
         tokio::task::spawn_blocking(move || {
-            run_task(&assignment, &host, &cancel, &leave, &abort, &runtime, tx)
+            run_task(&assignment, &host, &cancel, &leave, &abort, &link, tx)
         })
     };
 
@@ -578,6 +584,16 @@ fn refuse_unbuilt(spec: &TrainSpec, registry: &Registry) -> Result<(), TaskFailu
     }
 }
 
+/// How a task's thread reaches the coordinator: the runtime for its calls, and (for the NCCL
+/// rendezvous) the client and this worker's id.
+struct Link {
+    runtime: tokio::runtime::Handle,
+    #[cfg(feature = "cuda")]
+    client: CoordinatorClient<Channel>,
+    #[cfg(feature = "cuda")]
+    worker_id: String,
+}
+
 /// Runs one assignment on this thread.
 fn run_task(
     assignment: &Assignment,
@@ -585,9 +601,10 @@ fn run_task(
     cancel: &AtomicBool,
     leave: &AtomicBool,
     abort: &Mutex<Option<AbortHandle>>,
-    runtime: &tokio::runtime::Handle,
+    link: &Link,
     reports: mpsc::UnboundedSender<Report>,
 ) -> Result<train::Outcome, TaskFailure> {
+    let runtime = &link.runtime;
     let wire = assignment
         .spec
         .as_ref()
@@ -663,7 +680,17 @@ fn run_task(
                 refused: true,
                 ..why.into()
             })?;
-            host.registry.train_on_gpu(&task, context!(device), mode)
+            let mut nccl = match task.spec.collective.as_str() {
+                "nccl" => Some(join_nccl(
+                    assignment, &task.spec, &device, &ring, link, cancel,
+                )?),
+                _ => None,
+            };
+            let mut ctx = context!(device);
+            ctx.device_reduce = nccl
+                .as_mut()
+                .map(|n| n as &mut dyn crate::collective::DeviceReduce<_>);
+            host.registry.train_on_gpu(&task, ctx, mode)
         }
         _ => host
             .registry
@@ -686,6 +713,90 @@ fn run_task(
             refused: matches!(e, train::TrainError::Data(_) | train::TrainError::Spec(_)),
             message: error_chain(&e),
         }
+    })
+}
+
+/// Joins this generation's NCCL communicator: rank 0 makes the unique id and publishes it
+/// through the coordinator, the others fetch it there; every rank then joins, and rank 0's
+/// join returns only once all have.
+#[cfg(feature = "cuda")]
+fn join_nccl(
+    assignment: &Assignment,
+    spec: &TrainSpec,
+    device: &cubecl::cuda::CudaDevice,
+    ring: &RingCollective,
+    link: &Link,
+    cancel: &AtomicBool,
+) -> Result<crate::collective::nccl::NcclReduce, TaskFailure> {
+    use crate::collective::nccl;
+    let refused = |e: crate::collective::CollectiveError| TaskFailure {
+        refused: true,
+        ..error_chain(&e).into()
+    };
+    let version = nccl::version().map_err(refused)?;
+    tracing::info!(%version, "NCCL");
+    let mut client = link.client.clone();
+    let (worker_id, job_id, generation) = (
+        link.worker_id.clone(),
+        assignment.job_id.clone(),
+        assignment.generation,
+    );
+    let rpc = |call: &str, status: tonic::Status| -> TaskFailure {
+        format!("{call} of the NCCL id: {}", status.message()).into()
+    };
+    let id = if assignment.rank == 0 {
+        let id = nccl::unique_id().map_err(refused)?;
+        let request = kiln_proto::v1::PublishCollectiveIdRequest {
+            worker_id,
+            job_id,
+            generation,
+            id: id.clone(),
+        };
+        link.runtime
+            .block_on(client.publish_collective_id(request))
+            .map_err(|s| rpc("publishing", s))?;
+        id
+    } else {
+        let request = kiln_proto::v1::GetCollectiveIdRequest {
+            worker_id,
+            job_id,
+            generation,
+        };
+        let deadline = Instant::now() + RENDEZVOUS_TIMEOUT;
+        loop {
+            let id = link
+                .runtime
+                .block_on(client.get_collective_id(request.clone()))
+                .map_err(|s| rpc("fetching", s))?
+                .into_inner()
+                .id;
+            if !id.is_empty() {
+                break id;
+            }
+            if cancel.load(Ordering::SeqCst) {
+                return Err("cancelled".into());
+            }
+            if Instant::now() > deadline {
+                return Err(TaskFailure {
+                    peer: true,
+                    ..format!("rank 0 published no NCCL id within {RENDEZVOUS_TIMEOUT:?}").into()
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    nccl::NcclReduce::join(
+        &id,
+        assignment.rank as usize,
+        assignment.peers.len(),
+        device.index,
+        spec.bucket_bytes,
+        RENDEZVOUS_TIMEOUT,
+        ring.abort_handle(),
+    )
+    .map_err(|e| TaskFailure {
+        peer: true,
+        ..error_chain(&e).into()
     })
 }
 

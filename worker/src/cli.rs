@@ -81,8 +81,16 @@ enum ModelsCommand {
 
 /// Runs a worker binary that offers the kinds of `registry`: the bundled `kiln-worker` calls
 /// this with [`Registry::builtin`]; a user's binary with its own kinds added.
+///
+/// Call it first in `main`, before any thread starts: it sets NCCL's environment.
 pub fn main(registry: Registry) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    // SAFETY: no other thread exists yet (see above).
+    #[cfg(feature = "cuda")]
+    #[allow(unsafe_code)]
+    unsafe {
+        crate::collective::nccl::set_non_blocking();
+    }
     // Logs go to files when a provider starts the worker: no colour codes there.
     tracing_subscriber::fmt()
         .with_ansi(std::io::stderr().is_terminal())

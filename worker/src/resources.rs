@@ -22,10 +22,14 @@ pub fn backends() -> Vec<String> {
     out
 }
 
-/// The gradient all-reduces this binary runs: the ring (host-staged on GPUs). NCCL is not
-/// offered yet: its device-side pieces are built, its communicator is not.
+/// The gradient all-reduces this binary runs: the ring (host-staged on GPUs), and NCCL where
+/// it was built with CUDA.
 pub fn collectives() -> Vec<String> {
-    vec!["ring".to_owned()]
+    let mut out = vec!["ring".to_owned()];
+    if cfg!(feature = "cuda") {
+        out.push("nccl".to_owned());
+    }
+    out
 }
 
 /// This worker's resources, probed now.
@@ -44,23 +48,29 @@ pub fn probe() -> Resources {
 
 /// Why this worker cannot train with `backend` and `collective`; `None` when it can.
 pub fn missing(backend: &str, collective: &str) -> Option<String> {
-    let built = |offered: Vec<String>, wanted: &str| offered.iter().any(|o| o == wanted);
-    let asked = || format!("the job asks for backend {backend:?} and collective {collective:?}");
-    if !built(backends(), backend) || !built(collectives(), collective) {
+    let asked = format!("the job asks for backend {backend:?} and collective {collective:?}");
+    let wants_cuda = backend == "cuda" || collective == "nccl";
+    if wants_cuda && !cfg!(feature = "cuda") {
         return Some(format!(
-            "{}, which this worker binary cannot train with: {}",
-            asked(),
-            if backend == "cuda" && !cfg!(feature = "cuda") {
-                "it was built without the `cuda` feature (build it with `--features cuda`)"
-            } else {
-                "the NCCL collective is not built in this version (use `collective = \"ring\"`)"
-            }
+            "{asked}, which this worker binary cannot train with: it was built without the `cuda` feature (build it with `--features cuda`)"
+        ));
+    }
+    let (backends, collectives) = (backends(), collectives());
+    if !backends.iter().any(|b| b == backend) || !collectives.iter().any(|c| c == collective) {
+        return Some(format!(
+            "{asked}, which this worker binary does not offer (backends {}; collectives {})",
+            backends.join(", "),
+            collectives.join(", ")
+        ));
+    }
+    if collective == "nccl" && backend != "cuda" {
+        return Some(format!(
+            "{asked}: NCCL reduces GPU memory, so it needs `backend = \"cuda\"`"
         ));
     }
     if backend == "cuda" && gpus().is_empty() {
         return Some(format!(
-            "{}, but this worker sees no GPU: {}",
-            asked(),
+            "{asked}, but this worker sees no GPU: {}",
             no_gpu_why()
         ));
     }
@@ -140,7 +150,13 @@ mod tests {
             assert!(why.contains("without the `cuda` feature"), "{why}");
         }
         let nccl = missing("cpu", "nccl").expect("refused");
-        assert!(nccl.contains("NCCL collective is not built"), "{nccl}");
+        if cfg!(feature = "cuda") {
+            assert!(nccl.contains("needs `backend = \"cuda\"`"), "{nccl}");
+        } else {
+            assert!(nccl.contains("without the `cuda` feature"), "{nccl}");
+        }
+        let unknown = missing("cpu", "gloo").expect("refused");
+        assert!(unknown.contains("collectives ring"), "{unknown}");
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct TrainSpec {
     pub backend: String,
     /// Gradient all-reduce, as declared ("ring", "nccl").
     pub collective: String,
+    /// Bytes per NCCL all-reduce call (`bucket_mb`).
+    pub bucket_bytes: usize,
 }
 
 /// `checkpoint { every_steps, keep }`.
@@ -114,6 +116,11 @@ impl TryFrom<&v1::JobSpec> for TrainSpec {
             checkpoint,
             backend: training.backend.clone(),
             collective: training.collective.clone(),
+            // 0: a spec from before the attribute, which gets its default (25 MiB).
+            bucket_bytes: match training.bucket_mb {
+                0 => 25,
+                mb => mb as usize,
+            } << 20,
         })
     }
 }

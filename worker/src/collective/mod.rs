@@ -2,14 +2,16 @@
 //! loop calls once per step, its errors, and the [`AbortHandle`] that stops a collective
 //! from another thread. The transports are the modules beside it: [`ring`], a ring
 //! all-reduce over plain TCP (its connection set-up in `handshake`, its data path in
-//! `transfer`), and the face of collectives that reduce device memory ([`DeviceReduce`]), with
-//! `nccl_lib`, which finds NCCL's library.
+//! `transfer`), and the face of collectives that reduce device memory ([`DeviceReduce`]):
+//! `nccl` (the `cuda` feature), NCCL on the GPU, with `nccl_lib`, which finds NCCL's library.
 //!
 //! Rank assignment and peer discovery are not this module's (the assignment says who is
 //! where), nor the listener's lifetime: the worker binds one listener at start and hands it
 //! to every [`ring::RingCollective::connect`], across jobs and generations.
 
 mod handshake;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 #[cfg(any(test, feature = "cuda"))]
 pub mod nccl_lib;
 pub mod ring;
@@ -150,6 +152,17 @@ pub enum CollectiveError {
     /// The event loop's poller could not be set up or waited on.
     #[error("ring event loop failed")]
     Poll(#[source] io::Error),
+    /// A device collective (NCCL) or its CUDA stream failed, or its library is missing.
+    #[error("{0}")]
+    Device(String),
+    /// A device collective's call did not complete in time; its communicator was aborted.
+    #[error("{what} did not complete within {after:?}; the NCCL communicator was aborted")]
+    DeviceTimeout {
+        /// The call.
+        what: String,
+        /// The limit that was exceeded.
+        after: Duration,
+    },
 }
 
 /// Cancels a [`ring::RingCollective`] from another thread.

@@ -1,0 +1,260 @@
+//! Tests that need an NVIDIA GPU: the `cuda` feature and `KILN_GPU_TESTS=1`
+//! (`scripts/gpu-check` runs them). Without the switch the binary runs nothing and says so;
+//! it never reports a test as passed that did not run.
+//!
+//! They check the device path piece by piece: the probe, NCCL's library, the all-reduce of a
+//! tensor's own device memory (at an offset inside CubeCL's pool, over several buckets), a
+//! join that a missing rank would hang and an abort ends, and training with NCCL at world
+//! size 1 ending bit-identical to training on the same GPU without a collective.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use burn::tensor::{Tensor, TensorData};
+use kiln_proto::v1::{
+    BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, TrainingSpec, dataset_spec::Source,
+};
+use kiln_worker::collective::nccl::{self, NcclReduce};
+use kiln_worker::collective::ring::RingCollective;
+use kiln_worker::collective::{CollectiveError, DeviceReduce};
+use kiln_worker::gpu::{self, GpuInner};
+use kiln_worker::model::{Registry, mlp};
+use kiln_worker::optim;
+use kiln_worker::spec::TrainSpec;
+use kiln_worker::train::{CheckpointMode, Context, Observer, Task};
+
+type Outcome = Result<(), String>;
+
+/// A test: its name and its body.
+type Test = (&'static str, fn() -> Outcome);
+
+fn main() -> ExitCode {
+    if std::env::var("KILN_GPU_TESTS").as_deref() != Ok("1") {
+        println!("GPU tests: none run (set KILN_GPU_TESTS=1 on a machine with an NVIDIA GPU)");
+        return ExitCode::SUCCESS;
+    }
+    // SAFETY: no other thread exists yet.
+    #[allow(unsafe_code)]
+    unsafe {
+        nccl::set_non_blocking();
+    }
+    let tests: [Test; 4] = [
+        ("the driver lists a GPU", probe),
+        (
+            "nccl averages a tensor's device memory in place, bucket by bucket",
+            reduce_in_place,
+        ),
+        (
+            "an abort ends a join that waits for a rank that never comes",
+            abort_ends_a_join,
+        ),
+        (
+            "training with nccl at world size 1 matches training without a collective",
+            train_with_nccl,
+        ),
+    ];
+    let mut failed = 0;
+    for (name, test) in tests {
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(test)
+            .unwrap_or_else(|p| Err(format!("panicked: {}", panic_text(&*p))));
+        match outcome {
+            Ok(()) => println!("ok      {name} ({:.1?})", started.elapsed()),
+            Err(why) => {
+                failed += 1;
+                println!("FAILED  {name}: {why}");
+            }
+        }
+    }
+    println!(
+        "GPU tests: {} passed, {failed} failed",
+        tests.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_default()
+}
+
+fn probe() -> Outcome {
+    let gpus = gpu::devices()?;
+    let first = gpus.first().ok_or("no GPU listed")?;
+    println!("        {} ({} MiB)", first.name, first.memory_bytes >> 20);
+    gpu::device()?;
+    println!(
+        "        NCCL {}",
+        nccl::version().map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// An abort handle of a single-rank ring: the join and the reduce poll it.
+fn abort_handle() -> Result<(RingCollective, kiln_worker::collective::AbortHandle), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let ring = RingCollective::connect(&listener, 0, &[addr], 1, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let handle = ring.abort_handle();
+    Ok((ring, handle))
+}
+
+fn reduce_in_place() -> Outcome {
+    let device = gpu::device()?;
+    let (_ring, abort) = abort_handle()?;
+    let id = nccl::unique_id().map_err(|e| e.to_string())?;
+    // 64-byte buckets: 1000 floats take 63 calls.
+    let mut reduce = NcclReduce::join(&id, 0, 1, device.index, 64, Duration::from_secs(30), abort)
+        .map_err(|e| e.to_string())?;
+    // Tensors before it, so the reduced one does not start its pool's page.
+    let _before: Vec<Tensor<GpuInner, 1>> =
+        (0..3).map(|i| Tensor::ones([37 + i], &device)).collect();
+    let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
+    let flat = Tensor::<GpuInner, 1>::from_data(TensorData::new(values.clone(), [1000]), &device);
+    let other = flat.clone();
+    let reduced = reduce.all_reduce_mean(flat).map_err(|e| e.to_string())?;
+    let back: Vec<f32> = reduced.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
+    if back != values {
+        return Err("the mean over one rank changed the values".into());
+    }
+    // A tensor sharing the buffer is left alone (the reduce works on a copy then).
+    let shared: Vec<f32> = other.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
+    (shared == values)
+        .then_some(())
+        .ok_or_else(|| "a shared tensor was written".to_owned())
+}
+
+fn abort_ends_a_join() -> Outcome {
+    let device = gpu::device()?;
+    let (_ring, abort) = abort_handle()?;
+    let id = nccl::unique_id().map_err(|e| e.to_string())?;
+    let trigger = abort.clone();
+    let aborter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        trigger.abort();
+    });
+    let started = Instant::now();
+    // Rank 1 of 2 never joins: only the abort can end this.
+    let joined = NcclReduce::join(
+        &id,
+        0,
+        2,
+        device.index,
+        1 << 20,
+        Duration::from_secs(60),
+        abort,
+    );
+    let _ = aborter.join();
+    let took = started.elapsed();
+    match joined {
+        Err(CollectiveError::Aborted) if took < Duration::from_secs(5) => Ok(()),
+        Err(CollectiveError::Aborted) => Err(format!("the abort took {took:?}")),
+        Err(e) => Err(format!("expected an abort, got: {e}")),
+        Ok(_) => Err("joined a communicator with a missing rank".into()),
+    }
+}
+
+struct Quiet;
+
+impl Observer for Quiet {
+    fn progress(&mut self, _: &Metrics) {}
+    fn checkpoint(&mut self, _: u64, _: &str) {}
+    fn note(&mut self, _: &str) {}
+}
+
+fn job() -> JobSpec {
+    JobSpec {
+        name: "gpu".into(),
+        model: Some(mlp::spec(8, &[32, 32], 3)),
+        dataset: Some(DatasetSpec {
+            name: "blobs".into(),
+            source: Some(Source::Blobs(BlobsSource {
+                samples: 640,
+                seed: 3,
+            })),
+            features: 8,
+            classes: 3,
+            validation_split: 0.1,
+        }),
+        training: Some(TrainingSpec {
+            workers: 1,
+            batch_size: 32,
+            epochs: Some(10),
+            seed: 11,
+            optimizer: Some(optim::adam(0.01)),
+            max_steps: Some(30),
+            backend: "cuda".into(),
+            ..TrainingSpec::default()
+        }),
+        checkpoint: Some(CheckpointSpec {
+            every_steps: 0,
+            keep: 1,
+        }),
+        ..JobSpec::default()
+    }
+}
+
+/// Trains [`job`] on the GPU, through NCCL when `with_nccl`.
+fn train(with_nccl: bool) -> Result<Vec<f32>, String> {
+    let device = gpu::device()?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let mut ring = RingCollective::connect(&listener, 0, &[addr], 1, Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let mut nccl = match with_nccl {
+        true => Some(
+            NcclReduce::join(
+                &nccl::unique_id().map_err(|e| e.to_string())?,
+                0,
+                1,
+                device.index,
+                25 << 20,
+                Duration::from_secs(30),
+                ring.abort_handle(),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
+        false => None,
+    };
+    let task = Task {
+        job_id: "gpu".into(),
+        spec: TrainSpec::try_from(&job()).map_err(|e| e.to_string())?,
+        resume_step: None,
+    };
+    let outcome = Registry::builtin()
+        .train_on_gpu(
+            &task,
+            Context {
+                device,
+                collective: &mut ring,
+                device_reduce: nccl.as_mut().map(|n| n as &mut dyn DeviceReduce<GpuInner>),
+                store: None,
+                runtime: runtime.handle(),
+                cancel: &AtomicBool::new(false),
+                leave: &AtomicBool::new(false),
+                observer: &mut Quiet,
+            },
+            CheckpointMode::Background,
+        )
+        .map_err(|e| e.to_string())?;
+    Ok(outcome.params)
+}
+
+fn train_with_nccl() -> Outcome {
+    let (plain, reduced) = (train(false)?, train(true)?);
+    if plain.iter().all(|p| p.is_finite()) && plain == reduced {
+        Ok(())
+    } else {
+        Err("the parameters differ (or are not finite)".into())
+    }
+}
