@@ -1,8 +1,9 @@
-"""The PyTorch DDP baseline of scripts/bench/ddp.sh: the same architecture, batch and optimizer
-as the kiln job, on the CPU (gloo), one thread per process. Prints the global samples/s of
-the timed steps (after a warm-up) as one number on stdout.
+"""The PyTorch DDP baseline of scripts/bench/ddp.sh and scripts/gpu-check: the same
+architecture, batch and optimizer as the kiln job, on the CPU (gloo, one thread per process)
+or on the GPU (nccl, every rank on cuda:0). Prints the global samples/s of the timed steps
+(after a warm-up) as one number on stdout.
 
-    python3 torch_ddp.py --model mlp|cnn --workers N --steps S --batch-size B
+    python3 torch_ddp.py --model mlp|cnn --workers N --steps S --batch-size B [--device cuda]
 """
 import argparse
 import os
@@ -35,16 +36,18 @@ def rank_main(rank, args, port, out):
     torch.manual_seed(0)
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=args.workers)
-    net = nn.parallel.DistributedDataParallel(model(args.model))
+    cuda = args.device == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo", rank=rank, world_size=args.workers)
+    device = torch.device("cuda:0" if cuda else "cpu")
+    net = nn.parallel.DistributedDataParallel(model(args.model).to(device))
     # Burn's Adam defaults: betas (0.9, 0.999), epsilon 1e-5.
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, eps=1e-5)
     samples = args.batch_size * 50
-    x = torch.randn(samples, 784)
-    y = torch.randint(0, 10, (samples,))
+    x = torch.randn(samples, 784, device=device)
+    y = torch.randint(0, 10, (samples,), device=device)
 
     def step(i):
-        idx = torch.randint(0, samples, (args.batch_size,))
+        idx = torch.randint(0, samples, (args.batch_size,), device=device)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(net(x[idx]), y[idx])
         loss.backward()
@@ -52,10 +55,14 @@ def rank_main(rank, args, port, out):
 
     for i in range(args.warmup):
         step(i)
+    if cuda:
+        torch.cuda.synchronize()
     dist.barrier()
     start = time.perf_counter()
     for i in range(args.steps):
         step(i)
+    if cuda:
+        torch.cuda.synchronize()
     dist.barrier()
     elapsed = time.perf_counter() - start
     if rank == 0:
@@ -71,6 +78,7 @@ def main():
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--port", type=int, default=29533)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = p.parse_args()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()

@@ -71,8 +71,12 @@ fn node_gpus(index: u32, per_node: u32, machine: &[String]) -> Result<String, St
     match machine.get(first..end) {
         Some(devices) => Ok(devices.join(",")),
         None => Err(format!(
-            "node {index} of a pool with gpus_per_node = {per_node} needs the machine's GPUs {first} to {}, but this machine has {} ({}); lower `count` or `gpus_per_node`",
-            end - 1,
+            "node {index} of a pool with gpus_per_node = {per_node} needs the machine's {}, but this machine has {} ({}); lower `count` or `gpus_per_node`",
+            if per_node == 1 {
+                format!("GPU {first}")
+            } else {
+                format!("GPUs {first} to {}", end - 1)
+            },
             machine.len(),
             if machine.is_empty() {
                 "no NVIDIA GPU is listed under /proc/driver/nvidia/gpus".to_owned()
@@ -524,6 +528,10 @@ mod tests {
             "{short}"
         );
         let none = node_gpus(0, 1, &[]).expect_err("no GPU at all");
-        assert!(none.contains("/proc/driver/nvidia/gpus"), "{none}");
+        assert!(
+            none.contains("needs the machine's GPU 0, but this machine has 0")
+                && none.contains("/proc/driver/nvidia/gpus"),
+            "{none}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Bad input gets a clear message, exit code 2, and starts (or leaves) no process.
 
+use std::process::Stdio;
 use std::time::Duration;
 
-use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe};
+use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe, wait_with_timeout};
 
 fn assert_rejected(sandbox: &Sandbox, args: &[&str], expect: &[&str]) {
     let out = sandbox
@@ -286,7 +287,7 @@ fn state_and_destroy_on_a_fresh_directory_create_nothing() {
 }
 
 #[test]
-fn a_cuda_job_for_a_binary_without_cuda_is_warned_about_and_never_trained_on_the_cpu() {
+fn a_cuda_job_needs_the_machines_gpus_and_a_cuda_binary_and_never_trains_on_the_cpu() {
     let cluster = cluster_hcl(1).replace("count = 1", "count = 1\n    gpus_per_node = 1");
     let job = blobs_job_hcl("gpu", 1, 512, 1, 10).replace(
         "    seed       = 42\n",
@@ -303,9 +304,27 @@ fn a_cuda_job_for_a_binary_without_cuda_is_warned_about_and_never_trained_on_the
         "{}",
         describe(&out)
     );
-    let out = sandbox
-        .run(&["up", "."], Duration::from_secs(120))
-        .expect("kiln up");
+    // `KILN_FAKE_GPUS` stands for the machine's GPUs: first none, then one.
+    let up = |gpus: &str| {
+        let child = sandbox
+            .kiln(&["up", "."])
+            .env("KILN_FAKE_GPUS", gpus)
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kiln up");
+        wait_with_timeout(child, Duration::from_secs(120)).expect("kiln up")
+    };
+    let out = up("0");
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("node cpu-0: node 0 of a pool with gpus_per_node = 1 needs the machine's GPU 0, but this machine has 0"),
+        "{}",
+        describe(&out)
+    );
+    let out = up("1");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

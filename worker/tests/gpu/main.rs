@@ -4,8 +4,9 @@
 //!
 //! They check the device path piece by piece: the probe, NCCL's library, the all-reduce of a
 //! tensor's own device memory (at an offset inside CubeCL's pool, over several buckets), a
-//! join that a missing rank would hang and an abort ends, and training with NCCL at world
-//! size 1 ending bit-identical to training on the same GPU without a collective.
+//! join that a missing rank would hang and an abort ends, training with NCCL at world size 1
+//! ending bit-identical to training on the same GPU without a collective, and checkpoints
+//! that move between the GPU and the CPU.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -16,6 +17,7 @@ use burn::tensor::{Tensor, TensorData};
 use kiln_proto::v1::{
     BlobsSource, CheckpointSpec, DatasetSpec, JobSpec, Metrics, TrainingSpec, dataset_spec::Source,
 };
+use kiln_worker::checkpoint::CheckpointStore;
 use kiln_worker::collective::nccl::{self, NcclReduce};
 use kiln_worker::collective::ring::RingCollective;
 use kiln_worker::collective::{CollectiveError, DeviceReduce};
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
     unsafe {
         nccl::set_non_blocking();
     }
-    let tests: [Test; 4] = [
+    let tests: [Test; 5] = [
         ("the driver lists a GPU", probe),
         (
             "nccl averages a tensor's device memory in place, bucket by bucket",
@@ -53,6 +55,10 @@ fn main() -> ExitCode {
         (
             "training with nccl at world size 1 matches training without a collective",
             train_with_nccl,
+        ),
+        (
+            "checkpoints written on the GPU resume on the CPU and the other way round",
+            checkpoints_cross_backends,
         ),
     ];
     let mut failed = 0;
@@ -171,7 +177,7 @@ impl Observer for Quiet {
     fn note(&mut self, _: &str) {}
 }
 
-fn job() -> JobSpec {
+fn job(max_steps: u64) -> JobSpec {
     JobSpec {
         name: "gpu".into(),
         model: Some(mlp::spec(8, &[32, 32], 3)),
@@ -191,70 +197,140 @@ fn job() -> JobSpec {
             epochs: Some(10),
             seed: 11,
             optimizer: Some(optim::adam(0.01)),
-            max_steps: Some(30),
+            max_steps: Some(max_steps),
             backend: "cuda".into(),
             ..TrainingSpec::default()
         }),
         checkpoint: Some(CheckpointSpec {
-            every_steps: 0,
-            keep: 1,
+            every_steps: 10,
+            keep: 5,
         }),
         ..JobSpec::default()
     }
 }
 
-/// Trains [`job`] on the GPU, through NCCL when `with_nccl`.
-fn train(with_nccl: bool) -> Result<Vec<f32>, String> {
-    let device = gpu::device()?;
+/// How one run of [`job`] trains.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    on_gpu: bool,
+    /// The gradients through NCCL (on the GPU only).
+    nccl: bool,
+    max_steps: u64,
+    store: Option<&'a CheckpointStore>,
+    resume_step: Option<u64>,
+}
+
+impl Default for Run<'_> {
+    fn default() -> Self {
+        Self {
+            on_gpu: true,
+            nccl: false,
+            max_steps: 30,
+            store: None,
+            resume_step: None,
+        }
+    }
+}
+
+/// Trains [`job`] as `run` says and returns the final parameters.
+fn train(run: Run<'_>) -> Result<Vec<f32>, String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let mut ring = RingCollective::connect(&listener, 0, &[addr], 1, Duration::from_secs(5))
         .map_err(|e| e.to_string())?;
-    let mut nccl = match with_nccl {
-        true => Some(
-            NcclReduce::join(
-                &nccl::unique_id().map_err(|e| e.to_string())?,
-                0,
-                1,
-                device.index,
-                25 << 20,
-                Duration::from_secs(30),
-                ring.abort_handle(),
-            )
-            .map_err(|e| e.to_string())?,
-        ),
-        false => None,
-    };
     let task = Task {
         job_id: "gpu".into(),
-        spec: TrainSpec::try_from(&job()).map_err(|e| e.to_string())?,
-        resume_step: None,
+        spec: TrainSpec::try_from(&job(run.max_steps)).map_err(|e| e.to_string())?,
+        resume_step: run.resume_step,
     };
-    let outcome = Registry::builtin()
-        .train_on_gpu(
-            &task,
-            Context {
-                device,
-                collective: &mut ring,
-                device_reduce: nccl.as_mut().map(|n| n as &mut dyn DeviceReduce<GpuInner>),
-                store: None,
-                runtime: runtime.handle(),
-                cancel: &AtomicBool::new(false),
-                leave: &AtomicBool::new(false),
-                observer: &mut Quiet,
-            },
-            CheckpointMode::Background,
-        )
-        .map_err(|e| e.to_string())?;
-    Ok(outcome.params)
+    let (cancel, leave) = (AtomicBool::new(false), AtomicBool::new(false));
+    let outcome = if run.on_gpu {
+        let device = gpu::device()?;
+        let mut nccl = match run.nccl {
+            true => Some(
+                NcclReduce::join(
+                    &nccl::unique_id().map_err(|e| e.to_string())?,
+                    0,
+                    1,
+                    device.index,
+                    25 << 20,
+                    Duration::from_secs(30),
+                    ring.abort_handle(),
+                )
+                .map_err(|e| e.to_string())?,
+            ),
+            false => None,
+        };
+        let ctx = Context {
+            device,
+            collective: &mut ring,
+            device_reduce: nccl.as_mut().map(|n| n as &mut dyn DeviceReduce<GpuInner>),
+            store: run.store,
+            runtime: runtime.handle(),
+            cancel: &cancel,
+            leave: &leave,
+            observer: &mut Quiet,
+        };
+        Registry::builtin().train_on_gpu(&task, ctx, CheckpointMode::Background)
+    } else {
+        let ctx = Context {
+            device: Default::default(),
+            collective: &mut ring,
+            device_reduce: None,
+            store: run.store,
+            runtime: runtime.handle(),
+            cancel: &cancel,
+            leave: &leave,
+            observer: &mut Quiet,
+        };
+        Registry::builtin().train(&task, ctx, CheckpointMode::Background)
+    };
+    let params = outcome.map_err(|e| e.to_string())?.params;
+    if params.iter().all(|p| p.is_finite()) {
+        Ok(params)
+    } else {
+        Err("parameters that are not finite".into())
+    }
 }
 
 fn train_with_nccl() -> Outcome {
-    let (plain, reduced) = (train(false)?, train(true)?);
-    if plain.iter().all(|p| p.is_finite()) && plain == reduced {
-        Ok(())
-    } else {
-        Err("the parameters differ (or are not finite)".into())
-    }
+    let plain = train(Run::default())?;
+    let reduced = train(Run {
+        nccl: true,
+        ..Run::default()
+    })?;
+    (plain == reduced)
+        .then_some(())
+        .ok_or_else(|| "the parameters differ".to_owned())
+}
+
+/// GPU 0→10, CPU 10→20, GPU 20→30 through the checkpoints, against 30 steps on the GPU:
+/// the same up to the backends' rounding.
+fn checkpoints_cross_backends() -> Outcome {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let url = format!("file://{}", dir.path().display());
+    let store = CheckpointStore::open(&url, "gpu").map_err(|e| e.to_string())?;
+    let leg = |on_gpu, max_steps, resume_step| {
+        train(Run {
+            on_gpu,
+            max_steps,
+            store: Some(&store),
+            resume_step,
+            ..Run::default()
+        })
+    };
+    leg(true, 10, None)?;
+    leg(false, 20, Some(10))?;
+    let relayed = leg(true, 30, Some(20))?;
+    let straight = train(Run::default())?;
+    let worst = relayed
+        .iter()
+        .zip(&straight)
+        .map(|(a, b)| (a - b).abs() / a.abs().max(b.abs()).max(1e-3))
+        .fold(0.0f32, f32::max);
+    println!("        worst relative difference {worst:e}");
+    (relayed.len() == straight.len() && worst < 1e-3)
+        .then_some(())
+        .ok_or_else(|| format!("the relayed run differs by up to {worst:e}"))
 }
