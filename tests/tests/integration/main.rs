@@ -7,5 +7,6 @@ mod fmt;
 mod infra;
 mod models;
 mod recovery;
+mod rendezvous;
 mod shared_store;
 mod up;

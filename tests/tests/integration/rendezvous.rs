@@ -1,0 +1,213 @@
+//! The NCCL unique id's path through a real `kiln coordinator` process over gRPC, with two
+//! workers played by the test (registered, attached and heartbeating as a worker does, but
+//! training nothing): rank 0 publishes, rank 1 reads, and the id belongs to its generation.
+
+use std::time::Duration;
+
+use kiln_proto::v1::coordinator_client::CoordinatorClient;
+use kiln_proto::v1::worker_command::Command;
+use kiln_proto::v1::{
+    Assignment, AssignmentsRequest, BlobsSource, DatasetSpec, GetCollectiveIdRequest, JobSpec,
+    ModelSpec, OptimizerSpec, PublishCollectiveIdRequest, RegisterRequest, Resources, RestartSpec,
+    SubmitJobRequest, TaskEnd, TrainingSpec, WorkerCommand, dataset_spec,
+};
+use kiln_tests::Sandbox;
+use kiln_tests::cluster::Cluster;
+use tonic::transport::Channel;
+use tonic::{Code, Streaming};
+
+/// A worker the test plays: its id and its command stream.
+struct Player {
+    id: String,
+    commands: Streaming<WorkerCommand>,
+}
+
+impl Player {
+    async fn join(client: &mut CoordinatorClient<Channel>, name: &str) -> Player {
+        let id = client
+            .register(RegisterRequest {
+                join_token: "s3cret".into(),
+                collective_addr: "127.0.0.1:9".into(),
+                node_name: name.into(),
+                pid: std::process::id(),
+                model_kinds: vec!["mlp".into()],
+                resources: Some(Resources {
+                    cpu_threads: 1,
+                    backends: vec!["cpu".into()],
+                    collectives: vec!["ring".into()],
+                    ..Resources::default()
+                }),
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .worker_id;
+        let commands = client
+            .assignments(AssignmentsRequest {
+                worker_id: id.clone(),
+            })
+            .await
+            .expect("attach")
+            .into_inner();
+        // Keeps the lease alive for as long as the test runs.
+        let (mut beat, worker) = (client.clone(), id.clone());
+        tokio::spawn(async move {
+            loop {
+                let request = kiln_proto::v1::HeartbeatRequest {
+                    worker_id: worker.clone(),
+                };
+                if beat.heartbeat(request).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        Player { id, commands }
+    }
+
+    /// The next assignment on the stream (cancellations of the last one are skipped).
+    async fn assignment(&mut self) -> Assignment {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(20), self.commands.message())
+                .await
+                .expect("an assignment within 20 s")
+                .expect("the stream stays up")
+                .expect("a command");
+            if let Some(Command::Assign(assignment)) = next.command {
+                return assignment;
+            }
+        }
+    }
+}
+
+fn job() -> JobSpec {
+    JobSpec {
+        name: "nccl".into(),
+        model: Some(ModelSpec {
+            kind: "mlp".into(),
+            attributes: r#"{"inputs": 4, "hidden": [8], "classes": 2}"#.into(),
+        }),
+        dataset: Some(DatasetSpec {
+            name: "blobs".into(),
+            source: Some(dataset_spec::Source::Blobs(BlobsSource {
+                samples: 64,
+                seed: 1,
+            })),
+            features: 4,
+            classes: 2,
+            validation_split: 0.1,
+        }),
+        training: Some(TrainingSpec {
+            workers: 2,
+            batch_size: 8,
+            epochs: Some(1),
+            optimizer: Some(OptimizerSpec {
+                kind: "adam".into(),
+                learning_rate: 0.01,
+                ..OptimizerSpec::default()
+            }),
+            ..TrainingSpec::default()
+        }),
+        restart: Some(RestartSpec {
+            max_restarts: 3,
+            backoff_ms: 10,
+        }),
+        ..JobSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nccl_id_goes_from_rank_0_to_the_others_and_belongs_to_its_generation() {
+    let cluster = Cluster::builder(Sandbox::new()).start();
+    let mut client = CoordinatorClient::connect(cluster.url())
+        .await
+        .expect("connect");
+    let mut players = [
+        Player::join(&mut client, "p0").await,
+        Player::join(&mut client, "p1").await,
+    ];
+    client
+        .submit_job(SubmitJobRequest { spec: Some(job()) })
+        .await
+        .expect("submit");
+    let mut assigned = Vec::new();
+    for player in &mut players {
+        assigned.push(player.assignment().await);
+    }
+    let (job_id, generation) = (assigned[0].job_id.clone(), assigned[0].generation);
+    // Which player holds which rank.
+    let holder = |r: u32| {
+        players
+            .iter()
+            .zip(&assigned)
+            .find(|(_, a)| a.rank == r)
+            .map(|(p, _)| p.id.clone())
+            .expect("a holder")
+    };
+    let (rank0, rank1) = (holder(0), holder(1));
+    let get = |worker: &str, generation: u64| GetCollectiveIdRequest {
+        worker_id: worker.into(),
+        job_id: job_id.clone(),
+        generation,
+    };
+    let publish = |worker: &str, generation: u64, id: Vec<u8>| PublishCollectiveIdRequest {
+        worker_id: worker.into(),
+        job_id: job_id.clone(),
+        generation,
+        id,
+    };
+
+    // Before rank 0 publishes, the id is empty: the others keep asking.
+    let before = client.get_collective_id(get(&rank1, generation)).await;
+    assert!(before.expect("get").into_inner().id.is_empty());
+    // Only rank 0 publishes, and only 128 bytes.
+    let by_rank1 = client
+        .publish_collective_id(publish(&rank1, generation, vec![1; 128]))
+        .await
+        .expect_err("rank 1 may not publish");
+    assert_eq!(by_rank1.code(), Code::PermissionDenied, "{by_rank1:?}");
+    let short = client
+        .publish_collective_id(publish(&rank0, generation, vec![1; 12]))
+        .await
+        .expect_err("not an NCCL id");
+    assert_eq!(short.code(), Code::InvalidArgument, "{short:?}");
+    let id: Vec<u8> = (0..128).collect();
+    client
+        .publish_collective_id(publish(&rank0, generation, id.clone()))
+        .await
+        .expect("rank 0 publishes");
+    let got = client.get_collective_id(get(&rank1, generation)).await;
+    assert_eq!(got.expect("get").into_inner().id, id);
+
+    // A failed rank ends the generation (rank 0 is cancelled); the next one starts without
+    // an id.
+    for (worker, error) in [(&rank1, "boom"), (&rank0, "cancelled")] {
+        client
+            .report_task_end(TaskEnd {
+                worker_id: worker.clone(),
+                job_id: job_id.clone(),
+                generation,
+                error: error.into(),
+                ..TaskEnd::default()
+            })
+            .await
+            .expect("task end");
+    }
+    let mut next = Vec::new();
+    for player in &mut players {
+        next.push(player.assignment().await.generation);
+    }
+    assert_eq!(next, [generation + 1, generation + 1]);
+    let fresh = client.get_collective_id(get(&rank1, generation + 1)).await;
+    assert!(fresh.expect("get").into_inner().id.is_empty());
+    let stale = client
+        .get_collective_id(get(&rank1, generation))
+        .await
+        .expect_err("the old generation's id is gone");
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    let late = client
+        .publish_collective_id(publish(&rank0, generation, id))
+        .await
+        .expect_err("the old generation takes no id");
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+}
