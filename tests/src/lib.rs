@@ -97,6 +97,25 @@ impl Sandbox {
         wait_with_timeout(child, timeout)
     }
 
+    /// [`Sandbox::run`] on a machine that pretends to have `gpus` GPUs (the `KILN_FAKE_GPUS`
+    /// test double; `kiln`'s own `CUDA_VISIBLE_DEVICES` removed).
+    pub fn run_on_fake_gpus(
+        &self,
+        args: &[&str],
+        gpus: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Output> {
+        let child = self
+            .kiln(args)
+            .env("KILN_FAKE_GPUS", gpus.to_string())
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("spawning kiln")?;
+        wait_with_timeout(child, timeout)
+    }
+
     /// Pids of live processes carrying this sandbox's tag.
     pub fn processes(&self) -> Vec<u32> {
         tagged_processes(&self.tag)

@@ -1,9 +1,8 @@
 //! Bad input gets a clear message, exit code 2, and starts (or leaves) no process.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe, wait_with_timeout};
+use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe};
 
 fn assert_rejected(sandbox: &Sandbox, args: &[&str], expect: &[&str]) {
     let out = sandbox
@@ -305,18 +304,12 @@ fn a_cuda_job_needs_the_machines_gpus_and_a_cuda_binary_and_never_trains_on_the_
         describe(&out)
     );
     // `KILN_FAKE_GPUS` stands for the machine's GPUs: first none, then one.
-    let up = |gpus: &str| {
-        let child = sandbox
-            .kiln(&["up", "."])
-            .env("KILN_FAKE_GPUS", gpus)
-            .env_remove("CUDA_VISIBLE_DEVICES")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kiln up");
-        wait_with_timeout(child, Duration::from_secs(120)).expect("kiln up")
+    let up = |gpus| {
+        sandbox
+            .run_on_fake_gpus(&["up", "."], gpus, Duration::from_secs(120))
+            .expect("kiln up")
     };
-    let out = up("0");
+    let out = up(0);
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr)
@@ -324,7 +317,7 @@ fn a_cuda_job_needs_the_machines_gpus_and_a_cuda_binary_and_never_trains_on_the_
         "{}",
         describe(&out)
     );
-    let out = up("1");
+    let out = up(1);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -325,19 +325,12 @@ fn each_local_node_sees_its_own_gpus_and_a_machine_with_too_few_is_refused() {
     let sandbox = Sandbox::new().with_files(&[("cluster.hcl", GPU_CLUSTER)]);
     let _cleanup = Cleanup(&sandbox);
     // The test double stands for a machine with that many GPUs.
-    let apply = |gpus: &str| {
-        let child = sandbox
-            .kiln(&["apply", "--auto-approve"])
-            .env("KILN_FAKE_GPUS", gpus)
-            .env_remove("CUDA_VISIBLE_DEVICES")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kiln apply");
-        wait_with_timeout(child, T).expect("kiln apply ends")
+    let apply = |gpus| {
+        sandbox
+            .run_on_fake_gpus(&["apply", "--auto-approve"], gpus, T)
+            .expect("kiln apply ends")
     };
-
-    let out = apply("3");
+    let out = apply(3);
     assert!(!out.status.success(), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -347,7 +340,7 @@ fn each_local_node_sees_its_own_gpus_and_a_machine_with_too_few_is_refused() {
         describe(&out)
     );
 
-    let out = apply("4");
+    let out = apply(4);
     assert!(out.status.success(), "{}", describe(&out));
     for (node, devices) in [("gpu[0]", "0,1"), ("gpu[1]", "2,3"), ("cpu[0]", "")] {
         let pid = recorded_pid(&sandbox, &format!("cluster.local.node_pool.{node}"));

@@ -342,9 +342,9 @@ impl DeviceReduce<GpuInner> for NcclReduce {
         if self.broken {
             return Err(CollectiveError::Broken);
         }
-        // A buffer of its own, dense: NCCL writes every element of it.
+        // A contiguous buffer nothing else reads: NCCL writes it in place.
         let mut tensor = burn_cubecl::kernel::into_contiguous(flat.into_primitive().tensor());
-        if !tensor.can_mut() || !tensor.is_contiguous_buffer() {
+        if !tensor.can_mut() || !tensor.is_contiguous() {
             tensor = tensor.copy();
         }
         let count = tensor.meta.shape().num_elements();
@@ -362,6 +362,13 @@ impl DeviceReduce<GpuInner> for NcclReduce {
             .client
             .get_resource(tensor.handle.clone())
             .map_err(|e| cuda(format!("{e:?}")))?;
+        let bytes = (count * std::mem::size_of::<f32>()) as u64;
+        if resource.resource().size < bytes {
+            return Err(cuda(format!(
+                "the gradient buffer has {} bytes, not the {bytes} its shape needs",
+                resource.resource().size
+            )));
+        }
         self.context
             .bind_to_thread()
             .map_err(|e| cuda(format!("CUDA: {e}")))?;

@@ -3,10 +3,10 @@
 //! it never reports a test as passed that did not run.
 //!
 //! They check the device path piece by piece: the probe, NCCL's library, the all-reduce of a
-//! tensor's own device memory (at an offset inside CubeCL's pool, over several buckets), a
-//! join that a missing rank would hang and an abort ends, training with NCCL at world size 1
-//! ending bit-identical to training on the same GPU without a collective, and checkpoints
-//! that move between the GPU and the CPU.
+//! tensor's own device memory (at an offset inside CubeCL's pool, over several buckets,
+//! writing nothing around it), a join that a missing rank would hang and an abort ends,
+//! training with NCCL at world size 1 ending bit-identical to training on the same GPU without
+//! a collective, and checkpoints that move between the GPU and the CPU.
 
 use std::net::TcpListener;
 use std::process::ExitCode;
@@ -121,20 +121,32 @@ fn reduce_in_place() -> Outcome {
     // 64-byte buckets: 1000 floats take 63 calls.
     let mut reduce = NcclReduce::join(&id, 0, 1, device.index, 64, Duration::from_secs(30), abort)
         .map_err(|e| e.to_string())?;
-    // Tensors before it, so the reduced one does not start its pool's page.
-    let _before: Vec<Tensor<GpuInner, 1>> =
+    let read = |t: Tensor<GpuInner, 1>| -> Result<Vec<f32>, String> {
+        t.into_data().to_vec().map_err(|e| format!("{e:?}"))
+    };
+    // Tensors around it, so the reduced one sits at an offset in CubeCL's pool and a write
+    // past its ends shows.
+    let before: Vec<Tensor<GpuInner, 1>> =
         (0..3).map(|i| Tensor::ones([37 + i], &device)).collect();
     let values: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
-    let flat = Tensor::<GpuInner, 1>::from_data(TensorData::new(values.clone(), [1000]), &device);
-    let other = flat.clone();
+    let data = || TensorData::new(values.clone(), [values.len()]);
+    let flat = Tensor::<GpuInner, 1>::from_data(data(), &device);
+    let after: Vec<Tensor<GpuInner, 1>> = (0..3).map(|i| Tensor::ones([41 + i], &device)).collect();
+    // The mean over one rank is the tensor itself.
     let reduced = reduce.all_reduce_mean(flat).map_err(|e| e.to_string())?;
-    let back: Vec<f32> = reduced.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
-    if back != values {
+    if read(reduced)? != values {
         return Err("the mean over one rank changed the values".into());
     }
-    // A tensor sharing the buffer is left alone (the reduce works on a copy then).
-    let shared: Vec<f32> = other.into_data().to_vec().map_err(|e| format!("{e:?}"))?;
-    (shared == values)
+    for neighbour in before.into_iter().chain(after) {
+        if read(neighbour)?.iter().any(|v| *v != 1.0) {
+            return Err("a neighbouring tensor was written".into());
+        }
+    }
+    // A tensor sharing the buffer is left alone: the reduce works on a copy then.
+    let shared = Tensor::<GpuInner, 1>::from_data(data(), &device);
+    let other = shared.clone();
+    let reduced = reduce.all_reduce_mean(shared).map_err(|e| e.to_string())?;
+    (read(reduced)? == values && read(other)? == values)
         .then_some(())
         .ok_or_else(|| "a shared tensor was written".to_owned())
 }
