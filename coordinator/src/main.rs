@@ -223,9 +223,89 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Dataset versions in the object store: push, list, show, pull.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Measure kiln's building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// Where `kiln data` finds the object store.
+#[derive(clap::Args)]
+struct Store {
+    /// Storage URL (`file:///…`, or a plain path). Default: the `storage.url` of the
+    /// configuration in the directory (-C).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Configuration directory whose storage to use without --store.
+    #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
+    dir: PathBuf,
+}
+
+impl Store {
+    fn arg(&self) -> cli::data::StoreArg<'_> {
+        cli::data::StoreArg {
+            url: self.store.as_deref(),
+            dir: &self.dir,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Make a file or directory an immutable, content-addressed version NAME@N.
+    ///
+    /// Files are stored once by SHA-256; only those the store lacks are uploaded. Content
+    /// that a version of NAME already holds makes no new version.
+    Push {
+        /// The file or directory.
+        path: PathBuf,
+        /// The dataset's name.
+        #[arg(long)]
+        name: String,
+        /// The label column of a CSV file (default: a column named `label`, else the last).
+        #[arg(long)]
+        label: Option<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// List the datasets, or the versions of one.
+    List {
+        /// A dataset's name: list its versions.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Show a version: its files, format, samples, label and feature statistics.
+    Show {
+        /// NAME@N or NAME@latest.
+        reference: String,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Write a version's files into a directory, each verified against its hash.
+    Pull {
+        /// NAME@N or NAME@latest.
+        reference: String,
+        /// Where to write (files already there with the same content are kept).
+        #[arg(value_name = "DIR")]
+        target: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
 }
 
 #[derive(Subcommand)]
@@ -344,6 +424,7 @@ fn main() -> ExitCode {
             } => infra::apply(&target, &vars.options(), auto_approve).await,
             Command::Destroy { dir, auto_approve } => infra::destroy(&dir, auto_approve).await,
             Command::State { dir } => infra::show(&dir),
+            Command::Data(command) => data(command).await,
             Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary()
                 .and_then(|bin| bench::allreduce(&args, &bin).map_err(CliError::infra)),
             Command::Bench(BenchCommand::Checkpoint(args)) => cli::worker_binary()
@@ -361,5 +442,41 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+async fn data(command: DataCommand) -> Result<(), CliError> {
+    use cli::data;
+    match command {
+        DataCommand::Push {
+            path,
+            name,
+            label,
+            json,
+            store,
+        } => data::push(&store.arg(), &path, &name, label.as_deref(), json).await,
+        DataCommand::List { name, json, store } => {
+            data::list(&store.arg(), name.as_deref(), json).await
+        }
+        DataCommand::Show {
+            reference,
+            json,
+            store,
+        } => data::show(&store.arg(), &reference, json).await,
+        DataCommand::Pull {
+            reference,
+            target,
+            json,
+            store,
+        } => data::pull(&store.arg(), &reference, &target, json).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

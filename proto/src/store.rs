@@ -122,6 +122,36 @@ pub fn scheme_list() -> String {
         .join(", ")
 }
 
+/// The object store of the storage `url` (`file:///…`; a scheme of [`SCHEMES`]).
+pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
+    if !SCHEMES.contains(&parsed.scheme()) {
+        let why = format!("this build opens only {} storage", scheme_list());
+        return Err(url_error(url, why.into()));
+    }
+    Ok(if parsed.scheme() == "file" {
+        // Retention deletes whole checkpoints: let the local store drop emptied directories.
+        Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))
+    } else {
+        let (store, _) =
+            object_store::parse_url(&parsed).map_err(|e| url_error(url, Box::new(e)))?;
+        Arc::from(store)
+    })
+}
+
+/// The prefix inside its object store that the storage `url` names: its path, as
+/// `object_store::parse_url` derives it (file URLs percent-decoded).
+pub fn url_prefix(url: &str) -> Result<Path, StoreError> {
+    let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
+    if parsed.scheme() == "file" {
+        Path::from_url_path(parsed.path()).map_err(|e| url_error(url, Box::new(e)))
+    } else {
+        ObjectStoreScheme::parse(&parsed)
+            .and_then(|(_, path)| Ok(Path::parse(path)?))
+            .map_err(|e| url_error(url, Box::new(e)))
+    }
+}
+
 /// One job's directory in one object store.
 #[derive(Clone)]
 pub struct JobStore {
@@ -136,20 +166,7 @@ pub struct JobStore {
 impl JobStore {
     /// Opens the directory of `job_id` under the storage `url` (`file:///…`, `s3://…`).
     pub fn open(url: &str, job_id: &str) -> Result<Self, StoreError> {
-        let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
-        if !SCHEMES.contains(&parsed.scheme()) {
-            let why = format!("this build opens only {} storage", scheme_list());
-            return Err(url_error(url, why.into()));
-        }
-        let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
-            // Retention deletes whole checkpoints: let the local store drop emptied directories.
-            Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))
-        } else {
-            let (store, _) =
-                object_store::parse_url(&parsed).map_err(|e| url_error(url, Box::new(e)))?;
-            Arc::from(store)
-        };
-        Self::with_object_store(store, url, job_id)
+        Self::with_object_store(open_url(url)?, url, job_id)
     }
 
     /// Opens the directory of `job_id` in `store`, an object store for the bucket (or file
@@ -160,15 +177,7 @@ impl JobStore {
         url: &str,
         job_id: &str,
     ) -> Result<Self, StoreError> {
-        let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
-        // The prefix as `object_store::parse_url` derives it, file URLs percent-decoded.
-        let base = if parsed.scheme() == "file" {
-            Path::from_url_path(parsed.path()).map_err(|e| url_error(url, Box::new(e)))?
-        } else {
-            ObjectStoreScheme::parse(&parsed)
-                .and_then(|(_, path)| Ok(Path::parse(path)?))
-                .map_err(|e| url_error(url, Box::new(e)))?
-        };
+        let base = url_prefix(url)?;
         Ok(Self {
             store,
             root: base.child("jobs").child(job_id),

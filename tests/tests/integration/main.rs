@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod coordinator;
+mod data;
 mod datasets;
 mod fmt;
 mod infra;
