@@ -221,6 +221,27 @@ pub struct DatasetSpec {
     pub classes: u32,
     /// Fraction of samples held out for validation, in `[0, 1)` (default 0.1).
     pub validation_split: f64,
+    /// The dataset version files (`kiln://`) the source reads, at the local paths it names.
+    pub pins: Vec<DataPin>,
+}
+
+/// A file of a dataset version a job reads (`kiln://NAME@N/PATH`), pinned to its version and
+/// hash: the loader fetched it into the data cache, and each worker fetches it again from
+/// the store and verifies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPin {
+    /// The store it is in (the job's cluster's `storage.url`).
+    pub storage_url: String,
+    /// The dataset's name.
+    pub name: String,
+    /// The version, resolved (`@latest` becomes a number).
+    pub version: u64,
+    /// The version's content hash.
+    pub content_hash: String,
+    /// The file.
+    pub file: kiln_versions::data::FileEntry,
+    /// Where the loader's copy is: the path the source names.
+    pub local: PathBuf,
 }
 
 /// `optimizer "adam" { learning_rate }`.

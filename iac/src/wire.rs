@@ -103,6 +103,21 @@ impl JobSpec {
                 features: self.dataset.features,
                 classes: self.dataset.classes,
                 validation_split: self.dataset.validation_split,
+                pins: self
+                    .dataset
+                    .pins
+                    .iter()
+                    .map(|pin| v1::DataPin {
+                        storage_url: pin.storage_url.clone(),
+                        name: pin.name.clone(),
+                        version: pin.version,
+                        content_hash: pin.content_hash.clone(),
+                        path: pin.file.path.clone(),
+                        size: pin.file.size,
+                        sha256: pin.file.sha256.clone(),
+                        local_path: pin.local.display().to_string(),
+                    })
+                    .collect(),
             }),
             training: Some(v1::TrainingSpec {
                 workers: self.training.workers,

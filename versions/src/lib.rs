@@ -1,6 +1,7 @@
 //! kiln's versions in object storage, beside the checkpoints, so they are read and written
 //! without a running coordinator: content-addressed dataset versions ([`data`]), named and
-//! selected as `NAME@VERSION` or `NAME@latest` ([`VersionRef`]).
+//! selected as `NAME@VERSION` or `NAME@latest` ([`VersionRef`]), and the `kiln://` URLs that
+//! name a file of one in a job ([`DataUrl`]).
 #![warn(missing_docs)]
 
 pub mod data;
@@ -59,6 +60,38 @@ impl fmt::Display for VersionRef {
     }
 }
 
+/// `kiln://NAME@VERSION[/PATH]`: a file of a dataset version (without PATH, its only file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataUrl {
+    /// The version.
+    pub reference: VersionRef,
+    /// The file inside it, `/`-separated.
+    pub path: Option<String>,
+}
+
+impl DataUrl {
+    /// The URL's scheme prefix.
+    pub const PREFIX: &'static str = "kiln://";
+
+    /// Parses `kiln://NAME@VERSION[/PATH]`; `None` when the text is not a `kiln://` URL.
+    pub fn parse(text: &str) -> Option<Result<Self, String>> {
+        let rest = text.strip_prefix(Self::PREFIX)?;
+        let (reference, path) = match rest.split_once('/') {
+            Some((reference, path)) => (reference, Some(path.to_owned())),
+            None => (rest, None),
+        };
+        Some(
+            reference
+                .parse()
+                .map(|reference| Self {
+                    reference,
+                    path: path.filter(|p| !p.is_empty()),
+                })
+                .map_err(|e| format!("{text:?}: {e}")),
+        )
+    }
+}
+
 /// Names are object-store path segments: a letter or digit, then letters, digits, `-`, `_`
 /// and `.`, at most 100 characters.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -97,5 +130,23 @@ mod tests {
         for bad in ["digits@0", "digits@x", "@1", "../x@1", "a b"] {
             assert!(bad.parse::<VersionRef>().is_err(), "{bad}");
         }
+        let url = DataUrl::parse("kiln://mnist@2/train/images.gz")
+            .expect("a kiln URL")
+            .expect("valid");
+        assert_eq!(url.reference.selector, Selector::Number(2));
+        assert_eq!(url.path.as_deref(), Some("train/images.gz"));
+        let only = DataUrl::parse("kiln://table")
+            .expect("a kiln URL")
+            .expect("valid");
+        assert_eq!(
+            (only.reference.selector, only.path),
+            (Selector::Latest, None)
+        );
+        assert!(DataUrl::parse("file://x").is_none());
+        assert!(
+            DataUrl::parse("kiln://bad name@1")
+                .expect("a kiln URL")
+                .is_err()
+        );
     }
 }

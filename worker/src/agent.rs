@@ -650,6 +650,21 @@ fn run_task(
             .map_err(|e| error_chain(&e))?;
         Some(store)
     };
+    let mut spec = spec;
+    runtime
+        .block_on(crate::data::pinned::fetch(
+            &mut spec.dataset,
+            &kiln_versions::data::cache_dir(),
+        ))
+        .map_err(|e| TaskFailure {
+            // Data that is gone or does not verify stays so on every restart.
+            refused: matches!(
+                e,
+                kiln_versions::data::DataError::Corrupt { .. }
+                    | kiln_versions::data::DataError::NotFound(_)
+            ) || e.is_bad_input(),
+            ..error_chain(&e).into()
+        })?;
     let task = Task {
         job_id: assignment.job_id.clone(),
         spec,

@@ -351,6 +351,7 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
             features: args.inputs,
             classes: args.classes,
             validation_split: 0.0,
+            pins: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

@@ -71,6 +71,7 @@ fn job(args: &OverheadBenchArgs, model: kiln_proto::v1::ModelSpec) -> JobSpec {
             features: 784,
             classes: 10,
             validation_split: 0.0,
+            pins: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

@@ -94,6 +94,7 @@ fn spec(name: &str, workers: u32) -> JobSpec {
             features: 4,
             classes: 2,
             validation_split: 0.1,
+            pins: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers,

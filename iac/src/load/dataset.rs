@@ -60,6 +60,11 @@ impl<'d> Loader<'d> {
             );
             return None;
         }
+        if source.starts_with(kiln_versions::DataUrl::PREFIX) {
+            return self
+                .fetch(src, source, attr)
+                .map(|path| SourceKind::Csv { path });
+        }
         if let Some(path) = source.strip_prefix("file://")
             && !path.trim().is_empty()
         {
@@ -70,10 +75,60 @@ impl<'d> Loader<'d> {
         self.push(
             src.error(value_span(attr), format!("Unsupported dataset source {source:?}"))
                 .with_detail(
-                    "Accepted forms:\n  \"synthetic:blobs\"  Gaussian blobs generated from `seed`\n  \"file://PATH.csv\"  a CSV file; a relative PATH is resolved against the configuration directory",
+                    "Accepted forms:\n  \"synthetic:blobs\"  Gaussian blobs generated from `seed`\n  \"file://PATH\"  a CSV, IDX or NPY file; a relative PATH is resolved against the configuration directory\n  \"kiln://NAME@N[/PATH]\"  a file of a dataset version (`kiln data push`)",
                 ),
         );
         None
+    }
+
+    /// The local path of the file a `kiln://NAME@N[/PATH]` URL names, fetched from the job's
+    /// cluster's store into the data cache (verified) and pinned; `None` when it cannot be
+    /// (reported at `attr`).
+    fn fetch(&mut self, src: &SourceFile, url: &str, attr: &Attribute) -> Option<String> {
+        let parsed = match kiln_versions::DataUrl::parse(url)? {
+            Ok(parsed) => parsed,
+            Err(why) => {
+                self.push(
+                    src.error(
+                        value_span(attr),
+                        format!("Invalid dataset version URL {url:?}"),
+                    )
+                    .with_detail(why)
+                    .with_hint(
+                        "write `kiln://NAME@N`, `kiln://NAME@latest` or `kiln://NAME@N/PATH`",
+                    ),
+                );
+                return None;
+            }
+        };
+        // Without the job's cluster (already reported) there is no store to look in.
+        let storage = self.storage.clone()?;
+        match kiln_versions::data::fetch_blocking(
+            &storage,
+            &parsed.reference,
+            parsed.path.as_deref(),
+        ) {
+            Ok(fetched) => {
+                let local = fetched.local.display().to_string();
+                self.pins.push(crate::spec::DataPin {
+                    storage_url: storage,
+                    name: fetched.version.name,
+                    version: fetched.version.version,
+                    content_hash: fetched.version.content_hash,
+                    file: fetched.file,
+                    local: fetched.local,
+                });
+                Some(local)
+            }
+            Err(e) => {
+                self.push(
+                    src.error(value_span(attr), format!("Cannot read {url:?} from {storage}"))
+                        .with_detail(kiln_proto::error_chain(&e))
+                        .with_hint("`kiln data list` shows the datasets of the store; `kiln data push` makes one"),
+                );
+                None
+            }
+        }
     }
 
     pub(super) fn dataset(&mut self, src: &SourceFile, block: &Block) -> Option<DecodedDataset> {
@@ -324,6 +379,7 @@ impl<'d> Loader<'d> {
             features,
             classes,
             validation_split: validation_split?,
+            pins: std::mem::take(&mut self.pins),
         };
         labels_ok.then_some(DecodedDataset {
             spec,
@@ -430,13 +486,19 @@ impl<'d> Loader<'d> {
             npy_header
         };
         let (y_path, y_attr) = &files.y;
-        let Some(y_path) = y_path
-            .strip_prefix("file://")
-            .filter(|p| !p.trim().is_empty())
-        else {
+        let fetched;
+        let y_path = if y_path.starts_with(kiln_versions::DataUrl::PREFIX) {
+            fetched = self.fetch(src, y_path, y_attr)?;
+            Some(fetched.as_str())
+        } else {
+            y_path
+                .strip_prefix("file://")
+                .filter(|p| !p.trim().is_empty())
+        };
+        let Some(y_path) = y_path else {
             self.push(
-                src.error(value_span(y_attr), format!("Unsupported labels location {y_path:?}"))
-                    .with_hint("write `labels = \"file://PATH\"`; a relative PATH is resolved against the configuration directory"),
+                src.error(value_span(y_attr), format!("Unsupported labels location {:?}", files.y.0))
+                    .with_hint("write `labels = \"file://PATH\"` (a relative PATH is resolved against the configuration directory) or `labels = \"kiln://NAME@N/PATH\"`"),
             );
             return None;
         };

@@ -94,6 +94,8 @@ impl<'d> Loader<'d> {
         let model = self
             .exactly_one(src, block, &MODEL, &JOB)
             .and_then(|model| self.model(src, model, cluster_spec));
+        self.storage = cluster_spec.map(|c| c.storage.url.clone());
+        self.pins.clear();
         let dataset = self
             .exactly_one(src, block, &DATASET, &JOB)
             .and_then(|dataset| self.dataset(src, dataset));

@@ -149,6 +149,7 @@ fn loads_a_fully_specified_blobs_job() {
                 features: 32,
                 classes: 4,
                 validation_split: 0.25,
+                pins: Vec::new(),
             },
             training: TrainingSpec {
                 workers: 3,
@@ -199,6 +200,7 @@ fn loads_a_minimal_csv_job_with_defaults() {
                 features: 4,
                 classes: 3,
                 validation_split: 0.1,
+                pins: Vec::new(),
             },
             training: TrainingSpec {
                 workers: 1,

@@ -209,3 +209,73 @@ fn the_store_comes_from_the_configuration_and_racing_pushes_both_land() {
     assert_eq!(contents.len(), 2);
     assert_ne!(contents[0], contents[1]);
 }
+
+#[test]
+fn a_job_trains_from_a_dataset_version_and_a_missing_version_is_located() {
+    // Two separable classes: x < 0 is class 0.
+    let mut csv = String::from("x,y,label\n");
+    for i in 0..200 {
+        let x = f64::from(i) / 100.0 - 1.0;
+        csv.push_str(&format!("{x},{},{}\n", x * 0.5, u8::from(x >= 0.0)));
+    }
+    let job = |source: &str| {
+        format!(
+            r#"job "versioned" {{
+  cluster = "local"
+  model "mlp" {{
+    inputs  = 2
+    hidden  = [8]
+    classes = 2
+  }}
+  dataset "points" {{
+    source  = "{source}"
+    label   = "label"
+    classes = 2
+  }}
+  training {{
+    workers    = 2
+    batch_size = 16
+    epochs     = 3
+  }}
+}}
+"#
+        )
+    };
+    let sandbox =
+        Sandbox::new().with_files(&[("cluster.hcl", &cluster_hcl(2)), ("raw/points.csv", &csv)]);
+    let pushed = json(
+        &sandbox,
+        &[
+            "data",
+            "push",
+            "raw/points.csv",
+            "--name",
+            "points",
+            "--json",
+        ],
+    );
+    assert_eq!(pushed["reference"], "points@1");
+
+    std::fs::write(sandbox.path().join("job.hcl"), job("kiln://points@4")).expect("job");
+    let out = kiln(&sandbox, &["validate", "."]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Cannot read \"kiln://points@4\"")
+            && stderr.contains("has no version 4; versions: 1")
+            && stderr.contains("job.hcl:"),
+        "{}",
+        describe(&out)
+    );
+
+    std::fs::write(sandbox.path().join("job.hcl"), job("kiln://points@latest")).expect("job");
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(120))
+        .expect("kiln up");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("succeeded"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -96,6 +96,7 @@ fn job() -> JobSpec {
             features: 4,
             classes: 2,
             validation_split: 0.1,
+            pins: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 2,

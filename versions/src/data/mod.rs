@@ -14,6 +14,7 @@
 //! objects the store lacks. A pull verifies every object against its hash before it is
 //! written, and writes each file whole (a temporary file renamed into place).
 
+pub mod cache;
 pub mod describe;
 
 use std::collections::HashSet;
@@ -28,6 +29,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use cache::{Fetched, cache_dir, cached_path, fetch_blocking};
 pub use describe::{Description, FeatureStats, Histogram};
 
 use crate::{Selector, VersionRef, check_name};

@@ -1,5 +1,6 @@
-//! Datasets and sharding: loading samples (synthetic blobs, CSV, IDX, NPY), splitting off the
-//! held-out validation set, and deciding which samples each rank trains on at each step.
+//! Datasets and sharding: loading samples (synthetic blobs, CSV, IDX, NPY; files of dataset
+//! versions fetched first by `pinned`), splitting off the held-out validation set, and
+//! deciding which samples each rank trains on at each step.
 //!
 //! Sharding is a pure function of (seed, epoch, position, world size): every rank computes the
 //! same seeded permutation of the training split and takes its own slice of each global batch,
@@ -7,6 +8,7 @@
 
 mod arrays;
 mod csv_file;
+pub mod pinned;
 mod table;
 
 use std::path::{Path, PathBuf};
@@ -219,6 +221,7 @@ mod tests {
             features: 5,
             classes: 3,
             validation_split: split,
+            pins: Vec::new(),
         }
     }
 

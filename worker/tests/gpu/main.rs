@@ -202,6 +202,7 @@ fn job(max_steps: u64) -> JobSpec {
             features: 8,
             classes: 3,
             validation_split: 0.1,
+            pins: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

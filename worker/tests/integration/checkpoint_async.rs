@@ -53,6 +53,7 @@ fn spec(storage_url: &str) -> JobSpec {
             features: 8,
             classes: 3,
             validation_split: 0.1,
+            pins: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

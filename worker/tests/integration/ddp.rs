@@ -41,6 +41,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             features: 8,
             classes: 3,
             validation_split: 0.1,
+            pins: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers,
