@@ -80,15 +80,10 @@ impl DataUrl {
             Some((reference, path)) => (reference, Some(path.to_owned())),
             None => (rest, None),
         };
-        Some(
-            reference
-                .parse()
-                .map(|reference| Self {
-                    reference,
-                    path: path.filter(|p| !p.is_empty()),
-                })
-                .map_err(|e| format!("{text:?}: {e}")),
-        )
+        Some(reference.parse().map(|reference| Self {
+            reference,
+            path: path.filter(|p| !p.is_empty()),
+        }))
     }
 }
 

@@ -75,6 +75,7 @@ single_mistake! {
     inputs_mismatch,
     integer_overflow,
     invalid_job_name,
+    kiln_url_invalid,
     labels_not_strings,
     learning_rate_zero,
     lease_ttl_not_above_heartbeat,
