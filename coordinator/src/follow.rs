@@ -208,4 +208,7 @@ pub fn print_summary(job: &Job) {
     if !job.params_digest.is_empty() {
         println!("  params        sha256:{}", job.params_digest);
     }
+    if !job.model_version.is_empty() {
+        println!("  model         {}", job.model_version);
+    }
 }

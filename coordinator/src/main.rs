@@ -226,9 +226,75 @@ enum Command {
     /// Dataset versions in the object store: push, list, show, pull.
     #[command(subcommand)]
     Data(DataCommand),
+    /// The model registry: versions with lineage and metrics, aliases with their history.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Measure kiln's building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Every model with its version count, newest version and aliases (or just NAME).
+    List {
+        /// One model's name.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// A version with its lineage and metrics.
+    Show {
+        /// NAME@N, NAME@ALIAS or NAME (the newest).
+        reference: String,
+        /// Print the version's record as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Point ALIAS of NAME at VERSION (refused if another move comes first).
+    Alias {
+        /// The model.
+        name: String,
+        /// The alias, e.g. production.
+        alias: String,
+        /// The version it should hold.
+        version: u64,
+        /// Why, for the history.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Print the move as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Move ALIAS of NAME back to the version that held it before its latest move.
+    Rollback {
+        /// The model.
+        name: String,
+        /// The alias.
+        alias: String,
+        /// Print the move as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// Every move of the aliases of NAME (or of NAME@ALIAS only): when, from, to, who, why.
+    History {
+        /// NAME or NAME@ALIAS.
+        target: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
 }
 
 /// Where `kiln data` finds the object store.
@@ -425,6 +491,7 @@ fn main() -> ExitCode {
             Command::Destroy { dir, auto_approve } => infra::destroy(&dir, auto_approve).await,
             Command::State { dir } => infra::show(&dir),
             Command::Data(command) => data(command).await,
+            Command::Models(command) => models(command).await,
             Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary()
                 .and_then(|bin| bench::allreduce(&args, &bin).map_err(CliError::infra)),
             Command::Bench(BenchCommand::Checkpoint(args)) => cli::worker_binary()
@@ -469,6 +536,49 @@ async fn data(command: DataCommand) -> Result<(), CliError> {
             json,
             store,
         } => data::pull(&store.arg(), &reference, &target, json).await,
+    }
+}
+
+async fn models(command: ModelsCommand) -> Result<(), CliError> {
+    use cli::models;
+    match command {
+        ModelsCommand::List { name, json, store } => {
+            models::list(&store.arg(), name.as_deref(), json).await
+        }
+        ModelsCommand::Show {
+            reference,
+            json,
+            store,
+        } => models::show(&store.arg(), &reference, json).await,
+        ModelsCommand::Alias {
+            name,
+            alias,
+            version,
+            reason,
+            json,
+            store,
+        } => {
+            models::alias(
+                &store.arg(),
+                &name,
+                &alias,
+                version,
+                reason.as_deref(),
+                json,
+            )
+            .await
+        }
+        ModelsCommand::Rollback {
+            name,
+            alias,
+            json,
+            store,
+        } => models::rollback(&store.arg(), &name, &alias, json).await,
+        ModelsCommand::History {
+            target,
+            json,
+            store,
+        } => models::history(&store.arg(), &target, json).await,
     }
 }
 

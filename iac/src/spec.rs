@@ -384,6 +384,8 @@ pub struct RestartSpec {
 /// `deploy { alias, gate { ... } }`: where a trained model goes when it is good enough.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploySpec {
+    /// The registry name the model is registered under; `None`: the job's name.
+    pub model: Option<String>,
     /// Name the model version is published under, e.g. `"production"` (required; letters,
     /// digits, `-`, `_`, `.`; at most 63 characters).
     pub alias: String,

@@ -157,6 +157,7 @@ impl JobSpec {
             }),
             deploy: self.deploy.as_ref().map(|deploy| v1::DeploySpec {
                 alias: deploy.alias.clone(),
+                model: deploy.model.clone().unwrap_or_default(),
                 min_val_accuracy: deploy.gate.as_ref().map(|g| g.min_val_accuracy),
             }),
         }

@@ -1,10 +1,12 @@
 //! kiln's versions in object storage, beside the checkpoints, so they are read and written
 //! without a running coordinator: content-addressed dataset versions ([`data`]), named and
 //! selected as `NAME@VERSION` or `NAME@latest` ([`VersionRef`]), and the `kiln://` URLs that
-//! name a file of one in a job ([`DataUrl`]).
+//! name a file of one in a job ([`DataUrl`]); and the model registry ([`registry`]): versions
+//! with lineage and metrics, and aliases with their history.
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod registry;
 
 use std::fmt;
 use std::str::FromStr;

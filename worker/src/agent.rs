@@ -164,6 +164,17 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
 }
 
+/// SHA-256 of this process's executable, computed once: the lineage of what it trains.
+fn binary_sha256() -> Option<String> {
+    static HASH: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| {
+        let exe = std::env::current_exe().ok()?;
+        let bytes = std::fs::read(exe).ok()?;
+        Some(kiln_proto::manifest::sha256_hex(&bytes))
+    })
+    .clone()
+}
+
 /// Connects and registers, retrying while the coordinator is unreachable for up to `timeout`.
 async fn register(
     config: &AgentConfig,
@@ -181,6 +192,7 @@ async fn register(
             pid: std::process::id(),
             model_kinds: config.registry.names(),
             resources: Some(crate::resources::probe()),
+            binary_sha256: binary_sha256().unwrap_or_default(),
         };
         match client.register(request).await {
             Ok(response) => return Ok((client, response.into_inner())),

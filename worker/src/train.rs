@@ -149,6 +149,9 @@ struct Position {
     /// Steps the learning-rate decay spans, fixed by the first generation.
     #[serde(default)]
     schedule_steps: Option<u64>,
+    /// Training samples stepped on since the job began, over every rank and generation.
+    #[serde(default)]
+    samples_seen: u64,
 }
 
 const MODEL_OBJECT: &str = "model.bin";
@@ -291,6 +294,7 @@ where
         val_accuracy: None,
         val_loss: None,
         schedule_steps: None,
+        samples_seen: 0,
     };
     if let (Some(wanted), Some(store)) = (task.resume_step, ctx.store) {
         let (step, objects) = ctx.runtime.block_on(load_usable(store, wanted))?;
@@ -405,6 +409,7 @@ where
 
         pos.step += 1;
         pos.offset += batch.len() as u64;
+        pos.samples_seen += batch.len() as u64;
         window.1 += batch.len() as u64;
         trained += batch.len() as u64;
         let epoch_done = pos.offset as usize >= n;
@@ -631,6 +636,7 @@ fn metrics(
             0.0
         },
         checkpoint_waits,
+        samples_seen: pos.samples_seen,
     }
 }
 

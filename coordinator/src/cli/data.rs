@@ -25,7 +25,10 @@ impl StoreArg<'_> {
         if let Some(url) = self.url {
             return Ok(absolute_url(url));
         }
-        let options = kiln_iac::LoadOptions::from_env();
+        let options = kiln_iac::LoadOptions {
+            clusters_only: true,
+            ..kiln_iac::LoadOptions::from_env()
+        };
         let config = kiln_iac::load_dir_with(self.dir, &options).map_err(|e| {
             CliError::bad_input(anyhow!(
                 "no --store given, and the configuration in {} to take the storage from does not load; pass --store URL\n\n{e}",

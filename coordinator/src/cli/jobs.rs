@@ -222,6 +222,7 @@ fn job_json(job: &Job) -> serde_json::Value {
         "restarts": job.restarts,
         "last_failure": job.last_failure,
         "params_digest": job.params_digest,
+        "model_version": job.model_version,
         "checkpoint_step": job.checkpoint_step,
         "checkpoint_url": job.checkpoint_url,
         "submitted_unix_ms": job.submitted_unix_ms,

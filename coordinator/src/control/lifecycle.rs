@@ -288,11 +288,10 @@ impl Control {
             if generation.done.len() == world {
                 // Data-parallel ranks apply the same averaged gradients to the same start:
                 // parameters that differ mean a broken all-reduce, never a model to keep.
-                let (state_to, message) = match diverged(&generation.done) {
-                    None => (JobState::Succeeded, "all ranks finished".to_owned()),
-                    Some(why) => (JobState::Failed, why),
-                };
-                self.finish(&mut state, &end.job_id, state_to, message)?;
+                match diverged(&generation.done) {
+                    None => self.complete(&mut state, &end.job_id)?,
+                    Some(why) => self.finish(&mut state, &end.job_id, JobState::Failed, why)?,
+                }
             }
         }
         self.schedule_locked(&mut state)
@@ -311,6 +310,10 @@ impl Control {
         cause: String,
         ending: Ending,
     ) -> Result<(), ControlError> {
+        // Every rank finished: a worker lost now takes nothing with it.
+        if state.generations.get(id).is_some_and(|g| g.registering) {
+            return Ok(());
+        }
         let Some(job) = state.current_job(id, generation)? else {
             return Ok(());
         };
@@ -391,7 +394,7 @@ impl Control {
     }
 
     /// Moves a job to a terminal state and tells its other workers to stop.
-    fn finish(
+    pub(super) fn finish(
         &self,
         state: &mut State,
         id: &str,

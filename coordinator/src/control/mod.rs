@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod fit;
 mod lifecycle;
+mod registration;
 mod registry;
 mod rendezvous;
 mod schedule;

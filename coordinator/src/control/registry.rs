@@ -80,6 +80,7 @@ impl Control {
                 task: None,
                 model_kinds: req.model_kinds,
                 resources: req.resources.unwrap_or_default(),
+                binary_sha256: req.binary_sha256,
             },
         );
         Ok(RegisterResponse {

@@ -29,6 +29,8 @@ pub(super) struct Worker {
     pub(super) model_kinds: Vec<String>,
     /// Its CPUs, memory and GPUs, and the backends and collectives its binary was built with.
     pub(super) resources: Resources,
+    /// SHA-256 of its executable, as it reported it (empty when it did not).
+    pub(super) binary_sha256: String,
 }
 
 impl Worker {
@@ -69,6 +71,9 @@ pub(super) struct Generation {
     pub(super) done: BTreeMap<u32, String>,
     /// The NCCL unique id rank 0 published for this generation's communicator.
     pub(super) collective_id: Option<Vec<u8>>,
+    /// Every rank finished and the model is being registered: the generation has nothing
+    /// left to lose.
+    pub(super) registering: bool,
 }
 
 #[derive(Default)]

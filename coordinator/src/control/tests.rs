@@ -165,6 +165,7 @@ impl TestWorker {
                 pid: 1,
                 model_kinds: kinds.iter().map(|k| (*k).to_owned()).collect(),
                 resources: Some(resources),
+                binary_sha256: String::new(),
             })
             .expect("register")
             .worker_id;

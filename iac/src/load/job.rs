@@ -120,9 +120,9 @@ impl<'d> Loader<'d> {
             Some(deploy) => {
                 // Declared and checked, but nothing reads it yet: say so now.
                 self.push(
-                    src.error(header_span(deploy), "`deploy` has no effect yet")
-                        .with_detail("The validation gate, the model registry, the alias and the export are not built in this version: the job trains and keeps its checkpoints, and nothing is deployed.")
-                        .with_hint("remove the `deploy` block to silence this warning; it is checked, so it can stay for when deployment lands")
+                    src.error(header_span(deploy), "`deploy`'s `alias` and `gate` have no effect yet")
+                        .with_detail("A succeeded job's model is registered (under `model`, default the job's name, see `kiln models`), but no alias moves, no gate is checked and nothing is exported in this version.")
+                        .with_hint("set the alias by hand with `kiln models alias NAME ALIAS VERSION`; the block is checked, so it can stay for when the gate lands")
                         .as_warning(),
                 );
                 self.deploy(src, deploy).map(Some)
@@ -609,11 +609,19 @@ impl<'d> Loader<'d> {
             }
         });
         let alias = self.required(src, block, "alias", "alias = \"production\"", alias);
+        let model = self
+            .get(src, body, "model", |value| {
+                let model = expect_string(value)?;
+                kiln_versions::check_name(&model).map_err(Bad::Value)?;
+                Ok(model)
+            })
+            .optional();
         let gate = match self.at_most_one(src, body, &GATE, &DEPLOY) {
             Some(gate) => self.gate(src, gate).map(Some),
             None => Some(None),
         };
         labels_ok.then_some(DeploySpec {
+            model: model?,
             alias: alias?.0,
             gate: gate?,
         })

@@ -198,6 +198,11 @@ impl<'d> Loader<'d> {
 
         let mut jobs = BTreeMap::new();
         let mut job_sites = HashMap::new();
+        let job_blocks = if self.opts.clusters_only {
+            Vec::new()
+        } else {
+            job_blocks
+        };
         for (src, block) in job_blocks {
             let Some(name) = self.unique_name(src, block, &JOB, &mut job_sites) else {
                 continue;

@@ -32,6 +32,10 @@ pub struct LoadOptions {
     /// block against its schema. `None`: model blocks are read but not checked (for
     /// embedders that check them elsewhere; every `kiln` command gives one).
     pub catalog: Option<Arc<dyn ModelCatalog>>,
+    /// Decode the clusters only, skipping the jobs: for commands that need a cluster's
+    /// storage (`kiln data`, `kiln models`), which a job that cannot load (its dataset
+    /// version is gone, say) must not stand in the way of.
+    pub clusters_only: bool,
 }
 
 impl LoadOptions {

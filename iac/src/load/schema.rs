@@ -199,7 +199,7 @@ pub(super) const RESTART: Schema = Schema {
 pub(super) const DEPLOY: Schema = Schema {
     ident: "deploy",
     labels: &[],
-    attrs: &["alias"],
+    attrs: &["alias", "model"],
     blocks: &["gate"],
 };
 pub(super) const GATE: Schema = Schema {

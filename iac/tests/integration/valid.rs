@@ -336,6 +336,7 @@ fn loads_every_attribute_of_the_schema() {
     assert_eq!(
         full.deploy,
         Some(DeploySpec {
+            model: Some("digits".into()),
             alias: "production".into(),
             gate: Some(GateSpec {
                 min_val_accuracy: 0.95,
@@ -357,6 +358,7 @@ fn loads_every_attribute_of_the_schema() {
     assert_eq!(
         steps_only.deploy,
         Some(DeploySpec {
+            model: None,
             alias: "latest".into(),
             gate: None,
         })

@@ -347,7 +347,8 @@ fn a_deploy_block_is_accepted_with_a_located_warning_that_it_does_nothing_yet() 
     assert!(out.status.success(), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("Warning: `deploy` has no effect yet") && stderr.contains("main.hcl:"),
+        stderr.contains("Warning: `deploy`'s `alias` and `gate` have no effect yet")
+            && stderr.contains("main.hcl:"),
         "{}",
         describe(&out)
     );

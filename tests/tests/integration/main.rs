@@ -8,6 +8,7 @@ mod fmt;
 mod infra;
 mod models;
 mod recovery;
+mod registry;
 mod rendezvous;
 mod shared_store;
 mod up;

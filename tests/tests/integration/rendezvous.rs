@@ -37,6 +37,7 @@ impl Player {
                     collectives: vec!["ring".into()],
                     ..Resources::default()
                 }),
+                binary_sha256: String::new(),
             })
             .await
             .expect("register")
