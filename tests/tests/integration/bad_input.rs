@@ -335,9 +335,9 @@ fn a_cuda_job_needs_the_machines_gpus_and_a_cuda_binary_and_never_trains_on_the_
 }
 
 #[test]
-fn a_deploy_block_is_accepted_with_a_located_warning_that_it_does_nothing_yet() {
+fn a_deploy_block_names_the_registered_model_and_warns_that_alias_and_gate_do_nothing_yet() {
     let job = format!(
-        "{}\njob \"later\" {{\n  cluster = \"local\"\n  model \"mlp\" {{\n    inputs = 4\n    hidden = [8]\n    classes = 2\n  }}\n  dataset \"blobs\" {{\n    source = \"synthetic:blobs\"\n    samples = 64\n    features = 4\n    classes = 2\n  }}\n  training {{\n    workers = 1\n    batch_size = 8\n  }}\n  deploy {{\n    alias = \"production\"\n  }}\n}}\n",
+        "{}\njob \"later\" {{\n  cluster = \"local\"\n  model \"mlp\" {{\n    inputs = 4\n    hidden = [8]\n    classes = 2\n  }}\n  dataset \"blobs\" {{\n    source = \"synthetic:blobs\"\n    samples = 64\n    features = 4\n    classes = 2\n  }}\n  training {{\n    workers = 1\n    batch_size = 8\n  }}\n  deploy {{\n    model = \"later-model\"\n    alias = \"production\"\n  }}\n}}\n",
         cluster_hcl(1)
     );
     let sandbox = Sandbox::new().with_files(&[("main.hcl", &job)]);
@@ -360,8 +360,29 @@ fn a_deploy_block_is_accepted_with_a_located_warning_that_it_does_nothing_yet() 
     let diagnostics = json["diagnostics"].as_array().cloned().unwrap_or_default();
     assert!(
         diagnostics.iter().any(|d| d["severity"] == "warning"
-            && d["summary"] == "`deploy` has no effect yet"
+            && d["summary"] == "`deploy`'s `alias` and `gate` have no effect yet"
             && d["line"].as_u64().is_some()),
         "{json}"
+    );
+    // The model is registered under `model`; the alias is not moved.
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(120))
+        .expect("kiln up");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("model         later-model@1"),
+        "{}",
+        describe(&out)
+    );
+    let out = sandbox
+        .run(
+            &["models", "history", "later-model"],
+            Duration::from_secs(30),
+        )
+        .expect("kiln models history");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no alias of later-model has moved yet"),
+        "{}",
+        describe(&out)
     );
 }

@@ -71,7 +71,7 @@ fn submit_follow_and_status_against_a_standalone_coordinator() {
     );
     assert_eq!(
         events.last(),
-        Some(&"all ranks finished"),
+        Some(&"all ranks finished; the model is remote@1"),
         "{}",
         describe(&out)
     );
