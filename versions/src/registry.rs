@@ -368,16 +368,21 @@ impl Registry {
 
     /// Version `version` of `name`.
     pub async fn get(&self, name: &str, version: u64) -> Result<ModelVersion, RegistryError> {
-        let versions = self.versions(name).await?;
-        if !versions.contains(&version) {
-            return Err(self
-                .missing(name, &versions, &format!("version {version}"))
-                .await);
+        let read = self
+            .read(&self.version_path(name, version), || {
+                format!("{name}@{version}")
+            })
+            .await;
+        match read {
+            // Only a miss lists the versions, to say which there are.
+            Err(RegistryError::Store(object_store::Error::NotFound { .. })) => {
+                let versions = self.versions(name).await?;
+                Err(self
+                    .missing(name, &versions, &format!("version {version}"))
+                    .await)
+            }
+            found => found,
         }
-        self.read(&self.version_path(name, version), || {
-            format!("{name}@{version}")
-        })
-        .await
     }
 
     async fn missing(&self, name: &str, versions: &[u64], what: &str) -> RegistryError {

@@ -188,15 +188,23 @@ pub struct DataStore {
     /// `<url prefix>/data`.
     root: Path,
     url: String,
+    /// For a `file://` store, the folder of `data/objects` on this machine: small files are
+    /// written there directly, from the threads that hash them.
+    local_objects: Option<PathBuf>,
 }
 
 impl DataStore {
     /// Opens the data of the storage `url`.
     pub fn open(url: &str) -> Result<Self, DataError> {
+        let root = kiln_proto::store::url_prefix(url)?.child("data");
+        let local_objects = url
+            .starts_with("file://")
+            .then(|| PathBuf::from(format!("/{root}/objects")));
         Ok(Self {
             store: kiln_proto::store::open_url(url)?,
-            root: kiln_proto::store::url_prefix(url)?.child("data"),
+            root,
             url: url.trim_end_matches('/').to_owned(),
+            local_objects,
         })
     }
 
@@ -223,32 +231,73 @@ impl DataStore {
     ) -> Result<Pushed, DataError> {
         let started = Instant::now();
         check_name(name).map_err(DataError::Invalid)?;
-        let (root, paths) = walk(source)?;
+        let (root, listed) = walk(source)?;
+        let paths: Vec<String> = listed.iter().map(|(path, _)| path.clone()).collect();
         let existing: HashSet<String> = self
             .store
             .list(Some(&self.root.child("objects")))
             .map_ok(|meta| meta.location.filename().unwrap_or_default().to_owned())
             .try_collect()
             .await?;
-        let sent = Mutex::new(HashSet::new());
-        let uploads = Mutex::new((0u64, 0u64));
+        let existing = Arc::new(existing);
+        let sent = Arc::new(Mutex::new(HashSet::new()));
+        let uploads = Arc::new(Mutex::new((0u64, 0u64)));
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
-        let mut files: Vec<FileEntry> = futures::stream::iter(paths.iter())
-            .map(|rel| {
-                let full = root.join(rel);
-                let (existing, sent, uploads) = (&existing, &sent, &uploads);
+        // Into a local store, small files go the short way: read, hashed and written by the
+        // same thread, without a hop through the async runtime per file.
+        let (local, rest): (Vec<_>, Vec<_>) = listed
+            .iter()
+            .cloned()
+            .partition(|(_, size)| self.local_objects.is_some() && *size <= WHOLE_FILE_LIMIT);
+        let mut files = match self.local_objects.clone() {
+            Some(objects) if !local.is_empty() => {
+                let (root, existing, sent, uploads) = (
+                    root.clone(),
+                    existing.clone(),
+                    sent.clone(),
+                    uploads.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    let pool = Pool {
+                        existing: &existing,
+                        sent: &sent,
+                        uploads: &uploads,
+                    };
+                    push_local(&root, &objects, &local, parallel, &pool)
+                })
+                .await
+                .map_err(|e| DataError::Invalid(format!("pushing the files failed: {e}")))??
+            }
+            _ => Vec::new(),
+        };
+        let (existing, sent, uploads) = (&*existing, &*sent, &*uploads);
+        let more: Vec<FileEntry> = futures::stream::iter(rest.iter())
+            .map(|(rel, size)| {
+                let (full, size) = (root.join(rel), *size);
                 async move {
-                    let (bytes, sha256) = read_and_hash(full).await?;
-                    let fresh = !existing.contains(&sha256) && lock(sent).insert(sha256.clone());
-                    if fresh {
-                        self.put_object(&sha256, bytes.clone()).await?;
-                        let mut totals = lock(uploads);
-                        totals.0 += 1;
-                        totals.1 += bytes.len() as u64;
-                    }
+                    let fresh = |sha256: &String| {
+                        !existing.contains(sha256) && lock(sent).insert(sha256.clone())
+                    };
+                    // A small file is read once, hashed and sent from memory; a large one is
+                    // streamed twice (hashed, then sent only if missing), never held whole.
+                    let sha256 = if size <= WHOLE_FILE_LIMIT {
+                        let (bytes, sha256) = read_and_hash(full.clone()).await?;
+                        if fresh(&sha256) {
+                            self.put_object(&sha256, bytes).await?;
+                            count(uploads, size);
+                        }
+                        sha256
+                    } else {
+                        let sha256 = hash_file(full.clone()).await?;
+                        if fresh(&sha256) {
+                            self.upload_large(&full, &sha256).await?;
+                            count(uploads, size);
+                        }
+                        sha256
+                    };
                     Ok::<_, DataError>(FileEntry {
                         path: rel.clone(),
-                        size: bytes.len() as u64,
+                        size,
                         sha256,
                     })
                 }
@@ -256,9 +305,10 @@ impl DataStore {
             .buffer_unordered(parallel)
             .try_collect()
             .await?;
+        files.extend(more);
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let content_hash = content_hash(&files);
-        let (uploaded_objects, uploaded_bytes) = *lock(&uploads);
+        let (uploaded_objects, uploaded_bytes) = *lock(uploads);
         let done = |version, created| Pushed {
             version,
             created,
@@ -317,15 +367,66 @@ impl DataStore {
         Ok(done(manifest, true))
     }
 
-    async fn put_object(&self, sha256: &str, bytes: Bytes) -> Result<(), DataError> {
+    /// Streams the file at `path`, whose SHA-256 is `sha256`, into its object: written under
+    /// a staging name while it is hashed again, and moved into place only if the bytes sent
+    /// are the bytes hashed (the file may change meanwhile).
+    async fn upload_large(&self, path: &FsPath, sha256: &str) -> Result<(), DataError> {
+        use tokio::io::AsyncReadExt;
+        let io = |source| DataError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let staging = self.root.child("staging").child(format!(
+            "{sha256}.{}.{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let upload = self.store.put_multipart(&staging).await?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, CHUNK);
+        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            writer.wait_for_capacity(2).await?;
+            writer.write(&buf[..n]);
+        }
+        writer.finish().await?;
+        let sent = hex::encode(hasher.finalize());
+        if sent != sha256 {
+            let _ = self.store.delete(&staging).await;
+            return Err(DataError::Invalid(format!(
+                "{} changed while it was pushed; push it again",
+                path.display()
+            )));
+        }
         match self
-            .create(&self.object(sha256), PutPayload::from_bytes(bytes))
+            .store
+            .rename_if_not_exists(&staging, &self.object(sha256))
             .await
         {
+            Ok(()) => Ok(()),
             // Another push stored the same bytes meanwhile.
-            Ok(()) | Err(DataError::Store(object_store::Error::AlreadyExists { .. })) => Ok(()),
-            Err(e) => Err(e),
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                self.store.delete(&staging).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
         }
+    }
+
+    async fn put_object(&self, sha256: &str, bytes: Bytes) -> Result<(), DataError> {
+        // A plain put: the name is the content's hash, so a concurrent push of the same bytes
+        // writes the same object, and replacing it changes nothing (a local store renames
+        // instead of linking and unlinking).
+        self.store
+            .put(&self.object(sha256), PutPayload::from_bytes(bytes))
+            .await?;
+        Ok(())
     }
 
     async fn create(&self, at: &Path, payload: PutPayload) -> Result<(), DataError> {
@@ -522,8 +623,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The folder the files of `source` are relative to, and their paths (`/`-separated,
-/// sorted): `source` itself when it is a file, else every file below it.
-fn walk(source: &FsPath) -> Result<(PathBuf, Vec<String>), DataError> {
+/// sorted) with their sizes: `source` itself when it is a file, else every file below it.
+fn walk(source: &FsPath) -> Result<(PathBuf, Vec<(String, u64)>), DataError> {
     let io = |path: &FsPath| {
         let path = path.to_owned();
         move |source| DataError::Io { path, source }
@@ -535,7 +636,7 @@ fn walk(source: &FsPath) -> Result<(PathBuf, Vec<String>), DataError> {
             .and_then(|n| n.to_str())
             .ok_or_else(|| DataError::Invalid(format!("{}: not a file name", source.display())))?;
         let parent = source.parent().unwrap_or(FsPath::new("")).to_owned();
-        return Ok((parent, vec![name.to_owned()]));
+        return Ok((parent, vec![(name.to_owned(), meta.len())]));
     }
     let mut out = Vec::new();
     let mut pending = vec![PathBuf::new()];
@@ -551,7 +652,7 @@ fn walk(source: &FsPath) -> Result<(PathBuf, Vec<String>), DataError> {
                 let text = path.to_str().ok_or_else(|| {
                     DataError::Invalid(format!("{}: not a UTF-8 file name", path.display()))
                 })?;
-                out.push(text.replace(std::path::MAIN_SEPARATOR, "/"));
+                out.push((text.replace(std::path::MAIN_SEPARATOR, "/"), kind.len()));
             }
         }
     }
@@ -563,6 +664,124 @@ fn walk(source: &FsPath) -> Result<(PathBuf, Vec<String>), DataError> {
     }
     out.sort();
     Ok((source.to_owned(), out))
+}
+
+/// What the threads of a push share: the objects the store had, those sent since, and the
+/// count of what was uploaded.
+struct Pool<'a> {
+    existing: &'a HashSet<String>,
+    sent: &'a Mutex<HashSet<String>>,
+    uploads: &'a Mutex<(u64, u64)>,
+}
+
+impl Pool<'_> {
+    /// Whether `sha256` still has to be stored (and, if so, that this caller stores it).
+    fn claim(&self, sha256: &str) -> bool {
+        !self.existing.contains(sha256) && lock(self.sent).insert(sha256.to_owned())
+    }
+}
+
+/// Reads, hashes and stores `files` (paths under `root`, with sizes) into the local objects
+/// folder `objects`, on `threads` threads.
+fn push_local(
+    root: &FsPath,
+    objects: &FsPath,
+    files: &[(String, u64)],
+    threads: usize,
+    pool: &Pool<'_>,
+) -> Result<Vec<FileEntry>, DataError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = Mutex::new(Vec::with_capacity(files.len()));
+    let work = || -> Result<(), DataError> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((rel, _)) = files.get(i) else {
+                return Ok(());
+            };
+            let path = root.join(rel);
+            let bytes = std::fs::read(&path).map_err(|source| DataError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let sha256 = hex::encode(Sha256::digest(&bytes));
+            if pool.claim(&sha256) {
+                write_object(objects, &sha256, &bytes, i)?;
+                count(pool.uploads, bytes.len() as u64);
+            }
+            lock(&done).push(FileEntry {
+                path: rel.clone(),
+                size: bytes.len() as u64,
+                sha256,
+            });
+        }
+    };
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.clamp(1, files.len().max(1)))
+            .map(|_| s.spawn(work))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(DataError::Invalid("a push thread panicked".into())))
+        })
+    })?;
+    Ok(done
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// Writes object `sha256` into the local objects folder: a temporary file renamed into place
+/// (replacing an object of the same name replaces it with the same bytes).
+fn write_object(objects: &FsPath, sha256: &str, bytes: &[u8], n: usize) -> Result<(), DataError> {
+    let dir = objects.join(&sha256[..2]);
+    let partial = dir.join(format!(".partial-{}-{n}", std::process::id()));
+    let io = |path: &FsPath| {
+        let path = path.to_owned();
+        move |source| DataError::Io { path, source }
+    };
+    if let Err(e) = std::fs::write(&partial, bytes) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(io(&partial)(e));
+        }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        std::fs::write(&partial, bytes).map_err(io(&partial))?;
+    }
+    std::fs::rename(&partial, dir.join(sha256)).map_err(io(&dir))
+}
+
+/// Files up to this size are read whole; larger ones are streamed in [`CHUNK`]s.
+const WHOLE_FILE_LIMIT: u64 = 16 << 20;
+
+/// Bytes per read and per part of a streamed upload.
+const CHUNK: usize = 8 << 20;
+
+fn count(uploads: &Mutex<(u64, u64)>, bytes: u64) {
+    let mut totals = lock(uploads);
+    totals.0 += 1;
+    totals.1 += bytes;
+}
+
+/// SHA-256 of the file at `path`, read in [`CHUNK`]s.
+async fn hash_file(path: PathBuf) -> Result<String, DataError> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let io = |source| DataError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    })
+    .await
+    .map_err(|e| DataError::Invalid(format!("hashing a file failed: {e}")))?
 }
 
 async fn read_and_hash(path: PathBuf) -> Result<(Bytes, String), DataError> {
