@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+mod layout;
 pub mod registry;
 
 use std::fmt;

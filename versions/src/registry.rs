@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::check_name;
+use crate::layout::now_ms;
 
 /// Format version of the records this build writes.
 pub const RECORD_VERSION: u32 = 1;
@@ -268,19 +269,7 @@ impl Registry {
     }
 
     async fn create(&self, at: &Path, body: Vec<u8>) -> Result<bool, RegistryError> {
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        match self
-            .store
-            .put_opts(at, PutPayload::from(body), options)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        Ok(crate::layout::create(&*self.store, at, PutPayload::from(body)).await?)
     }
 
     async fn read<T: serde::de::DeserializeOwned>(
@@ -329,20 +318,7 @@ impl Registry {
 
     /// The version numbers of `name`, ascending: one listing, no record read.
     pub async fn versions(&self, name: &str) -> Result<Vec<u64>, RegistryError> {
-        let mut out: Vec<u64> = self
-            .store
-            .list(Some(&self.model(name).child("versions")))
-            .try_filter_map(|meta| async move {
-                Ok(meta
-                    .location
-                    .filename()
-                    .and_then(|f| f.strip_suffix(".json"))
-                    .and_then(|n| n.parse::<u64>().ok()))
-            })
-            .try_collect()
-            .await?;
-        out.sort_unstable();
-        Ok(out)
+        Ok(crate::layout::numbered(&*self.store, &self.model(name).child("versions")).await?)
     }
 
     /// Every model's name, sorted.
@@ -356,14 +332,7 @@ impl Registry {
     }
 
     async fn children(&self, at: &Path) -> Result<Vec<String>, RegistryError> {
-        let listing = self.store.list_with_delimiter(Some(at)).await?;
-        let mut names: Vec<String> = listing
-            .common_prefixes
-            .iter()
-            .filter_map(|p| p.filename().map(str::to_owned))
-            .collect();
-        names.sort();
-        Ok(names)
+        Ok(crate::layout::children(&*self.store, at).await?)
     }
 
     /// Version `version` of `name`.
@@ -554,12 +523,6 @@ fn span(versions: &[u64]) -> String {
         i += 1;
     }
     parts.join(", ")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

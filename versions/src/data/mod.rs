@@ -25,13 +25,14 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use cache::{Fetched, cache_dir, cached_path, fetch_blocking};
 pub use describe::{Description, FeatureStats, Histogram};
 
+use crate::layout::now_ms;
 use crate::{Selector, VersionRef, check_name};
 
 /// Format version of the manifests this build writes.
@@ -346,24 +347,18 @@ impl DataStore {
                     source,
                 })?;
             let at = self.version_path(name, manifest.version);
-            match self.create(&at, body.into()).await {
-                Ok(()) => break,
-                Err(DataError::Store(object_store::Error::AlreadyExists { .. })) => {}
-                Err(e) => return Err(e),
+            if crate::layout::create(&*self.store, &at, body.into()).await? {
+                break;
             }
         }
         let marker = serde_json::json!({ "version": manifest.version }).to_string();
         // Only an index: a lost race leaves the earlier version as the holder.
-        match self
-            .create(
-                &self.content_path(name, &content_hash),
-                marker.into_bytes().into(),
-            )
-            .await
-        {
-            Ok(()) | Err(DataError::Store(object_store::Error::AlreadyExists { .. })) => {}
-            Err(e) => return Err(e),
-        }
+        crate::layout::create(
+            &*self.store,
+            &self.content_path(name, &content_hash),
+            marker.into_bytes().into(),
+        )
+        .await?;
         Ok(done(manifest, true))
     }
 
@@ -429,15 +424,6 @@ impl DataStore {
         Ok(())
     }
 
-    async fn create(&self, at: &Path, payload: PutPayload) -> Result<(), DataError> {
-        let options = PutOptions {
-            mode: PutMode::Create,
-            ..PutOptions::default()
-        };
-        self.store.put_opts(at, payload, options).await?;
-        Ok(())
-    }
-
     fn version_path(&self, name: &str, version: u64) -> Path {
         self.dataset(name)
             .child("versions")
@@ -475,39 +461,14 @@ impl DataStore {
 
     /// The version numbers of `name`, ascending (empty when it has none).
     pub async fn versions(&self, name: &str) -> Result<Vec<u64>, DataError> {
-        let mut out: Vec<u64> = self
-            .store
-            .list(Some(&self.dataset(name).child("versions")))
-            .try_filter_map(|meta| async move {
-                Ok(meta
-                    .location
-                    .filename()
-                    .and_then(|f| f.strip_suffix(".json"))
-                    .and_then(|n| n.parse::<u64>().ok()))
-            })
-            .try_collect()
-            .await?;
-        out.sort_unstable();
-        Ok(out)
+        Ok(crate::layout::numbered(&*self.store, &self.dataset(name).child("versions")).await?)
     }
 
     /// Every dataset (or just `name`) with its versions, by name.
     pub async fn list(&self, name: Option<&str>) -> Result<Vec<Listed>, DataError> {
         let names = match name {
             Some(name) => vec![name.to_owned()],
-            None => {
-                let listing = self
-                    .store
-                    .list_with_delimiter(Some(&self.root.child("datasets")))
-                    .await?;
-                let mut names: Vec<String> = listing
-                    .common_prefixes
-                    .iter()
-                    .filter_map(|p| p.filename().map(str::to_owned))
-                    .collect();
-                names.sort();
-                names
-            }
+            None => crate::layout::children(&*self.store, &self.root.child("datasets")).await?,
         };
         let mut out = Vec::new();
         for name in names {
@@ -807,12 +768,6 @@ fn content_hash(files: &[FileEntry]) -> String {
         h.update(b"\n");
     }
     hex::encode(h.finalize())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `user@host`, for the record of who pushed.
