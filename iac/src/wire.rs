@@ -118,6 +118,8 @@ impl JobSpec {
                         local_path: pin.local.display().to_string(),
                     })
                     .collect(),
+                // Filled in when the job is submitted (`kiln_versions::data::fingerprint`).
+                fingerprints: Vec::new(),
             }),
             training: Some(v1::TrainingSpec {
                 workers: self.training.workers,

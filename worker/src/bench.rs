@@ -352,6 +352,7 @@ fn bench_spec(args: &CheckpointBenchArgs, storage_url: &str) -> JobSpec {
             classes: args.classes,
             validation_split: 0.0,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

@@ -72,6 +72,7 @@ fn job(args: &OverheadBenchArgs, model: kiln_proto::v1::ModelSpec) -> JobSpec {
             classes: 10,
             validation_split: 0.0,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

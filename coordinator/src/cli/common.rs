@@ -52,6 +52,19 @@ pub(super) fn pick_job<'a>(
     }
 }
 
+/// The wire spec of `job` on `cluster`, with the files its dataset reads fingerprinted now,
+/// when it is submitted, for its model's lineage.
+pub(super) fn wire_spec(
+    job: &JobSpec,
+    cluster: &kiln_iac::spec::ClusterSpec,
+) -> Result<kiln_proto::v1::JobSpec, CliError> {
+    let mut wire = job.to_wire(cluster);
+    if let Some(dataset) = wire.dataset.as_mut() {
+        kiln_versions::data::fingerprint(dataset).bad_input()?;
+    }
+    Ok(wire)
+}
+
 /// Where `kiln-worker` is: `$KILN_WORKER_BIN`, else next to this executable.
 pub fn worker_binary() -> Result<PathBuf, CliError> {
     if let Some(path) = std::env::var_os("KILN_WORKER_BIN") {

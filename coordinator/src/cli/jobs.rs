@@ -61,7 +61,10 @@ pub async fn submit(
     for job in jobs {
         let id = client
             .submit_job(SubmitJobRequest {
-                spec: Some(job.to_wire(&config.clusters[&job.cluster])),
+                spec: Some(super::common::wire_spec(
+                    job,
+                    &config.clusters[&job.cluster],
+                )?),
             })
             .await?
             .into_inner()

@@ -134,7 +134,7 @@ async fn run_on_cluster(
         Start::Submit(job) => {
             let id = client
                 .submit_job(SubmitJobRequest {
-                    spec: Some(job.to_wire(cluster)),
+                    spec: Some(super::common::wire_spec(job, cluster)?),
                 })
                 .await?
                 .into_inner()

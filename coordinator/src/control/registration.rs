@@ -96,6 +96,12 @@ fn record(job: &Job, worker_binary_sha256: Option<String>) -> (Lineage, Metrics)
             path: pin.path.clone(),
             sha256: pin.sha256.clone(),
         })
+        .chain(dataset.fingerprints.iter().map(|f| DataLineage {
+            reference: format!("file://{}", f.path),
+            content_hash: f.sha256.clone(),
+            path: f.path.clone(),
+            sha256: f.sha256.clone(),
+        }))
         .collect::<Vec<_>>();
     let data_source = data.is_empty().then(|| match &dataset.source {
         Some(Source::Blobs(b)) => {

@@ -95,6 +95,7 @@ fn spec(name: &str, workers: u32) -> JobSpec {
             classes: 2,
             validation_split: 0.1,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers,

@@ -278,4 +278,29 @@ fn a_job_trains_from_a_dataset_version_and_a_missing_version_is_located() {
         "{}",
         describe(&out)
     );
+    // The model's lineage names the version, pinned: `@latest` became `@1`.
+    let model = json(&sandbox, &["models", "show", "versioned@1", "--json"]);
+    let data = &model["lineage"]["data"][0];
+    assert_eq!(
+        (data["reference"].as_str(), data["path"].as_str()),
+        (Some("points@1"), Some("points.csv"))
+    );
+    let shown = json(&sandbox, &["data", "show", "points@1", "--json"]);
+    assert_eq!(data["sha256"], shown["files"][0]["sha256"]);
+
+    // The same file read directly: fingerprinted at submission, the same bytes, the same hash.
+    std::fs::write(sandbox.path().join("job.hcl"), job("file://raw/points.csv")).expect("job");
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(120))
+        .expect("kiln up");
+    assert!(out.status.success(), "{}", describe(&out));
+    let model = json(&sandbox, &["models", "show", "versioned@2", "--json"]);
+    let data = &model["lineage"]["data"][0];
+    assert!(
+        data["reference"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("file://") && r.ends_with("raw/points.csv")),
+        "{model}"
+    );
+    assert_eq!(data["sha256"], shown["files"][0]["sha256"]);
 }

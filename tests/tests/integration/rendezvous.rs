@@ -98,6 +98,7 @@ fn job() -> JobSpec {
             classes: 2,
             validation_split: 0.1,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 2,

@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod describe;
+pub mod fingerprint;
 
 use std::collections::HashSet;
 use std::path::{Path as FsPath, PathBuf};
@@ -31,9 +32,11 @@ use sha2::{Digest, Sha256};
 
 pub use cache::{Fetched, cache_dir, cached_path, fetch_blocking};
 pub use describe::{Description, FeatureStats, Histogram};
+pub use fingerprint::fingerprint;
 
 use crate::layout::now_ms;
 use crate::{Selector, VersionRef, check_name};
+use fingerprint::CHUNK;
 
 /// Format version of the manifests this build writes.
 pub const MANIFEST_VERSION: u32 = 1;
@@ -712,9 +715,6 @@ fn write_object(objects: &FsPath, sha256: &str, bytes: &[u8], n: usize) -> Resul
 /// Files up to this size are read whole; larger ones are streamed in [`CHUNK`]s.
 const WHOLE_FILE_LIMIT: u64 = 16 << 20;
 
-/// Bytes per read and per part of a streamed upload.
-const CHUNK: usize = 8 << 20;
-
 fn count(uploads: &Mutex<(u64, u64)>, bytes: u64) {
     let mut totals = lock(uploads);
     totals.0 += 1;
@@ -723,26 +723,9 @@ fn count(uploads: &Mutex<(u64, u64)>, bytes: u64) {
 
 /// SHA-256 of the file at `path`, read in [`CHUNK`]s.
 async fn hash_file(path: PathBuf) -> Result<String, DataError> {
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let io = |source| DataError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = std::fs::File::open(&path).map_err(io)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = file.read(&mut buf).map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .map_err(|e| DataError::Invalid(format!("hashing a file failed: {e}")))?
+    tokio::task::spawn_blocking(move || fingerprint::hash_path(&path).map(|(_, sha256)| sha256))
+        .await
+        .map_err(|e| DataError::Invalid(format!("hashing a file failed: {e}")))?
 }
 
 async fn read_and_hash(path: PathBuf) -> Result<(Bytes, String), DataError> {

@@ -222,6 +222,7 @@ mod tests {
             classes: 3,
             validation_split: split,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }
     }
 

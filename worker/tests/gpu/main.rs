@@ -203,6 +203,7 @@ fn job(max_steps: u64) -> JobSpec {
             classes: 3,
             validation_split: 0.1,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

@@ -54,6 +54,7 @@ fn spec(storage_url: &str) -> JobSpec {
             classes: 3,
             validation_split: 0.1,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers: 1,

@@ -42,6 +42,7 @@ fn spec(workers: u32, batch_size: u32, max_steps: u64) -> JobSpec {
             classes: 3,
             validation_split: 0.1,
             pins: Vec::new(),
+            fingerprints: Vec::new(),
         }),
         training: Some(TrainingSpec {
             workers,
