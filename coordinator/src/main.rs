@@ -399,6 +399,20 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Rust ignores SIGPIPE, so a listing printed into a closed pipe (`kiln models list | head`)
+    // would panic; the default disposition ends such a read-only command quietly, as other
+    // Unix tools do. Commands that own processes (`up`, `apply`, …) keep ignoring it, so they
+    // always stop what they started.
+    if matches!(
+        cli.command,
+        Command::Data(_) | Command::Models(_) | Command::Status { .. } | Command::State { .. }
+    ) {
+        // SAFETY: no other thread exists yet, and SIG_DFL is a valid disposition for SIGPIPE.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("kiln")
