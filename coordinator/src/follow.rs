@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
-use kiln_proto::v1::{CancelJobRequest, Job, JobState, Metrics, WatchJobRequest};
+use kiln_proto::v1::{CancelJobRequest, Deployment, Job, JobState, Metrics, WatchJobRequest};
 use tonic::transport::Channel;
 
 /// How long to wait for a cancelled job to reach its final state.
@@ -210,5 +210,33 @@ pub fn print_summary(job: &Job) {
     }
     if !job.model_version.is_empty() {
         println!("  model         {}", job.model_version);
+    }
+    if let Some(d) = &job.deployment {
+        print_deployment(d);
+    }
+}
+
+/// Whether the gate let the model take its alias, and every rule's numbers.
+fn print_deployment(d: &Deployment) {
+    if d.deployed {
+        let from = d.previous.map_or_else(
+            || "it held none before".to_owned(),
+            |v| format!("from version {v}"),
+        );
+        println!("  deployed      {:?} ({from})", d.alias);
+    } else {
+        let why = if d.error.is_empty() {
+            "the gate failed"
+        } else {
+            d.error.as_str()
+        };
+        println!("  not deployed  {:?} stays where it was: {why}", d.alias);
+    }
+    for check in &d.checks {
+        let mark = if check.passed { "pass" } else { "FAIL" };
+        println!(
+            "    {mark} {} {}: {}",
+            check.metric, check.rule, check.summary
+        );
     }
 }

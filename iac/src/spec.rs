@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use kiln_versions::gate::{Gate, Metric};
+
 /// One configuration directory: every `*.hcl` file in it, merged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -381,21 +383,14 @@ pub struct RestartSpec {
     pub backoff: Duration,
 }
 
-/// `deploy { alias, gate { ... } }`: where a trained model goes when it is good enough.
+/// `deploy { model, alias, gate { ... } ... }`: where a succeeded job's model goes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploySpec {
     /// The registry name the model is registered under; `None`: the job's name.
     pub model: Option<String>,
-    /// Name the model version is published under, e.g. `"production"` (required; letters,
-    /// digits, `-`, `_`, `.`; at most 63 characters).
-    pub alias: String,
-    /// The condition the final validation metrics must meet; `None` (no `gate` block): always.
-    pub gate: Option<GateSpec>,
-}
-
-/// `gate { min_val_accuracy }`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GateSpec {
-    /// Lowest accepted validation accuracy, in `[0, 1]` (required in a `gate` block).
-    pub min_val_accuracy: f64,
+    /// The alias the new version takes when every gate passes, e.g. `"production"` (letters,
+    /// digits, `-`, `_`, `.`; at most 63 characters); `None`: the version is only registered.
+    pub alias: Option<String>,
+    /// The `gate` blocks, all of which must pass; empty: the alias always moves.
+    pub gates: Vec<Gate>,
 }

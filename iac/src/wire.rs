@@ -158,9 +158,18 @@ impl JobSpec {
                 backoff_ms: self.restart.backoff.as_millis() as u64,
             }),
             deploy: self.deploy.as_ref().map(|deploy| v1::DeploySpec {
-                alias: deploy.alias.clone(),
+                alias: deploy.alias.clone().unwrap_or_default(),
                 model: deploy.model.clone().unwrap_or_default(),
-                min_val_accuracy: deploy.gate.as_ref().map(|g| g.min_val_accuracy),
+                gates: deploy
+                    .gates
+                    .iter()
+                    .map(|gate| v1::Gate {
+                        metric: gate.metric.name().to_owned(),
+                        threshold: gate.threshold,
+                        min_absolute_change: gate.min_absolute_change,
+                        min_relative_change: gate.min_relative_change,
+                    })
+                    .collect(),
             }),
         }
     }

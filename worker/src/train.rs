@@ -413,12 +413,14 @@ where
         window.1 += batch.len() as u64;
         trained += batch.len() as u64;
         let epoch_done = pos.offset as usize >= n;
+        // The validation metrics are measured at each epoch's end and on the final model,
+        // which is what the deploy gate judges.
+        if (epoch_done || pos.step == total_steps) && rank == 0 && !splits.validation.is_empty() {
+            let (accuracy, loss) = evaluate(&model.valid(), &splits.validation, &device);
+            pos.val_accuracy = Some(accuracy);
+            pos.val_loss = Some(loss);
+        }
         if epoch_done {
-            if rank == 0 && !splits.validation.is_empty() {
-                let (accuracy, loss) = evaluate(&model.valid(), &splits.validation, &device);
-                pos.val_accuracy = Some(accuracy);
-                pos.val_loss = Some(loss);
-            }
             pos.epoch += 1;
             pos.offset = 0;
             order = data::epoch_order(spec.seed, pos.epoch, n);

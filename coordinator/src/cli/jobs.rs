@@ -226,6 +226,18 @@ fn job_json(job: &Job) -> serde_json::Value {
         "last_failure": job.last_failure,
         "params_digest": job.params_digest,
         "model_version": job.model_version,
+        "deployment": job.deployment.as_ref().map(|d| serde_json::json!({
+            "alias": d.alias,
+            "deployed": d.deployed,
+            "previous": d.previous,
+            "error": (!d.error.is_empty()).then_some(&d.error),
+            "checks": d.checks.iter().map(|c| serde_json::json!({
+                "metric": c.metric,
+                "rule": c.rule,
+                "passed": c.passed,
+                "summary": c.summary,
+            })).collect::<Vec<_>>(),
+        })),
         "checkpoint_step": job.checkpoint_step,
         "checkpoint_url": job.checkpoint_url,
         "submitted_unix_ms": job.submitted_unix_ms,

@@ -1,12 +1,17 @@
 //! The end of a job whose ranks all finished with the same parameters: its model becomes a
 //! version in the registry of the job's store (`kiln_versions::registry`), with its lineage
 //! and final metrics, and then the job succeeds. While the version is written the job stays
-//! running ("registering the model") and a lost worker no longer matters. A registry that
+//! running ("registering the model") and a lost worker no longer matters. When the deploy
+//! block names an alias, its gates are checked (`kiln_versions::gate`) and the alias moves
+//! only if they pass; the verdict stays on the job (`Job.deployment`). A registry that
 //! cannot be written leaves the job succeeded, saying why its model was not registered: the
 //! checkpoint holds it either way.
 
-use kiln_proto::v1::{Job, JobState, dataset_spec::Source};
-use kiln_versions::registry::{DataLineage, Lineage, Metrics, Registry};
+use kiln_proto::v1::{DeploySpec, Deployment, GateCheck, Job, JobState, dataset_spec::Source};
+use kiln_versions::gate::{self, Gate, Metric};
+use kiln_versions::registry::{
+    DataLineage, Lineage, Metrics, ModelVersion, Registry, RegistryError,
+};
 
 use super::Control;
 use super::error::ControlError;
@@ -54,21 +59,31 @@ impl Control {
             job,
             "all ranks finished; registering the model".into(),
         );
+        let deploy = spec.deploy.unwrap_or_default();
         let (control, id, url) = (self.clone(), id.to_owned(), spec.storage_url);
         self.spawn(async move {
-            let registered = match Registry::open(&url) {
+            let registry = Registry::open(&url);
+            let registered = match &registry {
                 Ok(registry) => registry.register(&name, lineage, metrics).await,
-                Err(e) => Err(e),
+                Err(e) => Err(RegistryError::Invalid(kiln_proto::error_chain(e))),
+            };
+            let deployment = match (&registry, &registered) {
+                (Ok(registry), Ok(version)) if !deploy.alias.is_empty() => {
+                    Some(deployment(registry, version, &deploy).await)
+                }
+                _ => None,
             };
             let mut state = control.lock();
             let message = match registered {
                 Ok(version) => {
                     let reference = version.reference();
+                    tracing::info!(job = %id, model = %reference, "model registered");
+                    let said = deployment.as_ref().map(said).unwrap_or_default();
                     if let Some(job) = state.jobs.get_mut(&id) {
                         job.model_version.clone_from(&reference);
+                        job.deployment = deployment;
                     }
-                    tracing::info!(job = %id, model = %reference, "model registered");
-                    format!("all ranks finished; the model is {reference}")
+                    format!("all ranks finished; the model is {reference}{said}")
                 }
                 Err(e) => {
                     let why = kiln_proto::error_chain(&e);
@@ -80,6 +95,80 @@ impl Control {
             super::log_failure("cannot finish a registered job", result);
         });
         Ok(())
+    }
+}
+
+/// Checks the deploy block's gates for `version` and moves its alias when they pass.
+async fn deployment(
+    registry: &Registry,
+    version: &ModelVersion,
+    deploy: &DeploySpec,
+) -> Deployment {
+    let gates: Vec<Gate> = deploy
+        .gates
+        .iter()
+        .filter_map(|g| {
+            Some(Gate {
+                metric: Metric::parse(&g.metric)?,
+                threshold: g.threshold,
+                min_absolute_change: g.min_absolute_change,
+                min_relative_change: g.min_relative_change,
+            })
+        })
+        .collect();
+    let mut out = Deployment {
+        alias: deploy.alias.clone(),
+        ..Deployment::default()
+    };
+    if gates.len() != deploy.gates.len() {
+        // The loader accepts only known metrics: a spec from elsewhere named another.
+        out.error = "a gate names a metric this coordinator cannot check".to_owned();
+        return out;
+    }
+    match gate::deploy(
+        registry,
+        version,
+        &deploy.alias,
+        &gates,
+        &kiln_versions::data::who(),
+    )
+    .await
+    {
+        Ok(decision) => {
+            out.deployed = decision.deployed;
+            out.previous = decision.previous;
+            out.checks = decision
+                .checks
+                .into_iter()
+                .map(|c| GateCheck {
+                    metric: c.metric,
+                    rule: c.rule,
+                    passed: c.passed,
+                    summary: c.summary,
+                })
+                .collect();
+        }
+        Err(e) => out.error = kiln_proto::error_chain(&e),
+    }
+    out
+}
+
+/// The end of the job's message for `deployment`.
+fn said(deployment: &Deployment) -> String {
+    let alias = &deployment.alias;
+    if deployment.deployed {
+        format!(", now {alias:?}")
+    } else if !deployment.error.is_empty() {
+        format!("; not deployed: {}", deployment.error)
+    } else {
+        let failed = deployment
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| format!("{} {}", c.rule, c.summary))
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!("; not deployed as {alias:?}: {failed}")
     }
 }
 

@@ -7,8 +7,8 @@ use hcl::edit::Span;
 use hcl::edit::structure::{Attribute, Block};
 
 use crate::spec::{
-    Backend, CheckpointSpec, ClusterSpec, Collective, DeploySpec, GateSpec, JobSpec,
-    LrScheduleSpec, OptimizerSpec, ProviderKind, RestartSpec, ScheduleKind, TrainingSpec,
+    Backend, CheckpointSpec, ClusterSpec, Collective, DeploySpec, Gate, JobSpec, LrScheduleSpec,
+    Metric, OptimizerSpec, ProviderKind, RestartSpec, ScheduleKind, TrainingSpec,
 };
 
 use super::defaults::{
@@ -19,8 +19,8 @@ use super::getters::{Get, expect_duration, expect_number, expect_string};
 use super::hints::{code_list, suggest};
 use super::model::DecodedModel;
 use super::schema::{
-    BACKENDS, CHECKPOINT, COLLECTIVES, DATASET, DEPLOY, GATE, JOB, LR_SCHEDULE, MAX_ALIAS_LEN,
-    MODEL, OPTIMIZER, OPTIMIZERS, RESTART, SCHEDULES, TRAINING, optimizer_attrs,
+    BACKENDS, CHECKPOINT, COLLECTIVES, DATASET, DEPLOY, GATE, JOB, LR_SCHEDULE, MODEL, OPTIMIZER,
+    OPTIMIZERS, RESTART, SCHEDULES, TRAINING, optimizer_attrs,
 };
 use super::scope::{Bad, Loader};
 use super::source::{SourceFile, header_span, value_span};
@@ -118,14 +118,8 @@ impl<'d> Loader<'d> {
         };
         let deploy = match self.at_most_one(src, body, &DEPLOY, &JOB) {
             Some(deploy) => {
-                // Declared and checked, but nothing reads it yet: say so now.
-                self.push(
-                    src.error(header_span(deploy), "`deploy`'s `alias` and `gate` have no effect yet")
-                        .with_detail("A succeeded job's model is registered (under `model`, default the job's name, see `kiln models`), but no alias moves, no gate is checked and nothing is exported in this version.")
-                        .with_hint("set the alias by hand with `kiln models alias NAME ALIAS VERSION`; the block is checked, so it can stay for when the gate lands")
-                        .as_warning(),
-                );
-                self.deploy(src, deploy).map(Some)
+                let split = dataset.as_ref().map(|d| d.spec.validation_split);
+                self.deploy(src, deploy, split).map(Some)
             }
             None => Some(None),
         };
@@ -589,26 +583,24 @@ impl<'d> Loader<'d> {
         })
     }
 
-    pub(super) fn deploy(&mut self, src: &SourceFile, block: &Block) -> Option<DeploySpec> {
+    /// `deploy`, for a dataset holding out `validation_split` (`None`: the dataset is invalid).
+    pub(super) fn deploy(
+        &mut self,
+        src: &SourceFile,
+        block: &Block,
+        validation_split: Option<f64>,
+    ) -> Option<DeploySpec> {
         let labels_ok = self.check_labels(src, block, &DEPLOY);
         let body = &block.body;
         self.check_body(src, body, &DEPLOY);
-        let alias = self.get(src, body, "alias", |value| {
-            let alias = expect_string(value)?;
-            let valid = alias.len() <= MAX_ALIAS_LEN
-                && alias.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && alias
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if valid {
+        let alias = self
+            .get(src, body, "alias", |value| {
+                let alias = expect_string(value)?;
+                kiln_versions::registry::check_alias(&alias)
+                    .map_err(|e| Bad::Value(e.to_string()))?;
                 Ok(alias)
-            } else {
-                Err(Bad::Value(format!(
-                    "{alias:?} is not an alias: use ASCII letters, digits, `-`, `_` and `.`, starting with a letter or digit, at most {MAX_ALIAS_LEN} characters"
-                )))
-            }
-        });
-        let alias = self.required(src, block, "alias", "alias = \"production\"", alias);
+            })
+            .optional();
         let model = self
             .get(src, body, "model", |value| {
                 let model = expect_string(value)?;
@@ -616,40 +608,109 @@ impl<'d> Loader<'d> {
                 Ok(model)
             })
             .optional();
-        let gate = match self.at_most_one(src, body, &GATE, &DEPLOY) {
-            Some(gate) => self.gate(src, gate).map(Some),
-            None => Some(None),
-        };
+        let mut gates = Some(Vec::new());
+        for gate in body.get_blocks(GATE.ident) {
+            match (self.gate(src, gate), &mut gates) {
+                (Some(gate), Some(all)) => all.push(gate),
+                _ => gates = None,
+            }
+        }
+        let (alias, gates) = (alias?, gates?);
+        if alias.is_none()
+            && let Some(first) = body.get_blocks(GATE.ident).next()
+        {
+            self.push(
+                src.error(header_span(first), "A `gate` without an `alias` decides nothing")
+                    .with_detail("A gate decides whether the new version takes the deploy block's alias; without one, every succeeded job's model is only registered.")
+                    .with_hint("add `alias = \"production\"` to the `deploy` block, or remove the gate"),
+            );
+            return None;
+        }
+        if validation_split == Some(0.0)
+            && let Some(first) = body.get_blocks(GATE.ident).next()
+        {
+            self.push(
+                src.error(header_span(first), "The gate checks validation metrics, but the dataset holds out no validation split")
+                    .with_detail("`validation_split = 0` leaves no samples to measure `val_accuracy` or `val_loss` on, so no version could pass.")
+                    .with_hint("set `validation_split` in the `dataset` block, e.g. `validation_split = 0.1`"),
+            );
+            return None;
+        }
         labels_ok.then_some(DeploySpec {
             model: model?,
-            alias: alias?.0,
-            gate: gate?,
+            alias,
+            gates,
         })
     }
 
-    pub(super) fn gate(&mut self, src: &SourceFile, block: &Block) -> Option<GateSpec> {
+    /// One `gate` block; `min_val_accuracy = X` alone is the short form of
+    /// `metric = "val_accuracy"` with `threshold = X`.
+    pub(super) fn gate(&mut self, src: &SourceFile, block: &Block) -> Option<Gate> {
         let labels_ok = self.check_labels(src, block, &GATE);
         let body = &block.body;
         self.check_body(src, body, &GATE);
-        let accuracy = self.get(src, body, "min_val_accuracy", |value| {
-            let accuracy = expect_number(value)?;
-            if (0.0..=1.0).contains(&accuracy) {
-                Ok(accuracy)
-            } else {
-                Err(Bad::Value(format!(
-                    "must be between 0 and 1, got {accuracy}"
-                )))
-            }
+        let metric = self.get(src, body, "metric", |value| {
+            let name = expect_string(value)?;
+            Metric::parse(&name).ok_or_else(|| {
+                Bad::Value(format!(
+                    "{name:?} is not a metric a gate can check; use one of {}",
+                    Metric::NAMES.join(", ")
+                ))
+            })
         });
-        let accuracy = self.required(
-            src,
-            block,
-            "min_val_accuracy",
-            "min_val_accuracy = 0.9",
-            accuracy,
-        );
-        labels_ok.then_some(GateSpec {
-            min_val_accuracy: accuracy?.0,
+        let short = self.get(src, body, "min_val_accuracy", |value| {
+            number_where(value, |x| (0.0..=1.0).contains(&x), "between 0 and 1")
+        });
+        if let (Get::Found(_, attr), Get::Found(..)) = (&short, &metric) {
+            self.push(
+                src.error(attr.key.span(), "`min_val_accuracy` is the short form of a `val_accuracy` threshold and cannot be combined with `metric`")
+                    .with_hint("write `threshold = ...` instead of `min_val_accuracy = ...`"),
+            );
+            return None;
+        }
+        if let Get::Invalid = short {
+            return None;
+        }
+        if let Get::Found(threshold, _) = short {
+            return labels_ok.then_some(Gate {
+                metric: Metric::ValAccuracy,
+                threshold: Some(threshold),
+                min_absolute_change: None,
+                min_relative_change: None,
+            });
+        }
+        let (metric, _) =
+            self.required(src, block, "metric", "metric = \"val_accuracy\"", metric)?;
+        let threshold = self
+            .get(src, body, "threshold", |value| match metric {
+                Metric::ValAccuracy => {
+                    number_where(value, |x| (0.0..=1.0).contains(&x), "between 0 and 1")
+                }
+                Metric::ValLoss => non_negative(value),
+            })
+            .optional();
+        let absolute = self
+            .get(src, body, "min_absolute_change", non_negative)
+            .optional();
+        let relative = self
+            .get(src, body, "min_relative_change", |value| {
+                number_where(value, |x| (0.0..=1.0).contains(&x), "between 0 and 1")
+            })
+            .optional();
+        let (threshold, absolute, relative) = (threshold?, absolute?, relative?);
+        if threshold.is_none() && absolute.is_none() && relative.is_none() {
+            self.push(
+                src.error(header_span(block), "This gate has no rule")
+                    .with_detail("A gate checks its metric with at least one of `threshold`, `min_absolute_change` and `min_relative_change`.")
+                    .with_hint("add e.g. `threshold = 0.9`"),
+            );
+            return None;
+        }
+        labels_ok.then_some(Gate {
+            metric,
+            threshold,
+            min_absolute_change: absolute,
+            min_relative_change: relative,
         })
     }
 }

@@ -12,9 +12,6 @@ use super::hints::{code_list, suggest};
 use super::scope::Loader;
 use super::source::{SourceFile, header_span};
 
-/// Longest `deploy.alias`.
-pub(super) const MAX_ALIAS_LEN: usize = 63;
-
 pub(super) const PROVIDERS: &[&str] = &["local"];
 pub(super) const STATE_BACKENDS: &[&str] = &["embedded", "etcd"];
 pub(super) const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
@@ -205,7 +202,13 @@ pub(super) const DEPLOY: Schema = Schema {
 pub(super) const GATE: Schema = Schema {
     ident: "gate",
     labels: &[],
-    attrs: &["min_val_accuracy"],
+    attrs: &[
+        "metric",
+        "threshold",
+        "min_absolute_change",
+        "min_relative_change",
+        "min_val_accuracy",
+    ],
     blocks: &[],
 };
 impl<'d> Loader<'d> {

@@ -112,7 +112,7 @@ fn variables_locals_functions_and_templates_evaluate() {
     );
     assert_eq!((job.checkpoint.every_steps, job.checkpoint.keep), (100, 3));
     assert_eq!(
-        job.deploy.as_ref().map(|d| d.alias.as_str()),
+        job.deploy.as_ref().and_then(|d| d.alias.as_deref()),
         Some("demo-v2")
     );
 }
@@ -166,7 +166,7 @@ job "j" {
     batch_size = 4
   }
   deploy {
-    alias = var.alias
+    model = var.alias
   }
 }
 "#,
@@ -239,7 +239,10 @@ fn command_line_values_parse_as_hcl_when_they_fit_the_type() {
     };
     let config = load(dir.path(), &options);
     let job = &config.jobs["j"];
-    assert_eq!(job.deploy.as_ref().map(|d| d.alias.as_str()), Some("3"));
+    assert_eq!(
+        job.deploy.as_ref().and_then(|d| d.model.as_deref()),
+        Some("3")
+    );
     assert_eq!(job.model.attributes["hidden"], serde_json::json!([8, 8]));
     assert_eq!(job.training.workers, 5);
 }

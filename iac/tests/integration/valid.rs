@@ -10,7 +10,7 @@ use kiln_iac::spec::{
     JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec, ProviderKind, RestartSpec, StateSpec,
     StorageSpec, TrainingSpec, WorkerSpec,
 };
-use kiln_iac::spec::{DeploySpec, GateSpec};
+use kiln_iac::spec::{DeploySpec, Gate, Metric};
 
 use crate::fixture;
 
@@ -337,10 +337,21 @@ fn loads_every_attribute_of_the_schema() {
         full.deploy,
         Some(DeploySpec {
             model: Some("digits".into()),
-            alias: "production".into(),
-            gate: Some(GateSpec {
-                min_val_accuracy: 0.95,
-            }),
+            alias: Some("production".into()),
+            gates: vec![
+                Gate {
+                    metric: Metric::ValAccuracy,
+                    threshold: Some(0.95),
+                    min_absolute_change: Some(0.002),
+                    min_relative_change: Some(0.01),
+                },
+                Gate {
+                    metric: Metric::ValLoss,
+                    threshold: Some(0.5),
+                    min_absolute_change: None,
+                    min_relative_change: None,
+                },
+            ],
         })
     );
     let wire = full.to_wire(&config.clusters["gpu"]);
@@ -359,8 +370,13 @@ fn loads_every_attribute_of_the_schema() {
         steps_only.deploy,
         Some(DeploySpec {
             model: None,
-            alias: "latest".into(),
-            gate: None,
+            alias: Some("staging".into()),
+            gates: vec![Gate {
+                metric: Metric::ValAccuracy,
+                threshold: Some(0.9),
+                min_absolute_change: None,
+                min_relative_change: None,
+            }],
         })
     );
     let training = steps_only

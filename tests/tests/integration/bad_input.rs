@@ -335,42 +335,27 @@ fn a_cuda_job_needs_the_machines_gpus_and_a_cuda_binary_and_never_trains_on_the_
 }
 
 #[test]
-fn a_deploy_block_names_the_registered_model_and_warns_that_alias_and_gate_do_nothing_yet() {
+fn a_deploy_block_without_a_gate_registers_the_model_and_moves_its_alias() {
     let job = format!(
         "{}\njob \"later\" {{\n  cluster = \"local\"\n  model \"mlp\" {{\n    inputs = 4\n    hidden = [8]\n    classes = 2\n  }}\n  dataset \"blobs\" {{\n    source = \"synthetic:blobs\"\n    samples = 64\n    features = 4\n    classes = 2\n  }}\n  training {{\n    workers = 1\n    batch_size = 8\n  }}\n  deploy {{\n    model = \"later-model\"\n    alias = \"production\"\n  }}\n}}\n",
         cluster_hcl(1)
     );
     let sandbox = Sandbox::new().with_files(&[("main.hcl", &job)]);
     let out = sandbox
-        .run(&["validate", "."], Duration::from_secs(30))
-        .expect("validate");
-    assert!(out.status.success(), "{}", describe(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("Warning: `deploy`'s `alias` and `gate` have no effect yet")
-            && stderr.contains("main.hcl:"),
-        "{}",
-        describe(&out)
-    );
-    let out = sandbox
         .run(&["validate", "--json", "."], Duration::from_secs(30))
         .expect("validate --json");
     assert!(out.status.success(), "{}", describe(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    let diagnostics = json["diagnostics"].as_array().cloned().unwrap_or_default();
-    assert!(
-        diagnostics.iter().any(|d| d["severity"] == "warning"
-            && d["summary"] == "`deploy`'s `alias` and `gate` have no effect yet"
-            && d["line"].as_u64().is_some()),
-        "{json}"
-    );
-    // The model is registered under `model`; the alias is not moved.
+    assert_eq!(json["diagnostics"], serde_json::json!([]), "{json}");
+    // The model is registered under `model`, and with no gate the alias moves.
     let out = sandbox
         .run(&["up", "."], Duration::from_secs(120))
         .expect("kiln up");
     assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("model         later-model@1"),
+        stdout.contains("model         later-model@1")
+            && stdout.contains("deployed      \"production\" (it held none before)"),
         "{}",
         describe(&out)
     );
@@ -381,7 +366,7 @@ fn a_deploy_block_names_the_registered_model_and_warns_that_alias_and_gate_do_no
         )
         .expect("kiln models history");
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("no alias of later-model has moved yet"),
+        String::from_utf8_lossy(&out.stdout).contains("job later-1 (no gate)"),
         "{}",
         describe(&out)
     );

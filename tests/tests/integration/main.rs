@@ -4,6 +4,7 @@ mod bad_input;
 mod coordinator;
 mod data;
 mod datasets;
+mod deploy;
 mod fmt;
 mod infra;
 mod models;
