@@ -285,6 +285,40 @@ enum ModelsCommand {
         #[command(flatten)]
         store: Store,
     },
+    /// Write a version's weights as model.safetensors and config.json into DIR.
+    Export {
+        /// NAME@N, NAME@ALIAS or NAME (the newest).
+        reference: String,
+        /// Directory to write into (created if missing; the two files are replaced).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Worker binary that offers the model's kind (default: the kiln-worker beside kiln,
+        /// or KILN_WORKER_BIN).
+        #[arg(long, value_name = "PATH")]
+        worker: Option<PathBuf>,
+        /// Print what was written as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
+    /// A version's predictions on a split of the dataset it trained on.
+    Predict {
+        /// NAME@N, NAME@ALIAS or NAME (the newest).
+        reference: String,
+        /// Which samples: validation, train or all.
+        #[arg(long, default_value = "validation", value_parser = ["validation", "train", "all"])]
+        split: String,
+        /// Worker binary that offers the model's kind (default: the kiln-worker beside kiln,
+        /// or KILN_WORKER_BIN).
+        #[arg(long, value_name = "PATH")]
+        worker: Option<PathBuf>,
+        /// Print every sample's row, label, prediction and logits as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        store: Store,
+    },
     /// Every move of the aliases of NAME (or of NAME@ALIAS only): when, from, to, who, why.
     History {
         /// NAME or NAME@ALIAS.
@@ -554,7 +588,7 @@ async fn data(command: DataCommand) -> Result<(), CliError> {
 }
 
 async fn models(command: ModelsCommand) -> Result<(), CliError> {
-    use cli::models;
+    use cli::{export, models};
     match command {
         ModelsCommand::List { name, json, store } => {
             models::list(&store.arg(), name.as_deref(), json).await
@@ -593,6 +627,20 @@ async fn models(command: ModelsCommand) -> Result<(), CliError> {
             json,
             store,
         } => models::history(&store.arg(), &target, json).await,
+        ModelsCommand::Export {
+            reference,
+            out,
+            worker,
+            json,
+            store,
+        } => export::export(&store.arg(), &reference, &out, worker.as_ref(), json).await,
+        ModelsCommand::Predict {
+            reference,
+            split,
+            worker,
+            json,
+            store,
+        } => export::predict(&store.arg(), &reference, &split, worker.as_ref(), json).await,
     }
 }
 

@@ -288,3 +288,44 @@ pub fn blobs_job_hcl(
 "#
     )
 }
+
+/// Side of the [`quadrant_images`].
+pub const IMAGE_SIDE: usize = 8;
+/// Classes of the [`quadrant_images`].
+pub const IMAGE_CLASSES: usize = 4;
+
+/// `n` greyscale 8×8 images and their labels: class c lights up quadrant c (pixel noise on
+/// top), so a small CNN learns them. Deterministic.
+pub fn quadrant_images(n: usize) -> (Vec<u8>, Vec<u8>) {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % 64) as u8
+    };
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let class = i % IMAGE_CLASSES;
+        for y in 0..IMAGE_SIDE {
+            for x in 0..IMAGE_SIDE {
+                let quadrant = (y / (IMAGE_SIDE / 2)) * 2 + x / (IMAGE_SIDE / 2);
+                let base = if quadrant == class { 180 } else { 20 };
+                pixels.push(base + noise());
+            }
+        }
+        labels.push(class as u8);
+    }
+    (pixels, labels)
+}
+
+/// A CSV `x,y,label` of 240 points in two classes split at x = 0, the rows in a scrambled
+/// order.
+pub fn points_csv() -> String {
+    let mut csv = String::from("x,y,label\n");
+    for i in 0..240 {
+        let x = f64::from(i * 97 % 240) / 120.0 - 1.0;
+        csv.push_str(&format!("{x},{},{}\n", (x * 7.0).sin(), u8::from(x >= 0.0)));
+    }
+    csv
+}

@@ -109,6 +109,13 @@ pub struct Lineage {
     pub restarts: u32,
     /// The checkpoint the weights are (its manifest URL).
     pub checkpoint: String,
+    /// That checkpoint's step.
+    #[serde(default)]
+    pub checkpoint_step: Option<u64>,
+    /// The job's canonical wire spec (`kiln.v1.JobSpec`, prost-encoded, hex): the bytes
+    /// `spec_sha256` hashes, from which `kiln models export` rebuilds the model.
+    #[serde(default)]
+    pub spec: String,
     /// The dataset: its versions (`kiln://` files) or, for other sources, its description.
     pub data: Vec<DataLineage>,
     /// The dataset source when it is not a version (`synthetic:blobs`, a `file://` path).

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 
 use crate::agent::{self, AgentConfig};
 use crate::model::Registry;
-use crate::{bench, overhead};
+use crate::{bench, export, overhead};
 
 #[derive(Parser)]
 #[command(name = "kiln-worker", version, about = "kiln worker agent")]
@@ -61,6 +61,12 @@ enum Command {
     BenchCheckpoint(bench::CheckpointBenchArgs),
     /// kiln's training loop against a bare Burn loop of the same model (prints one JSON line).
     BenchOverhead(overhead::OverheadBenchArgs),
+    /// Write a checkpoint's model as model.safetensors and config.json (the job's wire spec
+    /// on stdin; what `kiln models export` runs).
+    Export(export::ExportArgs),
+    /// Print a checkpoint's model's predictions on its dataset as JSON (the job's wire spec
+    /// on stdin; what `kiln models predict` runs).
+    Predict(export::PredictArgs),
 }
 
 #[derive(clap::Args)]
@@ -114,10 +120,13 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
             return bench::run_checkpoint_bench(args, &registry, runtime.handle());
         }
         Some(Command::BenchOverhead(args)) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            return overhead::run(args, runtime.handle());
+            return overhead::run(args, current_thread()?.handle());
+        }
+        Some(Command::Export(args)) => {
+            return export::export(&registry, &args, current_thread()?.handle());
+        }
+        Some(Command::Predict(args)) => {
+            return export::predict(&registry, &args, current_thread()?.handle());
         }
         None => {}
     }
@@ -150,6 +159,12 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(agent::run(config))?;
     Ok(())
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn models(registry: &Registry, args: &ModelsArgs) -> anyhow::Result<()> {

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod collective;
 pub mod data;
+pub mod export;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod model;

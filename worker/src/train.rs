@@ -154,7 +154,7 @@ struct Position {
     samples_seen: u64,
 }
 
-const MODEL_OBJECT: &str = "model.bin";
+pub(crate) const MODEL_OBJECT: &str = "model.bin";
 const OPTIMIZER_OBJECT: &str = "optimizer.bin";
 const STATE_OBJECT: &str = "state.json";
 /// Validation runs in batches of this many samples to bound memory.

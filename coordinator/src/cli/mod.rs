@@ -1,7 +1,7 @@
 //! The `kiln` commands, one module per family: `config` (validate, fmt), `up` (the whole job
 //! on the embedded default), `serve` (a standalone coordinator), `jobs` (the client commands
 //! on a running coordinator), `infra` (plan, apply, destroy, state), `data` (dataset versions in
-//! the object store), `models` (the model registry there) and `bench`; `catalog`
+//! the object store), `models` (the model registry there), `export` (a version's weights and predictions, through a worker binary) and `bench`; `catalog`
 //! asks worker binaries for their model kinds; `common`
 //! holds what they share, `error` the [`CliError`] each returns with its exit code:
 //! 1 = the job failed or was cancelled, 2 = bad input (HCL, arguments, a refused request),
@@ -13,6 +13,7 @@ mod common;
 mod config;
 pub mod data;
 mod error;
+pub mod export;
 pub mod infra;
 mod jobs;
 pub mod models;

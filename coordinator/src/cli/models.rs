@@ -8,7 +8,7 @@ use kiln_versions::registry::{AliasMove, ModelRef, ModelVersion, Registry, Regis
 use super::data::StoreArg;
 use super::error::CliError;
 
-fn cli_error(e: RegistryError) -> CliError {
+pub(super) fn cli_error(e: RegistryError) -> CliError {
     if e.is_bad_input() {
         CliError::bad_input(e)
     } else {
@@ -16,11 +16,11 @@ fn cli_error(e: RegistryError) -> CliError {
     }
 }
 
-fn open(store: &StoreArg<'_>) -> Result<Registry, CliError> {
+pub(super) fn open(store: &StoreArg<'_>) -> Result<Registry, CliError> {
     Registry::open(&store.resolve()?).map_err(cli_error)
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
+pub(super) fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {
     let text = serde_json::to_string_pretty(value).map_err(CliError::infra)?;
     println!("{text}");
     Ok(())

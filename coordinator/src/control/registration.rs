@@ -18,12 +18,11 @@ use super::error::ControlError;
 use super::now_ms;
 use super::table::State;
 
-/// Bytes of the canonical spec's hash input: the wire encoding, which prost writes in field
-/// order, so equal specs hash equal.
-fn spec_sha256(job: &Job) -> String {
+/// The canonical spec: the wire encoding, which prost writes in field order, so equal specs
+/// are equal bytes.
+fn canonical_spec(job: &Job) -> Vec<u8> {
     use kiln_proto::Message;
-    let spec = job.spec.clone().unwrap_or_default();
-    kiln_proto::manifest::sha256_hex(&spec.encode_to_vec())
+    job.spec.clone().unwrap_or_default().encode_to_vec()
 }
 
 impl Control {
@@ -202,14 +201,17 @@ fn record(job: &Job, worker_binary_sha256: Option<String>) -> (Lineage, Metrics)
         None => "(none)".to_owned(),
     });
     let m = job.metrics.unwrap_or_default();
+    let canonical = canonical_spec(job);
     let lineage = Lineage {
         job_id: job.id.clone(),
-        spec_sha256: spec_sha256(job),
+        spec_sha256: kiln_proto::manifest::sha256_hex(&canonical),
+        spec: hex::encode(&canonical),
         kiln_version: env!("CARGO_PKG_VERSION").to_owned(),
         worker_binary_sha256,
         generations: job.generation,
         restarts: job.restarts,
         checkpoint: job.checkpoint_url.clone(),
+        checkpoint_step: job.checkpoint_step,
         data,
         data_source,
     };

@@ -6,36 +6,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use kiln_proto::formats::{DType, idx_bytes, npy_bytes};
-use kiln_tests::{Sandbox, cluster_hcl, describe};
+use kiln_tests::{IMAGE_CLASSES, IMAGE_SIDE, Sandbox, cluster_hcl, describe, quadrant_images};
 
 const T: Duration = Duration::from_secs(180);
-const SIDE: usize = 8;
-const CLASSES: usize = 4;
-
-/// `n` greyscale 8×8 images: class c lights up quadrant c (pixel noise on top), so a small
-/// CNN learns them. Deterministic.
-fn images(n: usize) -> (Vec<u8>, Vec<u8>) {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % 64) as u8
-    };
-    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
-    for i in 0..n {
-        let class = i % CLASSES;
-        for y in 0..SIDE {
-            for x in 0..SIDE {
-                let quadrant = (y / (SIDE / 2)) * 2 + x / (SIDE / 2);
-                let base = if quadrant == class { 180 } else { 20 };
-                pixels.push(base + noise());
-            }
-        }
-        labels.push(class as u8);
-    }
-    (pixels, labels)
-}
+const SIDE: usize = IMAGE_SIDE;
+const CLASSES: usize = IMAGE_CLASSES;
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -117,13 +92,13 @@ fn idx_sandbox(pixels: &[u8], labels: &[u8], gz: bool, extra: &str) -> Sandbox {
 
 #[test]
 fn a_cnn_trains_on_gzipped_idx_images() {
-    let (pixels, labels) = images(800);
+    let (pixels, labels) = quadrant_images(800);
     train(&idx_sandbox(&pixels, &labels, true, ""));
 }
 
 #[test]
 fn a_cnn_trains_on_npy_arrays_and_file_mistakes_are_located() {
-    let (pixels, labels) = images(800);
+    let (pixels, labels) = quadrant_images(800);
     let floats: Vec<u8> = pixels
         .iter()
         .flat_map(|&p| (f32::from(p) / 255.0).to_le_bytes())
@@ -183,7 +158,7 @@ fn a_cnn_trains_on_npy_arrays_and_file_mistakes_are_located() {
 
 #[test]
 fn a_label_out_of_range_fails_the_job_at_once_naming_the_file() {
-    let (pixels, mut labels) = images(200);
+    let (pixels, mut labels) = quadrant_images(200);
     labels[57] = 9;
     let restart = "  restart {\n    max_restarts = 3\n    backoff      = \"0s\"\n  }";
     let sandbox = idx_sandbox(&pixels, &labels, false, restart);

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use kiln_tests::cluster::Cluster;
-use kiln_tests::{Sandbox, cluster_hcl, describe};
+use kiln_tests::{Sandbox, cluster_hcl, describe, points_csv};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
@@ -15,17 +15,6 @@ fn json(sandbox: &Sandbox, args: &[&str]) -> Value {
     let out = sandbox.run(args, T).expect("kiln runs");
     assert!(out.status.success(), "kiln {args:?}: {}", describe(&out));
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
-}
-
-/// Two classes split at x = 0, the rows in a scrambled order (the validation split is the
-/// last rows).
-fn points_csv() -> String {
-    let mut csv = String::from("x,y,label\n");
-    for i in 0..240 {
-        let x = f64::from(i * 97 % 240) / 120.0 - 1.0;
-        csv.push_str(&format!("{x},{},{}\n", (x * 7.0).sin(), u8::from(x >= 0.0)));
-    }
-    csv
 }
 
 const JOB: &str = r#"job "gated" {

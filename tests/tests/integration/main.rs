@@ -5,6 +5,7 @@ mod coordinator;
 mod data;
 mod datasets;
 mod deploy;
+mod export;
 mod fmt;
 mod infra;
 mod models;

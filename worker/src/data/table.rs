@@ -173,6 +173,11 @@ impl Samples {
         self.rows.is_empty()
     }
 
+    /// Where each sample is in the source: its row (CSV data row, array index), from 0.
+    pub fn rows(&self) -> &[u32] {
+        &self.rows
+    }
+
     /// The features (row-major) and labels of the samples at positions `indices`.
     pub fn gather(&self, indices: &[u32]) -> (Vec<f32>, Vec<u32>) {
         let mut x = Vec::with_capacity(indices.len() * self.features());

@@ -11,6 +11,7 @@ pub mod cnn;
 pub mod mlp;
 pub mod params;
 mod registry;
+pub mod restore;
 
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};

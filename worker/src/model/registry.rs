@@ -9,7 +9,12 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use kiln_proto::models::{AttrProblem, Catalog, CheckReport, CheckRequest, KindSchema};
 
+use burn::module::Module;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+
+use super::restore::{Restored, RestoredModel};
 use super::{AttrError, Classifier, DataShape, Init, ModelKind, cnn::CnnKind, mlp::MlpKind};
+use crate::spec::TrainSpec;
 use crate::train::{self, CheckpointMode, Context, Outcome, Task, TrainError};
 
 /// The CPU training backend.
@@ -137,7 +142,7 @@ impl Registry {
         ctx: Context<'_, CpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError> {
-        self.kind_of(task)?.train(task, ctx, mode)
+        self.kind_of(&task.spec)?.train(task, ctx, mode)
     }
 
     /// Trains `task` with its kind on the GPU `ctx.device`.
@@ -148,14 +153,34 @@ impl Registry {
         ctx: Context<'_, crate::gpu::GpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError> {
-        self.kind_of(task)?.train_on_gpu(task, ctx, mode)
+        self.kind_of(&task.spec)?.train_on_gpu(task, ctx, mode)
     }
 
-    fn kind_of(&self, task: &Task) -> Result<&dyn Kind, TrainError> {
-        self.kind(&task.spec.model_kind).ok_or_else(|| {
+    /// The model `spec` trains, with the parameters of the checkpoint's model `record`.
+    pub fn restore(
+        &self,
+        spec: &TrainSpec,
+        record: Vec<u8>,
+    ) -> Result<Box<dyn Restored>, TrainError> {
+        self.kind_of(spec)?.restore(spec, record)
+    }
+
+    /// The spec's model attributes with the kind's defaults filled in, as the model was built.
+    pub fn complete_attributes(
+        &self,
+        spec: &TrainSpec,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, TrainError> {
+        self.kind_of(spec)?
+            .schema()
+            .complete(&spec.model_attributes)
+            .map_err(TrainError::Spec)
+    }
+
+    fn kind_of(&self, spec: &TrainSpec) -> Result<&dyn Kind, TrainError> {
+        self.kind(&spec.model_kind).ok_or_else(|| {
             TrainError::Spec(format!(
                 "model kind {:?} is not offered by this worker binary (it offers {})",
-                task.spec.model_kind,
+                spec.model_kind,
                 self.names().join(", ")
             ))
         })
@@ -194,6 +219,7 @@ trait Kind: Send + Sync {
         ctx: Context<'_, crate::gpu::GpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError>;
+    fn restore(&self, spec: &TrainSpec, record: Vec<u8>) -> Result<Box<dyn Restored>, TrainError>;
 }
 
 struct Erased<K>(PhantomData<fn() -> K>);
@@ -222,7 +248,7 @@ impl<K: Trainable> Kind for Erased<K> {
         ctx: Context<'_, CpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError> {
-        TrainsOn::<CpuBackend>::train_on(&configured::<K>(task)?, task, ctx, mode)
+        TrainsOn::<CpuBackend>::train_on(&configured::<K>(&task.spec)?, task, ctx, mode)
     }
 
     #[cfg(feature = "cuda")]
@@ -232,13 +258,23 @@ impl<K: Trainable> Kind for Erased<K> {
         ctx: Context<'_, crate::gpu::GpuBackend>,
         mode: CheckpointMode,
     ) -> Result<Outcome, TrainError> {
-        TrainsOn::<crate::gpu::GpuBackend>::train_on(&configured::<K>(task)?, task, ctx, mode)
+        TrainsOn::<crate::gpu::GpuBackend>::train_on(&configured::<K>(&task.spec)?, task, ctx, mode)
+    }
+
+    fn restore(&self, spec: &TrainSpec, record: Vec<u8>) -> Result<Box<dyn Restored>, TrainError> {
+        let device = Default::default();
+        let model = configured::<K>(spec)?.init::<NdArray>(&mut Init::new(spec.seed, &device));
+        let record = BinBytesRecorder::<FullPrecisionSettings>::default()
+            .load(record, &device)
+            .map_err(|e| TrainError::Spec(format!("the checkpoint's model record: {e}")))?;
+        Ok(Box::new(RestoredModel {
+            model: model.load_record(record),
+        }))
     }
 }
 
-/// Kind `K` configured from the task's model attributes and data.
-fn configured<K: ModelKind>(task: &Task) -> Result<K, TrainError> {
-    let spec = &task.spec;
+/// Kind `K` configured from the spec's model attributes and data.
+fn configured<K: ModelKind>(spec: &TrainSpec) -> Result<K, TrainError> {
     let data = DataShape {
         features: spec.dataset.features as usize,
         classes: spec.dataset.classes as usize,
