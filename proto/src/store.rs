@@ -110,8 +110,9 @@ pub enum Claim {
 }
 
 /// The URL schemes [`JobStore::open`] can open in this build: every worker of a job must
-/// reach the same store, so a per-process `memory://` store is not one of them.
-pub const SCHEMES: &[&str] = &["file"];
+/// reach the same store, so a per-process `memory://` store is not one of them. `s3://` is
+/// any S3-compatible server, configured by the usual `AWS_*` environment.
+pub const SCHEMES: &[&str] = &["file", "s3"];
 
 /// [`SCHEMES`] for messages: "`file://`".
 pub fn scheme_list() -> String {
@@ -132,6 +133,14 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
     Ok(if parsed.scheme() == "file" {
         // Retention deletes whole checkpoints: let the local store drop emptied directories.
         Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))
+    } else if parsed.scheme() == "s3" {
+        // Credentials, region and endpoint from AWS_* (never from the URL, which is printed
+        // and kept in state). Create-only puts are If-None-Match: * (the builder's default).
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_url(url)
+            .build()
+            .map_err(|e| url_error(url, Box::new(e)))?;
+        Arc::new(store)
     } else {
         let (store, _) =
             object_store::parse_url(&parsed).map_err(|e| url_error(url, Box::new(e)))?;

@@ -40,6 +40,8 @@ pub struct Sandbox {
     pub dir: tempfile::TempDir,
     /// Unique marker, inherited by `kiln` and its workers through `KILN_TEST_TAG`.
     pub tag: String,
+    /// More environment for every `kiln` started here (and so for its workers).
+    env: Vec<(String, String)>,
 }
 
 impl Sandbox {
@@ -54,7 +56,17 @@ impl Sandbox {
                 .and_then(|n| n.to_str())
                 .unwrap_or("x")
         );
-        Self { dir, tag }
+        Self {
+            dir,
+            tag,
+            env: Vec::new(),
+        }
+    }
+
+    /// Sets `key` to `value` in the environment of every `kiln` started from the sandbox.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     /// Writes `files` (name, contents) into the sandbox.
@@ -82,6 +94,7 @@ impl Sandbox {
             .env("KILN_TEST_TAG", &self.tag)
             .env("KILN_WORKER_BIN", bin("kiln-worker"))
             .env_remove("KILN_COORDINATOR")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }

@@ -2,7 +2,8 @@
 //! registers its model kinds and calls [`main`]. With no subcommand it runs the agent until its
 //! coordinator goes away; `models` describes the kinds it offers (`--json`, and `models check`
 //! for `kiln validate`); `bench-allreduce` is one rank of `kiln bench allreduce`,
-//! `bench-checkpoint` the work of `kiln bench checkpoint`.
+//! `bench-checkpoint` the work of `kiln bench checkpoint`; `export` and `predict` those of
+//! `kiln models export | predict`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -123,10 +124,10 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
             return overhead::run(args, current_thread()?.handle());
         }
         Some(Command::Export(args)) => {
-            return export::export(&registry, &args, current_thread()?.handle());
+            return export::export(&registry, &args, io_runtime()?.handle());
         }
         Some(Command::Predict(args)) => {
-            return export::predict(&registry, &args, current_thread()?.handle());
+            return export::predict(&registry, &args, io_runtime()?.handle());
         }
         None => {}
     }
@@ -163,6 +164,15 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
 
 fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// A runtime whose own thread drives network IO, so that its handle's `block_on` can wait on
+/// an `s3://` store (a current-thread runtime drives IO only inside `Runtime::block_on`).
+fn io_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
 }

@@ -12,5 +12,6 @@ mod models;
 mod recovery;
 mod registry;
 mod rendezvous;
+mod s3;
 mod shared_store;
 mod up;
