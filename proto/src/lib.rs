@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod files;
 pub mod formats;
 pub mod manifest;
 pub mod models;

@@ -107,7 +107,8 @@ pub fn export(
     let mut files = Vec::new();
     for (name, bytes) in [("model.safetensors", &tensors), ("config.json", &config)] {
         let path = args.out.join(name);
-        write_atomically(&path, bytes)?;
+        kiln_proto::files::write_atomically(&path, bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
         files.push(json!({
             "path": path.display().to_string(),
             "bytes": bytes.len(),
@@ -200,13 +201,6 @@ fn inputs(dataset: &v1::DatasetSpec) -> anyhow::Result<(Option<Vec<String>>, &'s
         ),
         _ => (None, "none"),
     })
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }
 
 /// `kiln-worker predict`: one JSON object on stdout with every sample's row in its source,

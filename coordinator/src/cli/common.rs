@@ -95,16 +95,7 @@ pub(super) fn read_token(path: &Path) -> Result<String, CliError> {
         .to_owned())
 }
 
-/// Writes `bytes` to a temporary file beside `path`, syncs it, and renames it over `path`:
-/// readers see the old contents or the new ones, never a part, also after a crash.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+pub(super) use kiln_proto::files::write_atomically;
 
 pub(super) fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write;
