@@ -95,12 +95,34 @@ pub struct NodePoolSpec {
     pub labels: BTreeMap<String, String>,
 }
 
-/// `storage { url }`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `storage { url, endpoint, region, access_key_id_file, secret_access_key_file }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StorageSpec {
     /// Object store URL. A relative `file://` path is made absolute against the config
     /// directory by the loader, so this is always absolute for `file://`.
     pub url: String,
+    /// `s3://` only: the server's URL (`http://` allows plain HTTP).
+    pub endpoint: Option<String>,
+    /// `s3://` only: the region to sign for.
+    pub region: Option<String>,
+    /// `s3://` only: files holding the access key id and the secret (both or neither),
+    /// absolute. Every process that opens the store reads them; kiln keeps only the paths.
+    pub access_key_id_file: Option<PathBuf>,
+    /// See `access_key_id_file`.
+    pub secret_access_key_file: Option<PathBuf>,
+}
+
+impl StorageSpec {
+    /// The settings every process that opens this store needs besides its URL.
+    pub fn options(&self) -> kiln_proto::v1::StorageOptions {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        kiln_proto::v1::StorageOptions {
+            endpoint: self.endpoint.clone().unwrap_or_default(),
+            region: self.region.clone().unwrap_or_default(),
+            access_key_id_file: path(&self.access_key_id_file).unwrap_or_default(),
+            secret_access_key_file: path(&self.secret_access_key_file).unwrap_or_default(),
+        }
+    }
 }
 
 /// `state { backend, path | endpoints, prefix }`.

@@ -153,6 +153,7 @@ impl JobSpec {
                 keep: self.checkpoint.keep,
             }),
             storage_url: cluster.storage.url.clone(),
+            storage_options: Some(cluster.storage.options()),
             restart: Some(v1::RestartSpec {
                 max_restarts: self.restart.max_restarts,
                 backoff_ms: self.restart.backoff.as_millis() as u64,

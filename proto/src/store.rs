@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreScheme, PutMode, PutOptions};
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::manifest::{CheckpointManifest, MANIFEST_NAME, ManifestError};
+use crate::v1::StorageOptions;
 
 /// Name of the claim object inside a job directory.
 pub const CLAIM_NAME: &str = "claim.json";
@@ -41,6 +43,17 @@ pub enum StoreError {
     /// The object store failed.
     #[error("object store")]
     Store(#[from] object_store::Error),
+    /// A credentials file of the `storage` block could not be read.
+    #[error("cannot read the {what} file {path}")]
+    Credentials {
+        /// Which credential.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A manifest or claim is not valid JSON for its format.
     #[error("{what} is unreadable")]
     Record {
@@ -81,9 +94,13 @@ impl StoreError {
         )
     }
 
-    /// The URL itself is wrong (bad input), as opposed to a store that failed.
+    /// The URL or the store's settings are wrong (bad input), as opposed to a store that
+    /// failed.
     pub fn is_bad_url(&self) -> bool {
-        matches!(self, StoreError::Url { .. })
+        matches!(
+            self,
+            StoreError::Url { .. } | StoreError::Credentials { .. }
+        )
     }
 }
 
@@ -111,7 +128,8 @@ pub enum Claim {
 
 /// The URL schemes [`JobStore::open`] can open in this build: every worker of a job must
 /// reach the same store, so a per-process `memory://` store is not one of them. `s3://` is
-/// any S3-compatible server, configured by the usual `AWS_*` environment.
+/// any S3-compatible server, configured by the usual `AWS_*` environment and the `storage`
+/// block's [`StorageOptions`].
 pub const SCHEMES: &[&str] = &["file", "s3"];
 
 /// [`SCHEMES`] for messages: "`file://`".
@@ -123,8 +141,9 @@ pub fn scheme_list() -> String {
         .join(", ")
 }
 
-/// The object store of the storage `url` (`file:///…`; a scheme of [`SCHEMES`]).
-pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+/// The object store of the storage `url` (`file:///…`; a scheme of [`SCHEMES`]), with the
+/// `storage` block's `options` for an `s3://` one (a `file://` store has none).
+pub fn open_url(url: &str, options: &StorageOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let parsed = Url::parse(url).map_err(|e| url_error(url, Box::new(e)))?;
     if !SCHEMES.contains(&parsed.scheme()) {
         let why = format!("this build opens only {} storage", scheme_list());
@@ -134,9 +153,7 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
         // Retention deletes whole checkpoints: let the local store drop emptied directories.
         Arc::new(LocalFileSystem::new().with_automatic_cleanup(true))
     } else if parsed.scheme() == "s3" {
-        // Credentials, region and endpoint from AWS_* (never from the URL, which is printed
-        // and kept in state). Create-only puts are If-None-Match: * (the builder's default).
-        let store = object_store::aws::AmazonS3Builder::from_env()
+        let store = s3_builder(options)?
             .with_url(url)
             .build()
             .map_err(|e| url_error(url, Box::new(e)))?;
@@ -146,6 +163,38 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
             object_store::parse_url(&parsed).map_err(|e| url_error(url, Box::new(e)))?;
         Arc::from(store)
     })
+}
+
+/// Credentials, region and endpoint from AWS_*, overridden by what the `storage` block sets
+/// (never from the URL, which is printed and kept in state). Create-only puts are
+/// If-None-Match: * (the builder's default).
+fn s3_builder(options: &StorageOptions) -> Result<AmazonS3Builder, StoreError> {
+    let mut builder = AmazonS3Builder::from_env();
+    if !options.endpoint.is_empty() {
+        builder = builder
+            .with_endpoint(&options.endpoint)
+            .with_allow_http(options.endpoint.starts_with("http://"));
+    }
+    if !options.region.is_empty() {
+        builder = builder.with_region(&options.region);
+    }
+    let read = |what, path: &str| {
+        std::fs::read_to_string(path)
+            .map(|secret| secret.trim().to_owned())
+            .map_err(|source| StoreError::Credentials {
+                what,
+                path: path.to_owned(),
+                source,
+            })
+    };
+    if !options.access_key_id_file.is_empty() {
+        builder = builder.with_access_key_id(read("access key id", &options.access_key_id_file)?);
+    }
+    if !options.secret_access_key_file.is_empty() {
+        builder = builder
+            .with_secret_access_key(read("secret access key", &options.secret_access_key_file)?);
+    }
+    Ok(builder)
 }
 
 /// The prefix inside its object store that the storage `url` names: its path, as
@@ -174,8 +223,8 @@ pub struct JobStore {
 
 impl JobStore {
     /// Opens the directory of `job_id` under the storage `url` (`file:///…`, `s3://…`).
-    pub fn open(url: &str, job_id: &str) -> Result<Self, StoreError> {
-        Self::with_object_store(open_url(url)?, url, job_id)
+    pub fn open(url: &str, options: &StorageOptions, job_id: &str) -> Result<Self, StoreError> {
+        Self::with_object_store(open_url(url, options)?, url, job_id)
     }
 
     /// Opens the directory of `job_id` in `store`, an object store for the bucket (or file
@@ -384,7 +433,7 @@ mod tests {
 
     fn job(dir: &tempfile::TempDir, id: &str) -> JobStore {
         let url = Url::from_directory_path(dir.path()).expect("abs path");
-        JobStore::open(url.as_str(), id).expect("open")
+        JobStore::open(url.as_str(), &StorageOptions::default(), id).expect("open")
     }
 
     #[tokio::test]

@@ -400,8 +400,11 @@ mod tests {
     #[tokio::test]
     async fn deploying_moves_the_alias_only_when_every_rule_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let registry =
-            Registry::open(&format!("file://{}", dir.path().display())).expect("registry");
+        let registry = Registry::open(
+            &format!("file://{}", dir.path().display()),
+            &Default::default(),
+        )
+        .expect("registry");
         let register = |acc: f64| {
             registry.register(
                 "m",

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use futures::TryStreamExt;
+use kiln_proto::v1::StorageOptions;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -241,10 +242,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Opens the registry of the storage `url`.
-    pub fn open(url: &str) -> Result<Self, RegistryError> {
+    /// Opens the registry of the storage `url` (with the `storage` block's `options`).
+    pub fn open(url: &str, options: &StorageOptions) -> Result<Self, RegistryError> {
         Ok(Self {
-            store: kiln_proto::store::open_url(url)?,
+            store: kiln_proto::store::open_url(url, options)?,
             root: kiln_proto::store::url_prefix(url)?
                 .child("registry")
                 .child("models"),
@@ -558,8 +559,11 @@ mod tests {
     #[tokio::test]
     async fn alias_moves_are_compare_and_swap_and_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let registry =
-            Registry::open(&format!("file://{}", dir.path().display())).expect("registry");
+        let registry = Registry::open(
+            &format!("file://{}", dir.path().display()),
+            &Default::default(),
+        )
+        .expect("registry");
         for _ in 0..3 {
             registry
                 .register("m", Lineage::default(), Metrics::default())

@@ -651,10 +651,11 @@ fn run_task(
     if cancel.load(Ordering::SeqCst) {
         return Err("cancelled".into());
     }
+    let options = wire.storage_options.clone().unwrap_or_default();
     let store = if wire.storage_url.is_empty() {
         None
     } else {
-        let store = CheckpointStore::open(&wire.storage_url, &assignment.job_id)
+        let store = CheckpointStore::open(&wire.storage_url, &options, &assignment.job_id)
             .map_err(|e| error_chain(&e))?;
         // Never write into (or delete from) a job directory another coordinator claimed.
         runtime
@@ -666,6 +667,7 @@ fn run_task(
     runtime
         .block_on(crate::data::pinned::fetch(
             &mut spec.dataset,
+            &options,
             &kiln_versions::data::cache_dir(),
         ))
         .map_err(|e| TaskFailure {

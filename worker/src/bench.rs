@@ -255,7 +255,7 @@ pub fn run_checkpoint_bench(
 
     let mut run_once =
         |kind: RunKind, job_id: &str, steps: u64| -> anyhow::Result<train::Outcome> {
-            let store = CheckpointStore::open(url.as_str(), job_id)
+            let store = CheckpointStore::open(url.as_str(), &Default::default(), job_id)
                 .context("opening the checkpoint store")?;
             let mut spec = TrainSpec::try_from(&bench_spec(&args, url.as_str()))?;
             spec.max_steps = Some(steps);

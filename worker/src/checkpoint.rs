@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use kiln_proto::manifest::{CheckpointManifest, MANIFEST_NAME, ObjectEntry};
 use kiln_proto::store::{JobStore, StoreError};
+use kiln_proto::v1::StorageOptions;
 use object_store::ObjectStore;
 use object_store::path::Path;
 
@@ -72,6 +73,16 @@ impl CheckpointError {
             _ => false,
         }
     }
+
+    /// The store failed (unreachable, refused, timed out) rather than the snapshot or the
+    /// code: a later checkpoint may well succeed.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            CheckpointError::Store(_) => true,
+            CheckpointError::Read(e) => !e.is_unusable_checkpoint() && !e.is_bad_url(),
+            _ => false,
+        }
+    }
 }
 
 /// The checkpoints of one job in one object store.
@@ -81,10 +92,15 @@ pub struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// Opens the checkpoints of `job_id` under the storage `url` (`file:///…`, `s3://…`).
-    pub fn open(url: &str, job_id: &str) -> Result<Self, CheckpointError> {
+    /// Opens the checkpoints of `job_id` under the storage `url` (`file:///…`, `s3://…`),
+    /// with the `storage` block's `options`.
+    pub fn open(
+        url: &str,
+        options: &StorageOptions,
+        job_id: &str,
+    ) -> Result<Self, CheckpointError> {
         Ok(Self {
-            job: JobStore::open(url, job_id)?,
+            job: JobStore::open(url, options, job_id)?,
         })
     }
 
@@ -166,7 +182,11 @@ impl CheckpointStore {
             io.block_on(async {
                 let url = store.save(step, objects).await?;
                 let saved = start.elapsed();
-                store.retain(keep).await?;
+                // The checkpoint is committed whatever retention does: a failed delete leaves
+                // old checkpoints for the next retention, never an unreported commit.
+                if let Err(e) = store.retain(keep).await {
+                    tracing::warn!(step, error = %kiln_proto::error_chain(&e), "retention failed");
+                }
                 tracing::debug!(
                     step,
                     bytes,
@@ -262,7 +282,7 @@ mod tests {
 
     fn store(dir: &tempfile::TempDir) -> CheckpointStore {
         let url = url::Url::from_directory_path(dir.path()).expect("abs path");
-        CheckpointStore::open(url.as_str(), "job-1").expect("open")
+        CheckpointStore::open(url.as_str(), &Default::default(), "job-1").expect("open")
     }
 
     #[tokio::test]

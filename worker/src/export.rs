@@ -76,11 +76,13 @@ fn restore(
         .context("reading the job spec from stdin")?;
     let wire = v1::JobSpec::decode(bytes.as_slice()).context("decoding the job spec")?;
     let mut spec = TrainSpec::try_from(&wire)?;
+    let options = wire.storage_options.clone().unwrap_or_default();
     runtime.block_on(crate::data::pinned::fetch(
         &mut spec.dataset,
+        &options,
         &kiln_versions::data::cache_dir(),
     ))?;
-    let store = CheckpointStore::open(&wire.storage_url, &args.job)?;
+    let store = CheckpointStore::open(&wire.storage_url, &options, &args.job)?;
     let mut objects = runtime
         .block_on(store.load(args.step))
         .with_context(|| format!("reading checkpoint {} of job {}", args.step, args.job))?;

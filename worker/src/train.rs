@@ -211,7 +211,7 @@ where
     if let Err(error) = &result {
         // The upload must not outlive the task, and what it commits is a checkpoint a restart
         // can resume from.
-        if let Err(failed) = checkpoints.settle(ctx.runtime, &mut *ctx.observer) {
+        if let Err(failed) = checkpoints.settle(ctx.runtime, &mut *ctx.observer, Failure::Fatal) {
             tracing::warn!(
                 error = %kiln_proto::error_chain(error),
                 checkpoint = %kiln_proto::error_chain(&failed),
@@ -232,31 +232,54 @@ struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// Reports the checkpoint in flight if its task has ended; a failed one fails training.
+    /// Reports the checkpoint in flight if its task has ended.
     fn poll(
         &mut self,
         runtime: &tokio::runtime::Handle,
         observer: &mut dyn Observer,
     ) -> Result<(), CheckpointError> {
         if self.in_flight.as_ref().is_some_and(InFlight::is_finished) {
-            self.settle(runtime, observer)?;
+            self.settle(runtime, observer, Failure::Skip)?;
         }
         Ok(())
     }
 
-    /// Waits for the checkpoint in flight, if any, and reports it once committed.
+    /// Waits for the checkpoint in flight, if any, and reports it once committed. A store
+    /// that failed under it fails training only where `failure` says so; otherwise the
+    /// uncommitted checkpoint is skipped (a directory without a manifest, invisible to
+    /// readers and deleted by a later retention) and the next one retries.
     fn settle(
         &mut self,
         runtime: &tokio::runtime::Handle,
         observer: &mut dyn Observer,
+        failure: Failure,
     ) -> Result<(), CheckpointError> {
-        if let Some(in_flight) = self.in_flight.take() {
-            let step = in_flight.step();
-            let url = in_flight.wait(runtime)?;
-            observer.checkpoint(step, &url);
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let step = in_flight.step();
+        match in_flight.wait(runtime) {
+            Ok(url) => observer.checkpoint(step, &url),
+            Err(e) if failure == Failure::Skip && e.is_store_failure() => {
+                let error = kiln_proto::error_chain(&e);
+                tracing::warn!(step, %error, "checkpoint failed; the next one retries");
+                observer.note(&format!(
+                    "checkpoint {step} was not committed (the store failed: {error}); training goes on and the next checkpoint retries"
+                ));
+            }
+            Err(e) => return Err(e),
         }
         Ok(())
     }
+}
+
+/// What a failed store means for the checkpoint being settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// A periodic checkpoint: skipped, training goes on.
+    Skip,
+    /// The final checkpoint or the one a departure waits for: training cannot end without it.
+    Fatal,
 }
 
 fn run<B, M>(
@@ -445,7 +468,7 @@ where
             let stall = Instant::now();
             if checkpoints.in_flight.is_some() {
                 checkpoints.waits += 1;
-                checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+                checkpoints.settle(ctx.runtime, &mut *ctx.observer, Failure::Skip)?;
             }
             // The snapshot: clones of the tensors after this step, encoded off this thread.
             let model_record = model.valid().into_record();
@@ -470,7 +493,9 @@ where
             };
             checkpoints.in_flight = Some(store.save_in_background(ctx.runtime, step, keep, encode));
             if checkpoints.mode == CheckpointMode::Blocking {
-                checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+                let last = leaving || pos.step == total_steps;
+                let failure = if last { Failure::Fatal } else { Failure::Skip };
+                checkpoints.settle(ctx.runtime, &mut *ctx.observer, failure)?;
             }
             checkpoints.stalls.push(stall.elapsed());
         }
@@ -478,7 +503,7 @@ where
             let checkpoint = match ctx.store {
                 Some(_) => {
                     if rank == 0 {
-                        checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+                        checkpoints.settle(ctx.runtime, &mut *ctx.observer, Failure::Fatal)?;
                     }
                     // A barrier: no rank reports its end before the checkpoint is committed.
                     ctx.collective.all_reduce_mean(&mut [0.0])?;
@@ -497,7 +522,7 @@ where
     let loop_secs = run_start.elapsed().as_secs_f64();
     if checkpoints.in_flight.is_some() {
         let wait = Instant::now();
-        checkpoints.settle(ctx.runtime, &mut *ctx.observer)?;
+        checkpoints.settle(ctx.runtime, &mut *ctx.observer, Failure::Fatal)?;
         if let Some(last) = checkpoints.stalls.last_mut() {
             *last += wait.elapsed();
         }

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
+use kiln_iac::spec::StorageSpec;
 use kiln_versions::VersionRef;
 use kiln_versions::data::{DataError, DataStore, DatasetVersion};
 
@@ -19,11 +20,15 @@ pub struct StoreArg<'a> {
 }
 
 impl StoreArg<'_> {
-    /// The storage URL: `--store` (a plain or relative path made an absolute `file://` URL),
-    /// else the `storage.url` of the configuration's clusters, which must agree.
-    pub fn resolve(&self) -> Result<String, CliError> {
+    /// The storage: `--store` (a plain or relative path made an absolute `file://` URL; an
+    /// `s3://` one configured by the AWS_* environment alone), else the `storage` block of the
+    /// configuration's clusters, whose URLs must agree.
+    pub fn resolve(&self) -> Result<StorageSpec, CliError> {
         if let Some(url) = self.url {
-            return Ok(absolute_url(url));
+            return Ok(StorageSpec {
+                url: absolute_url(url),
+                ..StorageSpec::default()
+            });
         }
         let options = kiln_iac::LoadOptions {
             clusters_only: true,
@@ -35,15 +40,15 @@ impl StoreArg<'_> {
                 self.dir.display()
             ))
         })?;
-        let mut urls: Vec<(&String, &String)> = config
+        let mut stores: Vec<(&String, &StorageSpec)> = config
             .clusters
             .iter()
-            .map(|(name, c)| (name, &c.storage.url))
+            .map(|(name, c)| (name, &c.storage))
             .collect();
-        urls.sort_by(|a, b| a.1.cmp(b.1));
-        urls.dedup_by(|a, b| a.1 == b.1);
-        match urls.as_slice() {
-            [(_, url)] => Ok((*url).clone()),
+        stores.sort_by(|a, b| a.1.url.cmp(&b.1.url));
+        stores.dedup_by(|a, b| a.1.url == b.1.url);
+        match stores.as_slice() {
+            [(_, storage)] => Ok((*storage).clone()),
             [] => Err(CliError::bad_input(anyhow!(
                 "no --store given, and the configuration in {} declares no cluster; pass --store URL",
                 self.dir.display()
@@ -53,7 +58,7 @@ impl StoreArg<'_> {
                 self.dir.display(),
                 several
                     .iter()
-                    .map(|(name, url)| format!("{name}: {url}"))
+                    .map(|(name, storage)| format!("{name}: {}", storage.url))
                     .collect::<Vec<_>>()
                     .join(", ")
             ))),
@@ -61,7 +66,8 @@ impl StoreArg<'_> {
     }
 
     fn open(&self) -> Result<DataStore, CliError> {
-        DataStore::open(&self.resolve()?).map_err(cli_error)
+        let storage = self.resolve()?;
+        DataStore::open(&storage.url, &storage.options()).map_err(cli_error)
     }
 }
 

@@ -8,13 +8,13 @@ use std::process::{Command, Stdio};
 
 use anyhow::anyhow;
 use kiln_proto::Message;
-use kiln_versions::registry::{ModelRef, ModelVersion};
+use kiln_versions::registry::{ModelRef, ModelVersion, Registry};
 use serde_json::Value;
 
 use super::common::worker_binary;
 use super::data::StoreArg;
 use super::error::{CliError, ResultExt};
-use super::models::{cli_error, open, print_json};
+use super::models::{cli_error, print_json};
 
 /// The version `reference` names, with the wire spec to send a worker: the registered one,
 /// its storage pointed at the store the version was found in.
@@ -22,7 +22,8 @@ async fn version_and_spec(
     store: &StoreArg<'_>,
     reference: &str,
 ) -> Result<(ModelVersion, Vec<u8>), CliError> {
-    let registry = open(store)?;
+    let storage = store.resolve()?;
+    let registry = Registry::open(&storage.url, &storage.options()).map_err(cli_error)?;
     let reference = ModelRef::parse(reference).map_err(cli_error)?;
     let version = registry.resolve(&reference).await.map_err(cli_error)?;
     let lineage = &version.lineage;
@@ -36,6 +37,7 @@ async fn version_and_spec(
     let mut spec = kiln_proto::v1::JobSpec::decode(bytes.as_slice())
         .map_err(|e| CliError::infra(anyhow!("{}'s spec: {e}", version.reference())))?;
     spec.storage_url = registry.url().to_owned();
+    spec.storage_options = Some(storage.options());
     Ok((version, spec.encode_to_vec()))
 }
 

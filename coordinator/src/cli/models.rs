@@ -17,7 +17,8 @@ pub(super) fn cli_error(e: RegistryError) -> CliError {
 }
 
 pub(super) fn open(store: &StoreArg<'_>) -> Result<Registry, CliError> {
-    Registry::open(&store.resolve()?).map_err(cli_error)
+    let storage = store.resolve()?;
+    Registry::open(&storage.url, &storage.options()).map_err(cli_error)
 }
 
 pub(super) fn print_json(value: &impl serde::Serialize) -> Result<(), CliError> {

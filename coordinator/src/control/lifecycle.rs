@@ -73,7 +73,7 @@ impl Control {
             if spec.storage_url.is_empty() {
                 return Ok(id);
             }
-            if storage::claim(&spec.storage_url, &id, &self.inner.store_owner).await? {
+            if storage::claim(spec, &id, &self.inner.store_owner).await? {
                 return Ok(id);
             }
         }
@@ -129,15 +129,15 @@ impl Control {
         };
         let job = self.job(id)?;
         resumable(&job)?;
-        let url = job.spec.map(|s| s.storage_url).unwrap_or_default();
+        let spec = job.spec.clone().unwrap_or_default();
         let from_step = match from_step {
             Some(step) => {
-                storage::verify_checkpoint(&url, id, step).await?;
+                storage::verify_checkpoint(&spec, id, step).await?;
                 Some(step)
             }
             // The manifest is the commit: a checkpoint committed after the last one reported
             // (its report lost with a killed coordinator) is where the job stopped.
-            None if !url.is_empty() => storage::newest_committed(&url, id)
+            None if !spec.storage_url.is_empty() => storage::newest_committed(&spec, id)
                 .await?
                 .filter(|n| job.checkpoint_step.is_none_or(|known| *n > known)),
             None => None,

@@ -59,9 +59,10 @@ impl Control {
             "all ranks finished; registering the model".into(),
         );
         let deploy = spec.deploy.unwrap_or_default();
+        let options = spec.storage_options.unwrap_or_default();
         let (control, id, url) = (self.clone(), id.to_owned(), spec.storage_url);
         self.spawn(async move {
-            let registry = Registry::open(&url);
+            let registry = Registry::open(&url, &options);
             let registered = match &registry {
                 Ok(registry) => registry.register(&name, lineage, metrics).await,
                 Err(e) => Err(RegistryError::Invalid(kiln_proto::error_chain(e))),

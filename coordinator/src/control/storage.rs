@@ -3,6 +3,7 @@
 //! [`kiln_proto::store`]'s.
 
 use kiln_proto::store::{Claim, JobStore};
+use kiln_proto::v1::JobSpec;
 
 use super::error::ControlError;
 use crate::state::StateStore;
@@ -14,6 +15,12 @@ fn storage_error(id: &str) -> impl Fn(kiln_proto::store::StoreError) -> ControlE
         job: id.to_owned(),
         source,
     }
+}
+
+/// The directory of job `id` in the store its `spec` names.
+fn open(spec: &JobSpec, id: &str) -> Result<JobStore, ControlError> {
+    let options = spec.storage_options.clone().unwrap_or_default();
+    JobStore::open(&spec.storage_url, &options, id).map_err(storage_error(id))
 }
 
 /// The identity of this coordinator state in object stores, created on first use.
@@ -33,14 +40,18 @@ pub(super) fn store_owner(store: &dyn StateStore) -> Result<String, ControlError
 }
 
 /// Refuses `step` unless it is a committed checkpoint of job `id` whose objects verify.
-pub(super) async fn verify_checkpoint(url: &str, id: &str, step: u64) -> Result<(), ControlError> {
-    if url.is_empty() {
+pub(super) async fn verify_checkpoint(
+    spec: &JobSpec,
+    id: &str,
+    step: u64,
+) -> Result<(), ControlError> {
+    if spec.storage_url.is_empty() {
         return Err(ControlError::Invalid(format!(
             "job {id} keeps no checkpoints (its cluster has no storage)"
         )));
     }
     let storage = storage_error(id);
-    let store = JobStore::open(url, id).map_err(&storage)?;
+    let store = open(spec, id)?;
     let committed = store.committed().await.map_err(&storage)?;
     let list = |steps: &[u64]| match steps {
         [] => "it has no committed checkpoint".to_owned(),
@@ -73,9 +84,9 @@ pub(super) async fn verify_checkpoint(url: &str, id: &str, step: u64) -> Result<
     }
 }
 
-/// Claims job id `id` in the store at `url` for `owner`; whether it is ours.
-pub(super) async fn claim(url: &str, id: &str, owner: &str) -> Result<bool, ControlError> {
-    let store = JobStore::open(url, id).map_err(storage_error(id))?;
+/// Claims job id `id` in the store its `spec` names for `owner`; whether it is ours.
+pub(super) async fn claim(spec: &JobSpec, id: &str, owner: &str) -> Result<bool, ControlError> {
+    let store = open(spec, id)?;
     match store.claim(owner).await.map_err(storage_error(id))? {
         Claim::Ours => Ok(true),
         Claim::Taken(why) => {
@@ -85,9 +96,12 @@ pub(super) async fn claim(url: &str, id: &str, owner: &str) -> Result<bool, Cont
     }
 }
 
-/// The newest checkpoint of job `id` committed in the store at `url`.
-pub(super) async fn newest_committed(url: &str, id: &str) -> Result<Option<u64>, ControlError> {
-    let store = JobStore::open(url, id).map_err(storage_error(id))?;
+/// The newest checkpoint of job `id` committed in the store its `spec` names.
+pub(super) async fn newest_committed(
+    spec: &JobSpec,
+    id: &str,
+) -> Result<Option<u64>, ControlError> {
+    let store = open(spec, id)?;
     let committed = store.committed().await.map_err(storage_error(id))?;
     Ok(committed.last().copied())
 }

@@ -120,7 +120,10 @@ impl<'d> Loader<'d> {
             None => self
                 .resolve_url(DEFAULT_STORAGE_URL)
                 .ok()
-                .map(|url| StorageSpec { url }),
+                .map(|url| StorageSpec {
+                    url,
+                    ..StorageSpec::default()
+                }),
         };
         let state = match self.at_most_one(src, body, &STATE, &CLUSTER) {
             Some(state) => self.state(src, state),
@@ -250,7 +253,97 @@ impl<'d> Loader<'d> {
                 }
             },
         };
-        labels_ok.then_some(StorageSpec { url: url? })
+        let url = url?;
+        let s3 = url.starts_with("s3://");
+        let mut ok = labels_ok;
+        for name in [
+            "endpoint",
+            "region",
+            "access_key_id_file",
+            "secret_access_key_file",
+        ] {
+            if let Some(attr) = block.body.get_attribute(name).filter(|_| !s3) {
+                ok = false;
+                self.push(
+                    src.error(
+                        attr.key.span(),
+                        format!("`{name}` applies only to `s3://` storage"),
+                    )
+                    .with_hint("remove it, or set `url = \"s3://BUCKET/PREFIX\"`"),
+                );
+            }
+        }
+        let endpoint = self.get(src, &block.body, "endpoint", |value| {
+            let endpoint = expect_string(value)?;
+            if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+                Ok(endpoint)
+            } else {
+                Err(Bad::Value(format!(
+                    "{endpoint:?} is not a URL; write `https://HOST[:PORT]` (or `http://` for a server without TLS)"
+                )))
+            }
+        });
+        let region = self.get(src, &block.body, "region", |value| {
+            let region = expect_string(value)?;
+            if region.is_empty() {
+                return Err(Bad::Value("empty region".into()));
+            }
+            Ok(region)
+        });
+        let key_id = self.credentials_file(src, block, "access_key_id_file");
+        let secret = self.credentials_file(src, block, "secret_access_key_file");
+        for (name, other, found) in [
+            ("access_key_id_file", "secret_access_key_file", &key_id),
+            ("secret_access_key_file", "access_key_id_file", &secret),
+        ] {
+            if let (Get::Found(_, attr), None) = (found, block.body.get_attribute(other)) {
+                ok = false;
+                self.push(
+                    src.error(attr.key.span(), format!("`{name}` without `{other}`"))
+                        .with_hint("set both, or neither to use the AWS_* environment"),
+                );
+            }
+        }
+        let spec = StorageSpec {
+            url,
+            endpoint: endpoint.optional()?,
+            region: region.optional()?,
+            access_key_id_file: key_id.optional()?,
+            secret_access_key_file: secret.optional()?,
+        };
+        ok.then_some(spec)
+    }
+
+    /// A credentials file: made absolute against the configuration directory, and it must be
+    /// readable here (the CLI and the coordinator open the store too).
+    fn credentials_file<'b>(
+        &mut self,
+        src: &SourceFile,
+        block: &'b Block,
+        name: &str,
+    ) -> Get<'b, std::path::PathBuf> {
+        match self.get_string(src, &block.body, name) {
+            Get::Found(written, attr) => {
+                let path = self.resolve_path(&written);
+                if let Err(e) = std::fs::File::open(&path) {
+                    let shown = self.dir.join(&written);
+                    self.push(
+                        src.error(
+                            value_span(attr),
+                            format!("Cannot read `{name}` `{}`", shown.display()),
+                        )
+                        .with_detail(e.to_string())
+                        .with_hint(
+                            "a relative path is resolved against the configuration directory",
+                        ),
+                    );
+                    return Get::Invalid;
+                }
+                Get::Found(path, attr)
+            }
+            Get::Missing => Get::Missing,
+            Get::Invalid => Get::Invalid,
+        }
     }
 
     pub(super) fn state(&mut self, src: &SourceFile, block: &Block) -> Option<StateSpec> {

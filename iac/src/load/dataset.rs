@@ -104,14 +104,15 @@ impl<'d> Loader<'d> {
         // Without the job's cluster (already reported) there is no store to look in.
         let storage = self.storage.clone()?;
         match kiln_versions::data::fetch_blocking(
-            &storage,
+            &storage.url,
+            &storage.options(),
             &parsed.reference,
             parsed.path.as_deref(),
         ) {
             Ok(fetched) => {
                 let local = fetched.local.display().to_string();
                 self.pins.push(crate::spec::DataPin {
-                    storage_url: storage,
+                    storage_url: storage.url.clone(),
                     name: fetched.version.name,
                     version: fetched.version.version,
                     content_hash: fetched.version.content_hash,
@@ -122,7 +123,7 @@ impl<'d> Loader<'d> {
             }
             Err(e) => {
                 self.push(
-                    src.error(value_span(attr), format!("Cannot read {url:?} from {storage}"))
+                    src.error(value_span(attr), format!("Cannot read {url:?} from {}", storage.url))
                         .with_detail(kiln_proto::error_chain(&e))
                         .with_hint("`kiln data list` shows the datasets of the store; `kiln data push` makes one"),
                 );

@@ -94,7 +94,7 @@ impl<'d> Loader<'d> {
         let model = self
             .exactly_one(src, block, &MODEL, &JOB)
             .and_then(|model| self.model(src, model, cluster_spec));
-        self.storage = cluster_spec.map(|c| c.storage.url.clone());
+        self.storage = cluster_spec.map(|c| c.storage.clone());
         self.pins.clear();
         let dataset = self
             .exactly_one(src, block, &DATASET, &JOB)

@@ -71,7 +71,13 @@ pub(super) const NODE_POOL: Schema = Schema {
 pub(super) const STORAGE: Schema = Schema {
     ident: "storage",
     labels: &[],
-    attrs: &["url"],
+    attrs: &[
+        "url",
+        "endpoint",
+        "region",
+        "access_key_id_file",
+        "secret_access_key_file",
+    ],
     blocks: &[],
 };
 pub(super) const STATE: Schema = Schema {

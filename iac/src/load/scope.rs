@@ -75,8 +75,8 @@ pub(crate) struct Loader<'d> {
     pub(super) diags: Vec<Diagnostic>,
     /// The model kinds of each worker binary asked so far (`None`: it could not answer).
     pub(super) catalogs: BTreeMap<Option<PathBuf>, Option<kiln_proto::models::Catalog>>,
-    /// The storage URL of the cluster of the job being decoded: where `kiln://` data is.
-    pub(super) storage: Option<String>,
+    /// The storage of the cluster of the job being decoded: where `kiln://` data is.
+    pub(super) storage: Option<crate::spec::StorageSpec>,
     /// The dataset version files the dataset being decoded reads.
     pub(super) pins: Vec<crate::spec::DataPin>,
 }

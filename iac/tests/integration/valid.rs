@@ -86,6 +86,7 @@ fn loads_every_cluster_with_defaults() {
             ],
             storage: StorageSpec {
                 url: format!("file://{}", base.join(".kiln/store").display()),
+                ..StorageSpec::default()
             },
             state: StateSpec::Embedded {
                 path: base.join(".kiln/state"),
@@ -106,6 +107,7 @@ fn loads_every_cluster_with_defaults() {
             node_pools: vec![pool("default", 1)],
             storage: StorageSpec {
                 url: format!("file://{}/.kiln/store", base.display()),
+                ..StorageSpec::default()
             },
             state: StateSpec::Embedded {
                 path: base.join(".kiln").join("state"),
@@ -284,6 +286,7 @@ fn loads_every_attribute_of_the_schema() {
             }],
             storage: StorageSpec {
                 url: "file:///var/lib/kiln/checkpoints".into(),
+                ..StorageSpec::default()
             },
             state: StateSpec::Etcd {
                 endpoints: vec![
@@ -358,6 +361,29 @@ fn loads_every_attribute_of_the_schema() {
     let training = wire.training.expect("training");
     assert_eq!((training.epochs, training.max_steps), (Some(10), Some(500)));
     assert_eq!(wire.storage_url, "file:///var/lib/kiln/checkpoints");
+    assert_eq!(wire.storage_options, Some(Default::default()));
+
+    // An s3:// store's settings: credentials as absolute paths, on the wire as they are.
+    let archive = &config.clusters["archive"];
+    assert_eq!(
+        archive.storage,
+        StorageSpec {
+            url: "s3://models/team".into(),
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: Some("eu-west-1".into()),
+            access_key_id_file: Some(base.join("secrets/s3-key-id")),
+            secret_access_key_file: Some(base.join("secrets/s3-secret")),
+        }
+    );
+    let options = full.to_wire(archive).storage_options.expect("options");
+    assert_eq!(
+        (options.endpoint.as_str(), options.region.as_str()),
+        ("http://127.0.0.1:9000", "eu-west-1")
+    );
+    assert_eq!(
+        options.secret_access_key_file,
+        base.join("secrets/s3-secret").display().to_string()
+    );
 
     // Only `max_steps`: no epoch limit, absent on the wire.
     let steps_only = &config.jobs["steps_only"];

@@ -2,7 +2,7 @@
 //! loopback): data pushed as a version, a job trained from it with its checkpoints in the
 //! bucket, the model registered there and its gate moving the alias, the registry read and
 //! the weights exported from the bucket alone — with credentials from the `AWS_*` environment
-//! that never show in output or state.
+//! or from the files the `storage` block names, which never show in output or state.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -111,7 +111,8 @@ const JOB: &str = r#"job "ons3" {
 }
 "#;
 
-fn cluster(url: &str) -> String {
+/// A two-node local cluster whose `storage` block holds `storage` (its attributes).
+fn cluster(storage: &str) -> String {
     format!(
         r#"cluster "local" {{
   provider = "local"
@@ -119,7 +120,7 @@ fn cluster(url: &str) -> String {
     count = 2
   }}
   storage {{
-    url = "{url}"
+    {storage}
   }}
   state {{
     backend = "embedded"
@@ -149,13 +150,13 @@ fn run(sandbox: &Sandbox, args: &[&str]) -> String {
 }
 
 #[test]
-fn data_training_registry_and_export_work_on_s3() {
+fn the_whole_flow_works_on_s3_configured_by_the_environment() {
     let moto = Moto::start();
     moto.create_bucket(BUCKET);
     let url = format!("s3://{BUCKET}/team");
     let sandbox = Sandbox::new()
         .with_files(&[
-            ("cluster.hcl", &cluster(&url)),
+            ("cluster.hcl", &cluster(&format!("url = \"{url}\""))),
             ("raw/points.csv", &points_csv()),
             ("job.hcl", JOB),
         ])
@@ -164,11 +165,41 @@ fn data_training_registry_and_export_work_on_s3() {
         .with_env("AWS_REGION", "us-east-1")
         .with_env("AWS_ACCESS_KEY_ID", "kiln-test")
         .with_env("AWS_SECRET_ACCESS_KEY", SECRET);
+    whole_flow(&sandbox, &url);
+}
 
+/// No AWS_* at all: kiln, the coordinator and the workers all reach the server through the
+/// `storage` block, and read the credentials from its files.
+#[test]
+fn the_whole_flow_works_on_s3_configured_by_the_storage_block() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let url = format!("s3://{BUCKET}/block");
+    let storage = format!(
+        r#"url                    = "{url}"
+    endpoint               = "{}"
+    region                 = "us-east-1"
+    access_key_id_file     = "secrets/key-id"
+    secret_access_key_file = "secrets/secret""#,
+        moto.endpoint()
+    );
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster(&storage)),
+        ("raw/points.csv", &points_csv()),
+        ("job.hcl", JOB),
+        ("secrets/key-id", "kiln-test\n"),
+        ("secrets/secret", &format!("{SECRET}\n")),
+    ]);
+    whole_flow(&sandbox, &url);
+}
+
+/// Push, train from the version, register and deploy, read the registry, export, pull: all
+/// against the store at `url`, which the sandbox's configuration names.
+fn whole_flow(sandbox: &Sandbox, url: &str) {
     // The second push has the same bytes: no new version.
     for _ in 0..2 {
         let pushed: Value = serde_json::from_str(&run(
-            &sandbox,
+            sandbox,
             &[
                 "data",
                 "push",
@@ -182,14 +213,14 @@ fn data_training_registry_and_export_work_on_s3() {
         assert_eq!(pushed["reference"], "points@1", "{pushed}");
     }
 
-    let up = run(&sandbox, &["up", "."]);
+    let up = run(sandbox, &["up", "."]);
     assert!(
         up.contains("points@1") && up.contains("deployed      \"production\""),
         "{up}"
     );
 
     let shown: Value = serde_json::from_str(&run(
-        &sandbox,
+        sandbox,
         &["models", "show", "points@production", "--json"],
     ))
     .expect("show JSON");
@@ -199,7 +230,7 @@ fn data_training_registry_and_export_work_on_s3() {
     assert_eq!(shown["lineage"]["data"][0]["reference"], "points@1");
 
     let exported: Value = serde_json::from_str(&run(
-        &sandbox,
+        sandbox,
         &[
             "models",
             "export",
@@ -211,7 +242,7 @@ fn data_training_registry_and_export_work_on_s3() {
     ))
     .expect("export JSON");
     assert_eq!(exported["tensors"], 4, "{exported}");
-    let pulled = run(&sandbox, &["data", "pull", "points@1", "pulled"]);
+    let pulled = run(sandbox, &["data", "pull", "points@1", "pulled"]);
     assert_eq!(
         std::fs::read_to_string(sandbox.path().join("pulled/points.csv")).expect("pulled"),
         points_csv(),

@@ -7,6 +7,7 @@ use std::path::{Path as FsPath, PathBuf};
 
 use super::{DataError, DataStore, DatasetVersion, FileEntry};
 use crate::VersionRef;
+use kiln_proto::v1::StorageOptions;
 
 /// Where the cache is: `KILN_DATA_CACHE`, else `$XDG_CACHE_HOME/kiln/data`, else
 /// `$HOME/.cache/kiln/data`, else `kiln-data` in the temporary directory.
@@ -62,10 +63,11 @@ pub struct Fetched {
 }
 
 /// Fetches the file `path` of the version `reference` names (or its only file) from the
-/// store at `url` into the cache, on a thread of its own: callable from synchronous code,
-/// also inside an async runtime (the configuration loader).
+/// store at `url` (with the `storage` block's `options`) into the cache, on a thread of its
+/// own: callable from synchronous code, also inside an async runtime (the configuration loader).
 pub fn fetch_blocking(
     url: &str,
+    options: &StorageOptions,
     reference: &VersionRef,
     path: Option<&str>,
 ) -> Result<Fetched, DataError> {
@@ -79,7 +81,7 @@ pub fn fetch_blocking(
                     source,
                 })?;
             runtime.block_on(async {
-                let store = DataStore::open(url)?;
+                let store = DataStore::open(url, options)?;
                 let version = store.get(reference).await?;
                 let file = pick(&version, path)?.clone();
                 let local = store.cached(&file, &cache_dir()).await?;

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use kiln_proto::v1::StorageOptions;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -198,14 +199,14 @@ pub struct DataStore {
 }
 
 impl DataStore {
-    /// Opens the data of the storage `url`.
-    pub fn open(url: &str) -> Result<Self, DataError> {
+    /// Opens the data of the storage `url` (with the `storage` block's `options`).
+    pub fn open(url: &str, options: &StorageOptions) -> Result<Self, DataError> {
         let root = kiln_proto::store::url_prefix(url)?.child("data");
         let local_objects = url
             .starts_with("file://")
             .then(|| PathBuf::from(format!("/{root}/objects")));
         Ok(Self {
-            store: kiln_proto::store::open_url(url)?,
+            store: kiln_proto::store::open_url(url, options)?,
             root,
             url: url.trim_end_matches('/').to_owned(),
             local_objects,

@@ -2,19 +2,21 @@
 //! store into this machine's data cache, verified against its hash, and the source's paths
 //! that named the submitting machine's copy are pointed at this one.
 
-use kiln_proto::v1::{DatasetSpec, dataset_spec::Source};
+use kiln_proto::v1::{DatasetSpec, StorageOptions, dataset_spec::Source};
 use std::path::Path;
 
 use kiln_versions::data::{DataStore, FileEntry};
 
 /// Fetches every pinned file of `dataset` into the data cache `cache` (the worker's is
-/// [`kiln_versions::data::cache_dir`]) and rewrites its source to read the local copies.
+/// [`kiln_versions::data::cache_dir`]) and rewrites its source to read the local copies. The
+/// pins live in the job's store, opened with its `options`.
 pub async fn fetch(
     dataset: &mut DatasetSpec,
+    options: &StorageOptions,
     cache: &Path,
 ) -> Result<(), kiln_versions::data::DataError> {
     for pin in &dataset.pins {
-        let store = DataStore::open(&pin.storage_url)?;
+        let store = DataStore::open(&pin.storage_url, options)?;
         let file = FileEntry {
             path: pin.path.clone(),
             size: pin.size,
@@ -54,7 +56,7 @@ mod tests {
         let url = format!("file://{}/store", root.path().display());
         let csv = root.path().join("t.csv");
         std::fs::write(&csv, "a,label\n1,0\n2,1\n").expect("csv");
-        let store = DataStore::open(&url).expect("store");
+        let store = DataStore::open(&url, &StorageOptions::default()).expect("store");
         let pushed = store.push(&csv, "t", None).await.expect("push");
         let file = pushed.version.files[0].clone();
         let elsewhere = "/submitting/machine/cache/t.csv".to_owned();
@@ -76,7 +78,9 @@ mod tests {
             ..DatasetSpec::default()
         };
         let cache = root.path().join("cache");
-        fetch(&mut dataset, &cache).await.expect("fetched");
+        fetch(&mut dataset, &StorageOptions::default(), &cache)
+            .await
+            .expect("fetched");
         let Some(Source::Csv(csv_source)) = &dataset.source else {
             panic!("a CSV source");
         };
@@ -98,7 +102,7 @@ mod tests {
             .join(&file.sha256);
         std::fs::write(&object, "a,label\n9,0\n2,1\n").expect("damage");
         let fresh = root.path().join("cache2");
-        let err = fetch(&mut dataset, &fresh)
+        let err = fetch(&mut dataset, &StorageOptions::default(), &fresh)
             .await
             .expect_err("does not verify");
         assert!(

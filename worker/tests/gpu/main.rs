@@ -324,7 +324,8 @@ fn train_with_nccl() -> Outcome {
 fn checkpoints_cross_backends() -> Outcome {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let url = format!("file://{}", dir.path().display());
-    let store = CheckpointStore::open(&url, "gpu").map_err(|e| e.to_string())?;
+    let store =
+        CheckpointStore::open(&url, &Default::default(), "gpu").map_err(|e| e.to_string())?;
     let leg = |on_gpu, max_steps, resume_step| {
         train(Run {
             on_gpu,

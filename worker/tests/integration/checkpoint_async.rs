@@ -1,7 +1,8 @@
 //! Background checkpoints: training goes on while a checkpoint uploads, every checkpoint is
 //! reported only once committed and verifies against its manifest, retention keeps exactly
-//! `keep`, failures and cancellation wait for the upload in flight, and neither checkpointing
-//! nor resuming from a background snapshot changes the final parameters by a bit.
+//! `keep`, a failed upload is skipped (the final one fails training), cancellation waits for
+//! the upload in flight, and neither checkpointing nor resuming from a background snapshot
+//! changes the final parameters by a bit.
 //!
 //! The store is gated rather than slow: the manifest (the commit) of checkpoint N is held until
 //! training has reported progress at step N + `every`, so a loop that blocked on the upload
@@ -229,6 +230,7 @@ struct Recorder {
     runtime: tokio::runtime::Handle,
     /// Set the cancel flag (and open the gates) at this progress step.
     cancel_at: Option<(u64, Arc<AtomicBool>)>,
+    notes: Vec<String>,
 }
 
 impl Observer for Recorder {
@@ -256,7 +258,7 @@ impl Observer for Recorder {
     }
 
     fn note(&mut self, message: &str) {
-        panic!("unexpected note: {message}");
+        self.notes.push(message.to_owned());
     }
 }
 
@@ -264,6 +266,7 @@ struct Run {
     result: Result<Outcome, TrainError>,
     reports: Vec<(u64, u64)>,
     last_step: u64,
+    notes: Vec<String>,
 }
 
 struct Harness {
@@ -286,7 +289,7 @@ impl Harness {
     }
 
     fn store(&self) -> CheckpointStore {
-        CheckpointStore::open(&self.url, JOB).expect("open store")
+        CheckpointStore::open(&self.url, &Default::default(), JOB).expect("open store")
     }
 
     /// Trains with checkpoints through a [`GatedStore`] (`resume_step` from the plain one).
@@ -310,12 +313,14 @@ impl Harness {
             verify: self.store(),
             runtime: self.runtime.handle().clone(),
             cancel_at: cancel_at.map(|step| (step, cancel.clone())),
+            notes: Vec::new(),
         };
         let result = self.run(&self.url, Some(&gated), None, &cancel, &mut recorder);
         Run {
             result,
             reports: recorder.reports,
             last_step: recorder.last_step,
+            notes: recorder.notes,
         }
     }
 
@@ -449,29 +454,69 @@ fn training_runs_ahead_of_uploads_and_ends_bit_identical() {
 }
 
 #[test]
-fn a_failed_upload_fails_training_at_the_next_step_boundary() {
+fn a_failed_upload_is_skipped_and_the_next_checkpoint_commits() {
     let harness = Harness::new();
     let run = harness.train(Some(2 * EVERY), None);
-    let error = run.result.expect_err("training fails");
-    let chain = kiln_proto::error_chain(&error);
+    let outcome = run
+        .result
+        .expect("training goes on past a failed checkpoint");
+    // Checkpoint 10 was never committed nor reported; every later one was.
+    let steps: Vec<u64> = run.reports.iter().map(|r| r.0).collect();
+    let mut expected: Vec<u64> = (1..=STEPS / EVERY).map(|i| i * EVERY).collect();
+    expected.retain(|&s| s != 2 * EVERY);
+    assert_eq!(steps, expected);
     assert!(
-        matches!(error, TrainError::Checkpoint(_))
-            && chain.contains("injected failure of checkpoint 10"),
-        "{chain}"
+        run.notes.len() == 1
+            && run.notes[0].contains("checkpoint 10 was not committed")
+            && run.notes[0].contains("injected failure of checkpoint 10"),
+        "{:?}",
+        run.notes
     );
-    // Checkpoint 5 was committed and reported; 10 never was, and training stopped at the
-    // latest where the next one was due.
-    assert_eq!(run.reports.iter().map(|r| r.0).collect::<Vec<_>>(), [EVERY]);
-    assert!(
-        run.last_step <= 3 * EVERY,
-        "stopped at step {}",
-        run.last_step
-    );
+    // Nothing of the failed upload is visible: retention deleted its manifest-less directory
+    // with the other old ones.
     let committed = harness
         .runtime
         .block_on(harness.store().committed())
         .expect("list checkpoints");
-    assert_eq!(committed, [EVERY]);
+    assert_eq!(committed, [STEPS - EVERY, STEPS]);
+    let dirs: Vec<String> = std::fs::read_dir(
+        harness
+            .dir
+            .path()
+            .join("jobs")
+            .join(JOB)
+            .join("checkpoints"),
+    )
+    .expect("checkpoint directory")
+    .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+    .collect();
+    assert_eq!(dirs.len(), KEEP as usize, "{dirs:?}");
+    assert_eq!(
+        outcome.params,
+        harness.reference(),
+        "a skipped checkpoint changes nothing"
+    );
+}
+
+#[test]
+fn a_failed_final_checkpoint_fails_training() {
+    let harness = Harness::new();
+    let run = harness.train(Some(STEPS), None);
+    let error = run
+        .result
+        .expect_err("training cannot end without its final checkpoint");
+    let chain = kiln_proto::error_chain(&error);
+    assert!(
+        matches!(error, TrainError::Checkpoint(_))
+            && chain.contains(&format!("injected failure of checkpoint {STEPS}")),
+        "{chain}"
+    );
+    assert_eq!(run.last_step, STEPS, "every step was trained");
+    let committed = harness
+        .runtime
+        .block_on(harness.store().committed())
+        .expect("list checkpoints");
+    assert_eq!(committed, [STEPS - 2 * EVERY, STEPS - EVERY]);
 }
 
 #[test]
