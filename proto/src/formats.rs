@@ -125,6 +125,34 @@ pub enum FormatError {
     },
 }
 
+/// One element of `dtype` from its `bytes` (exactly [`DType::size`] of them), as stored: no
+/// scaling.
+pub fn element(bytes: &[u8], dtype: DType, big_endian: bool) -> f64 {
+    macro_rules! read {
+        ($ty:ty) => {{
+            let mut raw = [0u8; std::mem::size_of::<$ty>()];
+            raw.copy_from_slice(bytes);
+            if big_endian {
+                <$ty>::from_be_bytes(raw)
+            } else {
+                <$ty>::from_le_bytes(raw)
+            }
+        }};
+    }
+    match dtype {
+        DType::U8 => f64::from(bytes[0]),
+        DType::I8 => f64::from(bytes[0] as i8),
+        DType::I16 => f64::from(read!(i16)),
+        DType::U16 => f64::from(read!(u16)),
+        DType::I32 => f64::from(read!(i32)),
+        DType::U32 => f64::from(read!(u32)),
+        DType::I64 => read!(i64) as f64,
+        DType::U64 => read!(u64) as f64,
+        DType::F32 => f64::from(read!(f32)),
+        DType::F64 => read!(f64),
+    }
+}
+
 /// Opens `path`, decompressing it on the fly when it starts with gzip's magic bytes.
 pub fn open(path: &Path) -> Result<(Box<dyn Read>, bool), FormatError> {
     let io = |source| FormatError::Io {

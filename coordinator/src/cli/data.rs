@@ -260,10 +260,16 @@ fn print_version(v: &DatasetVersion) {
             "  {:<20} {:>8} {:>12} {:>12} {:>12} {:>12}",
             "feature", "count", "mean", "std", "min", "max"
         );
-        for f in &d.features {
+        for f in d.features.iter().take(SHOWN) {
             println!(
                 "  {:<20} {:>8} {:>12.4} {:>12.4} {:>12.4} {:>12.4}",
                 f.name, f.count, f.mean, f.std, f.min, f.max
+            );
+        }
+        if d.features.len() > SHOWN {
+            println!(
+                "  … and {} more features (--json lists all)",
+                d.features.len() - SHOWN
             );
         }
     }

@@ -2,18 +2,25 @@
 //! (a CSV column, or the array file with one value per sample), and for CSV the statistics of
 //! every numeric column but the label (count, mean, standard deviation, min, max and a
 //! histogram of [`BINS`] equal bins), which later drift checks compare live inputs against.
-//! Array files (IDX, NPY) get their format, sample count and label file; their per-feature
-//! statistics are not computed yet.
+//! Array files (IDX, NPY) get the same statistics for each value position of a sample of the
+//! one features file (when a sample holds at most [`MAX_ARRAY_FEATURES`] values), read as
+//! stored and streamed twice — moments and range, then the histogram — so memory stays at one
+//! sample.
 
+use std::io::Read;
 use std::path::Path;
 
-use kiln_proto::formats;
+use kiln_proto::formats::{self, ArrayHeader};
 use serde::{Deserialize, Serialize};
 
 use super::DataError;
 
 /// Bins of every histogram.
 pub const BINS: usize = 10;
+
+/// An array file's samples of more values than this get no per-feature statistics (the
+/// manifest would grow by kilobytes per value).
+pub const MAX_ARRAY_FEATURES: u64 = 4096;
 
 /// The description a manifest records.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -103,15 +110,78 @@ fn describe_arrays(
         .filter(|(_, h)| h.row_len() == 1)
         .map(|(f, _)| *f)
         .collect();
+    let label = match labels.as_slice() {
+        [one] if files.len() > 1 => Some((*one).clone()),
+        _ => None,
+    };
+    let mut feature_files = files
+        .iter()
+        .zip(&headers)
+        .filter(|(f, _)| Some(**f) != label.as_ref());
+    let features = match (feature_files.next(), feature_files.next()) {
+        (Some((file, header)), None) if header.row_len() <= MAX_ARRAY_FEATURES => {
+            array_stats(&root.join(file), header)
+                .map_err(|e| DataError::Describe(format!("{file}: {e}")))?
+        }
+        _ => Vec::new(),
+    };
     Ok(Description {
         format: format.into(),
         samples,
-        label: match labels.as_slice() {
-            [one] if files.len() > 1 => Some((*one).clone()),
-            _ => None,
-        },
-        features: Vec::new(),
+        label,
+        features,
     })
+}
+
+/// The statistics of every value position of the samples of an array file, named by their
+/// index in the flattened sample (`"0"`, `"1"`, …).
+fn array_stats(path: &Path, header: &ArrayHeader) -> Result<Vec<FeatureStats>, String> {
+    let width = header.row_len() as usize;
+    let mut moments = vec![Moments::default(); width];
+    for_each_sample(path, header, |sample| {
+        for (m, v) in moments.iter_mut().zip(sample) {
+            m.push(*v);
+        }
+    })?;
+    let mut bins: Vec<Bins> = moments.iter().map(Bins::new).collect();
+    for_each_sample(path, header, |sample| {
+        for (b, v) in bins.iter_mut().zip(sample) {
+            b.push(*v);
+        }
+    })?;
+    Ok(moments
+        .iter()
+        .zip(bins)
+        .enumerate()
+        .map(|(i, (m, b))| m.stats(i.to_string(), b))
+        .collect())
+}
+
+/// Calls `f` with each sample of the array file, decoded, in order.
+fn for_each_sample(
+    path: &Path,
+    header: &ArrayHeader,
+    mut f: impl FnMut(&[f64]),
+) -> Result<(), String> {
+    let (stream, _) = formats::open(path).map_err(|e| e.to_string())?;
+    let mut stream = std::io::BufReader::with_capacity(1 << 20, stream);
+    let truncated = |e: std::io::Error| format!("reading the data: {e}");
+    std::io::copy(
+        &mut (&mut stream).take(header.data_offset as u64),
+        &mut std::io::sink(),
+    )
+    .map_err(truncated)?;
+    let size = header.dtype.size();
+    let mut raw = vec![0u8; header.row_len() as usize * size];
+    let mut sample = vec![0f64; header.row_len() as usize];
+    for _ in 0..header.rows() {
+        stream.read_exact(&mut raw).map_err(truncated)?;
+        for (v, bytes) in sample.iter_mut().zip(raw.chunks_exact(size)) {
+            *v = formats::element(bytes, header.dtype, header.big_endian);
+        }
+        f(&sample);
+    }
+    Ok(())
 }
 
 fn describe_csv(path: &Path, label: Option<&str>) -> Result<Description, DataError> {
@@ -168,34 +238,95 @@ fn describe_csv(path: &Path, label: Option<&str>) -> Result<Description, DataErr
 
 /// The statistics of one column.
 pub fn stats(name: &str, values: &[f64]) -> FeatureStats {
-    let count = values.len() as u64;
-    let (min, max) = values
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-            (lo.min(*v), hi.max(*v))
-        });
-    let (min, max) = if count == 0 { (0.0, 0.0) } else { (min, max) };
-    let mean = values.iter().sum::<f64>() / count.max(1) as f64;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / count.max(1) as f64;
-    let width = (max - min) / BINS as f64;
-    let edges = (0..=BINS).map(|i| min + width * i as f64).collect();
-    let mut counts = vec![0u64; BINS];
-    for v in values {
-        let bin = if width > 0.0 {
-            (((v - min) / width) as usize).min(BINS - 1)
+    let mut moments = Moments::default();
+    values.iter().for_each(|v| moments.push(*v));
+    let mut bins = Bins::new(&moments);
+    values.iter().for_each(|v| bins.push(*v));
+    moments.stats(name.to_owned(), bins)
+}
+
+/// Count, mean, variance (Welford's running sums) and range of a stream of values.
+#[derive(Debug, Clone, Copy)]
+struct Moments {
+    count: u64,
+    mean: f64,
+    m2: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Default for Moments {
+    fn default() -> Self {
+        Moments {
+            count: 0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+}
+
+impl Moments {
+    fn push(&mut self, v: f64) {
+        self.count += 1;
+        let delta = v - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (v - self.mean);
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+    }
+
+    /// The range, `(0, 0)` for no values.
+    fn range(&self) -> (f64, f64) {
+        if self.count == 0 {
+            (0.0, 0.0)
+        } else {
+            (self.min, self.max)
+        }
+    }
+
+    fn stats(&self, name: String, bins: Bins) -> FeatureStats {
+        let (min, max) = self.range();
+        FeatureStats {
+            name,
+            count: self.count,
+            mean: self.mean,
+            std: (self.m2 / self.count.max(1) as f64).sqrt(),
+            min,
+            max,
+            histogram: Histogram {
+                edges: (0..=BINS).map(|i| min + bins.width * i as f64).collect(),
+                counts: bins.counts,
+            },
+        }
+    }
+}
+
+/// [`BINS`] equal bins over a range that [`Moments`] found.
+struct Bins {
+    min: f64,
+    width: f64,
+    counts: Vec<u64>,
+}
+
+impl Bins {
+    fn new(moments: &Moments) -> Self {
+        let (min, max) = moments.range();
+        Bins {
+            min,
+            width: (max - min) / BINS as f64,
+            counts: vec![0; BINS],
+        }
+    }
+
+    fn push(&mut self, v: f64) {
+        let bin = if self.width > 0.0 {
+            (((v - self.min) / self.width) as usize).min(BINS - 1)
         } else {
             0
         };
-        counts[bin] += 1;
-    }
-    FeatureStats {
-        name: name.to_owned(),
-        count,
-        mean,
-        std: var.sqrt(),
-        min,
-        max,
-        histogram: Histogram { edges, counts },
+        self.counts[bin] += 1;
     }
 }
 
@@ -239,5 +370,52 @@ mod tests {
             missing.to_string().contains("columns: a, name, b, label"),
             "{missing}"
         );
+    }
+
+    /// Four samples of three `uint8` values (gzipped IDX) with an IDX label file, and the
+    /// same values as a little-endian NPY of float64: equal statistics, the label file left
+    /// out, values as stored.
+    #[test]
+    fn arrays_are_described_per_value_position_without_the_label_file() {
+        use formats::{DType, idx_bytes, npy_bytes};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images: [u8; 12] = [0, 10, 200, 2, 10, 100, 4, 10, 0, 6, 10, 255];
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &idx_bytes(DType::U8, &[4, 3], &images)).expect("gzip");
+        let write = |name: &str, bytes: &[u8]| {
+            std::fs::write(dir.path().join(name), bytes).expect("write");
+            name.to_owned()
+        };
+        let idx = [
+            write("x-idx2-ubyte.gz", &gz.finish().expect("gzip")),
+            write("y-idx1-ubyte", &idx_bytes(DType::U8, &[4], &[0, 1, 0, 1])),
+        ];
+        let d = describe(dir.path(), &idx, None).expect("described");
+        assert_eq!((d.format.as_str(), d.samples), ("idx", Some(4)));
+        assert_eq!(d.label.as_deref(), Some("y-idx1-ubyte"));
+        let names: Vec<&str> = d.features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["0", "1", "2"]);
+        let first = &d.features[0];
+        assert_eq!(
+            (first.count, first.mean, first.min, first.max),
+            (4, 3.0, 0.0, 6.0)
+        );
+        assert!((first.std - 5f64.sqrt()).abs() < 1e-12, "{}", first.std);
+        assert_eq!(d.features[1].histogram.counts[0], 4, "a constant column");
+        assert_eq!(d.features[2].histogram.counts.iter().sum::<u64>(), 4);
+        assert_eq!(
+            d.features[2].histogram.counts[BINS - 1],
+            1,
+            "255 in the last bin"
+        );
+
+        let floats: Vec<u8> = images
+            .iter()
+            .flat_map(|&b| f64::from(b).to_le_bytes())
+            .collect();
+        let npy = [write("x.npy", &npy_bytes(DType::F64, &[4, 3], &floats))];
+        let n = describe(dir.path(), &npy, None).expect("described");
+        assert_eq!((n.format.as_str(), n.label.as_deref()), ("npy", None));
+        assert_eq!(n.features, d.features);
     }
 }
