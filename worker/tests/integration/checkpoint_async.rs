@@ -288,6 +288,15 @@ impl Harness {
         }
     }
 
+    /// The directories under the job's `checkpoints/`, committed or not.
+    fn checkpoint_dirs(&self) -> Vec<String> {
+        let dir = self.dir.path().join("jobs").join(JOB).join("checkpoints");
+        std::fs::read_dir(dir)
+            .expect("checkpoint directory")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
     fn store(&self) -> CheckpointStore {
         CheckpointStore::open(&self.url, &Default::default(), JOB).expect("open store")
     }
@@ -414,16 +423,7 @@ fn training_runs_ahead_of_uploads_and_ends_bit_identical() {
             .block_on(store.load(step))
             .unwrap_or_else(|e| panic!("checkpoint {step}: {e:?}"));
     }
-    let dirs = std::fs::read_dir(
-        harness
-            .dir
-            .path()
-            .join("jobs")
-            .join(JOB)
-            .join("checkpoints"),
-    )
-    .expect("checkpoint directory")
-    .count();
+    let dirs = harness.checkpoint_dirs().len();
     assert_eq!(
         dirs, KEEP as usize,
         "older checkpoints are deleted, not left partial"
@@ -479,17 +479,7 @@ fn a_failed_upload_is_skipped_and_the_next_checkpoint_commits() {
         .block_on(harness.store().committed())
         .expect("list checkpoints");
     assert_eq!(committed, [STEPS - EVERY, STEPS]);
-    let dirs: Vec<String> = std::fs::read_dir(
-        harness
-            .dir
-            .path()
-            .join("jobs")
-            .join(JOB)
-            .join("checkpoints"),
-    )
-    .expect("checkpoint directory")
-    .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-    .collect();
+    let dirs = harness.checkpoint_dirs();
     assert_eq!(dirs.len(), KEEP as usize, "{dirs:?}");
     assert_eq!(
         outcome.params,
