@@ -31,6 +31,18 @@ fn status(e: ControlError) -> Status {
     e.to_status()
 }
 
+impl Service {
+    /// A worker RPC's caller must be `worker_id`: the secret of its registration is in the
+    /// request's metadata.
+    fn authenticate<T>(&self, request: &Request<T>, worker_id: &str) -> Result<(), Status> {
+        let secret = request
+            .metadata()
+            .get(kiln_proto::WORKER_SECRET_HEADER)
+            .map(|v| v.as_bytes());
+        self.control.authenticate(worker_id, secret).map_err(status)
+    }
+}
+
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for Service {
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_name))]
@@ -48,6 +60,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
         self.control
             .heartbeat(&request.get_ref().worker_id)
             .map(|()| Response::new(HeartbeatResponse {}))
@@ -61,6 +74,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<AssignmentsRequest>,
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
         let (tx, rx) = mpsc::channel(16);
         self.control
             .attach(&request.get_ref().worker_id, tx)
@@ -72,6 +86,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<ProgressReport>,
     ) -> Result<Response<Ack>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
         self.control
             .progress(request.into_inner())
             .map(|()| Response::new(Ack {}))
@@ -83,6 +98,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<CheckpointReport>,
     ) -> Result<Response<Ack>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
         self.control
             .checkpoint(request.into_inner())
             .map(|()| Response::new(Ack {}))
@@ -91,6 +107,7 @@ impl coordinator_server::Coordinator for Service {
 
     #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id, worker = %request.get_ref().worker_id))]
     async fn report_task_end(&self, request: Request<TaskEnd>) -> Result<Response<Ack>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
         self.control
             .task_end(request.into_inner())
             .map(|()| Response::new(Ack {}))
@@ -102,6 +119,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<PublishCollectiveIdRequest>,
     ) -> Result<Response<Ack>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
         self.control
             .publish_collective_id(request.into_inner())
             .map(|()| Response::new(Ack {}))
@@ -112,6 +130,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<GetCollectiveIdRequest>,
     ) -> Result<Response<GetCollectiveIdResponse>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
         self.control
             .collective_id(request.get_ref())
             .map(|id| Response::new(GetCollectiveIdResponse { id }))

@@ -16,6 +16,9 @@ pub mod store;
 
 pub use prost::Message;
 
+/// The gRPC metadata key a worker's RPCs carry its `RegisterResponse.worker_secret` under.
+pub const WORKER_SECRET_HEADER: &str = "kiln-worker-secret";
+
 /// Generated `kiln.v1` messages, client and server.
 #[allow(missing_docs)]
 pub mod v1 {

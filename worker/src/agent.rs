@@ -180,11 +180,12 @@ async fn register(
     config: &AgentConfig,
     collective_addr: SocketAddr,
     timeout: Duration,
-) -> Result<(CoordinatorClient<Channel>, RegisterResponse), AgentError> {
+) -> Result<(Client, RegisterResponse), AgentError> {
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(50);
     loop {
-        let mut client = connect(&config.coordinator, deadline).await?;
+        let channel = connect(&config.coordinator, deadline).await?;
+        let mut client = CoordinatorClient::new(channel.clone());
         let request = RegisterRequest {
             join_token: config.join_token.clone(),
             collective_addr: collective_addr.to_string(),
@@ -195,7 +196,23 @@ async fn register(
             binary_sha256: binary_sha256().unwrap_or_default(),
         };
         match client.register(request).await {
-            Ok(response) => return Ok((client, response.into_inner())),
+            Ok(response) => {
+                let response = response.into_inner();
+                let secret =
+                    Secret(
+                        response
+                            .worker_secret
+                            .parse()
+                            .map_err(|_| AgentError::Rpc {
+                                call: "Register",
+                                status: tonic::Status::internal("the worker secret is not ASCII"),
+                            })?,
+                    );
+                return Ok((
+                    CoordinatorClient::with_interceptor(channel, secret),
+                    response,
+                ));
+            }
             // Still starting, shutting down, or killed mid-call (a transport failure reads as
             // `Unknown` or `Cancelled` as often as `Unavailable`): try again. Only a refusal
             // is final.
@@ -213,6 +230,25 @@ async fn register(
     }
 }
 
+/// Adds this worker's registration secret to every RPC after `Register` (never logged).
+#[derive(Clone)]
+struct Secret(tonic::metadata::AsciiMetadataValue);
+
+impl tonic::service::Interceptor for Secret {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert(kiln_proto::WORKER_SECRET_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// The coordinator's client as a registered worker: every RPC carries its secret.
+type Client = CoordinatorClient<tonic::service::interceptor::InterceptedService<Channel, Secret>>;
+
 /// A coordinator's answer that retrying cannot change: the token or the request is wrong.
 fn is_refusal(code: tonic::Code) -> bool {
     matches!(
@@ -227,7 +263,7 @@ fn is_refusal(code: tonic::Code) -> bool {
 /// One registration's worth of work: heartbeats and assignments until the coordinator closes
 /// the stream or is lost. The running task is stopped either way.
 async fn session(
-    mut client: CoordinatorClient<Channel>,
+    mut client: Client,
     registered: RegisterResponse,
     host: Arc<Host>,
     sigterm: &mut tokio::signal::unix::Signal,
@@ -343,11 +379,15 @@ async fn session(
 }
 
 /// Connects to the coordinator, retrying with backoff until `deadline`.
-async fn connect(url: &str, deadline: Instant) -> Result<CoordinatorClient<Channel>, AgentError> {
+async fn connect(url: &str, deadline: Instant) -> Result<Channel, AgentError> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match CoordinatorClient::connect(url.to_owned()).await {
-            Ok(client) => return Ok(client),
+        let channel = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
+            Ok(endpoint) => endpoint.connect().await,
+            Err(e) => Err(e),
+        };
+        match channel {
+            Ok(channel) => return Ok(channel),
             Err(source) if Instant::now() >= deadline => {
                 return Err(AgentError::Connect {
                     url: url.to_owned(),
@@ -365,7 +405,7 @@ async fn connect(url: &str, deadline: Instant) -> Result<CoordinatorClient<Chann
 /// Renews the lease every `interval`. Cancels `shutdown` (and fails) when no heartbeat has
 /// succeeded for `ttl`, or when the coordinator no longer knows this worker.
 async fn heartbeat_loop(
-    mut client: CoordinatorClient<Channel>,
+    mut client: Client,
     worker_id: String,
     interval: Duration,
     ttl: Duration,
@@ -442,7 +482,7 @@ impl Observer for ChannelObserver {
 
 fn start_task(
     assignment: Assignment,
-    mut client: CoordinatorClient<Channel>,
+    mut client: Client,
     worker_id: String,
     host: Arc<Host>,
 ) -> Running {
@@ -601,7 +641,7 @@ fn refuse_unbuilt(spec: &TrainSpec, registry: &Registry) -> Result<(), TaskFailu
 struct Link {
     runtime: tokio::runtime::Handle,
     #[cfg(feature = "cuda")]
-    client: CoordinatorClient<Channel>,
+    client: Client,
     #[cfg(feature = "cuda")]
     worker_id: String,
 }

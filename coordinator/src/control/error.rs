@@ -12,6 +12,9 @@ pub enum ControlError {
     /// The join token is wrong.
     #[error("invalid join token")]
     BadToken,
+    /// A worker RPC without the secret its worker id was registered with.
+    #[error("worker {0:?}: missing or wrong worker secret")]
+    WrongWorkerSecret(String),
     /// No such worker (it never registered, or its lease expired).
     #[error("unknown worker {0:?}")]
     UnknownWorker(String),
@@ -52,7 +55,9 @@ pub enum ControlError {
 impl ServiceError for ControlError {
     fn code(&self) -> tonic::Code {
         match self {
-            ControlError::BadToken => tonic::Code::Unauthenticated,
+            ControlError::BadToken | ControlError::WrongWorkerSecret(_) => {
+                tonic::Code::Unauthenticated
+            }
             ControlError::UnknownWorker(_) | ControlError::UnknownJob { .. } => {
                 tonic::Code::NotFound
             }

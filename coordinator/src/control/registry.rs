@@ -53,7 +53,32 @@ impl Control {
         }
     }
 
-    /// Admits a worker that presents the join token.
+    /// Refuses a worker RPC for `worker_id` that does not carry the secret the worker was
+    /// given at registration. An id no worker holds passes: the RPC itself answers that the
+    /// worker is unknown, which tells a worker whose lease expired to register again.
+    pub fn authenticate(&self, worker_id: &str, secret: Option<&[u8]>) -> Result<(), ControlError> {
+        let state = self.lock();
+        let Some(worker) = state.workers.get(worker_id) else {
+            return Ok(());
+        };
+        let expected = worker.secret.as_bytes();
+        // Constant time in the secret's bytes: no prefix is learnt from how long a refusal took.
+        let same = secret.is_some_and(|given| {
+            given.len() == expected.len()
+                && given
+                    .iter()
+                    .zip(expected)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if same {
+            Ok(())
+        } else {
+            Err(ControlError::WrongWorkerSecret(worker_id.to_owned()))
+        }
+    }
+
+    /// Admits a worker that presents the join token, and gives it its secret.
     pub fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ControlError> {
         if req.join_token != self.inner.join_token {
             return Err(ControlError::BadToken);
@@ -68,6 +93,10 @@ impl Control {
         state.next_worker += 1;
         let id = format!("w-{}", state.next_worker);
         let gpus = req.resources.as_ref().map_or(0, |r| r.gpus.len());
+        let secret = {
+            use rand::Rng;
+            hex::encode(rand::rng().random::<[u8; 32]>())
+        };
         tracing::info!(worker = %id, node = %req.node_name, pid = req.pid, gpus, "worker registered");
         state.workers.insert(
             id.clone(),
@@ -81,10 +110,12 @@ impl Control {
                 model_kinds: req.model_kinds,
                 resources: req.resources.unwrap_or_default(),
                 binary_sha256: req.binary_sha256,
+                secret: secret.clone(),
             },
         );
         Ok(RegisterResponse {
             worker_id: id,
+            worker_secret: secret,
             heartbeat_interval_ms: self.inner.lease.heartbeat_interval.as_millis() as u32,
             lease_ttl_ms: self.inner.lease.ttl.as_millis() as u32,
         })

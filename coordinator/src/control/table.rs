@@ -31,6 +31,8 @@ pub(super) struct Worker {
     pub(super) resources: Resources,
     /// SHA-256 of its executable, as it reported it (empty when it did not).
     pub(super) binary_sha256: String,
+    /// The secret it was given at registration (hex), which its later RPCs carry.
+    pub(super) secret: String,
 }
 
 impl Worker {

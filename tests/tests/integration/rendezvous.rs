@@ -1,6 +1,7 @@
 //! The NCCL unique id's path through a real `kiln coordinator` process over gRPC, with two
 //! workers played by the test (registered, attached and heartbeating as a worker does, but
 //! training nothing): rank 0 publishes, rank 1 reads, and the id belongs to its generation.
+//! A worker RPC is taken only with the secret its worker id was registered with.
 
 use std::time::Duration;
 
@@ -16,15 +17,26 @@ use kiln_tests::cluster::Cluster;
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
-/// A worker the test plays: its id and its command stream.
+/// A worker the test plays: its id, its secret and its command stream.
 struct Player {
     id: String,
+    secret: String,
     commands: Streaming<WorkerCommand>,
+}
+
+/// `message` as the worker whose registration gave it `secret` sends it.
+fn signed<T>(secret: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        kiln_proto::WORKER_SECRET_HEADER,
+        secret.parse().expect("an ASCII secret"),
+    );
+    request
 }
 
 impl Player {
     async fn join(client: &mut CoordinatorClient<Channel>, name: &str) -> Player {
-        let id = client
+        let registered = client
             .register(RegisterRequest {
                 join_token: "s3cret".into(),
                 collective_addr: "127.0.0.1:9".into(),
@@ -41,29 +53,36 @@ impl Player {
             })
             .await
             .expect("register")
-            .into_inner()
-            .worker_id;
+            .into_inner();
+        let (id, secret) = (registered.worker_id, registered.worker_secret);
         let commands = client
-            .assignments(AssignmentsRequest {
-                worker_id: id.clone(),
-            })
+            .assignments(signed(
+                &secret,
+                AssignmentsRequest {
+                    worker_id: id.clone(),
+                },
+            ))
             .await
             .expect("attach")
             .into_inner();
         // Keeps the lease alive for as long as the test runs.
-        let (mut beat, worker) = (client.clone(), id.clone());
+        let (mut beat, worker, key) = (client.clone(), id.clone(), secret.clone());
         tokio::spawn(async move {
             loop {
                 let request = kiln_proto::v1::HeartbeatRequest {
                     worker_id: worker.clone(),
                 };
-                if beat.heartbeat(request).await.is_err() {
+                if beat.heartbeat(signed(&key, request)).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         });
-        Player { id, commands }
+        Player {
+            id,
+            secret,
+            commands,
+        }
     }
 
     /// The next assignment on the stream (cancellations of the last one are skipped).
@@ -144,21 +163,67 @@ async fn the_nccl_id_goes_from_rank_0_to_the_others_and_belongs_to_its_generatio
             .iter()
             .zip(&assigned)
             .find(|(_, a)| a.rank == r)
-            .map(|(p, _)| p.id.clone())
+            .map(|(p, _)| (p.id.clone(), p.secret.clone()))
             .expect("a holder")
     };
     let (rank0, rank1) = (holder(0), holder(1));
-    let get = |worker: &str, generation: u64| GetCollectiveIdRequest {
-        worker_id: worker.into(),
+    let get = |(worker, secret): &(String, String), generation: u64| {
+        signed(
+            secret,
+            GetCollectiveIdRequest {
+                worker_id: worker.clone(),
+                job_id: job_id.clone(),
+                generation,
+            },
+        )
+    };
+    let publish = |(worker, secret): &(String, String), generation: u64, id: Vec<u8>| {
+        signed(
+            secret,
+            PublishCollectiveIdRequest {
+                worker_id: worker.clone(),
+                job_id: job_id.clone(),
+                generation,
+                id,
+            },
+        )
+    };
+
+    // Another's id without its secret is refused, whoever asks: no secret, or the other
+    // worker's own. The refusal never shows a secret.
+    let forged = |secret: Option<&str>| {
+        let message = AssignmentsRequest {
+            worker_id: rank0.0.clone(),
+        };
+        match secret {
+            Some(secret) => signed(secret, message),
+            None => tonic::Request::new(message),
+        }
+    };
+    for secret in [None, Some(rank1.1.as_str()), Some("00")] {
+        let refused = client
+            .assignments(forged(secret))
+            .await
+            .expect_err("a forged worker id cannot attach");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        assert!(
+            !refused.message().contains(&rank0.1) && !refused.message().contains(&rank1.1),
+            "{refused:?}"
+        );
+    }
+    // Rank 1's secret does not end rank 0's task either.
+    let forged_end = TaskEnd {
+        worker_id: rank0.0.clone(),
         job_id: job_id.clone(),
         generation,
+        error: "forged".into(),
+        ..TaskEnd::default()
     };
-    let publish = |worker: &str, generation: u64, id: Vec<u8>| PublishCollectiveIdRequest {
-        worker_id: worker.into(),
-        job_id: job_id.clone(),
-        generation,
-        id,
-    };
+    let refused = client
+        .report_task_end(signed(&rank1.1, forged_end))
+        .await
+        .expect_err("a forged task end");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
 
     // Before rank 0 publishes, the id is empty: the others keep asking.
     let before = client.get_collective_id(get(&rank1, generation)).await;
@@ -184,15 +249,18 @@ async fn the_nccl_id_goes_from_rank_0_to_the_others_and_belongs_to_its_generatio
 
     // A failed rank ends the generation (rank 0 is cancelled); the next one starts without
     // an id.
-    for (worker, error) in [(&rank1, "boom"), (&rank0, "cancelled")] {
+    for ((worker, secret), error) in [(&rank1, "boom"), (&rank0, "cancelled")] {
         client
-            .report_task_end(TaskEnd {
-                worker_id: worker.clone(),
-                job_id: job_id.clone(),
-                generation,
-                error: error.into(),
-                ..TaskEnd::default()
-            })
+            .report_task_end(signed(
+                secret,
+                TaskEnd {
+                    worker_id: worker.clone(),
+                    job_id: job_id.clone(),
+                    generation,
+                    error: error.into(),
+                    ..TaskEnd::default()
+                },
+            ))
             .await
             .expect("task end");
     }
