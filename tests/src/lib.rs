@@ -242,6 +242,12 @@ pub fn describe(out: &Output) -> String {
 
 /// A cluster with one local pool of `nodes` nodes.
 pub fn cluster_hcl(nodes: u32) -> String {
+    cluster_hcl_with_storage(nodes, r#"url = "file://.kiln/store""#)
+}
+
+/// A cluster with one local pool of `nodes` nodes whose `storage` block holds `storage` (its
+/// attributes, one per line).
+pub fn cluster_hcl_with_storage(nodes: u32, storage: &str) -> String {
     format!(
         r#"cluster "local" {{
   provider = "local"
@@ -249,7 +255,7 @@ pub fn cluster_hcl(nodes: u32) -> String {
     count = {nodes}
   }}
   storage {{
-    url = "file://.kiln/store"
+    {storage}
   }}
   state {{
     backend = "embedded"

@@ -254,24 +254,23 @@ impl<'d> Loader<'d> {
             },
         };
         let url = url?;
-        let s3 = url.starts_with("s3://");
         let mut ok = labels_ok;
-        for name in [
-            "endpoint",
-            "region",
-            "access_key_id_file",
-            "secret_access_key_file",
-        ] {
-            if let Some(attr) = block.body.get_attribute(name).filter(|_| !s3) {
+        if !url.starts_with("s3://") {
+            // The other attributes configure an S3 client only: not read, only refused.
+            for attr in block.body.attributes().filter(|a| a.key.as_str() != "url") {
                 ok = false;
                 self.push(
                     src.error(
                         attr.key.span(),
-                        format!("`{name}` applies only to `s3://` storage"),
+                        format!("`{}` applies only to `s3://` storage", attr.key.as_str()),
                     )
                     .with_hint("remove it, or set `url = \"s3://BUCKET/PREFIX\"`"),
                 );
             }
+            return ok.then_some(StorageSpec {
+                url,
+                ..StorageSpec::default()
+            });
         }
         let endpoint = self.get(src, &block.body, "endpoint", |value| {
             let endpoint = expect_string(value)?;

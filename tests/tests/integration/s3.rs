@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{Sandbox, describe, points_csv};
+use kiln_tests::{Sandbox, cluster_hcl_with_storage, describe, points_csv};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(120);
@@ -111,26 +111,6 @@ const JOB: &str = r#"job "ons3" {
 }
 "#;
 
-/// A two-node local cluster whose `storage` block holds `storage` (its attributes).
-fn cluster(storage: &str) -> String {
-    format!(
-        r#"cluster "local" {{
-  provider = "local"
-  node_pool "cpu" {{
-    count = 2
-  }}
-  storage {{
-    {storage}
-  }}
-  state {{
-    backend = "embedded"
-    path    = ".kiln/state"
-  }}
-}}
-"#
-    )
-}
-
 fn run(sandbox: &Sandbox, args: &[&str]) -> String {
     let out = sandbox.run(args, T).unwrap_or_else(|e| {
         let logs = walk(&sandbox.path().join(".kiln/logs"))
@@ -156,7 +136,10 @@ fn the_whole_flow_works_on_s3_configured_by_the_environment() {
     let url = format!("s3://{BUCKET}/team");
     let sandbox = Sandbox::new()
         .with_files(&[
-            ("cluster.hcl", &cluster(&format!("url = \"{url}\""))),
+            (
+                "cluster.hcl",
+                &cluster_hcl_with_storage(2, &format!("url = \"{url}\"")),
+            ),
             ("raw/points.csv", &points_csv()),
             ("job.hcl", JOB),
         ])
@@ -184,7 +167,7 @@ fn the_whole_flow_works_on_s3_configured_by_the_storage_block() {
         moto.endpoint()
     );
     let sandbox = Sandbox::new().with_files(&[
-        ("cluster.hcl", &cluster(&storage)),
+        ("cluster.hcl", &cluster_hcl_with_storage(2, &storage)),
         ("raw/points.csv", &points_csv()),
         ("job.hcl", JOB),
         ("secrets/key-id", "kiln-test\n"),

@@ -6,28 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use kiln_tests::{Sandbox, blobs_job_hcl, describe, wait_with_timeout};
-
-/// A cluster whose checkpoints go to `store` (a `file://` directory outside the sandbox).
-fn cluster(store: &Path) -> String {
-    format!(
-        r#"cluster "local" {{
-  provider = "local"
-  node_pool "cpu" {{
-    count = 2
-  }}
-  storage {{
-    url = "file://{}"
-  }}
-}}
-"#,
-        store.display()
-    )
-}
+use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl_with_storage, describe, wait_with_timeout};
 
 fn sandbox(store: &Path) -> Sandbox {
     Sandbox::new().with_files(&[
-        ("cluster.hcl", &cluster(store)),
+        (
+            "cluster.hcl",
+            &cluster_hcl_with_storage(2, &format!("url = \"file://{}\"", store.display())),
+        ),
         ("job.hcl", &blobs_job_hcl("shared", 2, 1024, 2, 5)),
     ])
 }
