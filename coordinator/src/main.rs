@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use kiln_coordinator::cli::{self, CliError};
 use kiln_coordinator::cli::{bench, infra};
 use kiln_coordinator::control::LeaseConfig;
+use kiln_iac::spec::StateSpec;
 
 #[derive(Parser)]
 #[command(
@@ -113,9 +114,22 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
         /// Directory of the embedded state.
-        #[arg(long, default_value = ".kiln/state")]
+        #[arg(long, default_value = ".kiln/state", conflicts_with = "etcd")]
         state: PathBuf,
-        /// File holding the join token; without it a token is generated into the state directory.
+        /// Keep the state in etcd instead, at these client endpoints (comma-separated,
+        /// `host:port` or `http://host:port`): coordinators on the same etcd and prefix elect
+        /// one leader; the others stand by.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// The key prefix of the state in etcd.
+        #[arg(long, default_value = "/kiln/", requires = "etcd")]
+        etcd_prefix: String,
+        /// The election lease on etcd: a standby succeeds a leader that died within this
+        /// (whole seconds).
+        #[arg(long, default_value = "3s", value_parser = duration, requires = "etcd")]
+        election_ttl: Duration,
+        /// File holding the join token; without it a token is generated into the state
+        /// directory (required with --etcd).
         #[arg(long)]
         join_token_file: Option<PathBuf>,
         /// URL workers and clients should use, when it differs from the listen address.
@@ -474,15 +488,27 @@ fn main() -> ExitCode {
             Command::Coordinator {
                 listen,
                 state,
+                etcd,
+                etcd_prefix,
+                election_ttl,
                 join_token_file,
                 advertise,
                 ready_file,
                 heartbeat_interval,
                 lease_ttl,
             } => {
+                let state = if etcd.is_empty() {
+                    StateSpec::Embedded { path: state }
+                } else {
+                    StateSpec::Etcd {
+                        endpoints: etcd,
+                        prefix: etcd_prefix,
+                    }
+                };
                 cli::coordinator(cli::CoordinatorOptions {
                     listen,
                     state,
+                    election_ttl,
                     join_token_file,
                     advertise,
                     ready_file,

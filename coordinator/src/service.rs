@@ -1,5 +1,7 @@
 //! The `kiln.v1.Coordinator` gRPC service: decodes requests, calls [`Control`], maps errors
-//! through [`ServiceError`]. No logic lives here.
+//! through [`ServiceError`]. No logic lives here. A coordinator serves before it leads: as a
+//! standby ([`Role::Standby`], on a shared etcd state) it answers every call but
+//! `FindLeader` with `Unavailable` and the leader's URL.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -8,13 +10,13 @@ use futures::Stream;
 use kiln_proto::ServiceError;
 use kiln_proto::v1::coordinator_server::{self, CoordinatorServer};
 use kiln_proto::v1::{
-    Ack, AssignmentsRequest, CancelJobRequest, CheckpointReport, GetCollectiveIdRequest,
-    GetCollectiveIdResponse, GetJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobEvent,
-    ListJobsRequest, ListJobsResponse, ProgressReport, PublishCollectiveIdRequest, RegisterRequest,
-    RegisterResponse, ResumeJobRequest, SubmitJobRequest, SubmitJobResponse, TaskEnd,
-    WatchJobRequest, WorkerCommand,
+    Ack, AssignmentsRequest, CancelJobRequest, CheckpointReport, FindLeaderRequest,
+    FindLeaderResponse, GetCollectiveIdRequest, GetCollectiveIdResponse, GetJobRequest,
+    HeartbeatRequest, HeartbeatResponse, Job, JobEvent, ListJobsRequest, ListJobsResponse,
+    ProgressReport, PublishCollectiveIdRequest, RegisterRequest, RegisterResponse,
+    ResumeJobRequest, SubmitJobRequest, SubmitJobResponse, TaskEnd, WatchJobRequest, WorkerCommand,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -23,8 +25,22 @@ use crate::control::{Control, ControlError};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// What a serving coordinator is.
+#[derive(Clone)]
+pub enum Role {
+    /// It serves: its control plane runs.
+    Leader(Control),
+    /// Another coordinator leads, at `leader` when one is elected.
+    Standby {
+        /// The leader's URL.
+        leader: Option<String>,
+    },
+}
+
 struct Service {
-    control: Control,
+    role: watch::Receiver<Role>,
+    /// The URL this coordinator announces.
+    url: String,
 }
 
 fn status(e: ControlError) -> Status {
@@ -32,6 +48,31 @@ fn status(e: ControlError) -> Status {
 }
 
 impl Service {
+    /// The control plane, or a standby's refusal naming the leader.
+    fn control(&self) -> Result<Control, Status> {
+        let leader = match &*self.role.borrow() {
+            Role::Leader(control) => return Ok(control.clone()),
+            Role::Standby { leader } => leader.clone(),
+        };
+        let message = match &leader {
+            Some(url) => format!("this coordinator is a standby; the leader is at {url}"),
+            None => {
+                "this coordinator is a standby and no leader is elected yet; retry shortly".into()
+            }
+        };
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        let value = leader
+            .unwrap_or_default()
+            .parse()
+            .unwrap_or_else(|_| tonic::metadata::AsciiMetadataValue::from_static(""));
+        metadata.insert(kiln_proto::LEADER_HEADER, value);
+        Err(Status::with_metadata(
+            tonic::Code::Unavailable,
+            message,
+            metadata,
+        ))
+    }
+
     /// A worker RPC's caller must be `worker_id`: the secret of its registration is in the
     /// request's metadata.
     fn authenticate<T>(&self, request: &Request<T>, worker_id: &str) -> Result<(), Status> {
@@ -39,18 +80,34 @@ impl Service {
             .metadata()
             .get(kiln_proto::WORKER_SECRET_HEADER)
             .map(|v| v.as_bytes());
-        self.control.authenticate(worker_id, secret).map_err(status)
+        self.control()?
+            .authenticate(worker_id, secret)
+            .map_err(status)
     }
 }
 
 #[tonic::async_trait]
 impl coordinator_server::Coordinator for Service {
+    async fn find_leader(
+        &self,
+        _request: Request<FindLeaderRequest>,
+    ) -> Result<Response<FindLeaderResponse>, Status> {
+        let (leader_url, is_leader) = match &*self.role.borrow() {
+            Role::Leader(_) => (self.url.clone(), true),
+            Role::Standby { leader } => (leader.clone().unwrap_or_default(), false),
+        };
+        Ok(Response::new(FindLeaderResponse {
+            leader_url,
+            is_leader,
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(node = %request.get_ref().node_name))]
     async fn register(
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
-        self.control
+        self.control()?
             .register(request.into_inner())
             .map(Response::new)
             .map_err(status)
@@ -61,7 +118,7 @@ impl coordinator_server::Coordinator for Service {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         self.authenticate(&request, &request.get_ref().worker_id)?;
-        self.control
+        self.control()?
             .heartbeat(&request.get_ref().worker_id)
             .map(|()| Response::new(HeartbeatResponse {}))
             .map_err(status)
@@ -76,7 +133,7 @@ impl coordinator_server::Coordinator for Service {
     ) -> Result<Response<Self::AssignmentsStream>, Status> {
         self.authenticate(&request, &request.get_ref().worker_id)?;
         let (tx, rx) = mpsc::channel(16);
-        self.control
+        self.control()?
             .attach(&request.get_ref().worker_id, tx)
             .map_err(status)?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -87,7 +144,7 @@ impl coordinator_server::Coordinator for Service {
         request: Request<ProgressReport>,
     ) -> Result<Response<Ack>, Status> {
         self.authenticate(&request, &request.get_ref().worker_id)?;
-        self.control
+        self.control()?
             .progress(request.into_inner())
             .map(|()| Response::new(Ack {}))
             .map_err(status)
@@ -99,7 +156,7 @@ impl coordinator_server::Coordinator for Service {
         request: Request<CheckpointReport>,
     ) -> Result<Response<Ack>, Status> {
         self.authenticate(&request, &request.get_ref().worker_id)?;
-        self.control
+        self.control()?
             .checkpoint(request.into_inner())
             .map(|()| Response::new(Ack {}))
             .map_err(status)
@@ -108,7 +165,7 @@ impl coordinator_server::Coordinator for Service {
     #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id, worker = %request.get_ref().worker_id))]
     async fn report_task_end(&self, request: Request<TaskEnd>) -> Result<Response<Ack>, Status> {
         self.authenticate(&request, &request.get_ref().worker_id)?;
-        self.control
+        self.control()?
             .task_end(request.into_inner())
             .map(|()| Response::new(Ack {}))
             .map_err(status)
@@ -120,7 +177,7 @@ impl coordinator_server::Coordinator for Service {
         request: Request<PublishCollectiveIdRequest>,
     ) -> Result<Response<Ack>, Status> {
         self.authenticate(&request, &request.get_ref().worker_id)?;
-        self.control
+        self.control()?
             .publish_collective_id(request.into_inner())
             .map(|()| Response::new(Ack {}))
             .map_err(status)
@@ -131,7 +188,7 @@ impl coordinator_server::Coordinator for Service {
         request: Request<GetCollectiveIdRequest>,
     ) -> Result<Response<GetCollectiveIdResponse>, Status> {
         self.authenticate(&request, &request.get_ref().worker_id)?;
-        self.control
+        self.control()?
             .collective_id(request.get_ref())
             .map(|id| Response::new(GetCollectiveIdResponse { id }))
             .map_err(status)
@@ -146,7 +203,7 @@ impl coordinator_server::Coordinator for Service {
             .into_inner()
             .spec
             .ok_or_else(|| status(ControlError::Invalid("no job spec".into())))?;
-        self.control
+        self.control()?
             .submit(spec)
             .await
             .map(|job_id| Response::new(SubmitJobResponse { job_id }))
@@ -154,7 +211,7 @@ impl coordinator_server::Coordinator for Service {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        self.control
+        self.control()?
             .job(&request.get_ref().job_id)
             .map(Response::new)
             .map_err(status)
@@ -165,7 +222,7 @@ impl coordinator_server::Coordinator for Service {
         _request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
         Ok(Response::new(ListJobsResponse {
-            jobs: self.control.jobs(),
+            jobs: self.control()?.jobs(),
         }))
     }
 
@@ -174,7 +231,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
-        self.control
+        self.control()?
             .cancel(&request.get_ref().job_id)
             .map(Response::new)
             .map_err(status)
@@ -185,7 +242,7 @@ impl coordinator_server::Coordinator for Service {
         request: Request<ResumeJobRequest>,
     ) -> Result<Response<Job>, Status> {
         let request = request.into_inner();
-        self.control
+        self.control()?
             .resume(&request.job_id, request.from_step)
             .await
             .map(Response::new)
@@ -199,10 +256,10 @@ impl coordinator_server::Coordinator for Service {
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = request.into_inner().job_id;
-        let (replay, job, events) = self.control.watch(&id).map_err(status)?;
+        let control = self.control()?;
+        let (replay, job, events) = control.watch(&id).map_err(status)?;
         let (tx, rx) = mpsc::channel(64);
-        self.control
-            .spawn(feed(self.control.clone(), id, replay, job, events, tx));
+        control.spawn(feed(control.clone(), id, replay, job, events, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -273,7 +330,8 @@ async fn feed(
 pub struct Server {
     /// The address it listens on.
     pub addr: SocketAddr,
-    control: Control,
+    role: watch::Sender<Role>,
+    url: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -281,12 +339,22 @@ pub struct Server {
 impl Server {
     /// Serves `control` on `listen` (port 0 picks a free port) until [`Server::shutdown`].
     pub async fn start(control: Control, listen: SocketAddr) -> std::io::Result<Self> {
+        let server = Self::standby(listen, None).await?;
+        server.lead(control);
+        Ok(server)
+    }
+
+    /// Serves on `listen` as a standby that knows no leader yet, announcing `advertise` (else
+    /// the bound address) as its URL.
+    pub async fn standby(listen: SocketAddr, advertise: Option<String>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
+        let url = advertise.unwrap_or_else(|| loopback_url(addr));
         let stop = CancellationToken::new();
-        control.start_reaper();
+        let (role, watching) = watch::channel(Role::Standby { leader: None });
         let service = CoordinatorServer::new(Service {
-            control: control.clone(),
+            role: watching,
+            url: url.clone(),
         });
         let task = tokio::spawn({
             let stop = stop.clone();
@@ -299,36 +367,68 @@ impl Server {
         });
         Ok(Self {
             addr,
-            control,
+            role,
+            url,
             stop,
             task,
         })
     }
 
-    /// The URL clients and workers connect to.
-    pub fn url(&self) -> String {
-        // Bound to every interface: this host reaches it on loopback.
-        let mut addr = self.addr;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
-        }
-        format!("http://{addr}")
+    /// A standby's news of the leader.
+    pub fn follow(&self, leader: Option<String>) {
+        self.role.send_if_modified(|role| match role {
+            Role::Standby { leader: known } if *known != leader => {
+                *known = leader;
+                true
+            }
+            _ => false,
+        });
     }
 
-    /// Ends every worker stream (workers exit), then stops serving once calls drain.
-    pub async fn shutdown(self) -> Result<(), tonic::transport::Error> {
-        self.control.shutdown();
+    /// Starts leading with `control`: every call is served from now on.
+    pub fn lead(&self, control: Control) {
+        control.start_reaper();
+        self.role.send_replace(Role::Leader(control));
+    }
+
+    /// The URL clients and workers connect to.
+    pub fn url(&self) -> String {
+        self.url.clone()
+    }
+
+    /// Ends every worker stream, then stops serving once calls drain. With `goodbye`, workers
+    /// are told the coordinator is going away (they exit); without, their streams just end and
+    /// they register again with whichever coordinator leads next.
+    pub async fn shutdown(self, goodbye: bool) -> Result<(), tonic::transport::Error> {
+        let control = match &*self.role.borrow() {
+            Role::Leader(control) => Some(control.clone()),
+            Role::Standby { .. } => None,
+        };
+        if let Some(control) = &control {
+            control.shutdown(goodbye);
+        }
         self.stop.cancel();
         let served = match self.task.await {
             Ok(result) => result,
             Err(_) => Ok(()),
         };
-        self.control.drained().await;
+        if let Some(control) = control {
+            control.drained().await;
+        }
         served
     }
+}
+
+/// `http://ADDR`, with an unspecified IP (bound to every interface) as loopback, which always
+/// reaches it from this host.
+fn loopback_url(mut addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
 }
 
 #[cfg(test)]
@@ -350,6 +450,6 @@ mod tests {
         let url = server.url();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         assert_ne!(url, "http://127.0.0.1:0");
-        server.shutdown().await.expect("shutdown");
+        server.shutdown(true).await.expect("shutdown");
     }
 }

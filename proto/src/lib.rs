@@ -19,6 +19,30 @@ pub use prost::Message;
 /// The gRPC metadata key a worker's RPCs carry its `RegisterResponse.worker_secret` under.
 pub const WORKER_SECRET_HEADER: &str = "kiln-worker-secret";
 
+/// The gRPC metadata key of a standby coordinator's refusal: the leader's URL, empty while
+/// no leader is elected.
+pub const LEADER_HEADER: &str = "kiln-leader";
+
+/// For a standby coordinator's refusal, `Some` of the leader's URL where it knows one; `None`
+/// for every other status.
+pub fn standby_refusal(status: &tonic::Status) -> Option<Option<String>> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let leader = status.metadata().get(LEADER_HEADER)?.to_str().ok()?;
+    Some((!leader.is_empty()).then(|| leader.to_owned()))
+}
+
+/// A list of coordinator URLs as `--coordinator` and `KILN_COORDINATOR` take it: separated by
+/// commas, blanks trimmed, empty entries dropped.
+pub fn coordinator_urls(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Generated `kiln.v1` messages, client and server.
 #[allow(missing_docs)]
 pub mod v1 {

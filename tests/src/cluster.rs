@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
-use kiln_proto::v1::{GetJobRequest, Job};
+use kiln_proto::v1::{FindLeaderRequest, FindLeaderResponse, GetJobRequest, Job};
 use tonic::transport::Channel;
 
 use crate::{Sandbox, bin, signal, wait_until};
@@ -184,14 +184,7 @@ impl Cluster {
 
     /// A typed gRPC client of the coordinator.
     pub fn client(&self) -> Client {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let inner = runtime
-            .block_on(CoordinatorClient::connect(self.url()))
-            .expect("connect to the coordinator");
-        Client { runtime, inner }
+        Client::connect(&self.url()).expect("connect to the coordinator")
     }
 }
 
@@ -202,6 +195,23 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client of the coordinator at `url`.
+    pub fn connect(url: &str) -> Result<Client, tonic::transport::Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let inner = runtime.block_on(CoordinatorClient::connect(url.to_owned()))?;
+        Ok(Client { runtime, inner })
+    }
+
+    /// Whether this coordinator leads, and where the leader is.
+    pub fn find_leader(&mut self) -> Result<FindLeaderResponse, tonic::Status> {
+        self.runtime
+            .block_on(self.inner.find_leader(FindLeaderRequest {}))
+            .map(tonic::Response::into_inner)
+    }
+
     /// The job `id` as the coordinator has it.
     pub fn job(&mut self, id: &str) -> Result<Job, tonic::Status> {
         let request = GetJobRequest {

@@ -30,14 +30,18 @@ use crate::model::Registry;
 use crate::spec::TrainSpec;
 use crate::train::{self, CheckpointMode, Observer, Task};
 
+/// How long one attempt to connect to a coordinator may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How long ranks wait for each other to form the ring.
 const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the agent connects and how it presents itself.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Coordinator URL, e.g. `http://127.0.0.1:7070`.
-    pub coordinator: String,
+    /// Coordinator URLs, e.g. `http://127.0.0.1:7070` (not empty): one, or every coordinator
+    /// of a state on etcd, of which one leads.
+    pub coordinators: Vec<String>,
     /// Secret that admits this worker.
     pub join_token: String,
     /// Name reported to the coordinator (the provider's node name).
@@ -175,7 +179,8 @@ fn binary_sha256() -> Option<String> {
     .clone()
 }
 
-/// Connects and registers, retrying while the coordinator is unreachable for up to `timeout`.
+/// Connects and registers, retrying while no coordinator is reachable for up to `timeout`.
+/// The coordinators are tried in turn; a standby's refusal names the leader, tried next.
 async fn register(
     config: &AgentConfig,
     collective_addr: SocketAddr,
@@ -183,50 +188,90 @@ async fn register(
 ) -> Result<(Client, RegisterResponse), AgentError> {
     let deadline = Instant::now() + timeout;
     let mut backoff = Duration::from_millis(50);
+    let mut turn = 0;
+    let mut leader = None;
     loop {
-        let channel = connect(&config.coordinator, deadline).await?;
-        let mut client = CoordinatorClient::new(channel.clone());
-        let request = RegisterRequest {
-            join_token: config.join_token.clone(),
-            collective_addr: collective_addr.to_string(),
-            node_name: config.node_name.clone(),
-            pid: std::process::id(),
-            model_kinds: config.registry.names(),
-            resources: Some(crate::resources::probe()),
-            binary_sha256: binary_sha256().unwrap_or_default(),
-        };
-        match client.register(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                let secret =
-                    Secret(
-                        response
-                            .worker_secret
-                            .parse()
-                            .map_err(|_| AgentError::Rpc {
-                                call: "Register",
-                                status: tonic::Status::internal("the worker secret is not ASCII"),
-                            })?,
-                    );
-                return Ok((
-                    CoordinatorClient::with_interceptor(channel, secret),
-                    response,
-                ));
+        let url = leader.take().unwrap_or_else(|| {
+            turn += 1;
+            config.coordinators[(turn - 1) % config.coordinators.len()].clone()
+        });
+        let last_chance = Instant::now() >= deadline;
+        match register_at(config, &url, collective_addr).await {
+            Ok(registered) => return Ok(registered),
+            Err(Attempt::Standby(Some(hint))) if hint != url && !last_chance => {
+                tracing::info!(standby = %url, leader = %hint, "following the leader");
+                leader = Some(hint);
+                continue;
             }
-            // Still starting, shutting down, or killed mid-call (a transport failure reads as
-            // `Unknown` or `Cancelled` as often as `Unavailable`): try again. Only a refusal
-            // is final.
-            Err(status) if !is_refusal(status.code()) && Instant::now() < deadline => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-            Err(status) => {
+            Err(Attempt::Refused(e)) => return Err(e),
+            Err(Attempt::Failed(e)) if last_chance => return Err(e),
+            Err(Attempt::Standby(_)) if last_chance => {
                 return Err(AgentError::Rpc {
                     call: "Register",
-                    status,
+                    status: tonic::Status::unavailable(format!(
+                        "no coordinator of {} leads",
+                        config.coordinators.join(",")
+                    )),
                 });
             }
+            Err(_) => {}
         }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Why one registration attempt did not succeed.
+enum Attempt {
+    /// A standby answered, naming the leader when it knows one.
+    Standby(Option<String>),
+    /// Unreachable, starting, shutting down: another try may succeed.
+    Failed(AgentError),
+    /// A refusal that retrying cannot change: the token or the request is wrong.
+    Refused(AgentError),
+}
+
+/// Registers with the coordinator at `url`, once.
+async fn register_at(
+    config: &AgentConfig,
+    url: &str,
+    collective_addr: SocketAddr,
+) -> Result<(Client, RegisterResponse), Attempt> {
+    let channel = connect(url).await.map_err(Attempt::Failed)?;
+    let mut client = CoordinatorClient::new(channel.clone());
+    let request = RegisterRequest {
+        join_token: config.join_token.clone(),
+        collective_addr: collective_addr.to_string(),
+        node_name: config.node_name.clone(),
+        pid: std::process::id(),
+        model_kinds: config.registry.names(),
+        resources: Some(crate::resources::probe()),
+        binary_sha256: binary_sha256().unwrap_or_default(),
+    };
+    let rpc = |status| AgentError::Rpc {
+        call: "Register",
+        status,
+    };
+    match client.register(request).await {
+        Ok(response) => {
+            let response = response.into_inner();
+            let secret = Secret(response.worker_secret.parse().map_err(|_| {
+                Attempt::Refused(rpc(tonic::Status::internal(
+                    "the worker secret is not ASCII",
+                )))
+            })?);
+            Ok((
+                CoordinatorClient::with_interceptor(channel, secret),
+                response,
+            ))
+        }
+        Err(status) if kiln_proto::standby_refusal(&status).is_some() => Err(Attempt::Standby(
+            kiln_proto::standby_refusal(&status).flatten(),
+        )),
+        Err(status) if is_refusal(status.code()) => Err(Attempt::Refused(rpc(status))),
+        // Still starting, shutting down, or killed mid-call (a transport failure reads as
+        // `Unknown` or `Cancelled` as often as `Unavailable`): try again.
+        Err(status) => Err(Attempt::Failed(rpc(status))),
     }
 }
 
@@ -378,28 +423,16 @@ async fn session(
     }
 }
 
-/// Connects to the coordinator, retrying with backoff until `deadline`.
-async fn connect(url: &str, deadline: Instant) -> Result<Channel, AgentError> {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let channel = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
-            Ok(endpoint) => endpoint.connect().await,
-            Err(e) => Err(e),
-        };
-        match channel {
-            Ok(channel) => return Ok(channel),
-            Err(source) if Instant::now() >= deadline => {
-                return Err(AgentError::Connect {
-                    url: url.to_owned(),
-                    source,
-                });
-            }
-            Err(_) => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
-    }
+/// Connects to the coordinator at `url`, once.
+async fn connect(url: &str) -> Result<Channel, AgentError> {
+    let channel = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
+        Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
+        Err(e) => Err(e),
+    };
+    channel.map_err(|source| AgentError::Connect {
+        url: url.to_owned(),
+        source,
+    })
 }
 
 /// Renews the lease every `interval`. Cancels `shutdown` (and fails) when no heartbeat has

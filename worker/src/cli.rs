@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// Coordinator URL.
+    /// Coordinator URL; several, comma-separated, for coordinators that elect a leader on
+    /// etcd (the worker registers with whichever leads, and follows the leadership).
     #[arg(
         long,
         env = "KILN_COORDINATOR",
@@ -142,8 +143,12 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
             anyhow::bail!("no join token: set KILN_JOIN_TOKEN or pass --join-token-file")
         }
     };
+    let coordinators = kiln_proto::coordinator_urls(&args.coordinator);
+    if coordinators.is_empty() {
+        anyhow::bail!("--coordinator (KILN_COORDINATOR) names no URL");
+    }
     let config = AgentConfig {
-        coordinator: args.coordinator,
+        coordinators,
         join_token,
         node_name: args
             .node_name

@@ -109,11 +109,43 @@ pub(super) fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     file.write_all(secret.as_bytes())
 }
 
-pub(super) async fn connect(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
+/// A client of the leading coordinator among `urls` (comma-separated): the first that
+/// answers says whether it leads, or which one does.
+pub(super) async fn connect(urls: &str) -> Result<CoordinatorClient<Channel>, CliError> {
+    let mut failure = None;
+    for url in kiln_proto::coordinator_urls(urls) {
+        match leader_at(&url).await {
+            Ok(client) => return Ok(client),
+            Err(e) => failure = Some(e),
+        }
+    }
+    Err(failure
+        .unwrap_or_else(|| CliError::bad_input(anyhow::anyhow!("no coordinator URL in {urls:?}"))))
+}
+
+async fn reach(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
     CoordinatorClient::connect(url.to_owned())
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))
         .infra()
+}
+
+/// The coordinator at `url` if it leads, else the leader it names.
+async fn leader_at(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
+    let mut client = reach(url).await?;
+    let found = client
+        .find_leader(kiln_proto::v1::FindLeaderRequest {})
+        .await?
+        .into_inner();
+    if found.is_leader {
+        Ok(client)
+    } else if found.leader_url.is_empty() {
+        Err(CliError::infra(anyhow::anyhow!(
+            "the coordinator at {url} is a standby and no leader is elected yet; retry shortly"
+        )))
+    } else {
+        reach(&found.leader_url).await
+    }
 }
 
 /// Ctrl-C, SIGTERM and SIGHUP (a closed terminal), listened for from the moment this is

@@ -1,14 +1,20 @@
-//! `kiln coordinator`: a standalone coordinator that serves until it is stopped.
+//! `kiln coordinator`: a standalone coordinator that serves until it is stopped. On the
+//! embedded state it leads at once; on etcd it serves as a standby, campaigns, and leads
+//! once elected, until it is stopped or loses its lease.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
+use kiln_iac::spec::StateSpec;
+use tokio_util::sync::CancellationToken;
 
 use crate::control::{Control, LeaseConfig};
+use crate::leader::Candidate;
 use crate::service::Server;
-use crate::state::EmbeddedStore;
+use crate::state::{EmbeddedStore, EtcdStore};
 
 use super::common::{Interrupts, random_token, read_token, write_atomically, write_secret};
 use super::error::{CliError, ResultExt};
@@ -17,9 +23,10 @@ use super::error::{CliError, ResultExt};
 pub struct CoordinatorOptions {
     /// Address to bind.
     pub listen: SocketAddr,
-    /// Directory of the embedded state.
-    pub state: PathBuf,
-    /// File holding the join token; `None` generates one into the state directory.
+    /// Where the state is: an embedded directory, or etcd.
+    pub state: StateSpec,
+    /// File holding the join token; `None` generates one into the state directory (embedded
+    /// state only: coordinators sharing etcd must share a token).
     pub join_token_file: Option<PathBuf>,
     /// URL to announce instead of the bound address.
     pub advertise: Option<String>,
@@ -27,46 +34,124 @@ pub struct CoordinatorOptions {
     pub ready_file: Option<PathBuf>,
     /// Worker lease timing.
     pub lease: LeaseConfig,
+    /// The election lease of a coordinator on etcd: how soon a standby succeeds a dead leader.
+    pub election_ttl: Duration,
 }
 
 /// `kiln coordinator`: serves until Ctrl-C or SIGTERM.
 pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
     // A stop that comes while it starts is kept, so it still shuts down the planned way.
     let mut interrupts = Interrupts::listen();
-    let CoordinatorOptions {
-        listen,
-        state,
-        join_token_file,
-        advertise,
-        ready_file,
-        lease,
-    } = options;
-    let state = state.as_path();
-    let store = EmbeddedStore::open(state).infra()?;
-    let token = match join_token_file {
-        Some(ref path) => read_token(path)?,
-        None => {
-            let path = state.join("join-token");
-            let token = random_token();
-            write_secret(&path, &token).infra()?;
-            eprintln!("kiln: join token written to {}", path.display());
-            token
-        }
-    };
-    let control = Control::new(Arc::new(store), token, lease).infra()?;
-    let server = Server::start(control, listen)
+    let server = Server::standby(options.listen, options.advertise.clone())
         .await
-        .with_context(|| format!("listening on {listen}"))
+        .with_context(|| format!("listening on {}", options.listen))
         .infra()?;
-    let url = advertise.unwrap_or_else(|| server.url());
-    eprintln!("kiln: coordinator listening on {} ({url})", server.addr);
+    match &options.state {
+        StateSpec::Embedded { path } => {
+            // Opened first: a second coordinator on the state is refused before it touches
+            // the token file.
+            let store = EmbeddedStore::open(path).infra()?;
+            let token = match &options.join_token_file {
+                Some(file) => read_token(file)?,
+                None => generated_token(path)?,
+            };
+            server.lead(Control::new(Arc::new(store), token, options.lease).infra()?);
+            announce(&server, "", options.ready_file.as_deref())?;
+            interrupts.recv().await;
+            eprintln!("kiln: shutting down");
+            server.shutdown(true).await.infra()
+        }
+        StateSpec::Etcd { endpoints, prefix } => {
+            let Some(file) = &options.join_token_file else {
+                return Err(CliError::bad_input(anyhow!(
+                    "a coordinator on etcd needs --join-token-file: every coordinator of the state must admit the same workers"
+                )));
+            };
+            let token = read_token(file)?;
+            let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
+            let store = tokio::task::spawn_blocking({
+                let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
+                move || EtcdStore::connect(&endpoints, &prefix)
+            })
+            .await
+            .context("connecting to etcd")
+            .infra()?
+            .infra()?;
+            let candidate =
+                Candidate::enter(&endpoints, &prefix, options.election_ttl, server.url())
+                    .await
+                    .infra()?;
+            announce(&server, " as a standby", options.ready_file.as_deref())?;
+            let watching = CancellationToken::new();
+            let elected = tokio::select! {
+                key = candidate.campaign() => Some(key.infra()?),
+                () = candidate.observe(watching.clone(), |leader| server.follow(leader)) => None,
+                () = interrupts.recv() => None,
+                () = candidate.lost() => return Err(lost(&prefix)),
+            };
+            watching.cancel();
+            let Some(key) = elected else {
+                eprintln!("kiln: shutting down");
+                candidate.resign().await;
+                return server.shutdown(false).await.infra();
+            };
+            let store = store.fenced(key);
+            let control = tokio::task::spawn_blocking(move || {
+                Control::new(Arc::new(store), token, options.lease)
+            })
+            .await
+            .context("loading the state")
+            .infra()?
+            .infra()?;
+            server.lead(control);
+            eprintln!(
+                "kiln: elected leader of {prefix} on etcd {}",
+                endpoints.join(",")
+            );
+            let result = tokio::select! {
+                () = interrupts.recv() => {
+                    eprintln!("kiln: shutting down; a standby takes over");
+                    Ok(())
+                }
+                () = candidate.lost() => Err(lost(&prefix)),
+            };
+            // Workers' streams end without a goodbye: they register with the next leader.
+            server.shutdown(false).await.infra()?;
+            candidate.resign().await;
+            result
+        }
+    }
+}
+
+fn lost(prefix: &str) -> CliError {
+    CliError::infra(anyhow!(
+        "lost the leadership of {prefix}: the election lease could not be renewed in time; another coordinator leads now"
+    ))
+}
+
+/// A fresh join token, written 0600 into the state directory for workers to read.
+fn generated_token(state: &Path) -> Result<String, CliError> {
+    let path = state.join("join-token");
+    let token = random_token();
+    write_secret(&path, &token)
+        .with_context(|| format!("writing {}", path.display()))
+        .infra()?;
+    eprintln!("kiln: join token written to {}", path.display());
+    Ok(token)
+}
+
+/// Says where the coordinator listens and writes its URL to `ready_file`.
+fn announce(server: &Server, role: &str, ready_file: Option<&Path>) -> Result<(), CliError> {
+    let url = server.url();
+    eprintln!(
+        "kiln: coordinator listening on {} ({url}){role}",
+        server.addr
+    );
     if let Some(path) = ready_file {
         // A supervisor polling for it never reads half a URL.
-        write_atomically(&path, url.as_bytes())
+        write_atomically(path, url.as_bytes())
             .with_context(|| format!("writing {}", path.display()))
             .infra()?;
     }
-    interrupts.recv().await;
-    eprintln!("kiln: shutting down");
-    server.shutdown().await.infra()
+    Ok(())
 }

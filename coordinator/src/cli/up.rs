@@ -94,7 +94,7 @@ pub async fn up(
     )
     .await;
     // Workers exit once their streams end; give them a moment, then kill what is left.
-    let shutdown = server.shutdown();
+    let shutdown = server.shutdown(true);
     let exits = provider.shutdown(Duration::from_secs(5));
     let (_, exits) = tokio::join!(shutdown, exits);
     for exit in exits.iter().filter(|e| !e.status.success()) {

@@ -198,15 +198,19 @@ impl Control {
         });
     }
 
-    /// Ends every worker's command stream (so workers exit) and cancels background tasks.
-    pub fn shutdown(&self) {
+    /// Ends every worker's command stream and cancels background tasks. With `goodbye`,
+    /// workers are told first, and exit; without (a leader handing over), they take the end
+    /// of the stream for a lost coordinator and register again with the next leader.
+    pub fn shutdown(&self, goodbye: bool) {
         self.inner.shutdown.cancel();
         self.inner.tasks.close();
         let mut state = self.lock();
         for worker in state.workers.values_mut() {
-            worker.send(Command::Goodbye(Goodbye {
-                reason: "the coordinator is shutting down".to_owned(),
-            }));
+            if goodbye {
+                worker.send(Command::Goodbye(Goodbye {
+                    reason: "the coordinator is shutting down".to_owned(),
+                }));
+            }
             worker.commands = None;
         }
     }

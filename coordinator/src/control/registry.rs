@@ -20,7 +20,7 @@ impl Control {
                 && e.is_panic()
             {
                 tracing::error!("the lease reaper panicked; shutting down");
-                control.shutdown();
+                control.shutdown(true);
             }
         });
     }

@@ -9,7 +9,7 @@ mod etcd;
 use std::path::PathBuf;
 
 pub use self::embedded::EmbeddedStore;
-pub use self::etcd::EtcdStore;
+pub use self::etcd::{EtcdStore, normalize_prefix};
 
 /// Why the state store failed.
 #[derive(Debug, thiserror::Error)]

@@ -130,7 +130,7 @@ fn status(sandbox: &Sandbox, url: &str, job: &str) -> Option<serde_json::Value> 
 }
 
 /// Polls `kiln status JOB --json` until `pred` holds.
-fn wait_for_status(
+pub(crate) fn wait_for_status(
     sandbox: &Sandbox,
     url: &str,
     job: &str,

@@ -6,6 +6,7 @@ mod data;
 mod datasets;
 mod deploy;
 mod export;
+mod failover;
 mod fmt;
 mod infra;
 mod models;

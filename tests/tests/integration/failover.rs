@@ -1,0 +1,220 @@
+//! Coordinators on one etcd: one leads, the others stand by and point to it. Killing the
+//! leader with SIGKILL mid-job hands the job to a standby within one election TTL plus a
+//! second; the job goes on from its last committed checkpoint in a new generation and ends
+//! bit-identical to an uninterrupted run. A leader stopped the planned way hands over at once.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use kiln_tests::cluster::{Client, Reaped, worker_command};
+use kiln_tests::etcd::Etcd;
+use kiln_tests::{Sandbox, cluster_hcl, describe, wait_until};
+
+use crate::coordinator::wait_for_status;
+
+/// One `kiln coordinator` on the test's etcd.
+struct Replica {
+    process: Reaped,
+    url: String,
+}
+
+impl Replica {
+    fn start(sandbox: &Sandbox, etcd: &Etcd, name: &str, election_ttl: &str) -> Replica {
+        let ready = format!("{name}.ready");
+        let log = std::fs::File::create(sandbox.path().join(format!("{name}.log"))).expect("log");
+        let process = Reaped(
+            sandbox
+                .kiln(&[
+                    "coordinator",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--etcd",
+                    &etcd.endpoint(),
+                    "--join-token-file",
+                    "token",
+                    "--election-ttl",
+                    election_ttl,
+                    "--ready-file",
+                    &ready,
+                ])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start coordinator"),
+        );
+        let url = wait_until(Duration::from_secs(30), "the coordinator to listen", || {
+            std::fs::read_to_string(sandbox.path().join(&ready)).map_err(|e| e.to_string())
+        });
+        Replica {
+            process,
+            url: url.trim().to_owned(),
+        }
+    }
+
+    /// Whether it leads now (`Err`: what it said instead).
+    fn leads(&self) -> Result<(), String> {
+        let found = Client::connect(&self.url)
+            .map_err(|e| e.to_string())?
+            .find_leader()
+            .map_err(|e| e.to_string())?;
+        if found.is_leader {
+            Ok(())
+        } else {
+            Err(format!("standby; leader {:?}", found.leader_url))
+        }
+    }
+}
+
+fn log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
+}
+
+fn sandbox() -> Sandbox {
+    Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("job.hcl", &crate::recovery::job(0, "0s")),
+        ("token", "s3cret\n"),
+    ])
+}
+
+#[test]
+fn a_standby_takes_over_from_a_killed_leader_and_the_job_ends_bit_identical() {
+    let reference = crate::recovery::uninterrupted_digest();
+    let etcd = Etcd::start();
+    let sandbox = sandbox();
+    let ttl = Duration::from_secs(2);
+    let a = Replica::start(&sandbox, &etcd, "a", "2s");
+    wait_until(
+        Duration::from_secs(30),
+        "the first coordinator to lead",
+        || a.leads(),
+    );
+    let b = Replica::start(&sandbox, &etcd, "b", "2s");
+    let found = Client::connect(&b.url)
+        .expect("connect")
+        .find_leader()
+        .expect("FindLeader");
+    assert!(!found.is_leader, "the second coordinator stands by");
+    wait_until(
+        Duration::from_secs(10),
+        "the standby to know the leader",
+        || {
+            let found = Client::connect(&b.url)
+                .map_err(|e| e.to_string())?
+                .find_leader();
+            match found {
+                Ok(f) if f.leader_url == a.url => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    );
+
+    // Workers and clients are given every coordinator, the standby first.
+    let urls = format!("{},{}", b.url, a.url);
+    let _workers: Vec<Reaped> = ["w0", "w1"]
+        .iter()
+        .map(|name| {
+            Reaped(
+                worker_command(&sandbox, &urls, "token", name)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("spawn worker"),
+            )
+        })
+        .collect();
+    let out = sandbox
+        .run(
+            &["submit", "job.hcl", "--coordinator", &urls],
+            Duration::from_secs(60),
+        )
+        .expect("submit");
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for_status(&sandbox, &urls, "chaos-1", "a committed checkpoint", |s| {
+        s["checkpoint_step"].as_u64().is_some_and(|c| c >= 100)
+    });
+
+    drop(a.process); // SIGKILL
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(30), "the standby to lead", || b.leads());
+    let took = killed.elapsed();
+    eprintln!("the standby led {took:?} after the kill");
+    assert!(
+        took <= ttl + Duration::from_secs(1),
+        "a standby leads within one election TTL plus a second, not {took:?}\n{}",
+        log(sandbox.path(), "b")
+    );
+
+    let done = wait_for_status(&sandbox, &b.url, "chaos-1", "the job to finish", |s| {
+        s["state"] != "pending" && s["state"] != "running"
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        done["generation"].as_u64() >= Some(2),
+        "a new generation ran: {done}"
+    );
+    assert_eq!(
+        done["restarts"], 0,
+        "the leader's death is not the job's: {done}"
+    );
+    assert_eq!(
+        done["params_digest"],
+        reference.trim_start_matches("sha256:"),
+        "resumed under a new leader, bit-identical to an uninterrupted run"
+    );
+    b.process.stop();
+    sandbox.assert_no_processes(Duration::from_secs(40));
+}
+
+#[test]
+fn a_standby_names_the_leader_and_a_stopped_leader_hands_over_at_once() {
+    let etcd = Etcd::start();
+    let sandbox = sandbox();
+    // A long TTL: a hand-over that is quick did not wait for the lease to expire.
+    let a = Replica::start(&sandbox, &etcd, "a", "30s");
+    wait_until(
+        Duration::from_secs(30),
+        "the first coordinator to lead",
+        || a.leads(),
+    );
+    let b = Replica::start(&sandbox, &etcd, "b", "30s");
+    wait_until(
+        Duration::from_secs(10),
+        "the standby to refuse naming the leader",
+        || {
+            let mut client = Client::connect(&b.url).map_err(|e| e.to_string())?;
+            match client.job("nope-1") {
+                Err(status) => match kiln_proto::standby_refusal(&status) {
+                    Some(Some(leader)) if leader == a.url => Ok(()),
+                    other => Err(format!("{status:?} {other:?}")),
+                },
+                Ok(job) => Err(format!("a standby answered {job:?}")),
+            }
+        },
+    );
+    // A client given only the standby reaches the leader through it.
+    let out = sandbox
+        .run(
+            &["status", "nope-1", "--coordinator", &b.url],
+            Duration::from_secs(30),
+        )
+        .expect("status");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no job nope-1"),
+        "the leader's own answer: {}",
+        describe(&out)
+    );
+
+    a.process.stop(); // SIGTERM: resigns
+    let stopped = Instant::now();
+    wait_until(Duration::from_secs(20), "the standby to lead", || b.leads());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "the hand-over did not wait for the 30 s lease: {:?}",
+        stopped.elapsed()
+    );
+    b.process.stop();
+    sandbox.assert_no_processes(Duration::from_secs(10));
+}
