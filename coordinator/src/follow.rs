@@ -6,9 +6,8 @@ use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_proto::v1::coordinator_client::CoordinatorClient;
+use kiln_proto::auth::Client;
 use kiln_proto::v1::{CancelJobRequest, Deployment, Job, JobState, Metrics, WatchJobRequest};
-use tonic::transport::Channel;
 
 /// How long to wait for a cancelled job to reach its final state.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
@@ -34,7 +33,7 @@ pub enum Followed {
 /// Follows `job_id` until it ends, or until `interrupt` resolves: then the job is cancelled and
 /// followed to its end, or left running, as `on_interrupt` says.
 pub async fn follow(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     job_id: &str,
     interrupt: impl Future<Output = ()>,
     on_interrupt: OnInterrupt,
@@ -114,7 +113,7 @@ pub async fn follow(
     Ok(Followed::Ended(job))
 }
 
-async fn get_job(client: &mut CoordinatorClient<Channel>, id: &str) -> Result<Job, tonic::Status> {
+async fn get_job(client: &mut Client, id: &str) -> Result<Job, tonic::Status> {
     Ok(client
         .get_job(kiln_proto::v1::GetJobRequest {
             job_id: id.to_owned(),

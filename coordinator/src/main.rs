@@ -25,19 +25,37 @@ struct Cli {
 /// Which coordinator a client command talks to.
 #[derive(clap::Args)]
 struct Remote {
-    /// Coordinator URL. Default: the coordinator `kiln apply` started from the configuration
+    /// Coordinator URL, or several comma-separated (coordinators on etcd: the leader among
+    /// them is found). Default: the coordinator `kiln apply` started from the configuration
     /// directory (-C), else http://127.0.0.1:7070.
     #[arg(long, env = "KILN_COORDINATOR")]
     coordinator: Option<String>,
     /// Configuration directory whose applied coordinator to use.
     #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
     dir: PathBuf,
+    #[command(flatten)]
+    token: TokenFile,
 }
 
 impl Remote {
-    fn url(&self) -> Result<String, CliError> {
-        cli::coordinator_url(self.coordinator.as_deref(), &self.dir, None)
+    fn target(&self) -> Result<cli::Target, CliError> {
+        cli::target(
+            self.coordinator.as_deref(),
+            self.token.token_file.as_deref(),
+            &self.dir,
+            None,
+            &self.dir.join(cli::DEFAULT_STATE_DIR),
+        )
     }
+}
+
+/// The client token a client command presents.
+#[derive(clap::Args)]
+struct TokenFile {
+    /// File holding the coordinator's client token. Default: KILN_TOKEN, else the token the
+    /// coordinator wrote into its state directory (`client-token`).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 /// Values for the configuration's `variable` blocks.
@@ -132,6 +150,10 @@ enum Command {
         /// directory (required with --etcd).
         #[arg(long)]
         join_token_file: Option<PathBuf>,
+        /// File holding the token client commands must present; without it a token is
+        /// generated into the state directory as `client-token` (required with --etcd).
+        #[arg(long)]
+        client_token_file: Option<PathBuf>,
         /// URL workers and clients should use, when it differs from the listen address.
         #[arg(long)]
         advertise: Option<String>,
@@ -158,10 +180,13 @@ enum Command {
         follow: bool,
         #[command(flatten)]
         vars: Vars,
-        /// Coordinator URL. Default: the coordinator `kiln apply` started for the job's
-        /// cluster (an error if it no longer runs), else http://127.0.0.1:7070.
+        /// Coordinator URL, or several comma-separated. Default: the coordinator `kiln
+        /// apply` started for the job's cluster (an error if it no longer runs), else
+        /// http://127.0.0.1:7070.
         #[arg(long, env = "KILN_COORDINATOR")]
         coordinator: Option<String>,
+        #[command(flatten)]
+        token: TokenFile,
     },
     /// Show one job, or all jobs.
     Status {
@@ -492,6 +517,7 @@ fn main() -> ExitCode {
                 etcd_prefix,
                 election_ttl,
                 join_token_file,
+                client_token_file,
                 advertise,
                 ready_file,
                 heartbeat_interval,
@@ -510,6 +536,7 @@ fn main() -> ExitCode {
                     state,
                     election_ttl,
                     join_token_file,
+                    client_token_file,
                     advertise,
                     ready_file,
                     lease: LeaseConfig {
@@ -525,8 +552,10 @@ fn main() -> ExitCode {
                 follow,
                 vars,
                 coordinator,
+                token,
             } => cli::submit(
                 coordinator.as_deref(),
+                token.token_file.as_deref(),
                 &path,
                 job.as_deref(),
                 &vars.options(),
@@ -539,12 +568,12 @@ fn main() -> ExitCode {
                 json,
                 follow,
                 remote,
-            } => match remote.url() {
-                Ok(url) => cli::status(&url, job.as_deref(), json, follow).await,
+            } => match remote.target() {
+                Ok(target) => cli::status(&target, job.as_deref(), json, follow).await,
                 Err(e) => Err(e),
             },
-            Command::Cancel { job, remote } => match remote.url() {
-                Ok(url) => cli::cancel(&url, &job).await,
+            Command::Cancel { job, remote } => match remote.target() {
+                Ok(target) => cli::cancel(&target, &job).await,
                 Err(e) => Err(e),
             },
             Command::Resume {
@@ -552,8 +581,8 @@ fn main() -> ExitCode {
                 from,
                 follow,
                 remote,
-            } => match remote.url() {
-                Ok(url) => cli::resume(&url, &job, from, follow).await,
+            } => match remote.target() {
+                Ok(target) => cli::resume(&target, &job, from, follow).await,
                 Err(e) => Err(e),
             },
             Command::Plan { dir, out, vars } => infra::plan(&dir, &vars.options(), out.as_deref()),

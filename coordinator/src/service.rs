@@ -41,6 +41,8 @@ struct Service {
     role: watch::Receiver<Role>,
     /// The URL this coordinator announces.
     url: String,
+    /// What every client RPC must carry as `kiln-client-token`.
+    client_token: String,
 }
 
 fn status(e: ControlError) -> Status {
@@ -71,6 +73,23 @@ impl Service {
             message,
             metadata,
         ))
+    }
+
+    /// A client RPC's control plane: its caller must present the client token.
+    fn client<T>(&self, request: &Request<T>) -> Result<Control, Status> {
+        let given = request
+            .metadata()
+            .get(kiln_proto::CLIENT_TOKEN_HEADER)
+            .map(|v| v.as_bytes());
+        if !kiln_proto::auth::same_secret(given, self.client_token.as_bytes()) {
+            return Err(Status::unauthenticated(match given {
+                None => {
+                    "this call needs the coordinator's client token: set KILN_TOKEN or pass --token-file FILE (a coordinator on an embedded state writes it to <state>/client-token)"
+                }
+                Some(_) => "the client token is not this coordinator's",
+            }));
+        }
+        self.control()
     }
 
     /// A worker RPC's caller must be `worker_id`: the secret of its registration is in the
@@ -199,11 +218,12 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<SubmitJobRequest>,
     ) -> Result<Response<SubmitJobResponse>, Status> {
+        let control = self.client(&request)?;
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| status(ControlError::Invalid("no job spec".into())))?;
-        self.control()?
+        control
             .submit(spec)
             .await
             .map(|job_id| Response::new(SubmitJobResponse { job_id }))
@@ -211,7 +231,7 @@ impl coordinator_server::Coordinator for Service {
     }
 
     async fn get_job(&self, request: Request<GetJobRequest>) -> Result<Response<Job>, Status> {
-        self.control()?
+        self.client(&request)?
             .job(&request.get_ref().job_id)
             .map(Response::new)
             .map_err(status)
@@ -219,10 +239,10 @@ impl coordinator_server::Coordinator for Service {
 
     async fn list_jobs(
         &self,
-        _request: Request<ListJobsRequest>,
+        request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
         Ok(Response::new(ListJobsResponse {
-            jobs: self.control()?.jobs(),
+            jobs: self.client(&request)?.jobs(),
         }))
     }
 
@@ -231,7 +251,7 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<CancelJobRequest>,
     ) -> Result<Response<Job>, Status> {
-        self.control()?
+        self.client(&request)?
             .cancel(&request.get_ref().job_id)
             .map(Response::new)
             .map_err(status)
@@ -241,8 +261,9 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<ResumeJobRequest>,
     ) -> Result<Response<Job>, Status> {
+        let control = self.client(&request)?;
         let request = request.into_inner();
-        self.control()?
+        control
             .resume(&request.job_id, request.from_step)
             .await
             .map(Response::new)
@@ -255,8 +276,8 @@ impl coordinator_server::Coordinator for Service {
         &self,
         request: Request<WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let control = self.client(&request)?;
         let id = request.into_inner().job_id;
-        let control = self.control()?;
         let (replay, job, events) = control.watch(&id).map_err(status)?;
         let (tx, rx) = mpsc::channel(64);
         control.spawn(feed(control.clone(), id, replay, job, events, tx));
@@ -338,15 +359,23 @@ pub struct Server {
 
 impl Server {
     /// Serves `control` on `listen` (port 0 picks a free port) until [`Server::shutdown`].
-    pub async fn start(control: Control, listen: SocketAddr) -> std::io::Result<Self> {
-        let server = Self::standby(listen, None).await?;
+    pub async fn start(
+        control: Control,
+        listen: SocketAddr,
+        client_token: String,
+    ) -> std::io::Result<Self> {
+        let server = Self::standby(listen, None, client_token).await?;
         server.lead(control);
         Ok(server)
     }
 
     /// Serves on `listen` as a standby that knows no leader yet, announcing `advertise` (else
-    /// the bound address) as its URL.
-    pub async fn standby(listen: SocketAddr, advertise: Option<String>) -> std::io::Result<Self> {
+    /// the bound address) as its URL; client calls must present `client_token`.
+    pub async fn standby(
+        listen: SocketAddr,
+        advertise: Option<String>,
+        client_token: String,
+    ) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let url = advertise.unwrap_or_else(|| loopback_url(addr));
@@ -355,6 +384,7 @@ impl Server {
         let service = CoordinatorServer::new(Service {
             role: watching,
             url: url.clone(),
+            client_token,
         });
         let task = tokio::spawn({
             let stop = stop.clone();
@@ -446,7 +476,9 @@ mod tests {
         let control =
             Control::new(Arc::new(store), "token".into(), LeaseConfig::default()).expect("control");
         let any: SocketAddr = "0.0.0.0:0".parse().expect("address");
-        let server = Server::start(control, any).await.expect("listen");
+        let server = Server::start(control, any, "client".into())
+            .await
+            .expect("listen");
         let url = server.url();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         assert_ne!(url, "http://127.0.0.1:0");

@@ -7,6 +7,7 @@
 //! worker own the logic.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod bench;
 pub mod files;
 pub mod formats;
@@ -18,6 +19,9 @@ pub use prost::Message;
 
 /// The gRPC metadata key a worker's RPCs carry its `RegisterResponse.worker_secret` under.
 pub const WORKER_SECRET_HEADER: &str = "kiln-worker-secret";
+
+/// The gRPC metadata key a client's RPCs carry the coordinator's client token under.
+pub const CLIENT_TOKEN_HEADER: &str = "kiln-client-token";
 
 /// The gRPC metadata key of a standby coordinator's refusal: the leader's URL, empty while
 /// no leader is elected.

@@ -10,11 +10,17 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kiln_proto::CLIENT_TOKEN_HEADER;
+use kiln_proto::auth::Credential;
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{FindLeaderRequest, FindLeaderResponse, GetJobRequest, Job};
 use tonic::transport::Channel;
 
 use crate::{Sandbox, bin, signal, wait_until};
+
+/// Where a coordinator the harness starts writes its client token, relative to the sandbox:
+/// the state directory client commands look in by default.
+pub const CLIENT_TOKEN_FILE: &str = ".kiln/state/client-token";
 
 /// How long a process gets to start or to stop.
 const START_STOP: Duration = Duration::from_secs(30);
@@ -65,7 +71,7 @@ impl Coordinator {
                     "--listen",
                     listen,
                     "--state",
-                    "state",
+                    ".kiln/state",
                     "--join-token-file",
                     "token",
                     "--ready-file",
@@ -182,27 +188,50 @@ impl Cluster {
         }
     }
 
-    /// A typed gRPC client of the coordinator.
+    /// A typed gRPC client of the coordinator, with the client token it wrote.
     pub fn client(&self) -> Client {
-        Client::connect(&self.url()).expect("connect to the coordinator")
+        let token = std::fs::read_to_string(self.sandbox.path().join(CLIENT_TOKEN_FILE))
+            .expect("the coordinator's client token");
+        Client::connect(&self.url(), Some(token.trim())).expect("connect to the coordinator")
     }
 }
 
 /// A blocking wrapper of the coordinator's gRPC client.
 pub struct Client {
     runtime: tokio::runtime::Runtime,
-    inner: CoordinatorClient<Channel>,
+    inner: kiln_proto::auth::Client,
 }
 
 impl Client {
-    /// A client of the coordinator at `url`.
-    pub fn connect(url: &str) -> Result<Client, tonic::transport::Error> {
+    /// A client of the coordinator at `url`, presenting the client `token` if given.
+    pub fn connect(url: &str, token: Option<&str>) -> Result<Client, tonic::transport::Error> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let inner = runtime.block_on(CoordinatorClient::connect(url.to_owned()))?;
+        let channel = runtime.block_on(
+            Channel::from_shared(url.to_owned())
+                .expect("a URL")
+                .connect(),
+        )?;
+        let credential = match token {
+            Some(token) => {
+                Credential::new(CLIENT_TOKEN_HEADER, token, "client token").expect("an ASCII token")
+            }
+            None => Credential::none(CLIENT_TOKEN_HEADER),
+        };
+        let inner = CoordinatorClient::with_interceptor(channel, credential);
         Ok(Client { runtime, inner })
+    }
+
+    /// Registers as a worker would.
+    pub fn register(
+        &mut self,
+        request: kiln_proto::v1::RegisterRequest,
+    ) -> Result<kiln_proto::v1::RegisterResponse, tonic::Status> {
+        self.runtime
+            .block_on(self.inner.register(request))
+            .map(tonic::Response::into_inner)
     }
 
     /// Whether this coordinator leads, and where the leader is.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kiln_proto::auth::Credential;
 use kiln_proto::error_chain;
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{
@@ -255,11 +256,12 @@ async fn register_at(
     match client.register(request).await {
         Ok(response) => {
             let response = response.into_inner();
-            let secret = Secret(response.worker_secret.parse().map_err(|_| {
-                Attempt::Refused(rpc(tonic::Status::internal(
-                    "the worker secret is not ASCII",
-                )))
-            })?);
+            let secret = Credential::new(
+                kiln_proto::WORKER_SECRET_HEADER,
+                &response.worker_secret,
+                "worker secret",
+            )
+            .map_err(|e| Attempt::Refused(rpc(tonic::Status::internal(e.to_string()))))?;
             Ok((
                 CoordinatorClient::with_interceptor(channel, secret),
                 response,
@@ -275,24 +277,8 @@ async fn register_at(
     }
 }
 
-/// Adds this worker's registration secret to every RPC after `Register` (never logged).
-#[derive(Clone)]
-struct Secret(tonic::metadata::AsciiMetadataValue);
-
-impl tonic::service::Interceptor for Secret {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert(kiln_proto::WORKER_SECRET_HEADER, self.0.clone());
-        Ok(request)
-    }
-}
-
 /// The coordinator's client as a registered worker: every RPC carries its secret.
-type Client = CoordinatorClient<tonic::service::interceptor::InterceptedService<Channel, Secret>>;
+type Client = kiln_proto::auth::Client;
 
 /// A coordinator's answer that retrying cannot change: the token or the request is wrong.
 fn is_refusal(code: tonic::Code) -> bool {

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
 use kiln_iac::spec::{Config, JobSpec};
+use kiln_proto::CLIENT_TOKEN_HEADER;
+use kiln_proto::auth::Credential;
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{Job, JobState};
 use tonic::transport::Channel;
@@ -88,8 +90,13 @@ pub(super) fn random_token() -> String {
 }
 
 pub(super) fn read_token(path: &Path) -> Result<String, CliError> {
+    read_secret(path, "the join token")
+}
+
+/// The secret in the file at `path` (`what` names it in the error), blanks trimmed.
+pub(super) fn read_secret(path: &Path, what: &str) -> Result<String, CliError> {
     Ok(std::fs::read_to_string(path)
-        .with_context(|| format!("reading the join token from {}", path.display()))
+        .with_context(|| format!("reading {what} from {}", path.display()))
         .bad_input()?
         .trim()
         .to_owned())
@@ -109,36 +116,70 @@ pub(super) fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     file.write_all(secret.as_bytes())
 }
 
-/// A client of the leading coordinator among `urls` (comma-separated): the first that
-/// answers says whether it leads, or which one does.
-pub(super) async fn connect(urls: &str) -> Result<CoordinatorClient<Channel>, CliError> {
+/// A coordinator as a client command reaches it: its URLs (comma-separated; the leader
+/// among them is found) and the client token its calls carry.
+pub struct Target {
+    /// Coordinator URLs.
+    pub urls: String,
+    /// The client token, when one was found.
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// `urls`, with the client token from `token_file` (`--token-file`), else `KILN_TOKEN`,
+    /// else the file `fallback`, where the coordinator wrote it, if that exists.
+    pub fn new(urls: String, token_file: Option<&Path>, fallback: &Path) -> Result<Self, CliError> {
+        let token = match (token_file, std::env::var("KILN_TOKEN")) {
+            (Some(file), _) => Some(read_secret(file, "the client token")?),
+            (None, Ok(token)) => Some(token.trim().to_owned()),
+            (None, Err(_)) if fallback.is_file() => {
+                Some(read_secret(fallback, "the client token")?)
+            }
+            (None, Err(_)) => None,
+        };
+        Ok(Self { urls, token })
+    }
+}
+
+/// A client of the leading coordinator of `target`: the first URL that answers says whether
+/// it leads, or which one does.
+pub(super) async fn connect(target: &Target) -> Result<kiln_proto::auth::Client, CliError> {
+    let credential = match &target.token {
+        Some(token) => Credential::new(CLIENT_TOKEN_HEADER, token, "client token").bad_input()?,
+        None => Credential::none(CLIENT_TOKEN_HEADER),
+    };
     let mut failure = None;
-    for url in kiln_proto::coordinator_urls(urls) {
+    for url in kiln_proto::coordinator_urls(&target.urls) {
         match leader_at(&url).await {
-            Ok(client) => return Ok(client),
+            Ok(channel) => return Ok(CoordinatorClient::with_interceptor(channel, credential)),
             Err(e) => failure = Some(e),
         }
     }
-    Err(failure
-        .unwrap_or_else(|| CliError::bad_input(anyhow::anyhow!("no coordinator URL in {urls:?}"))))
+    Err(failure.unwrap_or_else(|| {
+        CliError::bad_input(anyhow::anyhow!("no coordinator URL in {:?}", target.urls))
+    }))
 }
 
-async fn reach(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
-    CoordinatorClient::connect(url.to_owned())
+async fn reach(url: &str) -> Result<Channel, CliError> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("{url:?} is not a coordinator URL"))
+        .bad_input()?;
+    endpoint
+        .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {url}"))
         .infra()
 }
 
 /// The coordinator at `url` if it leads, else the leader it names.
-async fn leader_at(url: &str) -> Result<CoordinatorClient<Channel>, CliError> {
-    let mut client = reach(url).await?;
-    let found = client
+async fn leader_at(url: &str) -> Result<Channel, CliError> {
+    let channel = reach(url).await?;
+    let found = CoordinatorClient::new(channel.clone())
         .find_leader(kiln_proto::v1::FindLeaderRequest {})
         .await?
         .into_inner();
     if found.is_leader {
-        Ok(client)
+        Ok(channel)
     } else if found.leader_url.is_empty() {
         Err(CliError::infra(anyhow::anyhow!(
             "the coordinator at {url} is a standby and no leader is elected yet; retry shortly"

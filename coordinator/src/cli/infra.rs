@@ -512,6 +512,8 @@ pub(crate) struct AppliedCoordinator {
     pub(crate) cluster: String,
     /// Where clients reach it.
     pub(crate) url: String,
+    /// The file it wrote its client token to.
+    pub(crate) client_token_file: Option<PathBuf>,
     /// Why it no longer runs; `None` while it does.
     pub(crate) gone: Option<String>,
 }
@@ -531,6 +533,12 @@ pub(crate) fn applied_coordinators(config_dir: &Path) -> Result<Vec<AppliedCoord
         .filter_map(|o| {
             Some(AppliedCoordinator {
                 url: o.recorded.handle.get("url")?.as_str()?.to_owned(),
+                client_token_file: o
+                    .recorded
+                    .handle
+                    .get("client_token_file")
+                    .and_then(|v| v.as_str())
+                    .map(PathBuf::from),
                 cluster: o.recorded.address.cluster.clone(),
                 gone: o.gone,
             })

@@ -5,22 +5,21 @@ use std::path::Path;
 
 use anyhow::anyhow;
 use kiln_iac::LoadOptions;
-use kiln_iac::spec::JobSpec;
-use kiln_proto::v1::coordinator_client::CoordinatorClient;
+use kiln_iac::spec::{JobSpec, StateSpec};
 use kiln_proto::v1::{
     CancelJobRequest, GetJobRequest, Job, ListJobsRequest, ResumeJobRequest, SubmitJobRequest,
 };
-use tonic::transport::Channel;
 
 use crate::follow::{self, Followed, OnInterrupt};
 
-use super::common::{DEFAULT_COORDINATOR, Interrupts, connect, finish, load, pick_job};
+use super::common::{DEFAULT_COORDINATOR, Interrupts, Target, connect, finish, load, pick_job};
 use super::error::{CliError, ResultExt};
 use super::infra::applied_coordinators;
 
 /// `kiln submit PATH`: submits the jobs declared in PATH (a file, or every job of a directory).
 pub async fn submit(
     coordinator: Option<&str>,
+    token_file: Option<&Path>,
     path: &Path,
     job_name: Option<&str>,
     vars: &LoadOptions,
@@ -55,8 +54,19 @@ pub async fn submit(
             "--follow takes one job; pick it with --job"
         )));
     }
-    let url = coordinator_url(coordinator, &config.dir, Some(&jobs[0].cluster))?;
-    let mut client = connect(&url).await?;
+    let cluster = &config.clusters[&jobs[0].cluster];
+    let state_dir = match &cluster.state {
+        StateSpec::Embedded { path } => path.clone(),
+        StateSpec::Etcd { .. } => config.dir.join(DEFAULT_STATE_DIR),
+    };
+    let target = target(
+        coordinator,
+        token_file,
+        &config.dir,
+        Some(&cluster.name),
+        &state_dir,
+    )?;
+    let mut client = connect(&target).await?;
     let mut last = None;
     for job in jobs {
         let id = client
@@ -81,7 +91,7 @@ pub async fn submit(
 /// Follows a job that Ctrl-C leaves running: the job when it ended (an error unless it
 /// succeeded), or as it was when the user detached.
 async fn follow_detachable(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut kiln_proto::auth::Client,
     id: &str,
 ) -> Result<Job, CliError> {
     let mut interrupts = Interrupts::listen();
@@ -91,26 +101,39 @@ async fn follow_detachable(
     }
 }
 
+/// Where a client finds a coordinator's client token when nothing names it: the default
+/// state directory of the configuration (and of `kiln coordinator`), relative to DIR.
+pub const DEFAULT_STATE_DIR: &str = ".kiln/state";
+
 /// The coordinator a client command talks to: `explicit` (`--coordinator`,
 /// `KILN_COORDINATOR`), else the one `kiln apply` started from `dir` (for `cluster`, when
 /// known), else [`DEFAULT_COORDINATOR`]. A recorded coordinator that no longer runs is an
-/// error, never a silent fall-back.
-pub fn coordinator_url(
+/// error, never a silent fall-back. Its client token is read from `token_file`, else
+/// `KILN_TOKEN`, else the file the applied coordinator recorded, else `client-token` in
+/// `state_dir`.
+pub fn target(
     explicit: Option<&str>,
+    token_file: Option<&Path>,
     dir: &Path,
     cluster: Option<&str>,
-) -> Result<String, CliError> {
+    state_dir: &Path,
+) -> Result<Target, CliError> {
+    let default_token = state_dir.join(super::serve::CLIENT_TOKEN_FILE);
     if let Some(url) = explicit {
-        return Ok(url.to_owned());
+        return Target::new(url.to_owned(), token_file, &default_token);
     }
     let applied: Vec<_> = applied_coordinators(dir)?
         .into_iter()
         .filter(|c| cluster.is_none_or(|name| c.cluster == name))
         .collect();
     match applied.as_slice() {
-        [] => Ok(DEFAULT_COORDINATOR.to_owned()),
+        [] => Target::new(DEFAULT_COORDINATOR.to_owned(), token_file, &default_token),
         [one] => match &one.gone {
-            None => Ok(one.url.clone()),
+            None => Target::new(
+                one.url.clone(),
+                token_file,
+                one.client_token_file.as_deref().unwrap_or(&default_token),
+            ),
             Some(why) => Err(CliError::infra(anyhow!(
                 "the coordinator `kiln apply` started for cluster {:?} in {} is not running ({why}); run `kiln apply` there to start it again",
                 one.cluster,
@@ -139,7 +162,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 /// `kiln status [JOB] [--follow]`: one job in detail (followed until it ends with `follow`,
 /// which Ctrl-C leaves running), or a table of all jobs.
 pub async fn status(
-    coordinator: &str,
+    coordinator: &Target,
     job: Option<&str>,
     json: bool,
     follow_it: bool,
@@ -248,7 +271,7 @@ fn job_json(job: &Job) -> serde_json::Value {
 
 /// `kiln resume JOB [--from STEP] [--follow]`.
 pub async fn resume(
-    coordinator: &str,
+    coordinator: &Target,
     job: &str,
     from_step: Option<u64>,
     follow_it: bool,
@@ -269,7 +292,7 @@ pub async fn resume(
 }
 
 /// `kiln cancel JOB`.
-pub async fn cancel(coordinator: &str, job: &str) -> Result<(), CliError> {
+pub async fn cancel(coordinator: &Target, job: &str) -> Result<(), CliError> {
     let mut client = connect(coordinator).await?;
     let job = client
         .cancel_job(CancelJobRequest {

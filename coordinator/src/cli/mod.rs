@@ -21,9 +21,10 @@ mod serve;
 mod up;
 
 pub use catalog::BinaryCatalog;
+pub use common::Target;
 pub use common::{DEFAULT_COORDINATOR, worker_binary};
 pub use config::{fmt, validate};
 pub use error::CliError;
-pub use jobs::{cancel, coordinator_url, resume, status, submit};
+pub use jobs::{DEFAULT_STATE_DIR, cancel, resume, status, submit, target};
 pub use serve::{CoordinatorOptions, coordinator};
 pub use up::up;

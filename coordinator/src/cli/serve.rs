@@ -16,7 +16,9 @@ use crate::leader::Candidate;
 use crate::service::Server;
 use crate::state::{EmbeddedStore, EtcdStore};
 
-use super::common::{Interrupts, random_token, read_token, write_atomically, write_secret};
+use super::common::{
+    Interrupts, random_token, read_secret, read_token, write_atomically, write_secret,
+};
 use super::error::{CliError, ResultExt};
 
 /// How `kiln coordinator` serves.
@@ -28,6 +30,9 @@ pub struct CoordinatorOptions {
     /// File holding the join token; `None` generates one into the state directory (embedded
     /// state only: coordinators sharing etcd must share a token).
     pub join_token_file: Option<PathBuf>,
+    /// File holding the client token; `None` generates one into the state directory
+    /// (embedded state only, as for the join token).
+    pub client_token_file: Option<PathBuf>,
     /// URL to announce instead of the bound address.
     pub advertise: Option<String>,
     /// File to write the URL into once the coordinator accepts connections.
@@ -42,19 +47,20 @@ pub struct CoordinatorOptions {
 pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
     // A stop that comes while it starts is kept, so it still shuts down the planned way.
     let mut interrupts = Interrupts::listen();
-    let server = Server::standby(options.listen, options.advertise.clone())
-        .await
-        .with_context(|| format!("listening on {}", options.listen))
-        .infra()?;
     match &options.state {
         StateSpec::Embedded { path } => {
             // Opened first: a second coordinator on the state is refused before it touches
-            // the token file.
+            // the token files.
             let store = EmbeddedStore::open(path).infra()?;
             let token = match &options.join_token_file {
                 Some(file) => read_token(file)?,
-                None => generated_token(path)?,
+                None => generated_token(path, JOIN_TOKEN_FILE)?,
             };
+            let client_token = match &options.client_token_file {
+                Some(file) => read_secret(file, "the client token")?,
+                None => generated_token(path, CLIENT_TOKEN_FILE)?,
+            };
+            let server = listen(&options, client_token).await?;
             server.lead(Control::new(Arc::new(store), token, options.lease).infra()?);
             announce(&server, "", options.ready_file.as_deref())?;
             interrupts.recv().await;
@@ -62,12 +68,14 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
             server.shutdown(true).await.infra()
         }
         StateSpec::Etcd { endpoints, prefix } => {
-            let Some(file) = &options.join_token_file else {
+            let (Some(join), Some(client)) = (&options.join_token_file, &options.client_token_file)
+            else {
                 return Err(CliError::bad_input(anyhow!(
-                    "a coordinator on etcd needs --join-token-file: every coordinator of the state must admit the same workers"
+                    "a coordinator on etcd needs --join-token-file and --client-token-file: every coordinator of the state must admit the same workers and clients"
                 )));
             };
-            let token = read_token(file)?;
+            let token = read_token(join)?;
+            let server = listen(&options, read_secret(client, "the client token")?).await?;
             let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
             let store = tokio::task::spawn_blocking({
                 let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
@@ -129,14 +137,27 @@ fn lost(prefix: &str) -> CliError {
     ))
 }
 
-/// A fresh join token, written 0600 into the state directory for workers to read.
-fn generated_token(state: &Path) -> Result<String, CliError> {
-    let path = state.join("join-token");
+/// Where a coordinator on an embedded state writes the tokens it makes.
+pub(super) const JOIN_TOKEN_FILE: &str = "join-token";
+/// See [`JOIN_TOKEN_FILE`]; clients on this host read it from there.
+pub(super) const CLIENT_TOKEN_FILE: &str = "client-token";
+
+async fn listen(options: &CoordinatorOptions, client_token: String) -> Result<Server, CliError> {
+    Server::standby(options.listen, options.advertise.clone(), client_token)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))
+        .infra()
+}
+
+/// A fresh token, written 0600 into the state directory as `name` (its path is printed,
+/// never the token).
+fn generated_token(state: &Path, name: &str) -> Result<String, CliError> {
+    let path = state.join(name);
     let token = random_token();
     write_secret(&path, &token)
         .with_context(|| format!("writing {}", path.display()))
         .infra()?;
-    eprintln!("kiln: join token written to {}", path.display());
+    eprintln!("kiln: {name} written to {}", path.display());
     Ok(token)
 }
 

@@ -18,7 +18,8 @@ use crate::service::Server;
 use crate::state::EmbeddedStore;
 
 use super::common::{
-    Interrupts, connect, finish, load, pick_job, random_token, read_token, worker_binary,
+    Interrupts, Target, connect, finish, load, pick_job, random_token, read_token, worker_binary,
+    write_secret,
 };
 use super::error::{CliError, ResultExt};
 
@@ -62,7 +63,13 @@ pub async fn up(
         ttl: spec.lease_ttl,
     };
     let control = Control::new(Arc::new(store), token.clone(), lease).infra()?;
-    let server = Server::start(control, spec.listen)
+    // Written where client commands look for it, for a `kiln status` from another terminal.
+    let client_token = random_token();
+    let token_file = state.join(super::serve::CLIENT_TOKEN_FILE);
+    write_secret(&token_file, &client_token)
+        .with_context(|| format!("writing {}", token_file.display()))
+        .infra()?;
+    let server = Server::start(control, spec.listen, client_token.clone())
         .await
         .with_context(|| format!("starting the coordinator on {}", spec.listen))
         .infra()?;
@@ -84,9 +91,13 @@ pub async fn up(
         Some(id) => Start::Resume(id),
         None => Start::Submit(job),
     };
+    let client = Target {
+        urls: server.url(),
+        token: Some(client_token),
+    };
     let result = run_on_cluster(
         &mut provider,
-        &server,
+        &client,
         cluster,
         &launch,
         start,
@@ -122,14 +133,14 @@ enum Start<'a> {
 
 async fn run_on_cluster(
     provider: &mut LocalProvider,
-    server: &Server,
+    coordinator: &Target,
     cluster: &kiln_iac::spec::ClusterSpec,
     launch: &WorkerLaunch,
     start: Start<'_>,
     interrupts: &mut Interrupts,
 ) -> Result<Job, CliError> {
     provider.launch(cluster, launch).await.infra()?;
-    let mut client = connect(&server.url()).await?;
+    let mut client = connect(coordinator).await?;
     let (job_id, replacements) = match start {
         Start::Submit(job) => {
             let id = client

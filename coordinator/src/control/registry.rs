@@ -61,17 +61,7 @@ impl Control {
         let Some(worker) = state.workers.get(worker_id) else {
             return Ok(());
         };
-        let expected = worker.secret.as_bytes();
-        // Constant time in the secret's bytes: no prefix is learnt from how long a refusal took.
-        let same = secret.is_some_and(|given| {
-            given.len() == expected.len()
-                && given
-                    .iter()
-                    .zip(expected)
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
-        if same {
+        if kiln_proto::auth::same_secret(secret, worker.secret.as_bytes()) {
             Ok(())
         } else {
             Err(ControlError::WrongWorkerSecret(worker_id.to_owned()))
@@ -80,7 +70,10 @@ impl Control {
 
     /// Admits a worker that presents the join token, and gives it its secret.
     pub fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, ControlError> {
-        if req.join_token != self.inner.join_token {
+        if !kiln_proto::auth::same_secret(
+            Some(req.join_token.as_bytes()),
+            self.inner.join_token.as_bytes(),
+        ) {
             return Err(ControlError::BadToken);
         }
         if req.collective_addr.parse::<std::net::SocketAddr>().is_err() {

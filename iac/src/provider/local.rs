@@ -444,6 +444,11 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
                 "join_token_file",
                 Value::from(token_file.display().to_string()),
             ),
+            // `kiln coordinator` writes its client token there before it listens.
+            (
+                "client_token_file",
+                Value::from(state.join("client-token").display().to_string()),
+            ),
         ],
     ))
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kiln_tests::cluster::{Client, Reaped, worker_command};
+use kiln_tests::cluster::{CLIENT_TOKEN_FILE, Client, Reaped, worker_command};
 use kiln_tests::etcd::Etcd;
 use kiln_tests::{Sandbox, cluster_hcl, describe, wait_until};
 
@@ -33,6 +33,8 @@ impl Replica {
                     &etcd.endpoint(),
                     "--join-token-file",
                     "token",
+                    "--client-token-file",
+                    CLIENT_TOKEN_FILE,
                     "--election-ttl",
                     election_ttl,
                     "--ready-file",
@@ -54,7 +56,7 @@ impl Replica {
 
     /// Whether it leads now (`Err`: what it said instead).
     fn leads(&self) -> Result<(), String> {
-        let found = Client::connect(&self.url)
+        let found = Client::connect(&self.url, None)
             .map_err(|e| e.to_string())?
             .find_leader()
             .map_err(|e| e.to_string())?;
@@ -75,8 +77,12 @@ fn sandbox() -> Sandbox {
         ("cluster.hcl", &cluster_hcl(2)),
         ("job.hcl", &crate::recovery::job(0, "0s")),
         ("token", "s3cret\n"),
+        // Where client commands look for it by default.
+        (CLIENT_TOKEN_FILE, CLIENT_TOKEN),
     ])
 }
+
+const CLIENT_TOKEN: &str = "client-s3cret";
 
 #[test]
 fn a_standby_takes_over_from_a_killed_leader_and_the_job_ends_bit_identical() {
@@ -91,7 +97,7 @@ fn a_standby_takes_over_from_a_killed_leader_and_the_job_ends_bit_identical() {
         || a.leads(),
     );
     let b = Replica::start(&sandbox, &etcd, "b", "2s");
-    let found = Client::connect(&b.url)
+    let found = Client::connect(&b.url, None)
         .expect("connect")
         .find_leader()
         .expect("FindLeader");
@@ -100,7 +106,7 @@ fn a_standby_takes_over_from_a_killed_leader_and_the_job_ends_bit_identical() {
         Duration::from_secs(10),
         "the standby to know the leader",
         || {
-            let found = Client::connect(&b.url)
+            let found = Client::connect(&b.url, None)
                 .map_err(|e| e.to_string())?
                 .find_leader();
             match found {
@@ -183,7 +189,8 @@ fn a_standby_names_the_leader_and_a_stopped_leader_hands_over_at_once() {
         Duration::from_secs(10),
         "the standby to refuse naming the leader",
         || {
-            let mut client = Client::connect(&b.url).map_err(|e| e.to_string())?;
+            let mut client =
+                Client::connect(&b.url, Some(CLIENT_TOKEN)).map_err(|e| e.to_string())?;
             match client.job("nope-1") {
                 Err(status) => match kiln_proto::standby_refusal(&status) {
                     Some(Some(leader)) if leader == a.url => Ok(()),

@@ -1,5 +1,6 @@
 //! End-to-end tests: the `kiln` CLI and `kiln-worker` processes, on loopback.
 
+mod auth;
 mod bad_input;
 mod coordinator;
 mod data;

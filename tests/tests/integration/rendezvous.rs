@@ -13,7 +13,7 @@ use kiln_proto::v1::{
     SubmitJobRequest, TaskEnd, TrainingSpec, WorkerCommand, dataset_spec,
 };
 use kiln_tests::Sandbox;
-use kiln_tests::cluster::Cluster;
+use kiln_tests::cluster::{CLIENT_TOKEN_FILE, Cluster};
 use tonic::transport::Channel;
 use tonic::{Code, Streaming};
 
@@ -148,10 +148,14 @@ async fn the_nccl_id_goes_from_rank_0_to_the_others_and_belongs_to_its_generatio
         Player::join(&mut client, "p0").await,
         Player::join(&mut client, "p1").await,
     ];
-    client
-        .submit_job(SubmitJobRequest { spec: Some(job()) })
-        .await
-        .expect("submit");
+    let token = std::fs::read_to_string(cluster.sandbox.path().join(CLIENT_TOKEN_FILE))
+        .expect("the client token");
+    let mut submit = tonic::Request::new(SubmitJobRequest { spec: Some(job()) });
+    submit.metadata_mut().insert(
+        kiln_proto::CLIENT_TOKEN_HEADER,
+        token.trim().parse().expect("ASCII"),
+    );
+    client.submit_job(submit).await.expect("submit");
     let mut assigned = Vec::new();
     for player in &mut players {
         assigned.push(player.assignment().await);
