@@ -41,7 +41,7 @@ impl Remote {
     fn target(&self) -> Result<cli::Target, CliError> {
         cli::target(
             self.coordinator.as_deref(),
-            self.token.token_file.as_deref(),
+            &self.token.flags(),
             &self.dir,
             None,
             &self.dir.join(cli::DEFAULT_STATE_DIR),
@@ -49,13 +49,44 @@ impl Remote {
     }
 }
 
-/// The client token a client command presents.
+/// What a client command presents and trusts.
 #[derive(clap::Args)]
 struct TokenFile {
     /// File holding the coordinator's client token. Default: KILN_TOKEN, else the token the
     /// coordinator wrote into its state directory (`client-token`).
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) an https:// coordinator's certificate is verified against.
+    /// Default: the cluster's `coordinator { tls { ca_file } }` where the command knows it.
+    #[arg(long, value_name = "FILE", env = "KILN_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
+}
+
+impl TokenFile {
+    fn flags(&self) -> cli::ClientFlags {
+        cli::ClientFlags {
+            token_file: self.token_file.clone(),
+            ca_file: self.tls_ca_file.clone(),
+        }
+    }
+}
+
+/// Makes a panic of `println!` into a closed stdout end the process quietly (exit 0); every
+/// other panic reports as before.
+fn quiet_on_closed_stdout() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        report(info);
+    }));
 }
 
 /// Values for the configuration's `variable` blocks.
@@ -157,6 +188,12 @@ enum Command {
         /// URL workers and clients should use, when it differs from the listen address.
         #[arg(long)]
         advertise: Option<String>,
+        /// Serve gRPC over TLS with this certificate (PEM; `kiln tls init` makes one).
+        #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+        tls_cert_file: Option<PathBuf>,
+        /// The private key of --tls-cert-file (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+        tls_key_file: Option<PathBuf>,
         /// Write the coordinator's URL to this file once it accepts connections.
         #[arg(long)]
         ready_file: Option<PathBuf>,
@@ -271,6 +308,26 @@ enum Command {
     /// Measure kiln's building blocks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Certificates for a coordinator that serves TLS.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a cluster's CA and a coordinator certificate signed by it, in DIR (files 0600;
+    /// nothing existing is overwritten). The certificate names localhost, 127.0.0.1, ::1 and
+    /// every --host.
+    Init {
+        /// Directory to write ca.pem, ca-key.pem, coordinator.pem and coordinator-key.pem.
+        dir: PathBuf,
+        /// Another name the coordinator is reached by (DNS name or IP address). Repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        /// Machine-readable output: the files and names.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -473,18 +530,14 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     // Rust ignores SIGPIPE, so a listing printed into a closed pipe (`kiln models list | head`)
-    // would panic; the default disposition ends such a read-only command quietly, as other
-    // Unix tools do. Commands that own processes (`up`, `apply`, …) keep ignoring it, so they
-    // always stop what they started.
+    // panics in `println!`; such a read-only command ends quietly instead, as other Unix tools
+    // do. SIGPIPE itself stays ignored: these commands also write to sockets, and a peer that
+    // closes one (a TLS port spoken to in plaintext) must give an error, not a silent death.
     if matches!(
         cli.command,
         Command::Data(_) | Command::Models(_) | Command::Status { .. } | Command::State { .. }
     ) {
-        // SAFETY: no other thread exists yet, and SIG_DFL is a valid disposition for SIGPIPE.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
+        quiet_on_closed_stdout();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -519,6 +572,8 @@ fn main() -> ExitCode {
                 join_token_file,
                 client_token_file,
                 advertise,
+                tls_cert_file,
+                tls_key_file,
                 ready_file,
                 heartbeat_interval,
                 lease_ttl,
@@ -538,6 +593,7 @@ fn main() -> ExitCode {
                     join_token_file,
                     client_token_file,
                     advertise,
+                    tls: tls_cert_file.zip(tls_key_file),
                     ready_file,
                     lease: LeaseConfig {
                         heartbeat_interval,
@@ -555,7 +611,7 @@ fn main() -> ExitCode {
                 token,
             } => cli::submit(
                 coordinator.as_deref(),
-                token.token_file.as_deref(),
+                &token.flags(),
                 &path,
                 job.as_deref(),
                 &vars.options(),
@@ -594,6 +650,9 @@ fn main() -> ExitCode {
             Command::Destroy { dir, auto_approve } => infra::destroy(&dir, auto_approve).await,
             Command::State { dir } => infra::show(&dir),
             Command::Data(command) => data(command).await,
+            Command::Tls(TlsCommand::Init { dir, hosts, json }) => {
+                cli::tls::init(&dir, &hosts, json)
+            }
             Command::Models(command) => models(command).await,
             Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary()
                 .and_then(|bin| bench::allreduce(&args, &bin).map_err(CliError::infra)),

@@ -347,12 +347,41 @@ async fn feed(
     }
 }
 
+/// How a server presents itself.
+pub struct Serving {
+    /// The URL to announce instead of the bound address.
+    pub advertise: Option<String>,
+    /// What every client call must carry.
+    pub client_token: String,
+    /// The certificate and key to serve TLS with; `None` serves plaintext.
+    pub tls: Option<tonic::transport::Identity>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The address could not be bound.
+    #[error("cannot listen on {listen}")]
+    Listen {
+        /// The address.
+        listen: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate or key was refused.
+    #[error("the TLS certificate or key")]
+    Tls(#[source] tonic::transport::Error),
+}
+
 /// A running coordinator server.
 pub struct Server {
     /// The address it listens on.
     pub addr: SocketAddr,
     role: watch::Sender<Role>,
     url: String,
+    scheme: &'static str,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -362,43 +391,54 @@ impl Server {
     pub async fn start(
         control: Control,
         listen: SocketAddr,
-        client_token: String,
-    ) -> std::io::Result<Self> {
-        let server = Self::standby(listen, None, client_token).await?;
+        serving: Serving,
+    ) -> Result<Self, ServeError> {
+        let server = Self::standby(listen, serving).await?;
         server.lead(control);
         Ok(server)
     }
 
-    /// Serves on `listen` as a standby that knows no leader yet, announcing `advertise` (else
-    /// the bound address) as its URL; client calls must present `client_token`.
-    pub async fn standby(
-        listen: SocketAddr,
-        advertise: Option<String>,
-        client_token: String,
-    ) -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(listen).await?;
-        let addr = listener.local_addr()?;
-        let url = advertise.unwrap_or_else(|| loopback_url(addr));
+    /// Serves on `listen` as a standby that knows no leader yet.
+    pub async fn standby(listen: SocketAddr, serving: Serving) -> Result<Self, ServeError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| ServeError::Listen { listen, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| ServeError::Listen { listen, source })?;
+        let scheme = if serving.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let url = serving
+            .advertise
+            .unwrap_or_else(|| loopback_url(scheme, addr));
         let stop = CancellationToken::new();
         let (role, watching) = watch::channel(Role::Standby { leader: None });
         let service = CoordinatorServer::new(Service {
             role: watching,
             url: url.clone(),
-            client_token,
+            client_token: serving.client_token,
         });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(identity) = serving.tls {
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(ServeError::Tls)?;
+        }
         let task = tokio::spawn({
             let stop = stop.clone();
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    stop.cancelled_owned(),
-                )
+            builder.add_service(service).serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop.cancelled_owned(),
+            )
         });
         Ok(Self {
             addr,
             role,
             url,
+            scheme,
             stop,
             task,
         })
@@ -421,9 +461,14 @@ impl Server {
         self.role.send_replace(Role::Leader(control));
     }
 
-    /// The URL clients and workers connect to.
+    /// The URL clients and workers connect to: the advertised one, else the bound address.
     pub fn url(&self) -> String {
         self.url.clone()
+    }
+
+    /// The bound address as a URL, which reaches the server from this host.
+    pub fn local_url(&self) -> String {
+        loopback_url(self.scheme, self.addr)
     }
 
     /// Ends every worker stream, then stops serving once calls drain. With `goodbye`, workers
@@ -449,16 +494,16 @@ impl Server {
     }
 }
 
-/// `http://ADDR`, with an unspecified IP (bound to every interface) as loopback, which always
-/// reaches it from this host.
-fn loopback_url(mut addr: SocketAddr) -> String {
+/// `SCHEME://ADDR`, with an unspecified IP (bound to every interface) as loopback, which
+/// always reaches it from this host.
+fn loopback_url(scheme: &str, mut addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() {
         addr.set_ip(match addr {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    format!("http://{addr}")
+    format!("{scheme}://{addr}")
 }
 
 #[cfg(test)]
@@ -476,9 +521,12 @@ mod tests {
         let control =
             Control::new(Arc::new(store), "token".into(), LeaseConfig::default()).expect("control");
         let any: SocketAddr = "0.0.0.0:0".parse().expect("address");
-        let server = Server::start(control, any, "client".into())
-            .await
-            .expect("listen");
+        let serving = Serving {
+            advertise: None,
+            client_token: "client".into(),
+            tls: None,
+        };
+        let server = Server::start(control, any, serving).await.expect("listen");
         let url = server.url();
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
         assert_ne!(url, "http://127.0.0.1:0");

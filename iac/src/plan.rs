@@ -132,6 +132,17 @@ pub fn desired(config: &Config) -> Vec<Resource> {
                 ("lease_ttl_ms", (c.lease_ttl.as_millis() as u64).into()),
             ]),
         });
+        // Only when declared: plans of plaintext clusters stay as they were.
+        if let (Some(tls), Some(coordinator)) = (&c.tls, out.last_mut()) {
+            coordinator.attrs.insert(
+                "tls".into(),
+                serde_json::json!({
+                    "cert_file": tls.cert_file.display().to_string(),
+                    "key_file": tls.key_file.display().to_string(),
+                    "ca_file": tls.ca_file.display().to_string(),
+                }),
+            );
+        }
         for pool in &cluster.node_pools {
             for index in 0..pool.count {
                 let mut node = Resource {

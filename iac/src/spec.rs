@@ -143,7 +143,8 @@ pub enum StateSpec {
     },
 }
 
-/// `coordinator { listen, advertise, join_token_file, heartbeat_interval, lease_ttl }`.
+/// `coordinator { listen, advertise, join_token_file, heartbeat_interval, lease_ttl,
+/// replicas, tls { ... } }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CoordinatorSpec {
     /// Address the coordinator's gRPC server binds (default `127.0.0.1:0`: an ephemeral
@@ -162,6 +163,23 @@ pub struct CoordinatorSpec {
     /// A worker whose lease is not renewed for this long is declared dead and its generation
     /// fails (longer than `heartbeat_interval`, default 3 s).
     pub lease_ttl: Duration,
+    /// How many coordinators `kiln apply` runs (default 1; more only on an etcd state, where
+    /// one leads and the others stand by).
+    pub replicas: u32,
+    /// `tls { ... }`: gRPC over TLS; `None` for plaintext.
+    pub tls: Option<TlsSpec>,
+}
+
+/// `tls { cert_file, key_file, ca_file }` in `coordinator`: every path absolute (resolved
+/// against the configuration directory) and readable when the configuration was loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// The coordinator's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// The coordinator's private key (PEM).
+    pub key_file: PathBuf,
+    /// The CA that workers and clients verify the coordinator's certificate against (PEM).
+    pub ca_file: PathBuf,
 }
 
 /// `job "NAME" { ... }`.

@@ -14,6 +14,7 @@ pub mod formats;
 pub mod manifest;
 pub mod models;
 pub mod store;
+pub mod transport;
 
 pub use prost::Message;
 

@@ -43,6 +43,8 @@ pub struct AgentConfig {
     /// Coordinator URLs, e.g. `http://127.0.0.1:7070` (not empty): one, or every coordinator
     /// of a state on etcd, of which one leads.
     pub coordinators: Vec<String>,
+    /// The CA certificate (PEM) an `https://` coordinator is verified against.
+    pub ca: Option<Vec<u8>>,
     /// Secret that admits this worker.
     pub join_token: String,
     /// Name reported to the coordinator (the provider's node name).
@@ -80,6 +82,9 @@ pub enum AgentError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A coordinator URL that cannot be connected to as given.
+    #[error(transparent)]
+    Endpoint(#[from] kiln_proto::transport::EndpointError),
     /// The coordinator refused a call (e.g. a wrong join token).
     #[error("coordinator refused {call}: {status}")]
     Rpc {
@@ -238,7 +243,12 @@ async fn register_at(
     url: &str,
     collective_addr: SocketAddr,
 ) -> Result<(Client, RegisterResponse), Attempt> {
-    let channel = connect(url).await.map_err(Attempt::Failed)?;
+    let channel = connect(url, config.ca.as_deref())
+        .await
+        .map_err(|e| match e {
+            AgentError::Endpoint(_) => Attempt::Refused(e),
+            e => Attempt::Failed(e),
+        })?;
     let mut client = CoordinatorClient::new(channel.clone());
     let request = RegisterRequest {
         join_token: config.join_token.clone(),
@@ -410,15 +420,15 @@ async fn session(
 }
 
 /// Connects to the coordinator at `url`, once.
-async fn connect(url: &str) -> Result<Channel, AgentError> {
-    let channel = match tonic::transport::Endpoint::from_shared(url.to_owned()) {
-        Ok(endpoint) => endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await,
-        Err(e) => Err(e),
-    };
-    channel.map_err(|source| AgentError::Connect {
-        url: url.to_owned(),
-        source,
-    })
+async fn connect(url: &str, ca: Option<&[u8]>) -> Result<Channel, AgentError> {
+    kiln_proto::transport::endpoint(url, ca)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|source| AgentError::Connect {
+            url: url.to_owned(),
+            source,
+        })
 }
 
 /// Renews the lease every `interval`. Cancels `shutdown` (and fails) when no heartbeat has

@@ -36,6 +36,9 @@ struct AgentArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     coordinator: String,
+    /// The CA certificate (PEM) an https:// coordinator's certificate is verified against.
+    #[arg(long, value_name = "FILE", env = "KILN_TLS_CA_FILE")]
+    tls_ca_file: Option<PathBuf>,
     /// File holding the join token (the token may instead come from KILN_JOIN_TOKEN).
     #[arg(long)]
     join_token_file: Option<PathBuf>,
@@ -147,8 +150,16 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
     if coordinators.is_empty() {
         anyhow::bail!("--coordinator (KILN_COORDINATOR) names no URL");
     }
+    let ca =
+        match &args.tls_ca_file {
+            Some(file) => Some(std::fs::read(file).map_err(|e| {
+                anyhow::anyhow!("reading the CA certificate {}: {e}", file.display())
+            })?),
+            None => None,
+        };
     let config = AgentConfig {
         coordinators,
+        ca,
         join_token,
         node_name: args
             .node_name

@@ -116,28 +116,53 @@ pub(super) fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     file.write_all(secret.as_bytes())
 }
 
+/// What a client command was told to present and trust: `--token-file` and `--tls-ca-file`.
+#[derive(Debug, Default, Clone)]
+pub struct ClientFlags {
+    /// The client token's file.
+    pub token_file: Option<PathBuf>,
+    /// The CA certificate an `https://` coordinator is verified against.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// A coordinator as a client command reaches it: its URLs (comma-separated; the leader
-/// among them is found) and the client token its calls carry.
+/// among them is found), the client token its calls carry and the CA it trusts.
 pub struct Target {
     /// Coordinator URLs.
     pub urls: String,
     /// The client token, when one was found.
     pub token: Option<String>,
+    /// The CA certificate (PEM), when one was given.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Target {
-    /// `urls`, with the client token from `token_file` (`--token-file`), else `KILN_TOKEN`,
-    /// else the file `fallback`, where the coordinator wrote it, if that exists.
-    pub fn new(urls: String, token_file: Option<&Path>, fallback: &Path) -> Result<Self, CliError> {
-        let token = match (token_file, std::env::var("KILN_TOKEN")) {
+    /// `urls`, with the client token from `flags`, else `KILN_TOKEN`, else the file
+    /// `token_fallback` (where the coordinator wrote it) if that exists; and the CA from
+    /// `flags`, else `ca_fallback`.
+    pub fn new(
+        urls: String,
+        flags: &ClientFlags,
+        token_fallback: &Path,
+        ca_fallback: Option<&Path>,
+    ) -> Result<Self, CliError> {
+        let token = match (&flags.token_file, std::env::var("KILN_TOKEN")) {
             (Some(file), _) => Some(read_secret(file, "the client token")?),
             (None, Ok(token)) => Some(token.trim().to_owned()),
-            (None, Err(_)) if fallback.is_file() => {
-                Some(read_secret(fallback, "the client token")?)
+            (None, Err(_)) if token_fallback.is_file() => {
+                Some(read_secret(token_fallback, "the client token")?)
             }
             (None, Err(_)) => None,
         };
-        Ok(Self { urls, token })
+        let ca = match flags.ca_file.as_deref().or(ca_fallback) {
+            Some(file) => Some(
+                std::fs::read(file)
+                    .with_context(|| format!("reading the CA certificate {}", file.display()))
+                    .bad_input()?,
+            ),
+            None => None,
+        };
+        Ok(Self { urls, token, ca })
     }
 }
 
@@ -150,7 +175,7 @@ pub(super) async fn connect(target: &Target) -> Result<kiln_proto::auth::Client,
     };
     let mut failure = None;
     for url in kiln_proto::coordinator_urls(&target.urls) {
-        match leader_at(&url).await {
+        match leader_at(&url, target.ca.as_deref()).await {
             Ok(channel) => return Ok(CoordinatorClient::with_interceptor(channel, credential)),
             Err(e) => failure = Some(e),
         }
@@ -160,23 +185,33 @@ pub(super) async fn connect(target: &Target) -> Result<kiln_proto::auth::Client,
     }))
 }
 
-async fn reach(url: &str) -> Result<Channel, CliError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("{url:?} is not a coordinator URL"))
-        .bad_input()?;
-    endpoint
+async fn reach(url: &str, ca: Option<&[u8]>) -> Result<Channel, CliError> {
+    kiln_proto::transport::endpoint(url, ca)
+        .bad_input()?
         .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))
+        .with_context(|| {
+            format!(
+                "cannot reach the coordinator at {url} ({})",
+                kiln_proto::transport::connect_hint(url)
+            )
+        })
         .infra()
 }
 
 /// The coordinator at `url` if it leads, else the leader it names.
-async fn leader_at(url: &str) -> Result<Channel, CliError> {
-    let channel = reach(url).await?;
+async fn leader_at(url: &str, ca: Option<&[u8]>) -> Result<Channel, CliError> {
+    let channel = reach(url, ca).await?;
     let found = CoordinatorClient::new(channel.clone())
         .find_leader(kiln_proto::v1::FindLeaderRequest {})
-        .await?
+        .await
+        .map_err(|status| {
+            CliError::infra(anyhow::anyhow!(
+                "the coordinator at {url} did not answer: {} ({})",
+                status.message(),
+                kiln_proto::transport::connect_hint(url)
+            ))
+        })?
         .into_inner();
     if found.is_leader {
         Ok(channel)
@@ -185,7 +220,7 @@ async fn leader_at(url: &str) -> Result<Channel, CliError> {
             "the coordinator at {url} is a standby and no leader is elected yet; retry shortly"
         )))
     } else {
-        reach(&found.leader_url).await
+        reach(&found.leader_url, ca).await
     }
 }
 

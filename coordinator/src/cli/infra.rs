@@ -514,6 +514,8 @@ pub(crate) struct AppliedCoordinator {
     pub(crate) url: String,
     /// The file it wrote its client token to.
     pub(crate) client_token_file: Option<PathBuf>,
+    /// The CA its certificate is verified against, when it serves TLS.
+    pub(crate) ca_file: Option<PathBuf>,
     /// Why it no longer runs; `None` while it does.
     pub(crate) gone: Option<String>,
 }
@@ -537,6 +539,12 @@ pub(crate) fn applied_coordinators(config_dir: &Path) -> Result<Vec<AppliedCoord
                     .recorded
                     .handle
                     .get("client_token_file")
+                    .and_then(|v| v.as_str())
+                    .map(PathBuf::from),
+                ca_file: o
+                    .recorded
+                    .handle
+                    .get("ca_file")
                     .and_then(|v| v.as_str())
                     .map(PathBuf::from),
                 cluster: o.recorded.address.cluster.clone(),

@@ -12,14 +12,16 @@ use kiln_proto::v1::{
 
 use crate::follow::{self, Followed, OnInterrupt};
 
-use super::common::{DEFAULT_COORDINATOR, Interrupts, Target, connect, finish, load, pick_job};
+use super::common::{
+    ClientFlags, DEFAULT_COORDINATOR, Interrupts, Target, connect, finish, load, pick_job,
+};
 use super::error::{CliError, ResultExt};
 use super::infra::applied_coordinators;
 
 /// `kiln submit PATH`: submits the jobs declared in PATH (a file, or every job of a directory).
 pub async fn submit(
     coordinator: Option<&str>,
-    token_file: Option<&Path>,
+    flags: &ClientFlags,
     path: &Path,
     job_name: Option<&str>,
     vars: &LoadOptions,
@@ -59,9 +61,16 @@ pub async fn submit(
         StateSpec::Embedded { path } => path.clone(),
         StateSpec::Etcd { .. } => config.dir.join(DEFAULT_STATE_DIR),
     };
+    let flags = ClientFlags {
+        ca_file: flags
+            .ca_file
+            .clone()
+            .or_else(|| cluster.coordinator.tls.as_ref().map(|t| t.ca_file.clone())),
+        ..flags.clone()
+    };
     let target = target(
         coordinator,
-        token_file,
+        &flags,
         &config.dir,
         Some(&cluster.name),
         &state_dir,
@@ -108,31 +117,32 @@ pub const DEFAULT_STATE_DIR: &str = ".kiln/state";
 /// The coordinator a client command talks to: `explicit` (`--coordinator`,
 /// `KILN_COORDINATOR`), else the one `kiln apply` started from `dir` (for `cluster`, when
 /// known), else [`DEFAULT_COORDINATOR`]. A recorded coordinator that no longer runs is an
-/// error, never a silent fall-back. Its client token is read from `token_file`, else
+/// error, never a silent fall-back. Its client token is read from `--token-file`, else
 /// `KILN_TOKEN`, else the file the applied coordinator recorded, else `client-token` in
-/// `state_dir`.
+/// `state_dir`; the CA from `--tls-ca-file`, else the one the applied coordinator recorded.
 pub fn target(
     explicit: Option<&str>,
-    token_file: Option<&Path>,
+    flags: &ClientFlags,
     dir: &Path,
     cluster: Option<&str>,
     state_dir: &Path,
 ) -> Result<Target, CliError> {
     let default_token = state_dir.join(super::serve::CLIENT_TOKEN_FILE);
     if let Some(url) = explicit {
-        return Target::new(url.to_owned(), token_file, &default_token);
+        return Target::new(url.to_owned(), flags, &default_token, None);
     }
     let applied: Vec<_> = applied_coordinators(dir)?
         .into_iter()
         .filter(|c| cluster.is_none_or(|name| c.cluster == name))
         .collect();
     match applied.as_slice() {
-        [] => Target::new(DEFAULT_COORDINATOR.to_owned(), token_file, &default_token),
+        [] => Target::new(DEFAULT_COORDINATOR.to_owned(), flags, &default_token, None),
         [one] => match &one.gone {
             None => Target::new(
                 one.url.clone(),
-                token_file,
+                flags,
                 one.client_token_file.as_deref().unwrap_or(&default_token),
+                one.ca_file.as_deref(),
             ),
             Some(why) => Err(CliError::infra(anyhow!(
                 "the coordinator `kiln apply` started for cluster {:?} in {} is not running ({why}); run `kiln apply` there to start it again",

@@ -18,10 +18,11 @@ pub mod infra;
 mod jobs;
 pub mod models;
 mod serve;
+pub mod tls;
 mod up;
 
 pub use catalog::BinaryCatalog;
-pub use common::Target;
+pub use common::{ClientFlags, Target};
 pub use common::{DEFAULT_COORDINATOR, worker_binary};
 pub use config::{fmt, validate};
 pub use error::CliError;

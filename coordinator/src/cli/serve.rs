@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::{Control, LeaseConfig};
 use crate::leader::Candidate;
-use crate::service::Server;
+use crate::service::{Server, Serving};
 use crate::state::{EmbeddedStore, EtcdStore};
 
 use super::common::{
@@ -35,6 +35,8 @@ pub struct CoordinatorOptions {
     pub client_token_file: Option<PathBuf>,
     /// URL to announce instead of the bound address.
     pub advertise: Option<String>,
+    /// The certificate and key files to serve TLS with; `None` serves plaintext.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// File to write the URL into once the coordinator accepts connections.
     pub ready_file: Option<PathBuf>,
     /// Worker lease timing.
@@ -143,10 +145,28 @@ pub(super) const JOIN_TOKEN_FILE: &str = "join-token";
 pub(super) const CLIENT_TOKEN_FILE: &str = "client-token";
 
 async fn listen(options: &CoordinatorOptions, client_token: String) -> Result<Server, CliError> {
-    Server::standby(options.listen, options.advertise.clone(), client_token)
-        .await
-        .with_context(|| format!("listening on {}", options.listen))
-        .infra()
+    let serving = Serving {
+        advertise: options.advertise.clone(),
+        client_token,
+        tls: match &options.tls {
+            Some((cert, key)) => Some(identity(cert, key)?),
+            None => None,
+        },
+    };
+    Server::standby(options.listen, serving).await.infra()
+}
+
+/// The TLS identity in the PEM files `cert` and `key`.
+pub(super) fn identity(cert: &Path, key: &Path) -> Result<tonic::transport::Identity, CliError> {
+    let read = |path: &Path, what: &str| {
+        std::fs::read(path)
+            .with_context(|| format!("reading the TLS {what} from {}", path.display()))
+            .bad_input()
+    };
+    Ok(tonic::transport::Identity::from_pem(
+        read(cert, "certificate")?,
+        read(key, "key")?,
+    ))
 }
 
 /// A fresh token, written 0600 into the state directory as `name` (its path is printed,

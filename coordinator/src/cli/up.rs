@@ -14,7 +14,7 @@ use kiln_proto::v1::{
 
 use crate::control::{Control, LeaseConfig};
 use crate::follow::{self, Followed, OnInterrupt};
-use crate::service::Server;
+use crate::service::{Server, Serving};
 use crate::state::EmbeddedStore;
 
 use super::common::{
@@ -69,11 +69,19 @@ pub async fn up(
     write_secret(&token_file, &client_token)
         .with_context(|| format!("writing {}", token_file.display()))
         .infra()?;
-    let server = Server::start(control, spec.listen, client_token.clone())
+    let serving = Serving {
+        advertise: spec.advertise.clone(),
+        client_token: client_token.clone(),
+        tls: match &spec.tls {
+            Some(tls) => Some(super::serve::identity(&tls.cert_file, &tls.key_file)?),
+            None => None,
+        },
+    };
+    let server = Server::start(control, spec.listen, serving)
         .await
         .with_context(|| format!("starting the coordinator on {}", spec.listen))
         .infra()?;
-    let url = spec.advertise.clone().unwrap_or_else(|| server.url());
+    let url = server.url();
     let log_dir = state.parent().unwrap_or(&state).join("logs");
     eprintln!(
         "kiln: coordinator on {url}; starting {} worker(s) (logs in {})",
@@ -82,6 +90,7 @@ pub async fn up(
     );
     let mut provider = LocalProvider::new();
     let launch = WorkerLaunch {
+        ca_file: spec.tls.as_ref().map(|t| t.ca_file.clone()),
         worker_bin,
         coordinator_url: url,
         join_token: token,
@@ -92,8 +101,16 @@ pub async fn up(
         None => Start::Submit(job),
     };
     let client = Target {
-        urls: server.url(),
+        urls: server.local_url(),
         token: Some(client_token),
+        ca: match &spec.tls {
+            Some(tls) => Some(
+                std::fs::read(&tls.ca_file)
+                    .with_context(|| format!("reading {}", tls.ca_file.display()))
+                    .bad_input()?,
+            ),
+            None => None,
+        },
     };
     let result = run_on_cluster(
         &mut provider,

@@ -7,7 +7,8 @@ use hcl::edit::Span;
 use hcl::edit::structure::Block;
 
 use crate::spec::{
-    ClusterSpec, CoordinatorSpec, NodePoolSpec, ProviderKind, StateSpec, StorageSpec, WorkerSpec,
+    ClusterSpec, CoordinatorSpec, NodePoolSpec, ProviderKind, StateSpec, StorageSpec, TlsSpec,
+    WorkerSpec,
 };
 
 use super::defaults::{
@@ -15,10 +16,10 @@ use super::defaults::{
     DEFAULT_STATE_PREFIX, DEFAULT_STORAGE_URL,
 };
 use super::getters::{
-    Get, check_host_port, expect_positive_duration, expect_string, non_empty_string,
+    Get, check_host_port, expect_positive_duration, expect_string, expect_u32, non_empty_string,
 };
 use super::schema::{
-    CLUSTER, COORDINATOR, NODE_POOL, PROVIDERS, STATE, STATE_BACKENDS, STORAGE, WORKER,
+    CLUSTER, COORDINATOR, NODE_POOL, PROVIDERS, STATE, STATE_BACKENDS, STORAGE, TLS, WORKER,
 };
 use super::scope::{Bad, Loader};
 use super::source::{SourceFile, header_span, value_span};
@@ -132,11 +133,16 @@ impl<'d> Loader<'d> {
             }),
         };
         let coordinator = match self.at_most_one(src, body, &COORDINATOR, &CLUSTER) {
-            Some(coordinator) => self.coordinator(src, coordinator),
+            Some(coordinator) => {
+                let on_etcd = matches!(state, Some(StateSpec::Etcd { .. }));
+                self.coordinator(src, coordinator, on_etcd)
+            }
             None => Some(CoordinatorSpec {
                 listen: DEFAULT_LISTEN,
                 advertise: None,
                 join_token_file: None,
+                replicas: 1,
+                tls: None,
                 heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
                 lease_ttl: DEFAULT_LEASE_TTL,
             }),
@@ -427,6 +433,7 @@ impl<'d> Loader<'d> {
         &mut self,
         src: &SourceFile,
         block: &Block,
+        on_etcd: bool,
     ) -> Option<CoordinatorSpec> {
         let labels_ok = self.check_labels(src, block, &COORDINATOR);
         let body = &block.body;
@@ -441,16 +448,28 @@ impl<'d> Loader<'d> {
                 })
             })
             .or(DEFAULT_LISTEN);
+        let tls = match self.at_most_one(src, body, &TLS, &COORDINATOR) {
+            Some(tls) => self.tls(src, tls).map(Some),
+            None => Some(None),
+        };
+        // A TLS coordinator is reached over https; `HOST:PORT` means that.
+        let tls_declared = body.get_blocks(TLS.ident).next().is_some();
         let advertise = self
             .get(src, body, "advertise", |value| {
                 let advertise = expect_string(value)?;
                 let (scheme, rest) = match advertise.split_once("://") {
+                    Some(("http", _)) if tls_declared => {
+                        return Err(Bad::Value(format!(
+                            "{advertise:?} is plaintext, and this coordinator serves TLS (its `tls` block); write `https://` or `HOST:PORT`"
+                        )));
+                    }
                     Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
                     Some((scheme, _)) => {
                         return Err(Bad::Value(format!(
                             "{advertise:?} has the scheme `{scheme}`; the coordinator speaks `http` or `https`"
                         )));
                     }
+                    None if tls_declared => ("https", advertise.as_str()),
                     None => ("http", advertise.as_str()),
                 };
                 check_host_port(rest).map_err(|why| {
@@ -490,12 +509,48 @@ impl<'d> Loader<'d> {
                 .with_hint("make `lease_ttl` at least two or three heartbeat intervals"),
             );
         }
+        let replicas = match self.get(src, body, "replicas", |v| expect_u32(v, 1)) {
+            Get::Found(n, attr) if n > 1 && !on_etcd => {
+                ok = false;
+                self.push(
+                    src.error(
+                        value_span(attr),
+                        format!("`replicas = {n}` needs the state in etcd"),
+                    )
+                    .with_detail("Coordinators share their state and elect a leader through etcd; an embedded state belongs to one process.")
+                    .with_hint("set `state { backend = \"etcd\" endpoints = [...] }`, or `replicas = 1`"),
+                );
+                None
+            }
+            got => got.or(1),
+        };
         ok.then_some(CoordinatorSpec {
             listen: listen?,
             advertise: advertise?,
             join_token_file: join_token_file?,
             heartbeat_interval: heartbeat_interval?,
             lease_ttl: lease_ttl?.0,
+            replicas: replicas?,
+            tls: tls?,
+        })
+    }
+
+    /// `tls { cert_file, key_file, ca_file }`: all three required and readable.
+    fn tls(&mut self, src: &SourceFile, block: &Block) -> Option<TlsSpec> {
+        let labels_ok = self.check_labels(src, block, &TLS);
+        self.check_body(src, &block.body, &TLS);
+        let mut file = |name: &str, example: &str| {
+            let got = self.credentials_file(src, block, name);
+            self.required(src, block, name, example, got)
+                .map(|(path, _)| path)
+        };
+        let cert_file = file("cert_file", "cert_file = \"tls/coordinator.pem\"");
+        let key_file = file("key_file", "key_file = \"tls/coordinator-key.pem\"");
+        let ca_file = file("ca_file", "ca_file = \"tls/ca.pem\"");
+        labels_ok.then_some(TlsSpec {
+            cert_file: cert_file?,
+            key_file: key_file?,
+            ca_file: ca_file?,
         })
     }
 }

@@ -95,7 +95,14 @@ pub(super) const COORDINATOR: Schema = Schema {
         "join_token_file",
         "heartbeat_interval",
         "lease_ttl",
+        "replicas",
     ],
+    blocks: &["tls"],
+};
+pub(super) const TLS: Schema = Schema {
+    ident: "tls",
+    labels: &[],
+    attrs: &["cert_file", "key_file", "ca_file"],
     blocks: &[],
 };
 pub(super) const JOB: Schema = Schema {

@@ -119,8 +119,11 @@ impl LocalProvider {
         let share = self.shares.get(&name).cloned().unwrap_or_default();
         let mut cmd = tokio::process::Command::from(worker_command(
             &launch.worker_bin,
-            &launch.coordinator_url,
-            &launch.join_token,
+            &Reach {
+                url: &launch.coordinator_url,
+                join_token: &launch.join_token,
+                ca_file: launch.ca_file.as_deref(),
+            },
             &name,
             &share,
         ));
@@ -142,18 +145,27 @@ impl LocalProvider {
     }
 }
 
+/// How a worker reaches its coordinator.
+struct Reach<'a> {
+    url: &'a str,
+    join_token: &'a str,
+    ca_file: Option<&'a Path>,
+}
+
 /// The command line and environment of node `name`'s worker.
 fn worker_command(
     bin: &Path,
-    coordinator_url: &str,
-    join_token: &str,
+    reach: &Reach<'_>,
     name: &str,
     share: &Share,
 ) -> std::process::Command {
     let cpus = share.cpus.max(1).to_string();
     let mut cmd = std::process::Command::new(bin);
-    cmd.env("KILN_COORDINATOR", coordinator_url)
-        .env("KILN_JOIN_TOKEN", join_token)
+    if let Some(ca) = reach.ca_file {
+        cmd.env("KILN_TLS_CA_FILE", ca);
+    }
+    cmd.env("KILN_COORDINATOR", reach.url)
+        .env("KILN_JOIN_TOKEN", reach.join_token)
         .env("KILN_NODE_NAME", name)
         .env("RAYON_NUM_THREADS", &cpus)
         // Burn's CPU matmul has a thread pool of its own, sized by the machine otherwise.
@@ -395,6 +407,14 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
     if let Some(advertise) = str_attr(&r.attrs, "advertise") {
         cmd.arg("--advertise").arg(advertise);
     }
+    let tls = r.attrs.get("tls").filter(|t| !t.is_null());
+    let tls_file = |name: &str| tls.and_then(|t| t.get(name)).and_then(Value::as_str);
+    if let (Some(cert), Some(key)) = (tls_file("cert_file"), tls_file("key_file")) {
+        cmd.arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key);
+    }
     let token_file = match str_attr(&r.attrs, "join_token_file") {
         Some(file) => {
             cmd.arg("--join-token-file").arg(file);
@@ -449,6 +469,7 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
                 "client_token_file",
                 Value::from(state.join("client-token").display().to_string()),
             ),
+            ("ca_file", tls_file("ca_file").into()),
         ],
     ))
 }
@@ -499,7 +520,12 @@ fn start_node(
         .get("worker_binary")
         .and_then(Value::as_str)
         .map_or_else(|| cx.worker_bin.clone(), std::path::PathBuf::from);
-    let cmd = worker_command(&bin, url, token.trim(), &name, &share);
+    let reach = Reach {
+        url,
+        join_token: token.trim(),
+        ca_file: str_attr(&coordinator.handle, "ca_file").map(Path::new),
+    };
+    let cmd = worker_command(&bin, &reach, &name, &share);
     let (_child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
         bin: bin.clone(),
         node: address.to_string(),

@@ -31,6 +31,8 @@ pub struct WorkerLaunch {
     pub coordinator_url: String,
     /// Join token (passed through the environment, never on the command line).
     pub join_token: String,
+    /// The CA certificate file an `https://` coordinator is verified against.
+    pub ca_file: Option<PathBuf>,
     /// Directory for per-node log files (`<node>.log`).
     pub log_dir: PathBuf,
 }

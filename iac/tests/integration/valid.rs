@@ -8,7 +8,7 @@ use crate::load_dir;
 use kiln_iac::spec::{
     Backend, CheckpointSpec, ClusterSpec, Collective, CoordinatorSpec, DataSource, DatasetSpec,
     JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec, ProviderKind, RestartSpec, StateSpec,
-    StorageSpec, TrainingSpec, WorkerSpec,
+    StorageSpec, TlsSpec, TrainingSpec, WorkerSpec,
 };
 use kiln_iac::spec::{DeploySpec, Gate, Metric};
 
@@ -43,6 +43,8 @@ fn default_coordinator() -> CoordinatorSpec {
         join_token_file: None,
         heartbeat_interval: Duration::from_secs(1),
         lease_ttl: Duration::from_secs(3),
+        replicas: 1,
+        tls: None,
     }
 }
 
@@ -297,10 +299,16 @@ fn loads_every_attribute_of_the_schema() {
             },
             coordinator: CoordinatorSpec {
                 listen: "0.0.0.0:7070".parse().expect("address"),
-                advertise: Some("http://kiln.internal:7070".into()),
+                advertise: Some("https://kiln.internal:7070".into()),
                 join_token_file: Some(base.join("secrets/join-token")),
                 heartbeat_interval: Duration::from_millis(500),
                 lease_ttl: Duration::from_secs(2),
+                replicas: 3,
+                tls: Some(TlsSpec {
+                    cert_file: base.join("secrets/tls/coordinator.pem"),
+                    key_file: base.join("secrets/tls/coordinator-key.pem"),
+                    ca_file: base.join("secrets/tls/ca.pem"),
+                }),
             },
             worker: WorkerSpec::default(),
         }

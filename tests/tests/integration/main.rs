@@ -16,4 +16,5 @@ mod registry;
 mod rendezvous;
 mod s3;
 mod shared_store;
+mod tls;
 mod up;
