@@ -27,8 +27,12 @@ pub struct Address {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResourceKind {
-    /// The cluster's coordinator process.
-    Coordinator,
+    /// Coordinator `index` of the cluster (more than one only on an etcd state: one leads).
+    Coordinator {
+        /// From 0; the first is addressed as `coordinator`, the others `coordinator[i]`.
+        #[serde(default)]
+        index: u32,
+    },
     /// Node `index` of pool `pool`.
     Node {
         /// Pool name.
@@ -42,7 +46,7 @@ impl Address {
     /// The node's name as its worker reports it (`<pool>-<index>`); `None` for a coordinator.
     pub fn node_name(&self) -> Option<String> {
         match &self.kind {
-            ResourceKind::Coordinator => None,
+            ResourceKind::Coordinator { .. } => None,
             ResourceKind::Node { pool, index } => Some(format!("{pool}-{index}")),
         }
     }
@@ -55,7 +59,12 @@ impl Address {
 impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ResourceKind::Coordinator => write!(f, "cluster.{}.coordinator", self.cluster),
+            ResourceKind::Coordinator { index: 0 } => {
+                write!(f, "cluster.{}.coordinator", self.cluster)
+            }
+            ResourceKind::Coordinator { index } => {
+                write!(f, "cluster.{}.coordinator[{index}]", self.cluster)
+            }
             ResourceKind::Node { pool, index } => {
                 write!(f, "cluster.{}.node_pool.{pool}[{index}]", self.cluster)
             }
@@ -108,10 +117,10 @@ pub fn desired(config: &Config) -> Vec<Resource> {
                 serde_json::json!({ "endpoints": endpoints, "prefix": prefix }),
             ),
         };
-        out.push(Resource {
+        let mut coordinator = Resource {
             address: Address {
                 cluster: cluster.name.clone(),
-                kind: ResourceKind::Coordinator,
+                kind: ResourceKind::Coordinator { index: 0 },
             },
             attrs: attrs([
                 ("listen", Value::from(c.listen.to_string())),
@@ -131,9 +140,9 @@ pub fn desired(config: &Config) -> Vec<Resource> {
                 ),
                 ("lease_ttl_ms", (c.lease_ttl.as_millis() as u64).into()),
             ]),
-        });
+        };
         // Only when declared: plans of plaintext clusters stay as they were.
-        if let (Some(tls), Some(coordinator)) = (&c.tls, out.last_mut()) {
+        if let Some(tls) = &c.tls {
             coordinator.attrs.insert(
                 "tls".into(),
                 serde_json::json!({
@@ -142,6 +151,11 @@ pub fn desired(config: &Config) -> Vec<Resource> {
                     "ca_file": tls.ca_file.display().to_string(),
                 }),
             );
+        }
+        for index in 0..c.replicas {
+            let mut replica = coordinator.clone();
+            replica.address.kind = ResourceKind::Coordinator { index };
+            out.push(replica);
         }
         for pool in &cluster.node_pools {
             for index in 0..pool.count {
@@ -434,7 +448,7 @@ mod tests {
         Resource {
             address: Address {
                 cluster: "c".into(),
-                kind: ResourceKind::Coordinator,
+                kind: ResourceKind::Coordinator { index: 0 },
             },
             attrs: attrs([("listen", "127.0.0.1:0".into())]),
         }

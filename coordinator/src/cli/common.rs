@@ -173,16 +173,43 @@ pub(super) async fn connect(target: &Target) -> Result<kiln_proto::auth::Client,
         Some(token) => Credential::new(CLIENT_TOKEN_HEADER, token, "client token").bad_input()?,
         None => Credential::none(CLIENT_TOKEN_HEADER),
     };
-    let mut failure = None;
-    for url in kiln_proto::coordinator_urls(&target.urls) {
-        match leader_at(&url, target.ca.as_deref()).await {
-            Ok(channel) => return Ok(CoordinatorClient::with_interceptor(channel, credential)),
-            Err(e) => failure = Some(e),
+    // A standby that answers while the leadership changes hands (its leader just died, or
+    // none is elected yet) is waited for, up to a few election TTLs.
+    let deadline = std::time::Instant::now() + LEADER_WAIT;
+    loop {
+        let mut failure = None;
+        let mut standby_answered = false;
+        for url in kiln_proto::coordinator_urls(&target.urls) {
+            match leader_at(&url, target.ca.as_deref()).await {
+                Ok(channel) => {
+                    return Ok(CoordinatorClient::with_interceptor(channel, credential));
+                }
+                Err(Found::Standby(e)) => {
+                    standby_answered = true;
+                    failure = Some(e);
+                }
+                Err(Found::Failed(e)) => failure = Some(e),
+            }
         }
+        let failure = failure.unwrap_or_else(|| {
+            CliError::bad_input(anyhow::anyhow!("no coordinator URL in {:?}", target.urls))
+        });
+        if !standby_answered || std::time::Instant::now() >= deadline {
+            return Err(failure);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    Err(failure.unwrap_or_else(|| {
-        CliError::bad_input(anyhow::anyhow!("no coordinator URL in {:?}", target.urls))
-    }))
+}
+
+/// How long a client waits for a leader while only standbys answer.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Why a coordinator URL gave no leader.
+enum Found {
+    /// A standby answered, but no leader could be reached through it (yet).
+    Standby(CliError),
+    /// Nothing useful answered there.
+    Failed(CliError),
 }
 
 async fn reach(url: &str, ca: Option<&[u8]>) -> Result<Channel, CliError> {
@@ -200,27 +227,27 @@ async fn reach(url: &str, ca: Option<&[u8]>) -> Result<Channel, CliError> {
 }
 
 /// The coordinator at `url` if it leads, else the leader it names.
-async fn leader_at(url: &str, ca: Option<&[u8]>) -> Result<Channel, CliError> {
-    let channel = reach(url, ca).await?;
+async fn leader_at(url: &str, ca: Option<&[u8]>) -> Result<Channel, Found> {
+    let channel = reach(url, ca).await.map_err(Found::Failed)?;
     let found = CoordinatorClient::new(channel.clone())
         .find_leader(kiln_proto::v1::FindLeaderRequest {})
         .await
         .map_err(|status| {
-            CliError::infra(anyhow::anyhow!(
+            Found::Failed(CliError::infra(anyhow::anyhow!(
                 "the coordinator at {url} did not answer: {} ({})",
                 status.message(),
                 kiln_proto::transport::connect_hint(url)
-            ))
+            )))
         })?
         .into_inner();
     if found.is_leader {
         Ok(channel)
     } else if found.leader_url.is_empty() {
-        Err(CliError::infra(anyhow::anyhow!(
-            "the coordinator at {url} is a standby and no leader is elected yet; retry shortly"
-        )))
+        Err(Found::Standby(CliError::infra(anyhow::anyhow!(
+            "the coordinator at {url} is a standby and no leader is elected yet"
+        ))))
     } else {
-        reach(&found.leader_url, ca).await
+        reach(&found.leader_url, ca).await.map_err(Found::Standby)
     }
 }
 

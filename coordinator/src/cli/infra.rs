@@ -228,19 +228,6 @@ impl Drop for LockGuard<'_> {
     }
 }
 
-/// The local provider runs coordinators on embedded state only; say so before planning.
-fn check_supported(config: &Config) -> Result<(), CliError> {
-    for cluster in config.clusters.values() {
-        if !matches!(cluster.state, kiln_iac::spec::StateSpec::Embedded { .. }) {
-            return Err(CliError::bad_input(anyhow!(
-                "cluster {:?}: `kiln apply` runs coordinators on embedded state only; use `state {{ backend = \"embedded\" }}`",
-                cluster.name
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Refreshes `state` through `provider` and diffs it against `config`.
 fn make_plan(provider: &LocalProvider, config: &Config, state: &InfraState) -> Plan {
     let observed = provider.refresh(&state.resources);
@@ -262,7 +249,6 @@ struct PlanFile {
 /// `kiln plan DIR [--out FILE]`.
 pub fn plan(dir: &Path, vars: &LoadOptions, out: Option<&Path>) -> Result<(), CliError> {
     let config = load(dir, vars)?;
-    check_supported(&config)?;
     let infra = Infra::of(&config.dir);
     let plan = make_plan(&LocalProvider::new(), &config, &infra.read()?);
     println!("{plan}");
@@ -325,7 +311,6 @@ pub async fn apply(target: &Path, vars: &LoadOptions, auto_approve: bool) -> Res
         .await;
     }
     let config = load(target, vars)?;
-    check_supported(&config)?;
     let infra = Infra::of(&config.dir);
     let guard = infra.lock("apply")?;
     let mut state = infra.read()?;
@@ -459,7 +444,7 @@ async fn execute(
     for coordinator in state
         .resources
         .iter()
-        .filter(|r| r.address.kind == ResourceKind::Coordinator)
+        .filter(|r| matches!(r.address.kind, ResourceKind::Coordinator { .. }))
     {
         if let Some(url) = coordinator.handle.get("url").and_then(|u| u.as_str()) {
             println!(
@@ -520,18 +505,37 @@ pub(crate) struct AppliedCoordinator {
     pub(crate) gone: Option<String>,
 }
 
-/// The coordinators `kiln apply` started from the configuration in `config_dir`, each with
-/// whether it still runs; none when nothing was applied there.
+/// The coordinators `kiln apply` started from the configuration in `config_dir`, one per
+/// cluster (the URLs of its running replicas, comma-separated), each with whether it still
+/// runs; none when nothing was applied there.
 pub(crate) fn applied_coordinators(config_dir: &Path) -> Result<Vec<AppliedCoordinator>, CliError> {
     let infra = Infra::of(config_dir);
     if !infra.exists() {
         return Ok(Vec::new());
     }
     let state = infra.read()?;
-    Ok(LocalProvider::new()
+    let mut clusters: Vec<AppliedCoordinator> = Vec::new();
+    for replica in replicas(&state) {
+        match clusters.iter_mut().find(|c| c.cluster == replica.cluster) {
+            None => clusters.push(replica),
+            Some(cluster) => match (&cluster.gone, &replica.gone) {
+                // A running replica is reached; gone ones are left out.
+                (None, Some(_)) => {}
+                (Some(_), None) => *cluster = replica,
+                (None, None) => cluster.url = format!("{},{}", cluster.url, replica.url),
+                (Some(why), Some(also)) => cluster.gone = Some(format!("{why}; {also}")),
+            },
+        }
+    }
+    Ok(clusters)
+}
+
+/// Every recorded coordinator replica, refreshed.
+fn replicas(state: &InfraState) -> Vec<AppliedCoordinator> {
+    LocalProvider::new()
         .refresh(&state.resources)
         .into_iter()
-        .filter(|o| o.recorded.address.kind == ResourceKind::Coordinator)
+        .filter(|o| matches!(o.recorded.address.kind, ResourceKind::Coordinator { .. }))
         .filter_map(|o| {
             Some(AppliedCoordinator {
                 url: o.recorded.handle.get("url")?.as_str()?.to_owned(),
@@ -551,7 +555,7 @@ pub(crate) fn applied_coordinators(config_dir: &Path) -> Result<Vec<AppliedCoord
                 gone: o.gone,
             })
         })
-        .collect())
+        .collect()
 }
 
 /// `kiln state DIR`: what the state records, and whether each resource still exists.

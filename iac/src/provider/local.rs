@@ -300,7 +300,7 @@ impl Provider for LocalProvider {
         }
         create_log_dir(&cx.log_dir)?;
         let handle = match &after.address.kind {
-            ResourceKind::Coordinator => start_coordinator(after, cx).await?,
+            ResourceKind::Coordinator { .. } => start_coordinator(after, cx).await?,
             ResourceKind::Node { .. } => start_node(after, state, cx)?,
         };
         Ok(Some(Recorded {
@@ -370,21 +370,42 @@ fn handle(
     handle
 }
 
+/// Makes a random token file at `path` (0600) unless one is there: the token every
+/// coordinator of an etcd state shares.
+fn shared_token(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let token: String = rand::random::<[u8; 16]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(token.as_bytes())
+}
+
 /// Starts `kiln coordinator` for the resource and waits until it listens.
 async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes, ProviderError> {
     let address = &r.address;
-    if str_attr(&r.attrs, "state_backend") != Some("embedded") {
-        return Err(invalid(
-            address,
-            "the local provider runs coordinators on embedded state only; use `state { backend = \"embedded\" }`",
-        ));
-    }
-    let state = PathBuf::from(
-        str_attr(&r.attrs, "state").ok_or_else(|| invalid(address, "no state path"))?,
-    );
+    let index = match address.kind {
+        ResourceKind::Coordinator { index } => index,
+        ResourceKind::Node { .. } => 0,
+    };
     let listen =
         str_attr(&r.attrs, "listen").ok_or_else(|| invalid(address, "no listen address"))?;
-    let name = format!("{}-coordinator", address.cluster);
+    let name = match index {
+        0 => format!("{}-coordinator", address.cluster),
+        i => format!("{}-coordinator-{i}", address.cluster),
+    };
     let log = cx.log_dir.join(format!("{name}.log"));
     let ready = cx.log_dir.join(format!("{name}.url"));
     let _ = std::fs::remove_file(&ready);
@@ -392,10 +413,50 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
     cmd.arg("coordinator")
         .arg("--listen")
         .arg(listen)
-        .arg("--state")
-        .arg(&state)
         .arg("--ready-file")
         .arg(&ready);
+    // Where the tokens are: an embedded state's coordinator writes fresh ones into its
+    // directory; coordinators sharing etcd share files made here once.
+    let tokens = match str_attr(&r.attrs, "state_backend") {
+        Some("embedded") => {
+            let state = PathBuf::from(
+                str_attr(&r.attrs, "state").ok_or_else(|| invalid(address, "no state path"))?,
+            );
+            cmd.arg("--state").arg(&state);
+            state
+        }
+        Some("etcd") => {
+            let etcd = r.attrs.get("state");
+            let endpoints: Vec<&str> = etcd
+                .and_then(|e| e.get("endpoints"))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let prefix = etcd
+                .and_then(|e| e.get("prefix"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(address, "no etcd prefix"))?;
+            cmd.arg("--etcd")
+                .arg(endpoints.join(","))
+                .arg("--etcd-prefix")
+                .arg(prefix);
+            let dir = cx.log_dir.with_file_name("tokens").join(&address.cluster);
+            for file in ["join-token", "client-token"] {
+                shared_token(&dir.join(file)).map_err(|e| {
+                    invalid(
+                        address,
+                        format!("cannot make {}: {e}", dir.join(file).display()),
+                    )
+                })?;
+            }
+            cmd.arg("--client-token-file").arg(dir.join("client-token"));
+            if str_attr(&r.attrs, "join_token_file").is_none() {
+                cmd.arg("--join-token-file").arg(dir.join("join-token"));
+            }
+            dir
+        }
+        other => return Err(invalid(address, format!("unknown state backend {other:?}"))),
+    };
     for (attr, flag) in [
         ("heartbeat_interval_ms", "--heartbeat-interval"),
         ("lease_ttl_ms", "--lease-ttl"),
@@ -420,8 +481,8 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
             cmd.arg("--join-token-file").arg(file);
             PathBuf::from(file)
         }
-        // `kiln coordinator` writes a fresh token there before it listens.
-        None => state.join("join-token"),
+        // `kiln coordinator` writes a fresh token there before it listens (or it is shared).
+        None => tokens.join("join-token"),
     };
     let (mut child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
         bin: cx.kiln_bin.clone(),
@@ -467,7 +528,7 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
             // `kiln coordinator` writes its client token there before it listens.
             (
                 "client_token_file",
-                Value::from(state.join("client-token").display().to_string()),
+                Value::from(tokens.join("client-token").display().to_string()),
             ),
             ("ca_file", tls_file("ca_file").into()),
         ],
@@ -481,14 +542,24 @@ fn start_node(
     cx: &ApplyContext,
 ) -> Result<Attributes, ProviderError> {
     let address = &r.address;
-    let coordinator = state
+    let coordinators: Vec<&Recorded> = state
         .iter()
-        .find(|c| {
-            c.address.cluster == address.cluster && c.address.kind == ResourceKind::Coordinator
+        .filter(|c| {
+            c.address.cluster == address.cluster
+                && matches!(c.address.kind, ResourceKind::Coordinator { .. })
         })
+        .collect();
+    let coordinator = coordinators
+        .first()
         .ok_or_else(|| invalid(address, "its cluster has no coordinator in the state"))?;
-    let url = str_attr(&coordinator.handle, "url")
-        .ok_or_else(|| invalid(address, "the coordinator's URL is not recorded"))?;
+    // Every coordinator of the cluster: the worker follows whichever leads.
+    let urls = coordinators
+        .iter()
+        .map(|c| str_attr(&c.handle, "url"))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| invalid(address, "a coordinator's URL is not recorded"))?
+        .join(",");
+    let url = urls.as_str();
     let token_file = str_attr(&coordinator.handle, "join_token_file")
         .ok_or_else(|| invalid(address, "the coordinator's join token file is not recorded"))?;
     let token = std::fs::read_to_string(token_file).map_err(|e| {
@@ -506,7 +577,7 @@ fn start_node(
     };
     let index = match &address.kind {
         ResourceKind::Node { index, .. } => *index,
-        ResourceKind::Coordinator => 0,
+        ResourceKind::Coordinator { .. } => 0,
     };
     let share = Share {
         cpus: attr("cpus_per_node").unwrap_or(1),

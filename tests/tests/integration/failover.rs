@@ -225,3 +225,123 @@ fn a_standby_names_the_leader_and_a_stopped_leader_hands_over_at_once() {
     b.process.stop();
     sandbox.assert_no_processes(Duration::from_secs(10));
 }
+
+#[test]
+fn apply_runs_the_declared_coordinators_on_etcd_and_a_standby_answers_once_the_leader_dies() {
+    let etcd = Etcd::start();
+    let cluster = format!(
+        r#"cluster "local" {{
+  provider = "local"
+  node_pool "cpu" {{
+    count = 1
+  }}
+  state {{
+    backend   = "etcd"
+    endpoints = ["{}"]
+  }}
+  coordinator {{
+    replicas = 2
+  }}
+}}
+"#,
+        etcd.endpoint()
+    );
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster),
+        ("job.hcl", &kiln_tests::blobs_job_hcl("etcd", 1, 512, 2, 8)),
+    ]);
+    struct Destroy<'a>(&'a Sandbox);
+    impl Drop for Destroy<'_> {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .run(&["destroy", "--auto-approve"], Duration::from_secs(60));
+            for pid in self.0.processes() {
+                kiln_tests::signal(pid, "KILL");
+            }
+        }
+    }
+    let _destroy = Destroy(&sandbox);
+    let t = Duration::from_secs(120);
+    let out = sandbox.run(&["apply", "--auto-approve"], t).expect("apply");
+    assert!(out.status.success(), "{}", describe(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 added"), "{stdout}");
+    let state =
+        String::from_utf8_lossy(&sandbox.run(&["state"], t).expect("state").stdout).into_owned();
+    assert!(state.contains("cluster.local.coordinator[1]"), "{state}");
+    let out = sandbox
+        .run(&["submit", ".", "--follow"], t)
+        .expect("submit");
+    assert!(out.status.success(), "{}", describe(&out));
+
+    // Kill whichever leads: the client finds the other one through the recorded URLs.
+    let urls: Vec<String> = state
+        .split_whitespace()
+        .filter(|w| w.starts_with("http://"))
+        .map(|w| w.trim_end_matches([',', ')']).to_owned())
+        .collect();
+    assert_eq!(urls.len(), 2, "{state}");
+    let leader = urls
+        .iter()
+        .find(|u| {
+            Client::connect(u, None)
+                .ok()
+                .and_then(|mut c| c.find_leader().ok())
+                .is_some_and(|f| f.is_leader)
+        })
+        .expect("one leads")
+        .clone();
+    let port = leader.rsplit(':').next().expect("a port");
+    let pid = sandbox
+        .processes()
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("coordinator"))
+                && std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).is_ok()
+                && listens_on(*pid, port)
+        })
+        .expect("the leader's process");
+    assert!(kiln_tests::signal(pid, "KILL"));
+    let out = sandbox
+        .run(&["status", "etcd-1", "--json"], t)
+        .expect("status");
+    assert!(
+        out.status.success(),
+        "the standby answers: {}",
+        describe(&out)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(job["state"], "succeeded", "{job}");
+}
+
+/// Whether process `pid` has a listening socket on `port` (from /proc: no tools needed).
+fn listens_on(pid: u32, port: &str) -> bool {
+    let Ok(port) = port.parse::<u16>() else {
+        return false;
+    };
+    let hex = format!(":{port:04X} ");
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&hex) && l.split_whitespace().nth(3) == Some("0A"))
+        .any(|l| {
+            l.split_whitespace()
+                .nth(9)
+                .is_some_and(|i| inodes.iter().any(|x| x == i))
+        })
+}
