@@ -510,6 +510,9 @@ enum BenchCommand {
     Allreduce(bench::AllreduceArgs),
     /// What checkpoints cost training: background uploads vs blocking saves, and throughput.
     Checkpoint(bench::CheckpointArgs),
+    /// How many simulated workers heartbeating at 1 Hz one coordinator holds (embedded or
+    /// etcd state): heartbeat latency percentiles per count.
+    ControlPlane(cli::load::ControlPlaneArgs),
 }
 
 /// Parses `500ms`, `2s`, `1m30s`, as in HCL.
@@ -656,6 +659,9 @@ fn main() -> ExitCode {
             Command::Models(command) => models(command).await,
             Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary()
                 .and_then(|bin| bench::allreduce(&args, &bin).map_err(CliError::infra)),
+            Command::Bench(BenchCommand::ControlPlane(args)) => cli::load::control_plane(&args)
+                .await
+                .map_err(CliError::infra),
             Command::Bench(BenchCommand::Checkpoint(args)) => cli::worker_binary()
                 .and_then(|bin| bench::checkpoint(&args, &bin).map_err(CliError::infra)),
         }

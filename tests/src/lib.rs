@@ -150,6 +150,21 @@ impl Default for Sandbox {
     }
 }
 
+/// Runs `kiln destroy --auto-approve` in the sandbox when dropped, then kills whatever of it
+/// is left: what a test applied is stopped also when the test fails half-way.
+pub struct Destroyed<'a>(pub &'a Sandbox);
+
+impl Drop for Destroyed<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .run(&["destroy", "--auto-approve"], Duration::from_secs(60));
+        for pid in self.0.processes() {
+            signal(pid, "KILL");
+        }
+    }
+}
+
 /// Waits for `child`, killing it (and failing) after `timeout`.
 pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> anyhow::Result<Output> {
     let deadline = Instant::now() + timeout;

@@ -16,6 +16,7 @@ mod error;
 pub mod export;
 pub mod infra;
 mod jobs;
+pub mod load;
 pub mod models;
 mod serve;
 pub mod tls;

@@ -9,21 +9,9 @@ use std::time::Duration;
 
 use kiln_proto::v1::RegisterRequest;
 use kiln_tests::cluster::Client;
-use kiln_tests::{Sandbox, blobs_job_hcl, cluster_hcl, describe, signal};
+use kiln_tests::{Destroyed, Sandbox, blobs_job_hcl, cluster_hcl, describe};
 
 const T: Duration = Duration::from_secs(120);
-
-/// Stops what `kiln apply` started, also when the test fails half-way.
-struct Applied<'a>(&'a Sandbox);
-
-impl Drop for Applied<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["destroy", "--auto-approve"], T);
-        for pid in self.0.processes() {
-            signal(pid, "KILL");
-        }
-    }
-}
 
 fn text(out: &Output) -> String {
     format!(
@@ -57,7 +45,7 @@ fn client_calls_need_the_token_and_no_secret_leaks() {
         ("cluster.hcl", &cluster_hcl(1)),
         ("job.hcl", &blobs_job_hcl("auth", 1, 256, 1, 4)),
     ]);
-    let applied = Applied(&sandbox);
+    let applied = Destroyed(&sandbox);
     let mut outputs = Vec::new();
     let out = sandbox.run(&["apply", "--auto-approve"], T).expect("apply");
     assert!(out.status.success(), "{}", describe(&out));

@@ -145,6 +145,26 @@ pub(crate) fn wait_for_status(
     })
 }
 
+/// `done` (a job's `kiln status --json`) succeeded after its coordinator was lost: in a new
+/// generation, with no restart counted (the coordinator's loss is not the job's) and the
+/// parameters of an uninterrupted run (`reference`, `sha256:…`).
+pub(crate) fn assert_resumed_bit_identical(done: &serde_json::Value, reference: &str) {
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        done["generation"].as_u64() >= Some(2),
+        "a new generation ran: {done}"
+    );
+    assert_eq!(
+        done["restarts"], 0,
+        "the coordinator's loss is not the job's: {done}"
+    );
+    assert_eq!(
+        done["params_digest"],
+        reference.trim_start_matches("sha256:"),
+        "resumed after losing its coordinator, bit-identical to an uninterrupted run"
+    );
+}
+
 /// A standalone coordinator and two workers, `a` and `b`, running the chaos job of
 /// `recovery` with `max_restarts` until it has committed checkpoint `step` or later.
 struct Running {
@@ -214,20 +234,7 @@ fn a_coordinator_killed_mid_job_restarts_and_the_job_ends_bit_identical() {
     let done = running.wait_for("finished", |s| {
         s["state"] != "pending" && s["state"] != "running"
     });
-    assert_eq!(done["state"], "succeeded", "{done}");
-    assert!(
-        done["generation"].as_u64() >= Some(2),
-        "a new generation ran: {done}"
-    );
-    assert_eq!(
-        done["restarts"], 0,
-        "the coordinator's crash is not the job's: {done}"
-    );
-    assert_eq!(
-        done["params_digest"],
-        reference.trim_start_matches("sha256:"),
-        "resumed after a coordinator crash, bit-identical to an uninterrupted run"
-    );
+    assert_resumed_bit_identical(&done, &reference);
     stop(second);
     sandbox.assert_no_processes(Duration::from_secs(10));
 }

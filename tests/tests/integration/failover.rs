@@ -11,7 +11,7 @@ use kiln_tests::cluster::{CLIENT_TOKEN_FILE, Client, Reaped, worker_command};
 use kiln_tests::etcd::Etcd;
 use kiln_tests::{Sandbox, cluster_hcl, describe, wait_until};
 
-use crate::coordinator::wait_for_status;
+use crate::coordinator::{assert_resumed_bit_identical, wait_for_status};
 
 /// One `kiln coordinator` on the test's etcd.
 struct Replica {
@@ -155,20 +155,7 @@ fn a_standby_takes_over_from_a_killed_leader_and_the_job_ends_bit_identical() {
     let done = wait_for_status(&sandbox, &b.url, "chaos-1", "the job to finish", |s| {
         s["state"] != "pending" && s["state"] != "running"
     });
-    assert_eq!(done["state"], "succeeded", "{done}");
-    assert!(
-        done["generation"].as_u64() >= Some(2),
-        "a new generation ran: {done}"
-    );
-    assert_eq!(
-        done["restarts"], 0,
-        "the leader's death is not the job's: {done}"
-    );
-    assert_eq!(
-        done["params_digest"],
-        reference.trim_start_matches("sha256:"),
-        "resumed under a new leader, bit-identical to an uninterrupted run"
-    );
+    assert_resumed_bit_identical(&done, &reference);
     b.process.stop();
     sandbox.assert_no_processes(Duration::from_secs(40));
 }
@@ -250,18 +237,7 @@ fn apply_runs_the_declared_coordinators_on_etcd_and_a_standby_answers_once_the_l
         ("cluster.hcl", &cluster),
         ("job.hcl", &kiln_tests::blobs_job_hcl("etcd", 1, 512, 2, 8)),
     ]);
-    struct Destroy<'a>(&'a Sandbox);
-    impl Drop for Destroy<'_> {
-        fn drop(&mut self) {
-            let _ = self
-                .0
-                .run(&["destroy", "--auto-approve"], Duration::from_secs(60));
-            for pid in self.0.processes() {
-                kiln_tests::signal(pid, "KILL");
-            }
-        }
-    }
-    let _destroy = Destroy(&sandbox);
+    let _destroy = kiln_tests::Destroyed(&sandbox);
     let t = Duration::from_secs(120);
     let out = sandbox.run(&["apply", "--auto-approve"], t).expect("apply");
     assert!(out.status.success(), "{}", describe(&out));

@@ -8,7 +8,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiln_tests::{
-    Sandbox, bin, blobs_job_hcl, describe, port_after, signal, wait_until, wait_with_timeout,
+    Destroyed, Sandbox, bin, blobs_job_hcl, describe, port_after, signal, wait_until,
+    wait_with_timeout,
 };
 
 const CLUSTER: &str = r#"variable "nodes" {
@@ -28,18 +29,6 @@ cluster "local" {
 "#;
 
 const T: Duration = Duration::from_secs(60);
-
-/// Stops whatever the test started, also when it fails half-way.
-struct Cleanup<'a>(&'a Sandbox);
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["destroy", "--auto-approve"], T);
-        for pid in self.0.processes() {
-            signal(pid, "KILL");
-        }
-    }
-}
 
 fn kiln(sandbox: &Sandbox, args: &[&str]) -> Output {
     sandbox.run(args, T).expect("kiln runs")
@@ -154,7 +143,7 @@ impl Interactive {
 fn apply_repairs_drift_resizes_under_a_lock_and_destroys() {
     let job = blobs_job_hcl("small", 2, 512, 1, 10);
     let sandbox = Sandbox::new().with_files(&[("cluster.hcl", CLUSTER), ("job.hcl", &job)]);
-    let _cleanup = Cleanup(&sandbox);
+    let _cleanup = Destroyed(&sandbox);
 
     let plan = ok(&sandbox, &["plan"]);
     assert!(plan.contains("+ cluster.local.coordinator"), "{plan}");
@@ -245,7 +234,7 @@ fn apply_repairs_drift_resizes_under_a_lock_and_destroys() {
 #[test]
 fn a_declined_prompt_changes_nothing() {
     let sandbox = Sandbox::new().with_files(&[("cluster.hcl", CLUSTER)]);
-    let _cleanup = Cleanup(&sandbox);
+    let _cleanup = Destroyed(&sandbox);
     let mut apply = Interactive::start(&sandbox, "apply");
     apply.wait_for("Only 'yes' is accepted");
     apply.answer("no");
@@ -267,7 +256,7 @@ fn client_commands_find_the_applied_coordinator_and_say_when_it_is_gone() {
     );
     let job = blobs_job_hcl("long", 2, 4096, 200, 1000);
     let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster), ("job.hcl", &job)]);
-    let _cleanup = Cleanup(&sandbox);
+    let _cleanup = Destroyed(&sandbox);
     let applied = ok(&sandbox, &["apply", "--auto-approve"]);
     let port = port_after(&applied, "cluster local: coordinator at http://127.0.0.1:");
     assert!(port.is_some_and(|p| p > 0), "{applied}");
@@ -323,7 +312,7 @@ fn each_local_node_sees_its_own_gpus_and_a_machine_with_too_few_is_refused() {
 }
 "#;
     let sandbox = Sandbox::new().with_files(&[("cluster.hcl", GPU_CLUSTER)]);
-    let _cleanup = Cleanup(&sandbox);
+    let _cleanup = Destroyed(&sandbox);
     // The test double stands for a machine with that many GPUs.
     let apply = |gpus| {
         sandbox

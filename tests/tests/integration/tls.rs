@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{Sandbox, blobs_job_hcl, describe, signal, wait_with_timeout};
+use kiln_tests::{Destroyed, Sandbox, blobs_job_hcl, describe, wait_with_timeout};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -106,16 +106,7 @@ fn an_applied_tls_cluster_serves_verified_clients_and_refuses_the_rest_at_once()
         ("job.hcl", &blobs_job_hcl("tls", 1, 256, 2, 4)),
     ]);
     init(&sandbox);
-    struct Destroy<'a>(&'a Sandbox);
-    impl Drop for Destroy<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.run(&["destroy", "--auto-approve"], T);
-            for pid in self.0.processes() {
-                signal(pid, "KILL");
-            }
-        }
-    }
-    let _destroy = Destroy(&sandbox);
+    let _destroy = Destroyed(&sandbox);
     let out = sandbox.run(&["apply", "--auto-approve"], T).expect("apply");
     assert!(out.status.success(), "{}", describe(&out));
     // Workers verify the coordinator with the CA the provider handed them; the CLI with the
