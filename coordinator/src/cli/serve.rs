@@ -78,46 +78,18 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
             };
             let token = read_token(join)?;
             let server = listen(&options, read_secret(client, "the client token")?).await?;
-            let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
-            let store = tokio::task::spawn_blocking({
-                let (endpoints, prefix) = (endpoints.clone(), prefix.clone());
-                move || EtcdStore::connect(&endpoints, &prefix)
-            })
-            .await
-            .context("connecting to etcd")
-            .infra()?
-            .infra()?;
-            let candidate =
-                Candidate::enter(&endpoints, &prefix, options.election_ttl, server.url())
-                    .await
-                    .infra()?;
             announce(&server, " as a standby", options.ready_file.as_deref())?;
-            let watching = CancellationToken::new();
-            let elected = tokio::select! {
-                key = candidate.campaign() => Some(key.infra()?),
-                () = candidate.observe(watching.clone(), |leader| server.follow(leader)) => None,
-                () = interrupts.recv() => None,
-                () = candidate.lost() => return Err(lost(&prefix)),
+            let election = Election {
+                endpoints,
+                prefix,
+                ttl: options.election_ttl,
+                join_token: token,
+                lease: options.lease,
             };
-            watching.cancel();
-            let Some(key) = elected else {
+            let Some(candidate) = lead_on_etcd(&server, election, &mut interrupts).await? else {
                 eprintln!("kiln: shutting down");
-                candidate.resign().await;
                 return server.shutdown(false).await.infra();
             };
-            let store = store.fenced(key);
-            let control = tokio::task::spawn_blocking(move || {
-                Control::new(Arc::new(store), token, options.lease)
-            })
-            .await
-            .context("loading the state")
-            .infra()?
-            .infra()?;
-            server.lead(control);
-            eprintln!(
-                "kiln: elected leader of {prefix} on etcd {}",
-                endpoints.join(",")
-            );
             let result = tokio::select! {
                 () = interrupts.recv() => {
                     eprintln!("kiln: shutting down; a standby takes over");
@@ -133,11 +105,76 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
     }
 }
 
-fn lost(prefix: &str) -> CliError {
+/// How a coordinator on etcd takes part in the election, and what it leads with.
+pub(super) struct Election<'a> {
+    pub(super) endpoints: &'a [String],
+    pub(super) prefix: &'a str,
+    pub(super) ttl: Duration,
+    pub(super) join_token: String,
+    pub(super) lease: LeaseConfig,
+}
+
+/// Serves `server` as a standby of the state on etcd, naming the leader, until this
+/// coordinator is elected; then it leads. `None` when an interrupt came first (the candidacy
+/// is resigned).
+pub(super) async fn lead_on_etcd(
+    server: &Server,
+    election: Election<'_>,
+    interrupts: &mut Interrupts,
+) -> Result<Option<Candidate>, CliError> {
+    let Election {
+        endpoints,
+        prefix,
+        ttl,
+        join_token,
+        lease,
+    } = election;
+    let store = tokio::task::spawn_blocking({
+        let (endpoints, prefix) = (endpoints.to_vec(), prefix.to_owned());
+        move || EtcdStore::connect(&endpoints, &prefix)
+    })
+    .await
+    .context("connecting to etcd")
+    .infra()?
+    .infra()?;
+    let candidate = Candidate::enter(endpoints, prefix, ttl, server.url())
+        .await
+        .infra()?;
+    let watching = CancellationToken::new();
+    let elected = tokio::select! {
+        key = candidate.campaign() => Some(key.infra()?),
+        () = candidate.observe(watching.clone(), |leader| server.follow(leader)) => None,
+        () = interrupts.recv() => None,
+        () = candidate.lost() => return Err(lost(prefix)),
+    };
+    watching.cancel();
+    let Some(key) = elected else {
+        candidate.resign().await;
+        return Ok(None);
+    };
+    let store = store.fenced(key);
+    let control =
+        tokio::task::spawn_blocking(move || Control::new(Arc::new(store), join_token, lease))
+            .await
+            .context("loading the state")
+            .infra()?
+            .infra()?;
+    server.lead(control);
+    eprintln!(
+        "kiln: elected leader of {prefix} on etcd {}",
+        endpoints.join(",")
+    );
+    Ok(Some(candidate))
+}
+
+pub(super) fn lost(prefix: &str) -> CliError {
     CliError::infra(anyhow!(
         "lost the leadership of {prefix}: the election lease could not be renewed in time; another coordinator leads now"
     ))
 }
+
+/// The election lease of a coordinator on etcd unless told otherwise (`--election-ttl`).
+pub(super) const DEFAULT_ELECTION_TTL: Duration = Duration::from_secs(3);
 
 /// Where a coordinator on an embedded state writes the tokens it makes.
 pub(super) const JOIN_TOKEN_FILE: &str = "join-token";

@@ -1,13 +1,13 @@
 //! `kiln up`: the whole job on the embedded default, in one process and its workers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
 use kiln_iac::provider::{LocalProvider, NodeExit, Provider, WorkerLaunch, log_tail};
-use kiln_iac::spec::{Config, JobSpec, StateSpec};
+use kiln_iac::spec::{JobSpec, StateSpec};
 use kiln_proto::v1::{
     CancelJobRequest, GetJobRequest, Job, JobState, ResumeJobRequest, SubmitJobRequest,
 };
@@ -16,6 +16,9 @@ use crate::control::{Control, LeaseConfig};
 use crate::follow::{self, Followed, OnInterrupt};
 use crate::service::{Server, Serving};
 use crate::state::EmbeddedStore;
+
+use super::jobs::DEFAULT_STATE_DIR;
+use super::serve::{DEFAULT_ELECTION_TTL, Election, lead_on_etcd};
 
 use super::common::{
     Interrupts, Target, connect, finish, load, pick_job, random_token, read_token, worker_binary,
@@ -44,16 +47,13 @@ pub async fn up(
         Some(binary) => binary.clone(),
         None => worker_binary()?,
     };
-    let state = state_dir(&config, job)?;
-    let store = EmbeddedStore::open(&state).infra()?;
-    let cause = "the `kiln up` that ran it died";
-    for orphan in Control::abandon_unfinished(&store, cause).infra()? {
+    let spec = &cluster.coordinator;
+    if spec.replicas > 1 {
         eprintln!(
-            "kiln: job {orphan} was left unfinished by a `kiln up` that died; it is marked failed (`kiln up {} --resume {orphan}` resumes it from its last checkpoint)",
-            dir.display()
+            "kiln: `kiln up` runs one coordinator; `replicas = {}` applies to `kiln apply`",
+            spec.replicas
         );
     }
-    let spec = &cluster.coordinator;
     let token = match &spec.join_token_file {
         Some(path) => read_token(path)?,
         None => random_token(),
@@ -62,13 +62,7 @@ pub async fn up(
         heartbeat_interval: spec.heartbeat_interval,
         ttl: spec.lease_ttl,
     };
-    let control = Control::new(Arc::new(store), token.clone(), lease).infra()?;
-    // Written where client commands look for it, for a `kiln status` from another terminal.
     let client_token = random_token();
-    let token_file = state.join(super::serve::CLIENT_TOKEN_FILE);
-    write_secret(&token_file, &client_token)
-        .with_context(|| format!("writing {}", token_file.display()))
-        .infra()?;
     let serving = Serving {
         advertise: spec.advertise.clone(),
         client_token: client_token.clone(),
@@ -77,9 +71,55 @@ pub async fn up(
             None => None,
         },
     };
-    let server = Server::start(control, spec.listen, serving)
-        .await
-        .with_context(|| format!("starting the coordinator on {}", spec.listen))
+    let listening = |e| {
+        CliError::infra(
+            anyhow::Error::new(e).context(format!("starting the coordinator on {}", spec.listen)),
+        )
+    };
+    // The embedded state is this process's alone; an etcd one is shared, and this `kiln up`
+    // leads it once elected (what another leader left running resumes under it).
+    let (state, server, candidate) = match &cluster.state {
+        StateSpec::Embedded { path } => {
+            let store = EmbeddedStore::open(path).infra()?;
+            let cause = "the `kiln up` that ran it died";
+            for orphan in Control::abandon_unfinished(&store, cause).infra()? {
+                eprintln!(
+                    "kiln: job {orphan} was left unfinished by a `kiln up` that died; it is marked failed (`kiln up {} --resume {orphan}` resumes it from its last checkpoint)",
+                    dir.display()
+                );
+            }
+            let control = Control::new(Arc::new(store), token.clone(), lease).infra()?;
+            let server = Server::start(control, spec.listen, serving)
+                .await
+                .map_err(listening)?;
+            (path.clone(), server, None)
+        }
+        StateSpec::Etcd { endpoints, prefix } => {
+            let server = Server::standby(spec.listen, serving)
+                .await
+                .map_err(listening)?;
+            eprintln!("kiln: campaigning for the leadership of {prefix} on etcd");
+            let election = Election {
+                endpoints,
+                prefix,
+                ttl: DEFAULT_ELECTION_TTL,
+                join_token: token.clone(),
+                lease,
+            };
+            let Some(candidate) = lead_on_etcd(&server, election, &mut interrupts).await? else {
+                server.shutdown(false).await.infra()?;
+                return Err(CliError::infra(anyhow!(
+                    "interrupted while waiting to lead {prefix}"
+                )));
+            };
+            (config.dir.join(DEFAULT_STATE_DIR), server, Some(candidate))
+        }
+    };
+    // Written where client commands look for it, for a `kiln status` from another terminal.
+    let token_file = state.join(super::serve::CLIENT_TOKEN_FILE);
+    std::fs::create_dir_all(&state)
+        .and_then(|()| write_secret(&token_file, &client_token))
+        .with_context(|| format!("writing {}", token_file.display()))
         .infra()?;
     let url = server.url();
     let log_dir = state.parent().unwrap_or(&state).join("logs");
@@ -125,21 +165,13 @@ pub async fn up(
     let shutdown = server.shutdown(true);
     let exits = provider.shutdown(Duration::from_secs(5));
     let (_, exits) = tokio::join!(shutdown, exits);
+    if let Some(candidate) = candidate {
+        candidate.resign().await;
+    }
     for exit in exits.iter().filter(|e| !e.status.success()) {
         tracing::debug!(node = %exit.node.name, status = %exit.status, "worker ended");
     }
     result
-}
-
-fn state_dir(config: &Config, job: &JobSpec) -> Result<PathBuf, CliError> {
-    let cluster = &config.clusters[&job.cluster];
-    match &cluster.state {
-        StateSpec::Embedded { path } => Ok(path.clone()),
-        StateSpec::Etcd { .. } => Err(CliError::bad_input(anyhow!(
-            "cluster {:?} keeps its state in etcd, which `kiln up` does not support yet; use `state {{ backend = \"embedded\" }}`",
-            cluster.name
-        ))),
-    }
 }
 
 /// What `kiln up` runs once its cluster is up.

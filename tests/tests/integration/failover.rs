@@ -321,3 +321,51 @@ fn listens_on(pid: u32, port: &str) -> bool {
                 .is_some_and(|i| inodes.iter().any(|x| x == i))
         })
 }
+
+#[test]
+fn kiln_up_on_etcd_keeps_its_job_in_the_shared_state() {
+    let etcd = Etcd::start();
+    let cluster = format!(
+        r#"cluster "local" {{
+  provider = "local"
+  node_pool "cpu" {{
+    count = 1
+  }}
+  state {{
+    backend   = "etcd"
+    endpoints = ["{}"]
+  }}
+}}
+"#,
+        etcd.endpoint()
+    );
+    let sandbox = sandbox().with_files(&[
+        ("cluster.hcl", &cluster),
+        (
+            "job.hcl",
+            &kiln_tests::blobs_job_hcl("shared", 1, 256, 2, 4),
+        ),
+    ]);
+    let out = sandbox
+        .run(&["up", "."], Duration::from_secs(120))
+        .expect("up");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("elected leader"),
+        "{}",
+        describe(&out)
+    );
+    // A coordinator started later on the same etcd knows the job.
+    let a = Replica::start(&sandbox, &etcd, "a", "2s");
+    wait_until(Duration::from_secs(30), "it to lead", || a.leads());
+    let out = sandbox
+        .run(
+            &["status", "shared-1", "--json", "--coordinator", &a.url],
+            Duration::from_secs(30),
+        )
+        .expect("status");
+    assert!(out.status.success(), "{}", describe(&out));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(job["state"], "succeeded", "{job}");
+    a.process.stop();
+}
