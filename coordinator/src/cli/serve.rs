@@ -95,7 +95,7 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
                     eprintln!("kiln: shutting down; a standby takes over");
                     Ok(())
                 }
-                () = candidate.lost() => Err(lost(&prefix)),
+                () = candidate.lost() => Err(lost(prefix)),
             };
             // Workers' streams end without a goodbye: they register with the next leader.
             server.shutdown(false).await.infra()?;
