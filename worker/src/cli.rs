@@ -45,9 +45,11 @@ struct AgentArgs {
     /// Name reported to the coordinator.
     #[arg(long, env = "KILN_NODE_NAME")]
     node_name: Option<String>,
-    /// Address the collective (ring all-reduce) listener binds; port 0 picks a free one.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    collective_bind: SocketAddr,
+    /// Address the collective (ring all-reduce) listener binds and reports to its peers; port
+    /// 0 picks a free one. Default: this host's address that reaches the (first) coordinator,
+    /// port 0: loopback for a coordinator here, the right interface for one elsewhere.
+    #[arg(long)]
+    collective_bind: Option<SocketAddr>,
     /// Seconds to keep retrying the coordinator at start.
     #[arg(long, default_value_t = 15)]
     connect_timeout_secs: u64,
@@ -157,6 +159,9 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
             })?),
             None => None,
         };
+    let collective_bind = args
+        .collective_bind
+        .unwrap_or_else(|| SocketAddr::new(crate::route::local_ip_towards(&coordinators[0]), 0));
     let config = AgentConfig {
         coordinators,
         ca,
@@ -164,7 +169,7 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
         node_name: args
             .node_name
             .unwrap_or_else(|| format!("worker-{}", std::process::id())),
-        collective_bind: args.collective_bind,
+        collective_bind,
         connect_timeout: Duration::from_secs(args.connect_timeout_secs),
         reconnect_timeout: Duration::from_secs(args.reconnect_timeout_secs),
         registry: Arc::new(registry),

@@ -23,5 +23,6 @@ pub mod model;
 pub mod optim;
 pub mod overhead;
 pub mod resources;
+pub mod route;
 pub mod spec;
 pub mod train;

@@ -9,6 +9,7 @@ mod deploy;
 mod export;
 mod failover;
 mod fmt;
+mod hosts;
 mod infra;
 mod models;
 mod recovery;
