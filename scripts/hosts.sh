@@ -16,6 +16,8 @@ if [ "$cmd" = up ]; then
   sysctl -qw net.ipv4.conf.kilnbr0.route_localnet=1
   for i in $(seq "$n"); do
     ns=kh$i
+    # A veth pair outlives its namespace for a moment: never meet one of an earlier run.
+    ip link del $ns-br 2>/dev/null || true
     ip netns add $ns
     ip link add $ns-br type veth peer name $ns-eth
     ip link set $ns-br master kilnbr0 up
@@ -29,7 +31,11 @@ if [ "$cmd" = up ]; then
   done
   echo "hosts kh1..kh$n up at 127.30.0.11..$((10 + n)); this host is 127.30.0.1"
 elif [ "$cmd" = down ]; then
-  for i in $(seq "$n"); do ip netns del kh$i 2>/dev/null || true; done
+  for i in $(seq "$n"); do
+    # Deleting the host side of the veth pair removes both ends at once.
+    ip link del kh$i-br 2>/dev/null || true
+    ip netns del kh$i 2>/dev/null || true
+  done
   ip link del kilnbr0 2>/dev/null || true
   sysctl -qw net.ipv4.conf.all.route_localnet=0
   echo "hosts down"
