@@ -290,6 +290,12 @@ fn apply_runs_the_declared_coordinators_on_etcd_and_a_standby_answers_once_the_l
     );
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(job["state"], "succeeded", "{job}");
+    // destroy stops every replica and node it recorded (the killed one is already gone).
+    let out = sandbox
+        .run(&["destroy", "--auto-approve"], t)
+        .expect("destroy");
+    assert!(out.status.success(), "{}", describe(&out));
+    sandbox.assert_no_processes(Duration::from_secs(10));
 }
 
 /// Whether process `pid` has a listening socket on `port` (from /proc: no tools needed).
@@ -368,4 +374,52 @@ fn kiln_up_on_etcd_keeps_its_job_in_the_shared_state() {
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(job["state"], "succeeded", "{job}");
     a.process.stop();
+}
+
+#[test]
+fn a_restart_of_etcd_mid_job_loses_nothing() {
+    let mut etcd = Etcd::start();
+    let sandbox = sandbox().with_files(&[(
+        "job.hcl",
+        &kiln_tests::blobs_job_hcl("steady", 1, 4096, 30, 25),
+    )]);
+    let a = Replica::start(&sandbox, &etcd, "a", "3s");
+    wait_until(Duration::from_secs(30), "it to lead", || a.leads());
+    let _worker = Reaped(
+        worker_command(&sandbox, &a.url, "token", "w0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn worker"),
+    );
+    let out = sandbox
+        .run(
+            &["submit", "job.hcl", "--coordinator", &a.url],
+            Duration::from_secs(60),
+        )
+        .expect("submit");
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for_status(&sandbox, &a.url, "steady-1", "a checkpoint", |s| {
+        s["checkpoint_step"].as_u64().is_some_and(|c| c >= 50)
+    });
+    // Down for less than the election lease: the leader keeps it, and its state.
+    etcd.restart();
+    let done = wait_for_status(&sandbox, &a.url, "steady-1", "the job to finish", |s| {
+        s["state"] != "pending" && s["state"] != "running"
+    });
+    assert_eq!(
+        done["state"],
+        "succeeded",
+        "{done}\n{}",
+        log(sandbox.path(), "a")
+    );
+    assert_eq!(done["generation"], 1, "nothing restarted: {done}");
+    a.leads().expect("still the leader");
+    a.process.stop();
+    // What it wrote is in etcd: a new coordinator reads the job back.
+    let b = Replica::start(&sandbox, &etcd, "b", "3s");
+    wait_until(Duration::from_secs(30), "it to lead", || b.leads());
+    let again = wait_for_status(&sandbox, &b.url, "steady-1", "the job", |_| true);
+    assert_eq!(again["state"], "succeeded", "{again}");
+    b.process.stop();
 }
