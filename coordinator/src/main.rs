@@ -157,7 +157,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Run a standalone coordinator.
+    /// Run a standalone coordinator: on an embedded state, or one of several on etcd that elect
+    /// a leader.
     Coordinator {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7070")]
@@ -175,7 +176,7 @@ enum Command {
         etcd_prefix: String,
         /// The election lease on etcd: a standby succeeds a leader that died within this
         /// (whole seconds).
-        #[arg(long, default_value = "3s", value_parser = duration, requires = "etcd")]
+        #[arg(long, default_value = "3s", value_parser = whole_seconds, requires = "etcd")]
         election_ttl: Duration,
         /// File holding the join token; without it a token is generated into the state
         /// directory (required with --etcd).
@@ -519,6 +520,17 @@ enum BenchCommand {
 fn duration(text: &str) -> Result<Duration, String> {
     kiln_iac::parse_duration(text)
         .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 2s or 1m30s"))
+}
+
+/// A duration of whole seconds, at least one: an etcd lease's TTL.
+fn whole_seconds(text: &str) -> Result<Duration, String> {
+    let d = duration(text)?;
+    if d.subsec_nanos() != 0 || d.is_zero() {
+        return Err(format!(
+            "{text:?} is not a whole number of seconds (etcd leases are granted in seconds), such as 2s or 5s"
+        ));
+    }
+    Ok(d)
 }
 
 fn main() -> ExitCode {
