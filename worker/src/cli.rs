@@ -159,6 +159,11 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
             })?),
             None => None,
         };
+    if ca.is_some() && !coordinators.iter().any(|u| u.starts_with("https://")) {
+        tracing::warn!(
+            "--tls-ca-file (KILN_TLS_CA_FILE) is unused: no coordinator URL is https://"
+        );
+    }
     let collective_bind = args
         .collective_bind
         .unwrap_or_else(|| SocketAddr::new(crate::route::local_ip_towards(&coordinators[0]), 0));
