@@ -5,9 +5,12 @@
 use std::io::IsTerminal;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::future::BoxFuture;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_proto::auth::Client;
-use kiln_proto::v1::{CancelJobRequest, Deployment, Job, JobState, Metrics, WatchJobRequest};
+use kiln_proto::v1::{
+    CancelJobRequest, Deployment, Job, JobEvent, JobState, Metrics, WatchJobRequest,
+};
 
 /// How long to wait for a cancelled job to reach its final state.
 const CANCEL_WAIT: Duration = Duration::from_secs(10);
@@ -30,20 +33,45 @@ pub enum Followed {
     Detached(Job),
 }
 
+/// A new client of whichever coordinator leads now, for a follow whose coordinator went away;
+/// `None` when there is no other to try.
+pub type Reconnect<'a> = &'a mut (dyn FnMut() -> BoxFuture<'static, Option<Client>> + Send);
+
+/// How long a follow looks for a new leader after its coordinator went away.
+const RECONNECT_FOR: Duration = Duration::from_secs(30);
+
+async fn watch(
+    client: &mut Client,
+    job_id: &str,
+) -> Result<tonic::Streaming<JobEvent>, tonic::Status> {
+    Ok(client
+        .watch_job(WatchJobRequest {
+            job_id: job_id.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// A stream that broke because its coordinator went away (killed, or a leader that lost its
+/// lease), not because the coordinator refused it.
+fn coordinator_gone(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
 /// Follows `job_id` until it ends, or until `interrupt` resolves: then the job is cancelled and
-/// followed to its end, or left running, as `on_interrupt` says.
+/// followed to its end, or left running, as `on_interrupt` says. When the coordinator goes
+/// away mid-follow, `reconnect` finds the one that leads next and the follow goes on there.
 pub async fn follow(
     client: &mut Client,
     job_id: &str,
     interrupt: impl Future<Output = ()>,
     on_interrupt: OnInterrupt,
+    reconnect: Reconnect<'_>,
 ) -> Result<Followed, tonic::Status> {
-    let mut stream = client
-        .watch_job(WatchJobRequest {
-            job_id: job_id.to_owned(),
-        })
-        .await?
-        .into_inner();
+    let mut stream = watch(client, job_id).await?;
     let live = std::io::stderr().is_terminal();
     // A spinner until the step count is known: a bar of 0/0 would show full.
     let bar = ProgressBar::new_spinner().with_style(spinner_style());
@@ -54,7 +82,28 @@ pub async fn follow(
     let mut folded = String::new();
     loop {
         let event = tokio::select! {
-            event = stream.message() => event?,
+            event = stream.message() => match event {
+                Err(status) if coordinator_gone(&status) => {
+                    bar.suspend(|| eprintln!("{job_id}: lost the coordinator ({}); following the next leader", status.message()));
+                    let deadline = tokio::time::Instant::now() + RECONNECT_FOR;
+                    loop {
+                        let Some(mut next) = reconnect().await else {
+                            return Err(status);
+                        };
+                        if let Ok(next_stream) = watch(&mut next, job_id).await {
+                            *client = next;
+                            stream = next_stream;
+                            break;
+                        }
+                        if tokio::time::Instant::now() >= deadline {
+                            return Err(status);
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    continue;
+                }
+                event => event?,
+            },
             () = &mut interrupt, if !interrupted => {
                 interrupted = true;
                 if on_interrupt == OnInterrupt::Detach {

@@ -127,6 +127,7 @@ pub struct ClientFlags {
 
 /// A coordinator as a client command reaches it: its URLs (comma-separated; the leader
 /// among them is found), the client token its calls carry and the CA it trusts.
+#[derive(Clone)]
 pub struct Target {
     /// Coordinator URLs.
     pub urls: String,

@@ -92,7 +92,7 @@ pub async fn submit(
         last = Some(id);
     }
     match (follow_it, last) {
-        (true, Some(id)) => follow_detachable(&mut client, &id).await.map(Some),
+        (true, Some(id)) => follow_detachable(&mut client, &target, &id).await.map(Some),
         _ => Ok(None),
     }
 }
@@ -101,10 +101,32 @@ pub async fn submit(
 /// succeeded), or as it was when the user detached.
 async fn follow_detachable(
     client: &mut kiln_proto::auth::Client,
+    target: &Target,
     id: &str,
 ) -> Result<Job, CliError> {
     let mut interrupts = Interrupts::listen();
-    match follow::follow(client, id, interrupts.recv(), OnInterrupt::Detach).await? {
+    // With several coordinators, a follow goes on under the next leader when its own dies.
+    let target = target.clone();
+    let several = kiln_proto::coordinator_urls(&target.urls).len() > 1;
+    let mut reconnect = move || -> futures::future::BoxFuture<'static, Option<_>> {
+        let target = target.clone();
+        Box::pin(async move {
+            if several {
+                connect(&target).await.ok()
+            } else {
+                None
+            }
+        })
+    };
+    match follow::follow(
+        client,
+        id,
+        interrupts.recv(),
+        OnInterrupt::Detach,
+        &mut reconnect,
+    )
+    .await?
+    {
         Followed::Ended(job) => finish(job),
         Followed::Detached(job) => Ok(job),
     }
@@ -182,7 +204,7 @@ pub async fn status(
         let id = job.ok_or_else(|| {
             CliError::bad_input(anyhow!("--follow takes a job: kiln status -f JOB"))
         })?;
-        follow_detachable(&mut client, id).await?;
+        follow_detachable(&mut client, coordinator, id).await?;
         return Ok(());
     }
     let jobs = match job {
@@ -296,7 +318,7 @@ pub async fn resume(
         .into_inner();
     println!("{}: {}", job.id, job.message);
     if follow_it {
-        follow_detachable(&mut client, &job.id).await?;
+        follow_detachable(&mut client, coordinator, &job.id).await?;
     }
     Ok(())
 }

@@ -221,7 +221,16 @@ async fn run_on_cluster(
     let mut replaced = 0;
     let mut poll = client.clone();
     let mut placeable = tokio::time::interval(Duration::from_secs(1));
-    let follow = follow::follow(&mut client, &job_id, interrupts.recv(), OnInterrupt::Cancel);
+    // One coordinator, in this process: nothing to reconnect to.
+    let mut alone =
+        || -> futures::future::BoxFuture<'static, Option<_>> { Box::pin(async { None }) };
+    let follow = follow::follow(
+        &mut client,
+        &job_id,
+        interrupts.recv(),
+        OnInterrupt::Cancel,
+        &mut alone,
+    );
     let mut follow = std::pin::pin!(follow);
     let followed = loop {
         tokio::select! {

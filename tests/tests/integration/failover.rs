@@ -141,6 +141,15 @@ fn a_standby_takes_over_from_a_killed_leader_and_the_job_ends_bit_identical() {
         s["checkpoint_step"].as_u64().is_some_and(|c| c >= 100)
     });
 
+    // A follower given every coordinator goes on under the next leader.
+    let follower = sandbox
+        .kiln(&["status", "chaos-1", "-f", "--coordinator", &urls])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln status -f");
+    std::thread::sleep(Duration::from_millis(500));
+
     drop(a.process); // SIGKILL
     let killed = Instant::now();
     wait_until(Duration::from_secs(30), "the standby to lead", || b.leads());
@@ -156,6 +165,14 @@ fn a_standby_takes_over_from_a_killed_leader_and_the_job_ends_bit_identical() {
         s["state"] != "pending" && s["state"] != "running"
     });
     assert_resumed_bit_identical(&done, &reference);
+    let followed =
+        kiln_tests::wait_with_timeout(follower, Duration::from_secs(60)).expect("follow ends");
+    assert!(followed.status.success(), "{}", describe(&followed));
+    assert!(
+        String::from_utf8_lossy(&followed.stderr).contains("following the next leader"),
+        "{}",
+        describe(&followed)
+    );
     b.process.stop();
     sandbox.assert_no_processes(Duration::from_secs(40));
 }
