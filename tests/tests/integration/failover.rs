@@ -72,6 +72,24 @@ fn log(dir: &Path, name: &str) -> String {
     std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
 }
 
+/// A one-node cluster whose state is in `etcd`, with `more` (blocks) in it.
+fn etcd_cluster(etcd: &Etcd, more: &str) -> String {
+    format!(
+        r#"cluster "local" {{
+  provider = "local"
+  node_pool "cpu" {{
+    count = 1
+  }}
+  state {{
+    backend   = "etcd"
+    endpoints = ["{}"]
+  }}{more}
+}}
+"#,
+        etcd.endpoint()
+    )
+}
+
 fn sandbox() -> Sandbox {
     Sandbox::new().with_files(&[
         ("cluster.hcl", &cluster_hcl(2)),
@@ -233,23 +251,7 @@ fn a_standby_names_the_leader_and_a_stopped_leader_hands_over_at_once() {
 #[test]
 fn apply_runs_the_declared_coordinators_on_etcd_and_a_standby_answers_once_the_leader_dies() {
     let etcd = Etcd::start();
-    let cluster = format!(
-        r#"cluster "local" {{
-  provider = "local"
-  node_pool "cpu" {{
-    count = 1
-  }}
-  state {{
-    backend   = "etcd"
-    endpoints = ["{}"]
-  }}
-  coordinator {{
-    replicas = 2
-  }}
-}}
-"#,
-        etcd.endpoint()
-    );
+    let cluster = etcd_cluster(&etcd, "\n  coordinator {\n    replicas = 2\n  }");
     let sandbox = Sandbox::new().with_files(&[
         ("cluster.hcl", &cluster),
         ("job.hcl", &kiln_tests::blobs_job_hcl("etcd", 1, 512, 2, 8)),
@@ -348,20 +350,7 @@ fn listens_on(pid: u32, port: &str) -> bool {
 #[test]
 fn kiln_up_on_etcd_keeps_its_job_in_the_shared_state() {
     let etcd = Etcd::start();
-    let cluster = format!(
-        r#"cluster "local" {{
-  provider = "local"
-  node_pool "cpu" {{
-    count = 1
-  }}
-  state {{
-    backend   = "etcd"
-    endpoints = ["{}"]
-  }}
-}}
-"#,
-        etcd.endpoint()
-    );
+    let cluster = etcd_cluster(&etcd, "");
     let sandbox = sandbox().with_files(&[
         ("cluster.hcl", &cluster),
         (
