@@ -85,8 +85,9 @@ pub enum AgentError {
     /// A coordinator URL that cannot be connected to as given.
     #[error(transparent)]
     Endpoint(#[from] kiln_proto::transport::EndpointError),
-    /// The coordinator refused a call (e.g. a wrong join token).
-    #[error("coordinator refused {call}: {status}")]
+    /// A call failed for good: the coordinator refused it (e.g. a wrong join token), or it
+    /// could not be made before the deadline.
+    #[error("{call} failed: {status}")]
     Rpc {
         /// Which call.
         call: &'static str,
@@ -282,8 +283,16 @@ async fn register_at(
         )),
         Err(status) if is_refusal(status.code()) => Err(Attempt::Refused(rpc(status))),
         // Still starting, shutting down, or killed mid-call (a transport failure reads as
-        // `Unknown` or `Cancelled` as often as `Unavailable`): try again.
-        Err(status) => Err(Attempt::Failed(rpc(status))),
+        // `Unknown` or `Cancelled` as often as `Unavailable`): try again. Said with what to
+        // check, should it be the last try (plaintext to a TLS port reads as `Internal`).
+        Err(status) => Err(Attempt::Failed(rpc(tonic::Status::new(
+            status.code(),
+            format!(
+                "{} ({})",
+                status.message(),
+                kiln_proto::transport::connect_hint(url)
+            ),
+        )))),
     }
 }
 

@@ -195,4 +195,16 @@ fn an_applied_tls_cluster_serves_verified_clients_and_refuses_the_rest_at_once()
     let out = wait_with_timeout(worker, Duration::from_secs(20)).expect("the worker exits");
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(stderr(&out).contains("--tls-ca-file"), "{}", describe(&out));
+    // One that speaks plaintext to the TLS port gives up at its deadline, saying what to check.
+    let worker = std::process::Command::new(kiln_tests::bin("kiln-worker"))
+        .args(["--coordinator", &plaintext, "--connect-timeout-secs", "2"])
+        .env("KILN_JOIN_TOKEN", "x")
+        .env("KILN_TEST_TAG", &sandbox.tag)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("worker");
+    let out = wait_with_timeout(worker, Duration::from_secs(20)).expect("the worker exits");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("https:// URL"), "{}", describe(&out));
 }
