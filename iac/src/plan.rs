@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::spec::{Config, StateSpec};
+use crate::spec::{ClusterSpec, Config, Placement, StateSpec};
 
 /// Where a resource lives: its cluster and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -107,87 +107,138 @@ pub struct Observed {
 
 /// The resources `config` asks for: per cluster, its coordinator and one node per pool slot.
 pub fn desired(config: &Config) -> Vec<Resource> {
+    config
+        .clusters
+        .values()
+        .flat_map(cluster_resources)
+        .collect()
+}
+
+/// The resources of one cluster: its coordinators, then its nodes by pool and index.
+pub fn cluster_resources(cluster: &ClusterSpec) -> Vec<Resource> {
     let mut out = Vec::new();
-    for cluster in config.clusters.values() {
-        let c = &cluster.coordinator;
-        let (state_backend, state_location) = match &cluster.state {
-            StateSpec::Embedded { path } => ("embedded", Value::from(path.display().to_string())),
-            StateSpec::Etcd { endpoints, prefix } => (
-                "etcd",
-                serde_json::json!({ "endpoints": endpoints, "prefix": prefix }),
+    let c = &cluster.coordinator;
+    let (state_backend, state_location) = match &cluster.state {
+        StateSpec::Embedded { path } => ("embedded", Value::from(path.display().to_string())),
+        StateSpec::Etcd { endpoints, prefix } => (
+            "etcd",
+            serde_json::json!({ "endpoints": endpoints, "prefix": prefix }),
+        ),
+    };
+    let mut coordinator = Resource {
+        address: Address {
+            cluster: cluster.name.clone(),
+            kind: ResourceKind::Coordinator { index: 0 },
+        },
+        attrs: attrs([
+            ("listen", Value::from(c.listen.to_string())),
+            ("advertise", c.advertise.clone().into()),
+            (
+                "join_token_file",
+                c.join_token_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .into(),
             ),
-        };
-        let mut coordinator = Resource {
-            address: Address {
-                cluster: cluster.name.clone(),
-                kind: ResourceKind::Coordinator { index: 0 },
-            },
-            attrs: attrs([
-                ("listen", Value::from(c.listen.to_string())),
-                ("advertise", c.advertise.clone().into()),
-                (
-                    "join_token_file",
-                    c.join_token_file
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .into(),
-                ),
-                ("state_backend", state_backend.into()),
-                ("state", state_location),
-                (
-                    "heartbeat_interval_ms",
-                    (c.heartbeat_interval.as_millis() as u64).into(),
-                ),
-                ("lease_ttl_ms", (c.lease_ttl.as_millis() as u64).into()),
-            ]),
-        };
-        // Only when declared: plans of plaintext clusters stay as they were.
-        if let Some(tls) = &c.tls {
-            coordinator.attrs.insert(
-                "tls".into(),
-                serde_json::json!({
-                    "cert_file": tls.cert_file.display().to_string(),
-                    "key_file": tls.key_file.display().to_string(),
-                    "ca_file": tls.ca_file.display().to_string(),
-                }),
-            );
-        }
-        for index in 0..c.replicas {
-            let mut replica = coordinator.clone();
-            replica.address.kind = ResourceKind::Coordinator { index };
-            out.push(replica);
-        }
-        for pool in &cluster.node_pools {
-            for index in 0..pool.count {
-                let mut node = Resource {
-                    address: Address {
-                        cluster: cluster.name.clone(),
-                        kind: ResourceKind::Node {
-                            pool: pool.name.clone(),
-                            index,
-                        },
+            ("state_backend", state_backend.into()),
+            ("state", state_location),
+            (
+                "heartbeat_interval_ms",
+                (c.heartbeat_interval.as_millis() as u64).into(),
+            ),
+            ("lease_ttl_ms", (c.lease_ttl.as_millis() as u64).into()),
+        ]),
+    };
+    // Only when declared: plans of plaintext clusters stay as they were.
+    if let Some(tls) = &c.tls {
+        coordinator.attrs.insert(
+            "tls".into(),
+            serde_json::json!({
+                "cert_file": tls.cert_file.display().to_string(),
+                "key_file": tls.key_file.display().to_string(),
+                "ca_file": tls.ca_file.display().to_string(),
+            }),
+        );
+    }
+    for index in 0..c.replicas {
+        let mut replica = coordinator.clone();
+        replica.address.kind = ResourceKind::Coordinator { index };
+        out.push(replica);
+    }
+    for pool in &cluster.node_pools {
+        for index in 0..pool.count {
+            let mut node = Resource {
+                address: Address {
+                    cluster: cluster.name.clone(),
+                    kind: ResourceKind::Node {
+                        pool: pool.name.clone(),
+                        index,
                     },
-                    attrs: attrs([
-                        ("cpus_per_node", pool.cpus_per_node.into()),
-                        ("memory_gb", pool.memory_gb.into()),
-                        ("gpus_per_node", pool.gpus_per_node.into()),
-                        ("gpu_type", pool.gpu_type.clone().into()),
-                        (
-                            "labels",
-                            serde_json::to_value(&pool.labels).unwrap_or_default(),
-                        ),
-                    ]),
-                };
-                // Only when declared: plans of clusters on the bundled worker stay as they were.
-                if let Some(binary) = &cluster.worker.binary {
-                    node.attrs
-                        .insert("worker_binary".into(), binary.display().to_string().into());
-                }
-                out.push(node);
+                },
+                attrs: attrs([
+                    ("cpus_per_node", pool.cpus_per_node.into()),
+                    ("memory_gb", pool.memory_gb.into()),
+                    ("gpus_per_node", pool.gpus_per_node.into()),
+                    ("gpu_type", pool.gpu_type.clone().into()),
+                    (
+                        "labels",
+                        serde_json::to_value(&pool.labels).unwrap_or_default(),
+                    ),
+                ]),
+            };
+            // Only when declared: plans of clusters on the bundled worker, without an
+            // environment of their own, on this machine, stay as they were.
+            if let Some(binary) = &cluster.worker.binary {
+                node.attrs
+                    .insert("worker_binary".into(), binary.display().to_string().into());
             }
+            if !cluster.worker.env.is_empty() {
+                node.attrs.insert(
+                    "env".into(),
+                    serde_json::to_value(&cluster.worker.env).unwrap_or_default(),
+                );
+            }
+            node.attrs.extend(placement_attrs(&pool.placement, index));
+            out.push(node);
         }
     }
     out
+}
+
+/// What a node's provider needs to place node `index` of a pool: none for a local one.
+fn placement_attrs(placement: &Placement, index: u32) -> Attributes {
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    match placement {
+        Placement::Local => Attributes::new(),
+        Placement::Ssh(ssh) => {
+            let hosts = ssh.hosts.len().max(1) as u32;
+            attrs([
+                ("provider", "ssh".into()),
+                ("host", ssh.hosts[(index % hosts) as usize].clone().into()),
+                // Which share of its host's GPUs the node gets: hosts run several nodes
+                // when `count` exceeds the number of hosts.
+                ("slot", (index / hosts).into()),
+                ("user", ssh.user.clone().into()),
+                ("port", ssh.port.into()),
+                ("identity_file", path(&ssh.identity_file).into()),
+                ("known_hosts_file", path(&ssh.known_hosts_file).into()),
+                ("worker_path", ssh.worker_path.clone().into()),
+                ("remote_dir", ssh.remote_dir.clone().into()),
+                (
+                    "connect_timeout_ms",
+                    (ssh.connect_timeout.as_millis() as u64).into(),
+                ),
+            ])
+        }
+        Placement::Slurm(slurm) => attrs([
+            ("provider", "slurm".into()),
+            ("partition", slurm.partition.clone().into()),
+            (
+                "time_limit_minutes",
+                slurm.time_limit.map(|t| t.as_secs().div_ceil(60)).into(),
+            ),
+        ]),
+    }
 }
 
 fn attrs<const N: usize>(pairs: [(&str, Value); N]) -> Attributes {

@@ -28,6 +28,21 @@ pub struct Config {
 pub enum ProviderKind {
     /// One `kiln-worker` process per node on this machine.
     Local,
+    /// One `kiln-worker` process per node on hosts reached over SSH.
+    Ssh,
+    /// One Slurm batch job per node.
+    Slurm,
+}
+
+impl ProviderKind {
+    /// The name the configuration uses (`provider = "…"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Ssh => "ssh",
+            ProviderKind::Slurm => "slurm",
+        }
+    }
 }
 
 /// `cluster "NAME" { ... }`.
@@ -50,12 +65,14 @@ pub struct ClusterSpec {
     pub worker: WorkerSpec,
 }
 
-/// `worker { binary }`.
+/// `worker { binary, env }`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WorkerSpec {
     /// The worker binary nodes run (resolved against the configuration directory); `None`:
     /// the bundled `kiln-worker`.
     pub binary: Option<PathBuf>,
+    /// Environment variables every worker of the cluster gets (names non-empty, without `=`).
+    pub env: BTreeMap<String, String>,
 }
 
 impl ClusterSpec {
@@ -93,6 +110,54 @@ pub struct NodePoolSpec {
     pub gpu_type: Option<String>,
     /// Free-form `map(string)` labels attached to the pool's nodes (default empty).
     pub labels: BTreeMap<String, String>,
+    /// Where the cluster's provider puts the pool's nodes.
+    pub placement: Placement,
+}
+
+/// The provider-specific part of a node pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// `provider = "local"`: processes on this machine.
+    Local,
+    /// `provider = "ssh"`.
+    Ssh(SshPlacement),
+    /// `provider = "slurm"`.
+    Slurm(SlurmPlacement),
+}
+
+/// A pool's SSH attributes: `hosts`, `user`, `port`, `identity_file`, `known_hosts_file`,
+/// `worker_path`, `remote_dir`, `connect_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshPlacement {
+    /// Host names or addresses (at least one, unique). Node `i` runs on `hosts[i % len]`.
+    pub hosts: Vec<String>,
+    /// Login name; `None`: ssh's default (the SSH configuration's, else the local user).
+    pub user: Option<String>,
+    /// sshd's port (default 22).
+    pub port: u16,
+    /// Private key (absolute, existing); `None`: ssh's defaults and agent.
+    pub identity_file: Option<PathBuf>,
+    /// The `known_hosts` file host keys are checked against (absolute, existing); `None`:
+    /// ssh's own (`~/.ssh/known_hosts`). Unknown or changed keys are always refused.
+    pub known_hosts_file: Option<PathBuf>,
+    /// The worker binary's path on the hosts; `None`: kiln copies its worker binary into
+    /// `remote_dir` once and checks it by hash.
+    pub worker_path: Option<String>,
+    /// Directory on each host for the copied binary, logs and pid files (relative paths are
+    /// under the login's home; default `.kiln`).
+    pub remote_dir: String,
+    /// How long an SSH connection may take to come up (default 10 s); every call has a
+    /// deadline derived from it.
+    pub connect_timeout: Duration,
+}
+
+/// A pool's Slurm attributes: `partition`, `time_limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmPlacement {
+    /// `sbatch --partition`; `None`: the cluster's default partition.
+    pub partition: Option<String>,
+    /// `sbatch --time`, in whole minutes (rounded up); `None`: the partition's default.
+    pub time_limit: Option<Duration>,
 }
 
 /// `storage { url, endpoint, region, access_key_id_file, secret_access_key_file }`.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
 use kiln_iac::plan::{self, Action, Change, Plan, Recorded, ResourceKind};
-use kiln_iac::provider::{ApplyContext, LocalProvider, Provider};
+use kiln_iac::provider::{AnyProvider, ApplyContext, Provider};
 use kiln_iac::spec::Config;
 use serde::{Deserialize, Serialize};
 
@@ -229,7 +229,7 @@ impl Drop for LockGuard<'_> {
 }
 
 /// Refreshes `state` through `provider` and diffs it against `config`.
-fn make_plan(provider: &LocalProvider, config: &Config, state: &InfraState) -> Plan {
+fn make_plan(provider: &AnyProvider, config: &Config, state: &InfraState) -> Plan {
     let observed = provider.refresh(&state.resources);
     Plan {
         lineage: state.lineage.clone(),
@@ -250,7 +250,7 @@ struct PlanFile {
 pub fn plan(dir: &Path, vars: &LoadOptions, out: Option<&Path>) -> Result<(), CliError> {
     let config = load(dir, vars)?;
     let infra = Infra::of(&config.dir);
-    let plan = make_plan(&LocalProvider::new(), &config, &infra.read()?);
+    let plan = make_plan(&AnyProvider::new(), &config, &infra.read()?);
     println!("{plan}");
     if let Some(out) = out {
         let file = PlanFile {
@@ -273,7 +273,7 @@ pub fn plan(dir: &Path, vars: &LoadOptions, out: Option<&Path>) -> Result<(), Cl
 
 /// `kiln apply DIR | PLANFILE [--auto-approve]`.
 pub async fn apply(target: &Path, vars: &LoadOptions, auto_approve: bool) -> Result<(), CliError> {
-    let mut provider = LocalProvider::new();
+    let mut provider = AnyProvider::new();
     if target.is_file() {
         let file: PlanFile = std::fs::read(target)
             .map_err(anyhow::Error::from)
@@ -353,7 +353,7 @@ pub async fn destroy(dir: &Path, auto_approve: bool) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    let mut provider = LocalProvider::new();
+    let mut provider = AnyProvider::new();
     let guard = infra.lock("destroy")?;
     let mut state = infra.read()?;
     let plan = Plan {
@@ -395,7 +395,7 @@ fn confirm(auto_approve: bool, question: &str) -> Result<(), CliError> {
 /// Applies `plan` change by change, recording the state after each one, so that a failure or
 /// a crash part-way leaves a state that says what exists.
 async fn execute(
-    provider: &mut LocalProvider,
+    provider: &mut AnyProvider,
     plan: &Plan,
     state: &mut InfraState,
     guard: &LockGuard<'_>,
@@ -475,15 +475,16 @@ fn done(action: Action) -> &'static str {
     }
 }
 
-/// ` (pid N, http://...)` for a record's handle.
+/// ` (pid N, http://...)`, ` (pid N on HOST)`, ` (Slurm job N)` for a record's handle.
 fn describe(record: &Recorded) -> String {
-    let pid = record.handle.get("pid").map(|p| format!("pid {p}"));
-    let url = record
-        .handle
-        .get("url")
-        .and_then(|u| u.as_str())
-        .map(str::to_owned);
-    let parts: Vec<String> = pid.into_iter().chain(url).collect();
+    let text = |name| record.handle.get(name).and_then(|v| v.as_str());
+    let pid = record.handle.get("pid").map(|p| match text("host") {
+        Some(host) => format!("pid {p} on {host}"),
+        None => format!("pid {p}"),
+    });
+    let job = text("job_id").map(|id| format!("Slurm job {id}"));
+    let url = text("url").map(str::to_owned);
+    let parts: Vec<String> = pid.into_iter().chain(job).chain(url).collect();
     if parts.is_empty() {
         String::new()
     } else {
@@ -532,7 +533,7 @@ pub(crate) fn applied_coordinators(config_dir: &Path) -> Result<Vec<AppliedCoord
 
 /// Every recorded coordinator replica, refreshed.
 fn replicas(state: &InfraState) -> Vec<AppliedCoordinator> {
-    LocalProvider::new()
+    AnyProvider::new()
         .refresh(&state.resources)
         .into_iter()
         .filter(|o| matches!(o.recorded.address.kind, ResourceKind::Coordinator { .. }))
@@ -571,7 +572,7 @@ pub fn show(dir: &Path) -> Result<(), CliError> {
         println!("no resources");
         return Ok(());
     }
-    for observed in LocalProvider::new().refresh(&state.resources) {
+    for observed in AnyProvider::new().refresh(&state.resources) {
         let status = match &observed.gone {
             None => "running".to_owned(),
             Some(why) => format!("gone: {why}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
-use kiln_iac::provider::{LocalProvider, NodeExit, Provider, WorkerLaunch, log_tail};
+use kiln_iac::provider::{AnyProvider, NodeExit, Provider, WorkerLaunch, log_tail};
 use kiln_iac::spec::{JobSpec, StateSpec};
 use kiln_proto::v1::{
     CancelJobRequest, GetJobRequest, Job, JobState, ResumeJobRequest, SubmitJobRequest,
@@ -128,7 +128,7 @@ pub async fn up(
         cluster.node_count(),
         log_dir.display()
     );
-    let mut provider = LocalProvider::new();
+    let mut provider = AnyProvider::new();
     let launch = WorkerLaunch {
         ca_file: spec.tls.as_ref().map(|t| t.ca_file.clone()),
         worker_bin,
@@ -181,7 +181,7 @@ enum Start<'a> {
 }
 
 async fn run_on_cluster(
-    provider: &mut LocalProvider,
+    provider: &mut AnyProvider,
     coordinator: &Target,
     cluster: &kiln_iac::spec::ClusterSpec,
     launch: &WorkerLaunch,
@@ -263,7 +263,7 @@ async fn run_on_cluster(
                         format!("{replaced}/{replacements}")
                     };
                     let node = provider.relaunch(&exit.node, launch).await.infra()?;
-                    eprintln!("kiln: {exit}; replaced by pid {} ({count}){}", node.pid, last_words(&exit));
+                    eprintln!("kiln: {exit}; replaced by {} ({count}){}", node.id, last_words(&exit));
                     continue;
                 }
                 eprintln!("kiln: {exit}{}", last_words(&exit));

@@ -40,7 +40,11 @@ impl<'d> Loader<'d> {
             .and_then(|(value, attr)| {
                 self.one_of(src, Get::Found(value, attr), "", PROVIDERS, "provider")
             })
-            .map(|_| ProviderKind::Local);
+            .map(|name| match name.as_str() {
+                "ssh" => ProviderKind::Ssh,
+                "slurm" => ProviderKind::Slurm,
+                _ => ProviderKind::Local,
+            });
 
         let mut pools = Vec::new();
         let mut pools_ok = true;
@@ -70,7 +74,7 @@ impl<'d> Loader<'d> {
                 continue;
             }
             pool_sites.insert(pool_name, src.location(label.span()));
-            match self.node_pool(src, pool, pool_name) {
+            match self.node_pool(src, pool, pool_name, provider) {
                 Some(spec) => {
                     if spec.gpus_per_node > 0 {
                         gpu_pools.push((pool_name, label.span()));
@@ -81,7 +85,9 @@ impl<'d> Loader<'d> {
             }
         }
         // The local provider numbers every GPU pool's devices from the machine's first GPU.
-        if let [(first, _), (second, span), ..] = &gpu_pools[..] {
+        if let [(first, _), (second, span), ..] = &gpu_pools[..]
+            && provider == Some(ProviderKind::Local)
+        {
             self.push(
                 src.error(
                     span.clone(),
@@ -152,6 +158,11 @@ impl<'d> Loader<'d> {
             Some(worker) => self.worker(src, worker),
             None => Some(WorkerSpec::default()),
         };
+        if let Some(remote) = provider.filter(|p| *p != ProviderKind::Local) {
+            let default_listen = body.get_blocks(COORDINATOR.ident).next().is_none();
+            let url = storage.as_ref().map(|s| s.url.as_str());
+            self.warn_remote(src, block, remote, default_listen, url);
+        }
 
         Some(ClusterSpec {
             name: name.to_owned(),
@@ -189,7 +200,28 @@ impl<'d> Loader<'d> {
             Get::Missing => Some(None),
             Get::Invalid => None,
         };
-        labels_ok.then_some(WorkerSpec { binary: binary? })
+        let env = match self.get_map(src, body, "env", "strings", expect_string) {
+            Get::Missing => Some(BTreeMap::new()),
+            Get::Invalid => None,
+            Get::Found(env, attr) => match env.keys().find(|k| k.is_empty() || k.contains('=')) {
+                Some(bad) => {
+                    self.bad_value(
+                        src,
+                        value_span(attr),
+                        "env",
+                        Bad::Value(format!(
+                            "{bad:?} is not an environment variable name (empty, or with `=`)"
+                        )),
+                    );
+                    None
+                }
+                None => Some(env),
+            },
+        };
+        labels_ok.then_some(WorkerSpec {
+            binary: binary?,
+            env: env?,
+        })
     }
 
     pub(super) fn node_pool(
@@ -197,11 +229,12 @@ impl<'d> Loader<'d> {
         src: &SourceFile,
         block: &Block,
         name: &str,
+        provider: Option<ProviderKind>,
     ) -> Option<NodePoolSpec> {
         let body = &block.body;
         self.check_body(src, body, &NODE_POOL);
-        let count = self.get_u32(src, body, "count", 1);
-        let count = self.required(src, block, "count", "count = 1", count);
+        let placement = self.placement(src, block, provider);
+        let count = self.pool_count(src, block, placement.as_ref());
         let cpus_per_node = self.get_u32(src, body, "cpus_per_node", 1).or(1);
         let memory_gb = self.get_u32(src, body, "memory_gb", 1).optional();
         let gpus_per_node = self.get_u32(src, body, "gpus_per_node", 0).or(0);
@@ -236,12 +269,13 @@ impl<'d> Loader<'d> {
         };
         Some(NodePoolSpec {
             name: name.to_owned(),
-            count: count?.0,
+            count: count?,
             cpus_per_node: cpus_per_node?,
             memory_gb: memory_gb?,
             gpus_per_node: gpus_per_node?,
             gpu_type: gpu_type?,
             labels: labels?,
+            placement: placement?,
         })
     }
 

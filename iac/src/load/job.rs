@@ -250,6 +250,7 @@ impl<'d> Loader<'d> {
         }
         let on_this_machine = match cluster.provider {
             ProviderKind::Local => u64::from(training.workers),
+            ProviderKind::Ssh | ProviderKind::Slurm => 0,
         };
         if let Some(total) = crate::footprint::machine_memory()
             && need.bytes.saturating_mul(on_this_machine) > total

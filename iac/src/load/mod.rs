@@ -28,6 +28,7 @@ mod job;
 mod locals;
 mod model;
 mod options;
+mod placement;
 mod schema;
 mod scope;
 mod secrets;

@@ -12,7 +12,7 @@ use super::hints::{code_list, suggest};
 use super::scope::Loader;
 use super::source::{SourceFile, header_span};
 
-pub(super) const PROVIDERS: &[&str] = &["local"];
+pub(super) const PROVIDERS: &[&str] = &["local", "ssh", "slurm"];
 pub(super) const STATE_BACKENDS: &[&str] = &["embedded", "etcd"];
 pub(super) const OPTIMIZERS: &[&str] = &["sgd", "adam", "adamw"];
 pub(super) const SCHEDULES: &[&str] = &["constant", "step", "cosine"];
@@ -52,7 +52,7 @@ pub(super) const CLUSTER: Schema = Schema {
 pub(super) const WORKER: Schema = Schema {
     ident: "worker",
     labels: &[],
-    attrs: &["binary"],
+    attrs: &["binary", "env"],
     blocks: &[],
 };
 pub(super) const NODE_POOL: Schema = Schema {
@@ -65,6 +65,18 @@ pub(super) const NODE_POOL: Schema = Schema {
         "gpus_per_node",
         "gpu_type",
         "labels",
+        // provider = "ssh"
+        "hosts",
+        "user",
+        "port",
+        "identity_file",
+        "known_hosts_file",
+        "worker_path",
+        "remote_dir",
+        "connect_timeout",
+        // provider = "slurm"
+        "partition",
+        "time_limit",
     ],
     blocks: &[],
 };

@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::process::Child;
 
 use super::process::{Identity, log_tail, spawn_detached};
+use super::worker::{Reach, node_index, str_attr, u32_attr, worker_env};
 use super::{ApplyContext, Node, NodeExit, Provider, ProviderError, WorkerLaunch};
 use crate::plan::{
     self, Action, Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind,
@@ -37,6 +38,8 @@ struct Share {
     cpus: u32,
     /// Its `CUDA_VISIBLE_DEVICES`: empty for a node without GPUs, so it sees none.
     gpus: String,
+    /// The node's attributes (its `env`).
+    attrs: Attributes,
 }
 
 /// The test double for a machine without GPUs: `KILN_FAKE_GPUS=N` makes the provider hand out
@@ -119,11 +122,7 @@ impl LocalProvider {
         let share = self.shares.get(&name).cloned().unwrap_or_default();
         let mut cmd = tokio::process::Command::from(worker_command(
             &launch.worker_bin,
-            &Reach {
-                url: &launch.coordinator_url,
-                join_token: &launch.join_token,
-                ca_file: launch.ca_file.as_deref(),
-            },
+            &launch.reach(),
             &name,
             &share,
         ));
@@ -136,41 +135,22 @@ impl LocalProvider {
             .map_err(spawn_err)?;
         let node = Node {
             name,
-            pid: child.id().unwrap_or_default(),
+            id: format!("pid {}", child.id().unwrap_or_default()),
             log: log_path,
         };
-        tracing::info!(node = %node.name, pid = node.pid, "worker started");
+        tracing::info!(node = %node.name, id = %node.id, "worker started");
         self.children.push((node.clone(), child));
         Ok(node)
     }
 }
 
-/// How a worker reaches its coordinator.
-struct Reach<'a> {
-    url: &'a str,
-    join_token: &'a str,
-    ca_file: Option<&'a Path>,
-}
-
 /// The command line and environment of node `name`'s worker.
-fn worker_command(
-    bin: &Path,
-    reach: &Reach<'_>,
-    name: &str,
-    share: &Share,
-) -> std::process::Command {
-    let cpus = share.cpus.max(1).to_string();
+fn worker_command(bin: &Path, reach: &Reach, name: &str, share: &Share) -> std::process::Command {
+    let mut attrs = share.attrs.clone();
+    attrs.insert("cpus_per_node".into(), share.cpus.into());
     let mut cmd = std::process::Command::new(bin);
-    if let Some(ca) = reach.ca_file {
-        cmd.env("KILN_TLS_CA_FILE", ca);
-    }
-    cmd.env("KILN_COORDINATOR", reach.url)
-        .env("KILN_JOIN_TOKEN", reach.join_token)
-        .env("KILN_NODE_NAME", name)
-        .env("RAYON_NUM_THREADS", &cpus)
-        // Burn's CPU matmul has a thread pool of its own, sized by the machine otherwise.
-        .env("MATMUL_NUM_THREADS", &cpus)
-        .env("CUDA_VISIBLE_DEVICES", &share.gpus);
+    cmd.envs(worker_env(reach, name, &attrs, Some(&share.gpus)))
+        .env("KILN_JOIN_TOKEN", &reach.join_token);
     cmd
 }
 
@@ -184,8 +164,8 @@ impl Provider for LocalProvider {
         cluster: &ClusterSpec,
         launch: &WorkerLaunch,
     ) -> Result<Vec<Node>, ProviderError> {
-        match cluster.provider {
-            ProviderKind::Local => {}
+        if cluster.provider != ProviderKind::Local {
+            return Err(ProviderError::Unsupported(cluster.provider));
         }
         create_log_dir(&launch.log_dir)?;
         // Every node's share first, so a machine with too few GPUs starts nothing.
@@ -203,6 +183,7 @@ impl Provider for LocalProvider {
                 let share = Share {
                     cpus: pool.cpus_per_node,
                     gpus,
+                    attrs: env_attrs(&cluster.worker.env),
                 };
                 self.shares.insert(name.clone(), share);
                 names.push(name);
@@ -236,7 +217,7 @@ impl Provider for LocalProvider {
         NodeExit {
             node,
             // A failed wait means the child is already reaped; report it as a kill.
-            status: status.unwrap_or_else(|_| killed_status()),
+            status: status.unwrap_or_else(|_| super::killed_status()),
         }
     }
 
@@ -247,9 +228,12 @@ impl Provider for LocalProvider {
             let status = match tokio::time::timeout_at(deadline, child.wait()).await {
                 Ok(Ok(status)) => status,
                 _ => {
-                    tracing::warn!(node = %node.name, pid = node.pid, "worker did not exit; killing it");
+                    tracing::warn!(node = %node.name, id = %node.id, "worker did not exit; killing it");
                     let _ = child.start_kill();
-                    child.wait().await.unwrap_or_else(|_| killed_status())
+                    child
+                        .wait()
+                        .await
+                        .unwrap_or_else(|_| super::killed_status())
                 }
             };
             exits.push(NodeExit { node, status });
@@ -271,7 +255,7 @@ impl Provider for LocalProvider {
     }
 
     fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change> {
-        plan::diff(desired, observed, forces_replacement)
+        plan::diff(desired, observed, super::forces_replacement)
     }
 
     async fn apply(
@@ -326,12 +310,6 @@ impl Provider for LocalProvider {
     }
 }
 
-/// Which changed attributes the local provider cannot apply to a running process: everything
-/// but a node's labels (which only the state carries).
-fn forces_replacement(address: &Address, attribute: &str) -> bool {
-    !(matches!(address.kind, ResourceKind::Node { .. }) && attribute == "labels")
-}
-
 fn invalid(address: &Address, detail: impl Into<String>) -> ProviderError {
     ProviderError::Invalid {
         resource: address.to_string(),
@@ -350,8 +328,13 @@ fn identity(r: &Recorded) -> Result<Identity, ProviderError> {
     }
 }
 
-fn str_attr<'a>(attrs: &'a Attributes, name: &str) -> Option<&'a str> {
-    attrs.get(name).and_then(Value::as_str)
+/// A cluster's worker environment as the attributes its nodes carry.
+fn env_attrs(env: &BTreeMap<String, String>) -> Attributes {
+    let mut attrs = Attributes::new();
+    if !env.is_empty() {
+        attrs.insert("env".into(), serde_json::to_value(env).unwrap_or_default());
+    }
+    attrs
 }
 
 fn handle(
@@ -542,47 +525,17 @@ fn start_node(
     cx: &ApplyContext,
 ) -> Result<Attributes, ProviderError> {
     let address = &r.address;
-    let coordinators: Vec<&Recorded> = state
-        .iter()
-        .filter(|c| {
-            c.address.cluster == address.cluster
-                && matches!(c.address.kind, ResourceKind::Coordinator { .. })
-        })
-        .collect();
-    let coordinator = coordinators
-        .first()
-        .ok_or_else(|| invalid(address, "its cluster has no coordinator in the state"))?;
-    // Every coordinator of the cluster: the worker follows whichever leads.
-    let urls = coordinators
-        .iter()
-        .map(|c| str_attr(&c.handle, "url"))
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| invalid(address, "a coordinator's URL is not recorded"))?
-        .join(",");
-    let url = urls.as_str();
-    let token_file = str_attr(&coordinator.handle, "join_token_file")
-        .ok_or_else(|| invalid(address, "the coordinator's join token file is not recorded"))?;
-    let token = std::fs::read_to_string(token_file).map_err(|e| {
-        invalid(
-            address,
-            format!("cannot read the join token from {token_file}: {e}"),
-        )
-    })?;
+    let reach = Reach::from_state(address, state)?;
     let name = address.node_name().unwrap_or_default();
-    let attr = |name| {
-        r.attrs
-            .get(name)
-            .and_then(Value::as_u64)
-            .and_then(|n| u32::try_from(n).ok())
-    };
-    let index = match &address.kind {
-        ResourceKind::Node { index, .. } => *index,
-        ResourceKind::Coordinator { .. } => 0,
-    };
     let share = Share {
-        cpus: attr("cpus_per_node").unwrap_or(1),
-        gpus: node_gpus(index, attr("gpus_per_node").unwrap_or(0), &machine_gpus())
-            .map_err(|detail| invalid(address, detail))?,
+        cpus: u32_attr(&r.attrs, "cpus_per_node").unwrap_or(1),
+        gpus: node_gpus(
+            node_index(address),
+            u32_attr(&r.attrs, "gpus_per_node").unwrap_or(0),
+            &machine_gpus(),
+        )
+        .map_err(|detail| invalid(address, detail))?,
+        attrs: r.attrs.clone(),
     };
     let log = cx.log_dir.join(format!("{}-{name}.log", address.cluster));
     // The cluster's own worker binary, when it declares one.
@@ -591,11 +544,6 @@ fn start_node(
         .get("worker_binary")
         .and_then(Value::as_str)
         .map_or_else(|| cx.worker_bin.clone(), std::path::PathBuf::from);
-    let reach = Reach {
-        url,
-        join_token: token.trim(),
-        ca_file: str_attr(&coordinator.handle, "ca_file").map(Path::new),
-    };
     let cmd = worker_command(&bin, &reach, &name, &share);
     let (_child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
         bin: bin.clone(),
@@ -604,11 +552,6 @@ fn start_node(
     })?;
     tracing::info!(%address, pid = id.pid, "worker started");
     Ok(handle(id, &log, []))
-}
-
-fn killed_status() -> ExitStatus {
-    use std::os::unix::process::ExitStatusExt;
-    ExitStatus::from_raw(9)
 }
 
 #[cfg(test)]

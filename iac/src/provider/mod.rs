@@ -9,9 +9,15 @@
 //!   out one change, [`Provider::destroy`] removes one resource. What these create outlives the
 //!   command; the state (kept by the caller) is how later commands find it again.
 
+mod any;
 mod local;
 mod process;
+mod remote;
+mod slurm;
+mod ssh;
+mod worker;
 
+pub use any::AnyProvider;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -19,7 +25,7 @@ use std::time::Duration;
 pub use local::LocalProvider;
 pub use process::log_tail;
 
-use crate::plan::{Change, Observed, Recorded, Resource};
+use crate::plan::{Address, Change, Observed, Recorded, Resource, ResourceKind};
 use crate::spec::{ClusterSpec, ProviderKind};
 
 /// What every worker process is told at start.
@@ -35,6 +41,16 @@ pub struct WorkerLaunch {
     pub ca_file: Option<PathBuf>,
     /// Directory for per-node log files (`<node>.log`).
     pub log_dir: PathBuf,
+}
+
+impl WorkerLaunch {
+    pub(crate) fn reach(&self) -> worker::Reach {
+        worker::Reach {
+            url: self.coordinator_url.clone(),
+            join_token: self.join_token.clone(),
+            ca_file: self.ca_file.clone(),
+        }
+    }
 }
 
 /// What [`Provider::apply`] needs besides the change itself.
@@ -55,8 +71,8 @@ pub struct ApplyContext {
 pub struct Node {
     /// `<pool>-<index>`.
     pub name: String,
-    /// Process id of its worker.
-    pub pid: u32,
+    /// How its provider knows its worker: `pid 4242`, `pid 4242 on gpu1`, `Slurm job 17`.
+    pub id: String,
     /// Where its worker's output goes.
     pub log: PathBuf,
 }
@@ -74,7 +90,7 @@ impl std::fmt::Display for NodeExit {
     /// `worker cpu-1 (pid 4242) was killed by signal 9`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use std::os::unix::process::ExitStatusExt;
-        write!(f, "worker {} (pid {}) ", self.node.name, self.node.pid)?;
+        write!(f, "worker {} ({}) ", self.node.name, self.node.id)?;
         match (self.status.code(), self.status.signal()) {
             (Some(code), _) => write!(f, "exited with code {code}"),
             (None, Some(signal)) => write!(f, "was killed by signal {signal}"),
@@ -129,6 +145,18 @@ pub enum ProviderError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Which changed attributes no provider can apply to a running worker or coordinator:
+/// everything but a node's labels (which only the state carries).
+pub(crate) fn forces_replacement(address: &Address, attribute: &str) -> bool {
+    !(matches!(address.kind, ResourceKind::Node { .. }) && attribute == "labels")
+}
+
+/// How a worker that had to be killed (or whose end could not be read) is reported.
+pub(crate) fn killed_status() -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    ExitStatus::from_raw(9)
 }
 
 /// Provisions and tears down the resources of a cluster.

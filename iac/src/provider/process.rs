@@ -19,7 +19,11 @@ pub(crate) struct Identity {
 
 /// What `/proc/<pid>/stat` says: the state letter and the start time.
 fn stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// The state letter and start time of a `/proc/<pid>/stat` line (read here or on a host).
+pub(crate) fn parse_stat(text: &str) -> Option<(char, u64)> {
     // The command name (field 2) may contain spaces and parentheses; fields after it don't.
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace();
@@ -106,6 +110,61 @@ pub(crate) fn spawn_detached(
     Ok((child, identity))
 }
 
+/// What a command run to completion printed.
+#[derive(Debug)]
+pub(crate) struct Ran {
+    pub(crate) status: std::process::ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Runs `cmd` with `input` on its stdin, killing it (and what it started in its process
+/// group) if it has not finished within `timeout`. `Err` says why nothing complete came back.
+pub(crate) fn run_with_deadline(
+    mut cmd: Command,
+    input: Vec<u8>,
+    timeout: Duration,
+) -> Result<Ran, String> {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let pid = child.id();
+    let mut stdin = child.stdin.take();
+    // Written beside the wait: a large input (a binary) must not block reading the output.
+    std::thread::spawn(move || {
+        if let Some(stdin) = stdin.as_mut() {
+            let _ = stdin.write_all(&input);
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let output = match rx.recv_timeout(timeout) {
+        Ok(output) => output,
+        Err(_) => {
+            if let Some(group) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process_group(group, Signal::KILL);
+            }
+            let _ = rx.recv();
+            return Err(format!("{program} did not finish within {timeout:?}"));
+        }
+    };
+    let output = output.map_err(|e| format!("{program} failed: {e}"))?;
+    Ok(Ran {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn log_tail(log: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
@@ -116,6 +175,24 @@ pub fn log_tail(log: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_past_its_deadline_is_killed_and_said_so() {
+        let mut sleeper = Command::new("sh");
+        sleeper.args(["-c", "sleep 30"]);
+        let started = Instant::now();
+        let err = run_with_deadline(sleeper, Vec::new(), Duration::from_millis(200))
+            .expect_err("killed at its deadline");
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        let mut cat = Command::new("cat");
+        cat.arg("-");
+        let ran = run_with_deadline(cat, b"through stdin".to_vec(), Duration::from_secs(10))
+            .expect("cat runs");
+        assert!(ran.status.success());
+        assert_eq!(ran.stdout, "through stdin");
+    }
 
     #[test]
     fn identity_tracks_a_process_until_it_is_stopped() {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::{load_dir, no_env};
-use kiln_iac::spec::{Backend, Config, DataSource, NodePoolSpec, OptimizerSpec};
+use kiln_iac::spec::{Backend, Config, DataSource, NodePoolSpec, OptimizerSpec, Placement};
 use kiln_iac::{Diagnostics, LoadOptions, Severity, load_dir_with};
 
 use crate::fixture;
@@ -63,6 +63,7 @@ fn variables_locals_functions_and_templates_evaluate() {
                 gpu_type: None,
                 // merge(var.labels, { run = "${local.name}-${format("%03d", local.seed)}" })
                 labels: labels(&[("team", "ml"), ("run", "demo-042")]),
+                placement: Placement::Local,
             },
             NodePoolSpec {
                 name: "big".into(),
@@ -73,6 +74,7 @@ fn variables_locals_functions_and_templates_evaluate() {
                 gpu_type: None,      // null: not set
                 // a heredoc with a `%{ for }` directive
                 labels: labels(&[("summary", "team=ml\n")]),
+                placement: Placement::Local,
             },
         ]
     );

@@ -7,8 +7,8 @@ use std::time::Duration;
 use crate::load_dir;
 use kiln_iac::spec::{
     Backend, CheckpointSpec, ClusterSpec, Collective, CoordinatorSpec, DataSource, DatasetSpec,
-    JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec, ProviderKind, RestartSpec, StateSpec,
-    StorageSpec, TlsSpec, TrainingSpec, WorkerSpec,
+    JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec, Placement, ProviderKind, RestartSpec,
+    StateSpec, StorageSpec, TlsSpec, TrainingSpec, WorkerSpec,
 };
 use kiln_iac::spec::{DeploySpec, Gate, Metric};
 
@@ -32,6 +32,7 @@ fn pool(name: &str, count: u32) -> NodePoolSpec {
         gpus_per_node: 0,
         gpu_type: None,
         labels: BTreeMap::new(),
+        placement: Placement::Local,
     }
 }
 

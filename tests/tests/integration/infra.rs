@@ -38,21 +38,21 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn ok(sandbox: &Sandbox, args: &[&str]) -> String {
+pub(crate) fn ok(sandbox: &Sandbox, args: &[&str]) -> String {
     let out = kiln(sandbox, args);
     assert!(out.status.success(), "kiln {args:?}: {}", describe(&out));
     stdout(&out)
 }
 
 /// The pid `kiln state` records for `address`, e.g. `cluster.local.node_pool.cpu[1]`.
-fn recorded_pid(sandbox: &Sandbox, address: &str) -> u32 {
+pub(crate) fn recorded_pid(sandbox: &Sandbox, address: &str) -> u32 {
     let state = ok(sandbox, &["state"]);
     let line = state
         .lines()
         .find(|l| l.starts_with(&format!("{address} ")))
         .unwrap_or_else(|| panic!("{address} not in the state:\n{state}"));
     let pid = line.split("(pid ").nth(1).expect("a pid");
-    pid[..pid.find([',', ')']).expect("pid ends")]
+    pid[..pid.find([',', ')', ' ']).expect("pid ends")]
         .parse()
         .expect("numeric pid")
 }

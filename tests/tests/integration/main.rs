@@ -14,6 +14,7 @@ mod infra;
 mod models;
 mod recovery;
 mod registry;
+mod remote;
 mod rendezvous;
 mod s3;
 mod shared_store;

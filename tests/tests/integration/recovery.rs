@@ -31,7 +31,7 @@ fn sandbox(max_restarts: u32, backoff: &str) -> Sandbox {
 }
 
 /// `params        sha256:<hex>` from the summary.
-fn digest(out: &Output) -> String {
+pub(crate) fn digest(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.trim().strip_prefix("params"))
