@@ -234,7 +234,7 @@ impl<'d> Loader<'d> {
         let body = &block.body;
         self.check_body(src, body, &NODE_POOL);
         let placement = self.placement(src, block, provider);
-        let count = self.pool_count(src, block, placement.as_ref());
+        let count = self.pool_count(src, block, provider, placement.as_ref());
         let cpus_per_node = self.get_u32(src, body, "cpus_per_node", 1).or(1);
         let memory_gb = self.get_u32(src, body, "memory_gb", 1).optional();
         let gpus_per_node = self.get_u32(src, body, "gpus_per_node", 0).or(0);

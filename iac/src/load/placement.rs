@@ -196,12 +196,14 @@ impl<'d> Loader<'d> {
         &mut self,
         src: &SourceFile,
         block: &Block,
+        provider: Option<ProviderKind>,
         placement: Option<&Placement>,
     ) -> Option<u32> {
         let count = self.get_u32(src, &block.body, "count", 1);
         match (count, placement) {
             (Get::Missing, Some(Placement::Ssh(ssh))) => u32::try_from(ssh.hosts.len()).ok(),
-            (Get::Missing, None) if block.body.get_attribute("hosts").is_some() => None,
+            // The pool's `hosts` are wrong or missing: that error says it.
+            (Get::Missing, None) if provider == Some(ProviderKind::Ssh) => None,
             (count, _) => self
                 .required(src, block, "count", "count = 1", count)
                 .map(|(n, _)| n),

@@ -458,6 +458,6 @@ fn diagnostics_render_as_json() {
         (Some(3), Some(14))
     );
     assert_eq!(first["width"], 5);
-    assert_eq!(first["hint"], "the only known provider is `local`");
+    assert_eq!(first["hint"], "known providers: `local`, `ssh`, `slurm`");
     assert!(first["detail"].is_null());
 }

@@ -360,3 +360,61 @@ fn slurm_jobs_get_their_gres_gpus_and_a_cancelled_node_is_replaced_bit_identical
         );
     }
 }
+
+/// `kiln up` of a small job on `cluster.hcl` in `sandbox`: it succeeds, and nothing of it is
+/// left running.
+fn up_succeeds(sandbox: &Sandbox, cluster: &str) {
+    std::fs::write(
+        sandbox.path().join("job.hcl"),
+        blobs_job_hcl("small", 2, 512, 2, 8)
+            .replace("cluster = \"local\"", &format!("cluster = {cluster:?}")),
+    )
+    .expect("write");
+    let out = sandbox.run(&["up", "."], T).expect("kiln up");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("succeeded"),
+        "{}",
+        describe(&out)
+    );
+    sandbox.assert_no_processes(Duration::from_secs(30));
+}
+
+#[test]
+fn kiln_up_runs_a_job_on_ssh_hosts_and_leaves_nothing_behind() {
+    let hosts = Hosts::lock();
+    let [_, a, b] = &hosts.hosts[..] else {
+        panic!("three hosts: {:?}", hosts.hosts);
+    };
+    let sandbox = Sandbox::new();
+    let _sshd = Sshd::start(&sandbox, &[a, b]);
+    std::fs::write(
+        sandbox.path().join("cluster.hcl"),
+        ssh_cluster(&sandbox, &[&a.ip, &b.ip], "ssh/known_hosts"),
+    )
+    .expect("write");
+    up_succeeds(&sandbox, "far");
+}
+
+#[test]
+fn kiln_up_runs_a_job_as_slurm_jobs_and_leaves_none_behind() {
+    assert!(
+        std::env::var_os("SLURM_CONF").is_some(),
+        "SLURM_CONF is not set: run the suite with ./scripts/test, which starts Slurm"
+    );
+    let sandbox = Sandbox::new().with_files(&[(
+        "cluster.hcl",
+        &SLURM_CLUSTER.replace("cluster \"hpc\"", "cluster \"burst\""),
+    )]);
+    up_succeeds(&sandbox, "burst");
+    let queued = Command::new("squeue")
+        .args(["--noheader", "--name=kiln-burst-gpu-0,kiln-burst-gpu-1"])
+        .output()
+        .expect("squeue");
+    assert!(queued.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&queued.stdout).trim(),
+        "",
+        "no job left in the queue"
+    );
+}
