@@ -46,4 +46,10 @@ echo $! > "$S/run/slurmctld.bgpid"
 slurmd -D -f "$SLURM_CONF" >"$S/log/slurmd.out" 2>&1 &
 echo $! > "$S/run/slurmd.bgpid"
 wait_for slurmctld 30 sh -c 'timeout 5 sinfo -h -N -o %T | grep -qx idle'
+# Another Slurm (or munged) on the same ports and socket would answer the checks above while
+# ours exit: make sure ours still run.
+sleep 0.5
+for d in munged slurmctld slurmd; do
+  kill -0 "$(cat "$S/run/$d.bgpid")" 2>/dev/null || { echo "$d exited (is another Slurm or munged running here?):"; tail -5 "$S/log/$d.out"; exit 1; }
+done
 echo "SLURM_CONF=$SLURM_CONF"
