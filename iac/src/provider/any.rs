@@ -129,9 +129,7 @@ impl Provider for AnyProvider {
         cx: &ApplyContext,
     ) -> Result<Option<Recorded>, ProviderError> {
         // What is replaced goes through its own provider (a pool may have changed provider).
-        if matches!(change.action, Action::Delete | Action::Replace)
-            && let Some(before) = &change.before
-        {
+        if let Some(before) = super::to_destroy(change) {
             self.destroy(before, cx.grace).await?;
         }
         let Some(after) = &change.after else {

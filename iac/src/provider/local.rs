@@ -16,9 +16,7 @@ use tokio::process::Child;
 use super::process::{Identity, log_tail, spawn_detached};
 use super::worker::{Reach, node_index, str_attr, u32_attr, worker_env};
 use super::{ApplyContext, Node, NodeExit, Provider, ProviderError, WorkerLaunch};
-use crate::plan::{
-    self, Action, Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind,
-};
+use crate::plan::{self, Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind};
 use crate::spec::{ClusterSpec, ProviderKind};
 
 /// How long a new coordinator gets to start listening.
@@ -264,24 +262,13 @@ impl Provider for LocalProvider {
         state: &[Recorded],
         cx: &ApplyContext,
     ) -> Result<Option<Recorded>, ProviderError> {
-        if matches!(change.action, Action::Delete | Action::Replace)
-            && let Some(before) = &change.before
-        {
+        if let Some(before) = super::to_destroy(change) {
             self.destroy(before, cx.grace).await?;
         }
-        let Some(after) = &change.after else {
-            return Ok(None);
+        let after = match super::to_start(change) {
+            Ok(after) => after,
+            Err(done) => return Ok(done),
         };
-        if change.action == Action::Update
-            && let Some(before) = &change.before
-        {
-            // Only attributes that need no restart change in place: record them.
-            return Ok(Some(Recorded {
-                address: after.address.clone(),
-                attrs: after.attrs.clone(),
-                handle: before.handle.clone(),
-            }));
-        }
         create_log_dir(&cx.log_dir)?;
         let handle = match &after.address.kind {
             ResourceKind::Coordinator { .. } => start_coordinator(after, cx).await?,

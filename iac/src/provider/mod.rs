@@ -25,7 +25,7 @@ use std::time::Duration;
 pub use local::LocalProvider;
 pub use process::log_tail;
 
-use crate::plan::{Address, Change, Observed, Recorded, Resource, ResourceKind};
+use crate::plan::{Action, Address, Change, Observed, Recorded, Resource, ResourceKind};
 use crate::spec::{ClusterSpec, ProviderKind};
 
 /// What every worker process is told at start.
@@ -151,6 +151,31 @@ pub enum ProviderError {
 /// everything but a node's labels (which only the state carries).
 pub(crate) fn forces_replacement(address: &Address, attribute: &str) -> bool {
     !(matches!(address.kind, ResourceKind::Node { .. }) && attribute == "labels")
+}
+
+/// What a change removes before anything else: the live resource of a delete or replacement.
+pub(crate) fn to_destroy(change: &Change) -> Option<&Recorded> {
+    match change.action {
+        Action::Delete | Action::Replace => change.before.as_ref(),
+        Action::Create | Action::Update => None,
+    }
+}
+
+/// What a change starts (`Ok`), or, when it starts nothing, what the state records after it
+/// (`Err`): nothing after a delete; after an update, the new attributes on the live
+/// resource's handle (only attributes that need no restart change in place).
+pub(crate) fn to_start(change: &Change) -> Result<&Resource, Option<Recorded>> {
+    let Some(after) = &change.after else {
+        return Err(None);
+    };
+    match (&change.action, &change.before) {
+        (Action::Update, Some(before)) => Err(Some(Recorded {
+            address: after.address.clone(),
+            attrs: after.attrs.clone(),
+            handle: before.handle.clone(),
+        })),
+        _ => Ok(after),
+    }
 }
 
 /// How a worker that had to be killed (or whose end could not be read) is reported.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::worker::Reach;
 use super::{ApplyContext, Node, NodeExit, Provider, ProviderError, WorkerLaunch};
-use crate::plan::{self, Action, Attributes, Change, Observed, Recorded, Resource};
+use crate::plan::{self, Attributes, Change, Observed, Recorded, Resource};
 use crate::spec::ClusterSpec;
 
 /// How often an ephemeral cluster's workers are looked at.
@@ -264,23 +264,13 @@ impl<B: Backend> Provider for Remote<B> {
         state: &[Recorded],
         cx: &ApplyContext,
     ) -> Result<Option<Recorded>, ProviderError> {
-        if matches!(change.action, Action::Delete | Action::Replace)
-            && let Some(before) = &change.before
-        {
+        if let Some(before) = super::to_destroy(change) {
             self.destroy(before, cx.grace).await?;
         }
-        let Some(after) = &change.after else {
-            return Ok(None);
+        let after = match super::to_start(change) {
+            Ok(after) => after,
+            Err(done) => return Ok(done),
         };
-        if change.action == Action::Update
-            && let Some(before) = &change.before
-        {
-            return Ok(Some(Recorded {
-                address: after.address.clone(),
-                attrs: after.attrs.clone(),
-                handle: before.handle.clone(),
-            }));
-        }
         std::fs::create_dir_all(&cx.log_dir)
             .map_err(|e| ProviderError::Logs(cx.log_dir.clone(), e))?;
         let reach = Reach::from_state(&after.address, state)?;

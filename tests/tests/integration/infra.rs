@@ -288,9 +288,9 @@ fn client_commands_find_the_applied_coordinator_and_say_when_it_is_gone() {
     }
 }
 
-/// `CUDA_VISIBLE_DEVICES` of a live process, from its environment.
-fn visible_devices(pid: u32) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("read environ");
+/// `CUDA_VISIBLE_DEVICES` of a live process, from its environment (`None` once it is gone).
+pub(crate) fn visible_devices(pid: u32) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     environ
         .split(|b| *b == 0)
         .filter_map(|entry| std::str::from_utf8(entry).ok())

@@ -14,7 +14,7 @@ use kiln_tests::sshd::{PORT, Sshd};
 use kiln_tests::{Destroyed, Sandbox, blobs_job_hcl, cluster_hcl, describe, signal, wait_until};
 
 use crate::coordinator::wait_for_status;
-use crate::infra::{ok, recorded_pid};
+use crate::infra::{ok, recorded_pid, visible_devices};
 
 const T: Duration = Duration::from_secs(300);
 
@@ -245,13 +245,12 @@ fn recorded_job(sandbox: &Sandbox, address: &str) -> String {
     id[..id.find(')').expect("id ends")].to_owned()
 }
 
-fn visible_devices(pid: u32) -> Option<String> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    environ
-        .split(|b| *b == 0)
-        .filter_map(|entry| std::str::from_utf8(entry).ok())
-        .find_map(|entry| entry.strip_prefix("CUDA_VISIBLE_DEVICES="))
-        .map(str::to_owned)
+/// The suite's Slurm cluster is up.
+fn assert_slurm() {
+    assert!(
+        std::env::var_os("SLURM_CONF").is_some(),
+        "SLURM_CONF is not set: run the suite with ./scripts/test, which starts Slurm"
+    );
 }
 
 const SLURM_CLUSTER: &str = r#"cluster "hpc" {
@@ -275,10 +274,7 @@ const SLURM_CLUSTER: &str = r#"cluster "hpc" {
 
 #[test]
 fn slurm_jobs_get_their_gres_gpus_and_a_cancelled_node_is_replaced_bit_identical() {
-    assert!(
-        std::env::var_os("SLURM_CONF").is_some(),
-        "SLURM_CONF is not set: run the suite with ./scripts/test, which starts Slurm"
-    );
+    assert_slurm();
     let reference = reference();
     let sandbox =
         Sandbox::new().with_files(&[("cluster.hcl", SLURM_CLUSTER), ("job.hcl", &job_on("hpc"))]);
@@ -398,10 +394,7 @@ fn kiln_up_runs_a_job_on_ssh_hosts_and_leaves_nothing_behind() {
 
 #[test]
 fn kiln_up_runs_a_job_as_slurm_jobs_and_leaves_none_behind() {
-    assert!(
-        std::env::var_os("SLURM_CONF").is_some(),
-        "SLURM_CONF is not set: run the suite with ./scripts/test, which starts Slurm"
-    );
+    assert_slurm();
     let sandbox = Sandbox::new().with_files(&[(
         "cluster.hcl",
         &SLURM_CLUSTER.replace("cluster \"hpc\"", "cluster \"burst\""),
