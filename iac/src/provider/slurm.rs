@@ -269,8 +269,9 @@ impl Backend for Slurm {
             return Ok(());
         }
         // SIGTERM to the worker first (it checkpoints and leaves), then Slurm's own cancel.
+        // `--full`: the batch step is the worker, and `--batch` signals only its children.
         let term = [
-            "--batch".to_owned(),
+            "--full".to_owned(),
             "--signal=TERM".to_owned(),
             id.to_owned(),
         ];
