@@ -625,4 +625,34 @@ mod tests {
         let v = serde_json::json!({"zone": "a", "n": [1, true, null]});
         assert_eq!(render(&v), r#"{ n = [1, true, null], zone = "a" }"#);
     }
+
+    #[test]
+    fn ssh_nodes_go_round_the_hosts_and_slurm_limits_round_up_to_minutes() {
+        let ssh = Placement::Ssh(crate::spec::SshPlacement {
+            hosts: vec!["a".into(), "b".into()],
+            user: None,
+            port: 22,
+            identity_file: None,
+            known_hosts_file: None,
+            worker_path: None,
+            remote_dir: ".kiln".into(),
+            connect_timeout: std::time::Duration::from_secs(10),
+        });
+        let placed: Vec<(Value, Value)> = (0..3)
+            .map(|i| {
+                let a = placement_attrs(&ssh, i);
+                (a["host"].clone(), a["slot"].clone())
+            })
+            .collect();
+        assert_eq!(
+            placed,
+            [("a", 0), ("b", 0), ("a", 1)].map(|(h, s)| (Value::from(h), Value::from(s)))
+        );
+        let slurm = Placement::Slurm(crate::spec::SlurmPlacement {
+            partition: Some("gpu".into()),
+            time_limit: Some(std::time::Duration::from_secs(90 * 60 + 1)),
+        });
+        assert_eq!(placement_attrs(&slurm, 0)["time_limit_minutes"], 91);
+        assert!(placement_attrs(&Placement::Local, 0).is_empty());
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use kiln_iac::LoadOptions;
 use kiln_iac::provider::{AnyProvider, NodeExit, Provider, WorkerLaunch, log_tail};
-use kiln_iac::spec::{JobSpec, StateSpec};
+use kiln_iac::spec::{JobSpec, ProviderKind, StateSpec};
 use kiln_proto::v1::{
     CancelJobRequest, GetJobRequest, Job, JobState, ResumeJobRequest, SubmitJobRequest,
 };
@@ -123,10 +123,13 @@ pub async fn up(
         .infra()?;
     let url = server.url();
     let log_dir = state.parent().unwrap_or(&state).join("logs");
+    let logs = match cluster.provider {
+        ProviderKind::Ssh => "logs on each host, under the pool's remote_dir/logs".to_owned(),
+        ProviderKind::Local | ProviderKind::Slurm => format!("logs in {}", log_dir.display()),
+    };
     eprintln!(
-        "kiln: coordinator on {url}; starting {} worker(s) (logs in {})",
+        "kiln: coordinator on {url}; starting {} worker(s) ({logs})",
         cluster.node_count(),
-        log_dir.display()
     );
     let mut provider = AnyProvider::new();
     let launch = WorkerLaunch {

@@ -133,18 +133,20 @@ impl Slurm {
         Seen::Ended { why, status }
     }
 
-    /// Whether job `id` still runs (or waits to).
-    fn live(&self, id: &str) -> Result<bool, String> {
+    /// The state of job `id` while it runs or waits to (`COMPLETING` included); `None` once
+    /// it is over.
+    fn live_state(&self, id: &str) -> Result<Option<String>, String> {
         Ok(self
             .queue(&[id])?
-            .iter()
-            .any(|(_, state, _)| LIVE.contains(&state.as_str()) || state == "COMPLETING"))
+            .into_iter()
+            .map(|(_, state, _)| state)
+            .find(|state| LIVE.contains(&state.as_str()) || state == "COMPLETING"))
     }
 
     fn wait_gone(&self, id: &str, within: Duration) -> Result<bool, String> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            if !self.live(id)? {
+            if self.live_state(id)?.is_none() {
                 return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -265,17 +267,21 @@ impl Backend for Slurm {
             resource: node.address.to_string(),
             source: std::io::Error::other(detail),
         };
-        if !self.live(id).map_err(fail)? {
+        let Some(state) = self.live_state(id).map_err(fail)? else {
             return Ok(());
-        }
-        // SIGTERM to the worker first (it checkpoints and leaves), then Slurm's own cancel.
-        // `--full`: the batch step is the worker, and `--batch` signals only its children.
+        };
+        // SIGTERM to the worker first (it checkpoints and leaves), then Slurm's own cancel; a
+        // job still in the queue has no worker to tell. `--full`: the batch step is the
+        // worker, and `--batch` signals only its children.
         let term = [
             "--full".to_owned(),
             "--signal=TERM".to_owned(),
             id.to_owned(),
         ];
-        if slurm("scancel", &term, &[], false).is_ok() && self.wait_gone(id, grace).map_err(fail)? {
+        if state != "PENDING"
+            && slurm("scancel", &term, &[], false).is_ok()
+            && self.wait_gone(id, grace).map_err(fail)?
+        {
             return Ok(());
         }
         slurm("scancel", &[id.to_owned()], &[], false).map_err(fail)?;

@@ -130,3 +130,16 @@ pub(crate) fn slot_gpus(slot: u32, per_node: u32) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::slot_gpus;
+
+    #[test]
+    fn slot_s_of_a_host_gets_its_own_gpus() {
+        assert_eq!(slot_gpus(0, 2), "0,1");
+        assert_eq!(slot_gpus(1, 2), "2,3");
+        assert_eq!(slot_gpus(3, 1), "3");
+        assert_eq!(slot_gpus(5, 0), "", "a node without GPUs sees none");
+    }
+}

@@ -267,6 +267,61 @@ fn whole_numbers_written_with_a_zero_fraction_are_accepted() {
 }
 
 #[test]
+fn ssh_and_slurm_pools_decode_with_their_defaults() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("key"), "a key\n").expect("write key");
+    std::fs::write(
+        dir.path().join("c.hcl"),
+        r#"
+cluster "far" {
+  provider = "ssh"
+  coordinator { listen = "0.0.0.0:7070" }
+  worker { env = { NCCL_SOCKET_IFNAME = "eth0" } }
+  node_pool "gpu" {
+    hosts         = ["gpu1", "gpu2"]
+    identity_file = "key"
+  }
+}
+cluster "hpc" {
+  provider = "slurm"
+  coordinator { listen = "0.0.0.0:7071" }
+  node_pool "gpu" {
+    count      = 3
+    time_limit = "90m30s"
+  }
+}
+"#,
+    )
+    .expect("write config");
+    let config = load_dir(dir.path()).unwrap_or_else(|d| panic!("{d}"));
+    let far = &config.clusters["far"];
+    assert_eq!(far.provider, ProviderKind::Ssh);
+    assert_eq!(far.node_pools[0].count, 2, "one node per host by default");
+    assert_eq!(
+        far.worker.env.get("NCCL_SOCKET_IFNAME").map(String::as_str),
+        Some("eth0")
+    );
+    let Placement::Ssh(ssh) = &far.node_pools[0].placement else {
+        panic!("an ssh pool: {:?}", far.node_pools[0].placement);
+    };
+    assert_eq!(ssh.hosts, ["gpu1", "gpu2"]);
+    assert_eq!((ssh.port, ssh.remote_dir.as_str()), (22, ".kiln"));
+    assert_eq!(ssh.connect_timeout, Duration::from_secs(10));
+    assert_eq!(ssh.user, None);
+    assert!(ssh.identity_file.as_ref().is_some_and(|k| k.is_absolute()));
+    let hpc = &config.clusters["hpc"];
+    assert_eq!(
+        hpc.node_pools[0].placement,
+        Placement::Slurm(kiln_iac::spec::SlurmPlacement {
+            partition: None,
+            time_limit: Some(Duration::from_secs(90 * 60 + 30)),
+        })
+    );
+    // Two warnings: `file://` storage on each (their coordinators are declared).
+    assert_eq!(config.warnings.len(), 2, "{:?}", config.warnings);
+}
+
+#[test]
 fn loads_every_attribute_of_the_schema() {
     let dir = fixture("full");
     let config = load_dir(&dir).unwrap_or_else(|d| panic!("{d}"));
