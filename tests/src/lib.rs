@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 pub mod cluster;
 pub mod etcd;
 pub mod hosts;
+pub mod slurm;
 pub mod sshd;
 
 /// The directory holding the workspace's built binaries (`target/<profile>`).

@@ -3,13 +3,15 @@
 //! scripts/test starts (slurmctld, slurmd, munge; two fake GPUs through gres). On both, a
 //! declared cluster is planned, applied and destroyed; a worker lost mid-job (kill -9 on its
 //! host, `scancel` of its Slurm job) is drift that plan names, apply replaces it, and the job
-//! ends bit-identical to an uninterrupted run.
+//! ends bit-identical to an uninterrupted run. `kiln up` runs a job on both and leaves nothing
+//! behind.
 
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use kiln_tests::hosts::Hosts;
+use kiln_tests::slurm::Slurm;
 use kiln_tests::sshd::{PORT, Sshd};
 use kiln_tests::{Destroyed, Sandbox, blobs_job_hcl, cluster_hcl, describe, signal, wait_until};
 
@@ -245,14 +247,6 @@ fn recorded_job(sandbox: &Sandbox, address: &str) -> String {
     id[..id.find(')').expect("id ends")].to_owned()
 }
 
-/// The suite's Slurm cluster is up.
-fn assert_slurm() {
-    assert!(
-        std::env::var_os("SLURM_CONF").is_some(),
-        "SLURM_CONF is not set: run the suite with ./scripts/test, which starts Slurm"
-    );
-}
-
 const SLURM_CLUSTER: &str = r#"cluster "hpc" {
   provider = "slurm"
   coordinator {
@@ -274,8 +268,8 @@ const SLURM_CLUSTER: &str = r#"cluster "hpc" {
 
 #[test]
 fn slurm_jobs_get_their_gres_gpus_and_a_cancelled_node_is_replaced_bit_identical() {
-    assert_slurm();
     let reference = reference();
+    let _slurm = Slurm::lock();
     let sandbox =
         Sandbox::new().with_files(&[("cluster.hcl", SLURM_CLUSTER), ("job.hcl", &job_on("hpc"))]);
     let _cleanup = Destroyed(&sandbox);
@@ -394,7 +388,7 @@ fn kiln_up_runs_a_job_on_ssh_hosts_and_leaves_nothing_behind() {
 
 #[test]
 fn kiln_up_runs_a_job_as_slurm_jobs_and_leaves_none_behind() {
-    assert_slurm();
+    let _slurm = Slurm::lock();
     let sandbox = Sandbox::new().with_files(&[(
         "cluster.hcl",
         &SLURM_CLUSTER.replace("cluster \"hpc\"", "cluster \"burst\""),
