@@ -8,7 +8,7 @@
 //! checked by hash, unless the pool names a `worker_path`), `logs/<cluster>-<node>.log`, and
 //! `run/<cluster>-<node>.{pid,exit}`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, ExitStatus};
@@ -28,12 +28,12 @@ use crate::plan::{Attributes, Recorded, Resource};
 const CALL: Duration = Duration::from_secs(30);
 /// How long copying the worker binary to a host may take.
 const COPY: Duration = Duration::from_secs(600);
+/// What a start script says when the host lacks this worker binary.
+const MISSING: &str = "kiln:worker-binary-missing";
 
 /// Starts workers on SSH hosts.
 #[derive(Default)]
 pub(crate) struct Ssh {
-    /// Binaries known to be on a host: (login, remote path).
-    copied: Mutex<BTreeSet<(String, String)>>,
     /// The SHA-256 of each local binary, computed once.
     hashes: Mutex<BTreeMap<std::path::PathBuf, String>>,
 }
@@ -192,31 +192,27 @@ impl Ssh {
         Ok(hash)
     }
 
-    /// The worker binary's path on the host: the pool's `worker_path`, or this machine's
-    /// binary copied into `remote_dir/bin` (once: a copy with the same SHA-256 is kept).
-    fn provision(&self, login: &Login, attrs: &Attributes, bin: &Path) -> Result<String, String> {
+    /// The worker binary's path on the host, and the SHA-256 it must have: the pool's
+    /// `worker_path` (no hash: it is the pool's to keep), or where this machine's binary is
+    /// copied in `remote_dir/bin`, named by its hash.
+    fn remote_binary(
+        &self,
+        attrs: &Attributes,
+        bin: &Path,
+    ) -> Result<(String, Option<String>), String> {
         if let Some(path) = str_attr(attrs, "worker_path") {
-            return Ok(path.to_owned());
+            return Ok((path.to_owned(), None));
         }
         let hash = self.sha256(bin)?;
-        let dir = remote_dir(attrs);
-        let remote = format!("{dir}/bin/kiln-worker-{}", &hash[..16]);
-        let key = (login.name(), remote.clone());
-        if self
-            .copied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
-        {
-            return Ok(remote);
-        }
-        let check = format!(
-            "f={f}; uname -m; if [ -x \"$f\" ] && [ \"$(sha256sum < \"$f\" | cut -c1-64)\" = {hash} ]; then echo present; else echo missing; fi",
-            f = quote(&remote),
-        );
-        let said = login.run(&check, Vec::new(), CALL)?;
-        let mut lines = said.lines();
-        let arch = lines.next().unwrap_or_default().trim();
+        let remote = format!("{}/bin/kiln-worker-{}", remote_dir(attrs), &hash[..16]);
+        Ok((remote, Some(hash)))
+    }
+
+    /// Copies `bin` to `remote` on the host (after checking the host's architecture), through
+    /// a temporary file that is checked by hash before it takes the name.
+    fn copy(&self, login: &Login, bin: &Path, remote: &str, hash: &str) -> Result<(), String> {
+        let arch = login.run("uname -m", Vec::new(), CALL)?;
+        let arch = arch.trim();
         if arch != std::env::consts::ARCH {
             return Err(format!(
                 "{} is a {arch} machine and {} is built for {}; build the worker for it and set the pool's `worker_path`",
@@ -225,25 +221,19 @@ impl Ssh {
                 std::env::consts::ARCH
             ));
         }
-        if lines.next() != Some("present") {
-            let bytes = std::fs::read(bin)
-                .map_err(|e| format!("cannot read the worker binary {}: {e}", bin.display()))?;
-            tracing::info!(host = %login.name(), path = %remote, "copying the worker binary");
-            let copy = format!(
-                "set -e; f={f}; mkdir -p \"$(dirname \"$f\")\"; t=\"$f.part.$$\"; cat > \"$t\"; \
-                 [ \"$(sha256sum < \"$t\" | cut -c1-64)\" = {hash} ] || {{ rm -f \"$t\"; echo 'the copy arrived damaged' >&2; exit 1; }}; \
-                 chmod 755 \"$t\"; mv \"$t\" \"$f\"",
-                f = quote(&remote),
-            );
-            login
-                .run(&copy, bytes, COPY)
-                .map_err(|e| format!("copying the worker binary: {e}"))?;
-        }
-        self.copied
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key);
-        Ok(remote)
+        let bytes = std::fs::read(bin)
+            .map_err(|e| format!("cannot read the worker binary {}: {e}", bin.display()))?;
+        tracing::info!(host = %login.name(), path = %remote, "copying the worker binary");
+        let copy = format!(
+            "set -e; f={f}; mkdir -p \"$(dirname \"$f\")\"; t=\"$f.part.$$\"; cat > \"$t\"; \
+             [ \"$(sha256sum < \"$t\" | cut -c1-64)\" = {hash} ] || {{ rm -f \"$t\"; echo 'the copy arrived damaged' >&2; exit 1; }}; \
+             chmod 755 \"$t\"; mv \"$t\" \"$f\"",
+            f = quote(remote),
+        );
+        login
+            .run(&copy, bytes, COPY)
+            .map(drop)
+            .map_err(|e| format!("copying the worker binary: {e}"))
     }
 
     fn start_worker(
@@ -254,7 +244,7 @@ impl Ssh {
     ) -> Result<Attributes, String> {
         let attrs = &node.attrs;
         let login = Login::of(attrs)?;
-        let remote_bin = self.provision(&login, attrs, bin)?;
+        let (remote_bin, hash) = self.remote_binary(attrs, bin)?;
         let name = node.address.node_name().unwrap_or_default();
         let dir = remote_dir(attrs);
         let run = stem(&dir, &node.address.cluster, &name);
@@ -272,7 +262,7 @@ impl Ssh {
         let script = format!(
             "set -e\n\
              bin={bin}; run={run}; log={log}\n\
-             [ -x \"$bin\" ] || {{ echo \"$bin is not an executable file on this host\" >&2; exit 3; }}\n\
+             {check}\n\
              mkdir -p \"$(dirname \"$run\")\" \"$(dirname \"$log\")\"\n\
              IFS= read -r KILN_JOIN_TOKEN; export KILN_JOIN_TOKEN\n\
              {exports}\
@@ -283,12 +273,22 @@ impl Ssh {
             bin = quote(&remote_bin),
             run = quote(&run),
             log = quote(&log),
+            check = match &hash {
+                // A copy that is missing or not this binary is (re)sent, then started.
+                Some(hash) => format!(
+                    "[ -x \"$bin\" ] && [ \"$(sha256sum < \"$bin\" | cut -c1-64)\" = {hash} ] || {{ echo {MISSING} >&2; exit 3; }}"
+                ),
+                None => "[ -x \"$bin\" ] || { echo \"$bin is not an executable file on this host\" >&2; exit 3; }".to_owned(),
+            },
         );
-        let said = login.run(
-            &script,
-            format!("{}\n", reach.join_token).into_bytes(),
-            CALL,
-        )?;
+        let token = format!("{}\n", reach.join_token).into_bytes();
+        let said = match (login.run(&script, token.clone(), CALL), &hash) {
+            (Err(e), Some(hash)) if e.contains(MISSING) => {
+                self.copy(&login, bin, &remote_bin, hash)?;
+                login.run(&script, token, CALL)?
+            }
+            (said, _) => said?,
+        };
         let mut lines = said.lines();
         let pid: u32 = lines
             .next()

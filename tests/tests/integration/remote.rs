@@ -225,6 +225,18 @@ fn ssh_hosts_train_survive_a_killed_worker_and_refuse_a_wrong_host_key() {
     let destroyed = ok(&sandbox, &["destroy", "--auto-approve"]);
     assert!(destroyed.contains("3 destroyed"), "{destroyed}");
     sandbox.assert_no_processes(Duration::from_secs(10));
+
+    // A copy damaged on the host fails its hash check and is sent again.
+    let copy = copies[0].as_ref().expect("entry").path();
+    std::fs::write(&copy, "#!/bin/sh\necho not kiln\n").expect("damage the copy");
+    ok(&sandbox, &["apply", "--auto-approve"]);
+    assert!(
+        std::fs::read(&copy).expect("copy")
+            == std::fs::read(kiln_tests::bin("kiln-worker")).expect("worker"),
+        "the damaged copy was replaced by the worker binary"
+    );
+    ok(&sandbox, &["destroy", "--auto-approve"]);
+    sandbox.assert_no_processes(Duration::from_secs(10));
 }
 
 /// What `scontrol show job -o ID` says of a job.
