@@ -9,7 +9,7 @@ use super::remote::Remote;
 use super::slurm::Slurm;
 use super::ssh::Ssh;
 use super::{ApplyContext, LocalProvider, Node, NodeExit, Provider, ProviderError, WorkerLaunch};
-use crate::plan::{self, Action, Attributes, Change, Observed, Recorded, Resource};
+use crate::plan::{Action, Attributes, Change, Observed, Recorded};
 use crate::spec::{ClusterSpec, ProviderKind};
 
 /// Every provider, each resource to its own.
@@ -116,10 +116,6 @@ impl Provider for AnyProvider {
             }
         }
         observed.into_iter().flatten().collect()
-    }
-
-    fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change> {
-        plan::diff(desired, observed, super::forces_replacement)
     }
 
     async fn apply(

@@ -16,7 +16,7 @@ use tokio::process::Child;
 use super::process::{Identity, log_tail, spawn_detached};
 use super::worker::{Reach, node_index, str_attr, u32_attr, worker_env};
 use super::{ApplyContext, Node, NodeExit, Provider, ProviderError, WorkerLaunch};
-use crate::plan::{self, Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind};
+use crate::plan::{Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind};
 use crate::spec::{ClusterSpec, ProviderKind};
 
 /// How long a new coordinator gets to start listening.
@@ -250,10 +250,6 @@ impl Provider for LocalProvider {
                 },
             })
             .collect()
-    }
-
-    fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change> {
-        plan::diff(desired, observed, super::forces_replacement)
     }
 
     async fn apply(

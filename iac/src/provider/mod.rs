@@ -212,7 +212,9 @@ pub trait Provider {
     fn refresh(&self, recorded: &[Recorded]) -> Vec<Observed>;
 
     /// The changes that turn `observed` into `desired`, in the order they must be applied.
-    fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change>;
+    fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change> {
+        crate::plan::diff(desired, observed, forces_replacement)
+    }
 
     /// Carries out one change. `state` is the state as it stands before the change (new nodes
     /// find their cluster's coordinator in it). Returns the new record, `None` after a delete.

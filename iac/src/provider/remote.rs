@@ -254,10 +254,6 @@ impl<B: Backend> Provider for Remote<B> {
             .collect()
     }
 
-    fn plan(&self, desired: &[Resource], observed: &[Observed]) -> Vec<Change> {
-        plan::diff(desired, observed, super::forces_replacement)
-    }
-
     async fn apply(
         &mut self,
         change: &Change,

@@ -51,6 +51,18 @@ fn reference() -> String {
         .clone()
 }
 
+/// `kiln plan`, once it shows a resource gone (`what` was lost).
+fn plan_once_gone(sandbox: &Sandbox, what: &str) -> String {
+    wait_until(T, &format!("plan to see {what}"), || {
+        let plan = ok(sandbox, &["plan"]);
+        if plan.contains("is gone") {
+            Ok(plan)
+        } else {
+            Err(plan)
+        }
+    })
+}
+
 /// Whether a plan shows attribute `name` with `value` (`name   = value`, aligned).
 fn shows(plan: &str, name: &str, value: &str) -> bool {
     plan.lines().any(|l| {
@@ -190,14 +202,7 @@ fn ssh_hosts_train_survive_a_killed_worker_and_refuse_a_wrong_host_key() {
     // kill -9 of the worker on b.
     let victim = recorded_pid(&sandbox, "cluster.far.node_pool.cpu[1]");
     assert!(signal(victim, "KILL"));
-    let plan = wait_until(T, "plan to see the killed worker", || {
-        let plan = ok(&sandbox, &["plan"]);
-        if plan.contains("is gone") {
-            Ok(plan)
-        } else {
-            Err(plan)
-        }
-    });
+    let plan = plan_once_gone(&sandbox, "the killed worker");
     assert!(
         plan.contains("# cluster.far.node_pool.cpu[1] is gone and will be re-created"),
         "{plan}"
@@ -331,14 +336,7 @@ fn slurm_jobs_get_their_gres_gpus_and_a_cancelled_node_is_replaced_bit_identical
         .status()
         .expect("scancel");
     assert!(cancelled.success());
-    let plan = wait_until(T, "plan to see the cancelled job", || {
-        let plan = ok(&sandbox, &["plan"]);
-        if plan.contains("is gone") {
-            Ok(plan)
-        } else {
-            Err(plan)
-        }
-    });
+    let plan = plan_once_gone(&sandbox, "the cancelled job");
     assert!(
         plan.contains("# cluster.hpc.node_pool.gpu[1] is gone and will be re-created"),
         "{plan}"
