@@ -312,6 +312,36 @@ enum Command {
     /// Certificates for a coordinator that serves TLS.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Serve a registered model over the Open Inference Protocol (V2) on HTTP.
+    ///
+    /// NAME@ALIAS (or NAME, the newest) is watched: when it moves, the new version is loaded
+    /// beside the old one and swapped in without failing a request. Requests from concurrent
+    /// clients are batched. See docs/serving.md.
+    Serve {
+        /// NAME@ALIAS, NAME@N or NAME (the newest).
+        reference: String,
+        /// Address to listen on (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Most rows one forward pass takes from concurrent requests (1: no batching).
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        max_batch_size: u32,
+        /// How long a batch waits for more requests once it has one (e.g. 0.5ms, 2ms).
+        #[arg(long, default_value = "0.5ms", value_parser = duration)]
+        max_delay: Duration,
+        /// How often a served alias is looked up again.
+        #[arg(long, default_value = "2s", value_parser = duration)]
+        watch_interval: Duration,
+        /// Write the server's URL to FILE once it listens.
+        #[arg(long, value_name = "FILE")]
+        ready_file: Option<PathBuf>,
+        /// Worker binary that offers the model's kind (default: the kiln-worker beside kiln,
+        /// or KILN_WORKER_BIN).
+        #[arg(long, value_name = "PATH")]
+        worker: Option<PathBuf>,
+        #[command(flatten)]
+        store: Store,
+    },
 }
 
 #[derive(Subcommand)]
@@ -664,6 +694,27 @@ fn main() -> ExitCode {
             } => infra::apply(&target, &vars.options(), auto_approve).await,
             Command::Destroy { dir, auto_approve } => infra::destroy(&dir, auto_approve).await,
             Command::State { dir } => infra::show(&dir),
+            Command::Serve {
+                reference,
+                listen,
+                max_batch_size,
+                max_delay,
+                watch_interval,
+                ready_file,
+                worker,
+                store,
+            } => cli::inference::serve(
+                &store.arg(),
+                &cli::inference::ServeOptions {
+                    reference: &reference,
+                    listen: &listen,
+                    max_batch_size,
+                    max_delay,
+                    watch_interval,
+                    ready_file: ready_file.as_deref(),
+                    worker: worker.as_ref(),
+                },
+            ),
             Command::Data(command) => data(command).await,
             Command::Tls(TlsCommand::Init { dir, hosts, json }) => {
                 cli::tls::init(&dir, &hosts, json)

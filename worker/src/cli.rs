@@ -74,6 +74,9 @@ enum Command {
     /// Print a checkpoint's model's predictions on its dataset as JSON (the job's wire spec
     /// on stdin; what `kiln models predict` runs).
     Predict(export::PredictArgs),
+    /// Serve a registered model over the Open Inference Protocol (V2) on HTTP (what `kiln
+    /// serve` runs).
+    Serve(crate::serve::ServeArgs),
 }
 
 #[derive(clap::Args)]
@@ -135,6 +138,7 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
         Some(Command::Predict(args)) => {
             return export::predict(&registry, &args, io_runtime()?.handle());
         }
+        Some(Command::Serve(args)) => return crate::serve::serve(&registry, &args),
         None => {}
     }
     let args = cli.agent;

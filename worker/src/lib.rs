@@ -24,5 +24,6 @@ pub mod optim;
 pub mod overhead;
 pub mod resources;
 pub mod route;
+pub mod serve;
 pub mod spec;
 pub mod train;

@@ -14,6 +14,7 @@ mod config;
 pub mod data;
 mod error;
 pub mod export;
+pub mod inference;
 pub mod infra;
 mod jobs;
 pub mod load;

@@ -23,7 +23,7 @@ pub struct NamedTensor {
 }
 
 /// A model restored from its record.
-pub trait Restored {
+pub trait Restored: Send {
     /// Every parameter, in the order the module visits them (the forward order of the
     /// built-in kinds).
     fn weights(&self) -> Vec<NamedTensor>;

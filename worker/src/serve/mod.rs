@@ -1,0 +1,240 @@
+//! `kiln-worker serve`, which `kiln serve` runs: a registered model version answering the
+//! Open Inference Protocol (V2) over HTTP, with Burn doing the forward pass. Requests from
+//! concurrent clients are batched ([`batch`]); an alias is watched, and when it moves the new
+//! version is loaded beside the old one and swapped in between two batches, so no request
+//! fails and each is answered by the version it started on ([`http`] says which).
+
+mod batch;
+mod http;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kiln_proto::Message;
+use kiln_proto::v1::{self, StorageOptions};
+use kiln_versions::registry::{ModelRef, ModelVersion, Registry as ModelRegistry};
+
+use crate::checkpoint::CheckpointStore;
+use crate::model::Registry;
+use crate::model::restore::Restored;
+use crate::spec::TrainSpec;
+
+/// `kiln-worker serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// The model: NAME@ALIAS or NAME (the newest; both watched: a move is served without a
+    /// restart), or NAME@N.
+    #[arg(long)]
+    model: String,
+    /// The object store holding the registry (a `file://` or `s3://` URL).
+    #[arg(long)]
+    store: String,
+    /// `s3://` only: the server's URL.
+    #[arg(long)]
+    store_endpoint: Option<String>,
+    /// `s3://` only: the region.
+    #[arg(long)]
+    store_region: Option<String>,
+    /// `s3://` only: the file holding the access key id.
+    #[arg(long)]
+    store_access_key_id_file: Option<String>,
+    /// `s3://` only: the file holding the secret access key.
+    #[arg(long)]
+    store_secret_access_key_file: Option<String>,
+    /// Address to listen on (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Most rows one forward pass takes from concurrent requests (1: no batching).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    max_batch_size: u32,
+    /// How long, in microseconds, a batch waits for more requests once it has one.
+    #[arg(long, default_value_t = 500)]
+    max_delay_us: u64,
+    /// How often, in milliseconds, a served alias is looked up again.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    watch_interval_ms: u64,
+    /// Write `http://ADDR` here once listening.
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+}
+
+/// A loaded version: what it is and the model itself.
+pub(crate) struct Loaded {
+    pub(crate) about: Arc<About>,
+    pub(crate) model: Box<dyn Restored>,
+}
+
+/// What clients are told about the served version.
+#[derive(Debug)]
+pub(crate) struct About {
+    pub(crate) name: String,
+    pub(crate) version: u64,
+    /// The input's shape without the batch dimension (`[features]`, or `[C, H, W]`).
+    pub(crate) input_shape: Vec<usize>,
+    pub(crate) classes: usize,
+}
+
+impl About {
+    pub(crate) fn features(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+}
+
+/// The registry version `version` as a model in memory.
+fn load(
+    registry: &Registry,
+    models: &ModelRegistry,
+    options: &StorageOptions,
+    version: &ModelVersion,
+    runtime: &tokio::runtime::Handle,
+) -> anyhow::Result<Loaded> {
+    let lineage = &version.lineage;
+    let (Ok(bytes), Some(step)) = (hex::decode(&lineage.spec), lineage.checkpoint_step) else {
+        anyhow::bail!(
+            "{} was registered without its spec and checkpoint step (by an older kiln)",
+            version.reference()
+        );
+    };
+    let wire = v1::JobSpec::decode(bytes.as_slice()).context("decoding the version's spec")?;
+    let spec = TrainSpec::try_from(&wire)?;
+    let store = CheckpointStore::open(models.url(), options, &lineage.job_id)?;
+    let mut objects = runtime
+        .block_on(store.load(step))
+        .with_context(|| format!("reading checkpoint {step} of job {}", lineage.job_id))?;
+    let record = objects
+        .remove(crate::train::MODEL_OBJECT)
+        .with_context(|| format!("checkpoint {step} has no model record"))?;
+    let model = registry.restore(&spec, record)?;
+    let features = spec.dataset.features as usize;
+    let input_shape = spec
+        .model_attributes
+        .get("input_shape")
+        .and_then(|s| s.as_array())
+        .map(|dims| {
+            dims.iter()
+                .filter_map(|d| d.as_u64().map(|d| d as usize))
+                .collect()
+        })
+        .unwrap_or_else(|| vec![features]);
+    Ok(Loaded {
+        about: Arc::new(About {
+            name: version.name.clone(),
+            version: version.version,
+            input_shape,
+            classes: spec.dataset.classes as usize,
+        }),
+        model,
+    })
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+pub fn serve(registry: &Registry, args: &ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("kiln-serve")
+        .enable_all()
+        .build()?;
+    let options = StorageOptions {
+        endpoint: args.store_endpoint.clone().unwrap_or_default(),
+        region: args.store_region.clone().unwrap_or_default(),
+        access_key_id_file: args.store_access_key_id_file.clone().unwrap_or_default(),
+        secret_access_key_file: args
+            .store_secret_access_key_file
+            .clone()
+            .unwrap_or_default(),
+    };
+    let models = ModelRegistry::open(&args.store, &options)?;
+    let reference = ModelRef::parse(&args.model)?;
+    let version = runtime
+        .block_on(models.resolve(&reference))
+        .with_context(|| format!("resolving {}", args.model))?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let batcher = batch::Batcher::new(
+        args.max_batch_size as usize,
+        Duration::from_micros(args.max_delay_us),
+    );
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handle = runtime.handle().clone();
+        let queue = batcher.queue();
+        scope.spawn(move || batcher.run());
+        // Live at once, ready once the first version is loaded.
+        let app = http::App::new(queue.clone(), args.model.clone());
+        let server = runtime.spawn(http::run(listener, app.clone()));
+        if let Some(file) = &args.ready_file {
+            kiln_proto::files::write_atomically(file, url.as_bytes())
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        eprintln!("kiln-worker: serving {} on {url}", args.model);
+        let first = load(registry, &models, &options, &version, &handle)?;
+        tracing::info!(model = %version.reference(), "loaded");
+        app.describe(Arc::clone(&first.about));
+        queue.swap(first);
+        // An alias, or the newest version, can move; a version number cannot.
+        let watching = !matches!(reference, ModelRef::Version(..));
+        let stop = shutdown_signal(&runtime);
+        let mut current = version.version;
+        loop {
+            let wait = Duration::from_millis(args.watch_interval_ms);
+            if handle.block_on(async {
+                tokio::time::timeout(wait, stop.clone().notified_owned())
+                    .await
+                    .is_ok()
+            }) {
+                break;
+            }
+            if !watching {
+                continue;
+            }
+            match handle.block_on(models.resolve(&reference)) {
+                Ok(moved) if moved.version != current => {
+                    match load(registry, &models, &options, &moved, &handle) {
+                        Ok(loaded) => {
+                            eprintln!(
+                                "kiln-worker: {} moved to {}; serving it",
+                                args.model,
+                                moved.reference()
+                            );
+                            app.describe(Arc::clone(&loaded.about));
+                            queue.swap(loaded);
+                            current = moved.version;
+                        }
+                        Err(e) => tracing::warn!("cannot load {}: {e:#}", moved.reference()),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot look up {}: {e}", args.model),
+            }
+        }
+        server.abort();
+        queue.close();
+        Ok(())
+    })
+}
+
+/// Notified on SIGINT or SIGTERM.
+fn shutdown_signal(runtime: &tokio::runtime::Runtime) -> Arc<tokio::sync::Notify> {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let notified = Arc::clone(&notify);
+    runtime.spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        // `notify_one` keeps a permit for a waiter that is not waiting yet.
+        notified.notify_one();
+    });
+    notify
+}
