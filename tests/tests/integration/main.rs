@@ -17,6 +17,7 @@ mod registry;
 mod remote;
 mod rendezvous;
 mod s3;
+mod serving;
 mod shared_store;
 mod tls;
 mod up;

@@ -1,0 +1,397 @@
+//! `kiln serve` driven by a real HTTP client (ureq) over loopback: the Open Inference
+//! Protocol's health, metadata and infer; answers equal to `kiln models predict`'s; every
+//! mistake a JSON error with a 4xx; batched answers equal to unbatched ones; and an alias
+//! moved under load with no request failing, each answered by the version it started on.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kiln_tests::cluster::Reaped;
+use kiln_tests::{Sandbox, cluster_hcl, describe, points_csv, wait_until};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(180);
+
+/// A CSV job whose `epochs` is a variable, so that two runs make two different versions.
+const JOB: &str = r#"variable "epochs" {
+  default = 4
+}
+
+job "points" {
+  cluster = "local"
+  model "mlp" {
+    inputs  = 2
+    hidden  = [8, 4]
+    classes = 2
+  }
+  dataset "points" {
+    source           = "file://points.csv"
+    label            = "label"
+    classes          = 2
+    validation_split = 0.25
+  }
+  training {
+    workers    = 2
+    batch_size = 16
+    epochs     = var.epochs
+    seed       = 3
+    optimizer "adam" {
+      learning_rate = 0.05
+    }
+  }
+}
+"#;
+
+fn sandbox() -> Sandbox {
+    Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("points.csv", &points_csv()),
+        ("job.hcl", JOB),
+    ])
+}
+
+fn kiln_ok(sandbox: &Sandbox, args: &[&str]) -> String {
+    let out = sandbox.run(args, T).expect("kiln runs");
+    assert!(out.status.success(), "kiln {args:?}: {}", describe(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The CSV's features, row by row.
+fn features() -> Vec<[f64; 2]> {
+    points_csv()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',').map(|v| v.parse::<f64>().expect("number"));
+            [f.next().expect("x"), f.next().expect("y")]
+        })
+        .collect()
+}
+
+/// A running `kiln serve`.
+struct Server {
+    _process: Reaped,
+    url: String,
+}
+
+fn serve(sandbox: &Sandbox, name: &str, args: &[&str]) -> Server {
+    let ready = sandbox.path().join(format!("{name}.url"));
+    let log = std::fs::File::create(sandbox.path().join(format!("{name}.log"))).expect("log");
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    all.extend(["--listen", "127.0.0.1:0", "--ready-file"]);
+    let ready_arg = ready.display().to_string();
+    all.push(&ready_arg);
+    let process = Reaped(
+        sandbox
+            .kiln(&all)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("kiln serve"),
+    );
+    let url = wait_until(T, "kiln serve to listen", || {
+        std::fs::read_to_string(&ready).map_err(|e| e.to_string())
+    });
+    wait_until(T, "the model to be ready", || {
+        get(&format!("{url}/v2/health/ready")).map(drop).ok_or(())
+    });
+    Server {
+        _process: process,
+        url,
+    }
+}
+
+/// Status, content type and JSON body of a request.
+fn call(request: ureq::Request, body: Option<&str>) -> (u16, String, Value) {
+    let response = match body {
+        Some(body) => request.send_string(body),
+        None => request.call(),
+    };
+    let response = match response {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("no HTTP answer: {e}"),
+    };
+    let status = response.status();
+    let content_type = response.content_type().to_owned();
+    let text = response.into_string().expect("body");
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    (status, content_type, value)
+}
+
+/// The body of a 200 GET, `None` otherwise.
+fn get(url: &str) -> Option<Value> {
+    match ureq::get(url).call() {
+        Ok(r) => serde_json::from_str(&r.into_string().ok()?).ok(),
+        Err(_) => None,
+    }
+}
+
+fn infer_body(rows: &[[f64; 2]]) -> String {
+    json!({
+        "id": "t",
+        "inputs": [{ "name": "input", "datatype": "FP32", "shape": [rows.len(), 2], "data": rows }],
+    })
+    .to_string()
+}
+
+/// Logits, predicted classes and the version of an infer answer.
+fn infer(url: &str, model: &str, rows: &[[f64; 2]]) -> (Vec<f64>, Vec<u64>, String) {
+    let (status, _, body) = call(
+        ureq::post(&format!("{url}/v2/models/{model}/infer")),
+        Some(&infer_body(rows)),
+    );
+    assert_eq!(status, 200, "{body}");
+    let output = |name: &str| {
+        body["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == name))
+            .unwrap_or_else(|| panic!("no {name} in {body}"))["data"]
+            .as_array()
+            .expect("data")
+            .clone()
+    };
+    (
+        output("logits").iter().filter_map(Value::as_f64).collect(),
+        output("predicted_class")
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect(),
+        body["model_version"]
+            .as_str()
+            .expect("model_version")
+            .to_owned(),
+    )
+}
+
+/// `kiln models predict REF --split all --json`: logits and prediction by source row.
+fn predictions(sandbox: &Sandbox, reference: &str) -> Vec<(Vec<f64>, u64)> {
+    let out = kiln_ok(
+        sandbox,
+        &["models", "predict", reference, "--split", "all", "--json"],
+    );
+    let report: Value = serde_json::from_str(&out).expect("JSON");
+    let mut rows: Vec<(u64, Vec<f64>, u64)> = report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["row"].as_u64().expect("row"),
+                r["logits"]
+                    .as_array()
+                    .expect("logits")
+                    .iter()
+                    .filter_map(Value::as_f64)
+                    .collect(),
+                r["prediction"].as_u64().expect("prediction"),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|(row, _, _)| *row);
+    rows.into_iter().map(|(_, l, p)| (l, p)).collect()
+}
+
+#[test]
+fn served_answers_equal_kilns_predictions_and_every_mistake_is_a_json_error() {
+    let sandbox = sandbox();
+    kiln_ok(&sandbox, &["up", "."]);
+    let server = serve(&sandbox, "v1", &["points@1"]);
+    let url = &server.url;
+
+    assert_eq!(
+        get(&format!("{url}/v2/health/live")),
+        Some(json!({ "live": true }))
+    );
+    assert_eq!(
+        get(&format!("{url}/v2/health/ready")),
+        Some(json!({ "ready": true }))
+    );
+    assert_eq!(
+        get(&format!("{url}/v2")).expect("server metadata")["name"],
+        "kiln"
+    );
+    let metadata = get(&format!("{url}/v2/models/points")).expect("model metadata");
+    assert_eq!(metadata["inputs"][0]["shape"], json!([-1, 2]), "{metadata}");
+    assert_eq!(metadata["inputs"][0]["datatype"], "FP32");
+    assert_eq!(metadata["outputs"][2]["name"], "predicted_class");
+    assert_eq!(
+        get(&format!("{url}/v2/models/points/versions/1/ready")),
+        Some(json!({ "name": "points", "ready": true }))
+    );
+
+    // Every row of the CSV in one request: kiln's own predictions, row by row.
+    let rows = features();
+    let (logits, classes, version) = infer(url, "points", &rows);
+    assert_eq!(version, "1");
+    let expected = predictions(&sandbox, "points@1");
+    assert_eq!(expected.len(), rows.len());
+    for (i, (want_logits, want_class)) in expected.iter().enumerate() {
+        assert_eq!(classes[i], *want_class, "row {i}");
+        for (got, want) in logits[i * 2..i * 2 + 2].iter().zip(want_logits) {
+            assert!((got - want).abs() < 1e-6, "row {i}: {got} vs {want}");
+        }
+    }
+
+    let infer_url = format!("{url}/v2/models/points/infer");
+    let good = |shape: Value, data: Value| {
+        json!({ "inputs": [{ "name": "input", "datatype": "FP32", "shape": shape, "data": data }] })
+            .to_string()
+    };
+    let mistakes: Vec<(ureq::Request, Option<String>, u16, &str)> = vec![
+        (ureq::post(&infer_url), Some("{not json".into()), 400, "not JSON"),
+        (ureq::post(&infer_url), Some("{}".into()), 400, "no `inputs`"),
+        (
+            ureq::post(&infer_url),
+            Some(good(json!([1, 3]), json!([1, 2, 3]))),
+            400,
+            "this model takes [-1, 2]",
+        ),
+        (
+            ureq::post(&infer_url),
+            Some(good(json!([2, 2]), json!([1, 2, 3]))),
+            400,
+            "holds 3 values",
+        ),
+        (
+            ureq::post(&infer_url),
+            Some(good(json!([1, 2]), json!(["a", 2]))),
+            400,
+            "not a number",
+        ),
+        (
+            ureq::post(&infer_url),
+            Some(
+                json!({ "inputs": [{ "name": "input", "datatype": "INT32", "shape": [1, 2], "data": [1, 2] }] })
+                    .to_string(),
+            ),
+            400,
+            "takes \"FP32\"",
+        ),
+        (
+            ureq::post(&infer_url),
+            Some(
+                json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1, 2] }] })
+                    .to_string(),
+            ),
+            400,
+            "unknown input \"x\"",
+        ),
+        (
+            ureq::post(&format!("{url}/v2/models/other/infer")),
+            Some(good(json!([1, 2]), json!([1, 2]))),
+            404,
+            "no model \"other\"",
+        ),
+        (
+            ureq::post(&format!("{url}/v2/models/points/versions/7/infer")),
+            Some(good(json!([1, 2]), json!([1, 2]))),
+            404,
+            "version 7 is not served",
+        ),
+        (ureq::get(&infer_url), None, 405, "infer is POST"),
+        (ureq::get(&format!("{url}/v3/nothing")), None, 404, "Open Inference Protocol"),
+    ];
+    for (request, body, status, says) in mistakes {
+        let shown = format!("{} {}", request.method(), request.url());
+        let (got, content_type, answer) = call(request, body.as_deref());
+        assert_eq!(got, status, "{shown}: {answer}");
+        assert_eq!(content_type, "application/json", "{shown}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(says),
+            "{shown}: {error:?} should say {says:?}"
+        );
+    }
+    // The server is still there after all of them.
+    assert_eq!(infer(url, "points", &rows[..1]).2, "1");
+}
+
+#[test]
+fn an_alias_moved_under_load_fails_no_request_and_batching_changes_no_answer() {
+    let sandbox = sandbox();
+    kiln_ok(&sandbox, &["up", "."]);
+    kiln_ok(&sandbox, &["up", ".", "--var", "epochs=7"]);
+    kiln_ok(&sandbox, &["models", "alias", "points", "prod", "1"]);
+    let served = serve(
+        &sandbox,
+        "prod",
+        &[
+            "points@prod",
+            "--watch-interval",
+            "200ms",
+            "--max-delay",
+            "2ms",
+        ],
+    );
+    let unbatched = serve(
+        &sandbox,
+        "unbatched",
+        &["points@1", "--max-batch-size", "1"],
+    );
+    let rows = Arc::new(features());
+    let v2 = predictions(&sandbox, "points@2");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|client| {
+            let (url, rows, stop) = (served.url.clone(), Arc::clone(&rows), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                let mut i = client;
+                while !stop.load(Ordering::Relaxed) {
+                    let row = i % rows.len();
+                    let (logits, _, version) = infer(&url, "points", &rows[row..row + 1]);
+                    answers.push((row, logits, version));
+                    i += 8;
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    kiln_ok(&sandbox, &["models", "alias", "points", "prod", "2"]);
+    wait_until(T, "answers from version 2", || {
+        let (_, _, version) = infer(&served.url, "points", &rows[..1]);
+        if version == "2" { Ok(()) } else { Err(version) }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+
+    let mut by_version = [0usize; 2];
+    for client in clients {
+        // `infer` asserts every answer is a 200: a failed request fails the client.
+        let answers = client.join().expect("no request failed");
+        let versions: Vec<&str> = answers.iter().map(|(_, _, v)| v.as_str()).collect();
+        let first_two = versions
+            .iter()
+            .position(|v| *v == "2")
+            .unwrap_or(versions.len());
+        assert!(
+            versions[first_two..].iter().all(|v| *v == "2"),
+            "once swapped, version 2 answers: {versions:?}"
+        );
+        for (row, logits, version) in answers {
+            if version == "1" {
+                by_version[0] += 1;
+                let (alone, _, _) = infer(&unbatched.url, "points", &rows[row..row + 1]);
+                assert_eq!(
+                    logits, alone,
+                    "row {row}: batched and unbatched answers differ"
+                );
+            } else {
+                by_version[1] += 1;
+                for (got, want) in logits.iter().zip(&v2[row].0) {
+                    assert!((got - want).abs() < 1e-6, "row {row} on version 2");
+                }
+            }
+        }
+    }
+    assert!(
+        by_version[0] > 0 && by_version[1] > 0,
+        "requests on both sides of the move: {by_version:?}"
+    );
+}
