@@ -326,8 +326,9 @@ enum Command {
         /// Most rows one forward pass takes from concurrent requests (1: no batching).
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
         max_batch_size: u32,
-        /// How long a batch waits for more requests once it has one (e.g. 0.5ms, 2ms).
-        #[arg(long, default_value = "0.5ms", value_parser = duration)]
+        /// How long a batch waits for more requests once it has one (0ms: it takes what is
+        /// queued and never waits; e.g. 2ms trades latency for larger batches).
+        #[arg(long, default_value = "0ms", value_parser = duration)]
         max_delay: Duration,
         /// How often a served alias is looked up again.
         #[arg(long, default_value = "2s", value_parser = duration)]

@@ -50,8 +50,9 @@ pub struct ServeArgs {
     /// Most rows one forward pass takes from concurrent requests (1: no batching).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     max_batch_size: u32,
-    /// How long, in microseconds, a batch waits for more requests once it has one.
-    #[arg(long, default_value_t = 500)]
+    /// How long, in microseconds, a batch waits for more requests once it has one (0: it
+    /// takes what is queued and never waits).
+    #[arg(long, default_value_t = 0)]
     max_delay_us: u64,
     /// How often, in milliseconds, a served alias is looked up again.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
