@@ -308,6 +308,76 @@ fn served_answers_equal_kilns_predictions_and_every_mistake_is_a_json_error() {
     }
     // The server is still there after all of them.
     assert_eq!(infer(url, "points", &rows[..1]).2, "1");
+
+    // /metrics, read by Prometheus's own parser (the Python client's OpenMetrics parser).
+    let samples = metrics(url);
+    let sample = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .filter(|s| s["name"] == name)
+            .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+            .map(|s| s["value"].as_f64().expect("value"))
+            .sum()
+    };
+    let ok = [("model", "points"), ("version", "1"), ("code", "200")];
+    assert_eq!(sample("kiln_serve_requests_total", &ok), 2.0, "{samples:?}");
+    assert_eq!(
+        sample("kiln_serve_requests_total", &[("code", "400")]),
+        7.0,
+        "the seven malformed requests"
+    );
+    assert_eq!(sample("kiln_serve_requests_total", &[("code", "404")]), 2.0);
+    assert_eq!(
+        sample("kiln_serve_request_duration_seconds_count", &[("version", "1")]),
+        2.0
+    );
+    assert!(sample("kiln_serve_request_duration_seconds_sum", &[]) > 0.0);
+    assert_eq!(sample("kiln_serve_batch_rows_count", &[]), 2.0);
+    assert_eq!(sample("kiln_serve_batch_rows_sum", &[]), (rows.len() + 1) as f64);
+    assert_eq!(sample("kiln_serve_model_version", &[("model", "points")]), 1.0);
+}
+
+/// The samples of `/metrics` as the Prometheus Python client's OpenMetrics parser reads
+/// them: `[{name, labels, value}]`.
+fn metrics(url: &str) -> Vec<Value> {
+    let response = ureq::get(&format!("{url}/metrics")).call().expect("/metrics");
+    assert!(
+        response.content_type().starts_with("application/openmetrics-text"),
+        "{}",
+        response.content_type()
+    );
+    let text = response.into_string().expect("text");
+    let python = std::env::var_os("KILN_PYTHON").unwrap_or_else(|| "python3".into());
+    let parse = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append({"name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new(python)
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python runs");
+    assert!(
+        out.status.success(),
+        "the parser refused /metrics ({}):\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
 #[test]
@@ -394,4 +464,9 @@ fn an_alias_moved_under_load_fails_no_request_and_batching_changes_no_answer() {
         by_version[0] > 0 && by_version[1] > 0,
         "requests on both sides of the move: {by_version:?}"
     );
+    let served_version = metrics(&served.url)
+        .into_iter()
+        .find(|s| s["name"] == "kiln_serve_model_version")
+        .expect("the served version's gauge");
+    assert_eq!(served_version["value"], 2.0);
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::metrics::Metrics;
 use super::{About, Loaded};
 
 /// The rows of one request.
@@ -56,16 +57,18 @@ impl Queue {
 pub(crate) struct Batcher {
     max_rows: usize,
     max_delay: Duration,
+    metrics: Arc<Metrics>,
     sender: Sender<Message>,
     receiver: Receiver<Message>,
 }
 
 impl Batcher {
-    pub(crate) fn new(max_rows: usize, max_delay: Duration) -> Self {
+    pub(crate) fn new(max_rows: usize, max_delay: Duration, metrics: Arc<Metrics>) -> Self {
         let (sender, receiver) = channel();
         Self {
             max_rows: max_rows.max(1),
             max_delay,
+            metrics,
             sender,
             receiver,
         }
@@ -81,6 +84,7 @@ impl Batcher {
         let Self {
             max_rows,
             max_delay,
+            metrics,
             sender,
             receiver,
         } = self;
@@ -103,7 +107,7 @@ impl Batcher {
                     // Requests that came before the first version are answered by it.
                     let early = std::mem::take(&mut waiting);
                     if let Some(model) = &current {
-                        run_batch(model, early);
+                        run_batch(model, early, &metrics);
                     }
                 }
                 Message::Infer(request) if current.is_none() => waiting.push(request),
@@ -128,7 +132,7 @@ impl Batcher {
                         }
                     }
                     if let Some(model) = &current {
-                        run_batch(model, batch);
+                        run_batch(model, batch, &metrics);
                     }
                 }
             }
@@ -137,11 +141,12 @@ impl Batcher {
 }
 
 /// One forward pass over every request's rows; each gets its own back.
-fn run_batch(model: &Loaded, mut batch: Vec<Request>) {
+fn run_batch(model: &Loaded, mut batch: Vec<Request>, metrics: &Metrics) {
     if batch.is_empty() {
         return;
     }
     let rows: usize = batch.iter().map(|r| r.rows).sum();
+    metrics.batch(rows);
     let x: Vec<f32> = match &mut batch[..] {
         [one] => std::mem::take(&mut one.x),
         many => many.iter().flat_map(|r| r.x.iter().copied()).collect(),

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::About;
 use super::batch::{Queue, Request};
+use super::metrics::{self, Metrics};
 
 /// The largest request body read (a larger one is refused with 413).
 const MAX_BODY: usize = 64 << 20;
@@ -30,21 +31,39 @@ pub(crate) struct App {
     ready: Arc<AtomicBool>,
     serving: Arc<RwLock<Option<Arc<About>>>>,
     reference: String,
+    metrics: Arc<Metrics>,
 }
 
 impl App {
-    pub(crate) fn new(queue: Queue, reference: String) -> Self {
+    pub(crate) fn new(queue: Queue, reference: String, metrics: Arc<Metrics>) -> Self {
         Self {
             queue,
             ready: Arc::new(AtomicBool::new(false)),
             serving: Arc::new(RwLock::new(None)),
             reference,
+            metrics,
         }
+    }
+
+    /// The served model's name (the reference's before a version is loaded): the one
+    /// `model` label, whatever name a request asked for.
+    fn model_name(&self) -> String {
+        self.about().map_or_else(
+            || {
+                self.reference
+                    .split('@')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            },
+            |about| about.name.clone(),
+        )
     }
 
     /// Metadata describes `about` from now on (its requests are answered by it once the
     /// batcher swaps it in).
     pub(crate) fn describe(&self, about: Arc<About>) {
+        self.metrics.serving(&about.name, about.version);
         *self.serving.write().unwrap_or_else(|e| e.into_inner()) = Some(about);
         self.ready.store(true, Ordering::Release);
     }
@@ -60,6 +79,7 @@ impl App {
 /// Serves `app` on `listener` until the task is aborted.
 pub(crate) async fn run(listener: tokio::net::TcpListener, app: App) -> std::io::Result<()> {
     let router = Router::new()
+        .route("/metrics", get(metrics_text))
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -110,6 +130,15 @@ async fn method_not_allowed() -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed here: metadata and health are GET, infer is POST",
     )
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        app.metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn server_metadata() -> Response {
@@ -236,23 +265,44 @@ struct Inputs {
     id: Option<Value>,
 }
 
+/// Answers an infer request and counts it.
 async fn answer(app: &App, name: &str, version: Option<&str>, body: Body) -> Response {
+    let started = std::time::Instant::now();
+    let (response, answered_by) = answer_uncounted(app, name, version, body).await;
+    let seconds = answered_by.map(|_| started.elapsed().as_secs_f64());
+    app.metrics.request(
+        &app.model_name(),
+        answered_by,
+        response.status().as_u16(),
+        seconds,
+    );
+    response
+}
+
+/// The answer, and the version that computed it (`None` when refused before).
+async fn answer_uncounted(
+    app: &App,
+    name: &str,
+    version: Option<&str>,
+    body: Body,
+) -> (Response, Option<u64>) {
+    let refused = |response| (response, None);
     let about = match served(app, name, version) {
         Ok(about) => about,
-        Err((status, message)) => return error(status, message),
+        Err((status, message)) => return refused(error(status, message)),
     };
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return error(
+            return refused(error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is over {} MiB", MAX_BODY >> 20),
-            );
+            ));
         }
     };
     let inputs = match parse(&bytes, &about) {
         Ok(inputs) => inputs,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return refused(error(StatusCode::BAD_REQUEST, message)),
     };
     let (reply, answer) = oneshot::channel();
     let rows = inputs.rows;
@@ -261,16 +311,16 @@ async fn answer(app: &App, name: &str, version: Option<&str>, body: Body) -> Res
         rows,
         reply,
     }) {
-        return error(
+        return refused(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down",
-        );
+        ));
     }
     let Ok(answer) = answer.await else {
-        return error(
+        return refused(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "the model did not answer (the server is shutting down)",
-        );
+        ));
     };
     let classes = answer.about.classes;
     let logits = answer.logits;
@@ -298,7 +348,10 @@ async fn answer(app: &App, name: &str, version: Option<&str>, body: Body) -> Res
     if let Some(id) = inputs.id {
         body["id"] = id;
     }
-    json_response(StatusCode::OK, &body)
+    (
+        json_response(StatusCode::OK, &body),
+        Some(answer.about.version),
+    )
 }
 
 fn softmax(row: &[f32]) -> Vec<f32> {

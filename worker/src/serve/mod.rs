@@ -6,6 +6,7 @@
 
 mod batch;
 mod http;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -156,16 +157,18 @@ pub fn serve(registry: &Registry, args: &ServeArgs) -> anyhow::Result<()> {
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("listening on {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
+    let metrics = Arc::new(metrics::Metrics::new());
     let batcher = batch::Batcher::new(
         args.max_batch_size as usize,
         Duration::from_micros(args.max_delay_us),
+        Arc::clone(&metrics),
     );
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let handle = runtime.handle().clone();
         let queue = batcher.queue();
         scope.spawn(move || batcher.run());
         // Live at once, ready once the first version is loaded.
-        let app = http::App::new(queue.clone(), args.model.clone());
+        let app = http::App::new(queue.clone(), args.model.clone(), metrics);
         let server = runtime.spawn(http::run(listener, app.clone()));
         if let Some(file) = &args.ready_file {
             kiln_proto::files::write_atomically(file, url.as_bytes())
