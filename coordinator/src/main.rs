@@ -312,6 +312,13 @@ enum Command {
     /// Certificates for a coordinator that serves TLS.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Print a shell completion script: `kiln completions bash > /etc/bash_completion.d/kiln`,
+    /// `kiln completions zsh > ~/.zfunc/_kiln`, `kiln completions fish >
+    /// ~/.config/fish/completions/kiln.fish`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Serve a registered model over the Open Inference Protocol (V2) on HTTP.
     ///
     /// NAME@ALIAS (or NAME, the newest) is watched: when it moves, the new version is loaded
@@ -581,7 +588,11 @@ fn main() -> ExitCode {
     // closes one (a TLS port spoken to in plaintext) must give an error, not a silent death.
     if matches!(
         cli.command,
-        Command::Data(_) | Command::Models(_) | Command::Status { .. } | Command::State { .. }
+        Command::Data(_)
+            | Command::Models(_)
+            | Command::Status { .. }
+            | Command::State { .. }
+            | Command::Completions { .. }
     ) {
         quiet_on_closed_stdout();
     }
@@ -717,6 +728,11 @@ fn main() -> ExitCode {
                 },
             ),
             Command::Data(command) => data(command).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+                Ok(())
+            }
             Command::Tls(TlsCommand::Init { dir, hosts, json }) => {
                 cli::tls::init(&dir, &hosts, json)
             }

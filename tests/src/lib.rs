@@ -170,21 +170,44 @@ impl Drop for Destroyed<'_> {
 
 /// Waits for `child`, killing it (and failing) after `timeout`.
 pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> anyhow::Result<Output> {
+    use std::io::Read;
+    // The pipes are read while the child runs: one that fills its pipe (64 KiB) would
+    // otherwise wait for a reader forever.
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let deadline = Instant::now() + timeout;
-    loop {
-        if child.try_wait()?.is_some() {
-            return Ok(child.wait_with_output()?);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let out = child.wait_with_output()?;
-            bail!(
-                "timed out after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            child.wait()?;
+            break None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    match status {
+        Some(status) => Ok(Output {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => bail!(
+            "timed out after {timeout:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
     }
 }
 

@@ -371,3 +371,32 @@ fn a_deploy_block_without_a_gate_registers_the_model_and_moves_its_alias() {
         describe(&out)
     );
 }
+
+#[test]
+fn completions_are_shell_scripts_that_know_every_command() {
+    let sandbox = Sandbox::new();
+    let out = sandbox
+        .run(&["completions", "bash"], Duration::from_secs(30))
+        .expect("kiln completions");
+    assert!(out.status.success(), "{}", describe(&out));
+    let script = String::from_utf8_lossy(&out.stdout);
+    for command in ["serve", "apply", "completions", "models"] {
+        assert!(
+            script.contains(command),
+            "{command} in the bash completions"
+        );
+    }
+    let path = sandbox.path().join("kiln.bash");
+    std::fs::write(&path, script.as_bytes()).expect("write");
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("bash");
+    assert!(checked.status.success(), "{}", describe(&checked));
+    let out = sandbox
+        .run(&["completions", "tcsh"], Duration::from_secs(30))
+        .expect("kiln completions");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
+}

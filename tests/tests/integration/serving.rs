@@ -328,21 +328,34 @@ fn served_answers_equal_kilns_predictions_and_every_mistake_is_a_json_error() {
     );
     assert_eq!(sample("kiln_serve_requests_total", &[("code", "404")]), 2.0);
     assert_eq!(
-        sample("kiln_serve_request_duration_seconds_count", &[("version", "1")]),
+        sample(
+            "kiln_serve_request_duration_seconds_count",
+            &[("version", "1")]
+        ),
         2.0
     );
     assert!(sample("kiln_serve_request_duration_seconds_sum", &[]) > 0.0);
     assert_eq!(sample("kiln_serve_batch_rows_count", &[]), 2.0);
-    assert_eq!(sample("kiln_serve_batch_rows_sum", &[]), (rows.len() + 1) as f64);
-    assert_eq!(sample("kiln_serve_model_version", &[("model", "points")]), 1.0);
+    assert_eq!(
+        sample("kiln_serve_batch_rows_sum", &[]),
+        (rows.len() + 1) as f64
+    );
+    assert_eq!(
+        sample("kiln_serve_model_version", &[("model", "points")]),
+        1.0
+    );
 }
 
 /// The samples of `/metrics` as the Prometheus Python client's OpenMetrics parser reads
 /// them: `[{name, labels, value}]`.
 fn metrics(url: &str) -> Vec<Value> {
-    let response = ureq::get(&format!("{url}/metrics")).call().expect("/metrics");
+    let response = ureq::get(&format!("{url}/metrics"))
+        .call()
+        .expect("/metrics");
     assert!(
-        response.content_type().starts_with("application/openmetrics-text"),
+        response
+            .content_type()
+            .starts_with("application/openmetrics-text"),
         "{}",
         response.content_type()
     );
