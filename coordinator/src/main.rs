@@ -270,6 +270,9 @@ enum Command {
         /// Save the plan; `kiln apply FILE` then applies exactly it.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Print the plan as JSON (the changes with their before and after).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         vars: Vars,
     },
@@ -299,6 +302,9 @@ enum Command {
         /// Configuration directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
+        /// Print the resources as JSON, each with whether it still runs.
+        #[arg(long)]
+        json: bool,
     },
     /// Dataset versions in the object store: push, list, show, pull.
     #[command(subcommand)]
@@ -698,14 +704,19 @@ fn main() -> ExitCode {
                 Ok(target) => cli::resume(&target, &job, from, follow).await,
                 Err(e) => Err(e),
             },
-            Command::Plan { dir, out, vars } => infra::plan(&dir, &vars.options(), out.as_deref()),
+            Command::Plan {
+                dir,
+                out,
+                json,
+                vars,
+            } => infra::plan(&dir, &vars.options(), out.as_deref(), json),
             Command::Apply {
                 target,
                 auto_approve,
                 vars,
             } => infra::apply(&target, &vars.options(), auto_approve).await,
             Command::Destroy { dir, auto_approve } => infra::destroy(&dir, auto_approve).await,
-            Command::State { dir } => infra::show(&dir),
+            Command::State { dir, json } => infra::show(&dir, json),
             Command::Serve {
                 reference,
                 listen,

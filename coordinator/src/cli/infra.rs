@@ -246,12 +246,26 @@ struct PlanFile {
     plan: Plan,
 }
 
-/// `kiln plan DIR [--out FILE]`.
-pub fn plan(dir: &Path, vars: &LoadOptions, out: Option<&Path>) -> Result<(), CliError> {
+/// `kiln plan DIR [--out FILE] [--json]`.
+pub fn plan(
+    dir: &Path,
+    vars: &LoadOptions,
+    out: Option<&Path>,
+    json: bool,
+) -> Result<(), CliError> {
     let config = load(dir, vars)?;
     let infra = Infra::of(&config.dir);
     let plan = make_plan(&AnyProvider::new(), &config, &infra.read()?);
-    println!("{plan}");
+    if json {
+        let (add, change, destroy) = plan.counts();
+        let mut shown = serde_json::to_value(&plan).infra()?;
+        shown["add"] = add.into();
+        shown["change"] = change.into();
+        shown["destroy"] = destroy.into();
+        println!("{shown}");
+    } else {
+        println!("{plan}");
+    }
     if let Some(out) = out {
         let file = PlanFile {
             format: PLAN_FORMAT,
@@ -559,20 +573,49 @@ fn replicas(state: &InfraState) -> Vec<AppliedCoordinator> {
         .collect()
 }
 
-/// `kiln state DIR`: what the state records, and whether each resource still exists.
-pub fn show(dir: &Path) -> Result<(), CliError> {
+/// `kiln state DIR [--json]`: what the state records, and whether each resource still exists.
+pub fn show(dir: &Path, json: bool) -> Result<(), CliError> {
     let (dir, infra) = infra_of(dir)?;
     if !infra.exists() {
-        println!("no state in {}: nothing was applied there", dir.display());
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({ "serial": 0, "lineage": null, "resources": [] })
+            );
+        } else {
+            println!("no state in {}: nothing was applied there", dir.display());
+        }
         return Ok(());
     }
     let state = infra.read()?;
+    let observed = AnyProvider::new().refresh(&state.resources);
+    if json {
+        let resources: Vec<serde_json::Value> = observed
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "address": o.recorded.address.to_string(),
+                    "attributes": o.recorded.attrs,
+                    "handle": o.recorded.handle,
+                    "running": o.gone.is_none(),
+                    "gone": o.gone,
+                })
+            })
+            .collect();
+        let shown = serde_json::json!({
+            "serial": state.serial,
+            "lineage": state.lineage,
+            "resources": resources,
+        });
+        println!("{shown}");
+        return Ok(());
+    }
     println!("state serial {}, lineage {}", state.serial, state.lineage);
-    if state.resources.is_empty() {
+    if observed.is_empty() {
         println!("no resources");
         return Ok(());
     }
-    for observed in AnyProvider::new().refresh(&state.resources) {
+    for observed in observed {
         let status = match &observed.gone {
             None => "running".to_owned(),
             Some(why) => format!("gone: {why}"),

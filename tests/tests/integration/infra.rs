@@ -181,6 +181,34 @@ fn apply_repairs_drift_resizes_under_a_lock_and_destroys() {
         plan.contains("Plan: 1 to add, 0 to change, 0 to destroy."),
         "{plan}"
     );
+    // The same for scripts.
+    let plan: serde_json::Value =
+        serde_json::from_str(&ok(&sandbox, &["plan", "--json"])).expect("plan JSON");
+    assert_eq!(
+        (plan["add"].as_u64(), plan["destroy"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(plan["changes"][0]["action"], "create", "{plan}");
+    let state: serde_json::Value =
+        serde_json::from_str(&ok(&sandbox, &["state", "--json"])).expect("state JSON");
+    let resources = state["resources"].as_array().expect("resources");
+    assert_eq!(resources.len(), 3, "{state}");
+    let victim_record = resources
+        .iter()
+        .find(|r| r["address"] == "cluster.local.node_pool.cpu[1]")
+        .expect("the victim");
+    assert_eq!(victim_record["running"], false, "{state}");
+    assert!(
+        victim_record["gone"]
+            .as_str()
+            .is_some_and(|g| g.contains(&victim.to_string())),
+        "{state}"
+    );
+    assert_eq!(
+        resources.iter().filter(|r| r["running"] == true).count(),
+        2,
+        "{state}"
+    );
     ok(&sandbox, &["apply", "--auto-approve"]);
     wait_for_processes(&sandbox, 3);
     assert_ne!(
