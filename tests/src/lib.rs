@@ -350,6 +350,37 @@ pub fn blobs_job_hcl(
     )
 }
 
+/// A 2-input MLP job `points` on [`points_csv`] (as `points.csv`), training for `epochs` (a
+/// number or an expression such as `var.epochs`).
+pub fn points_job_hcl(epochs: &str) -> String {
+    format!(
+        r#"job "points" {{
+  cluster = "local"
+  model "mlp" {{
+    inputs  = 2
+    hidden  = [8, 4]
+    classes = 2
+  }}
+  dataset "points" {{
+    source           = "file://points.csv"
+    label            = "label"
+    classes          = 2
+    validation_split = 0.25
+  }}
+  training {{
+    workers    = 2
+    batch_size = 16
+    epochs     = {epochs}
+    seed       = 3
+    optimizer "adam" {{
+      learning_rate = 0.05
+    }}
+  }}
+}}
+"#
+    )
+}
+
 /// Side of the [`quadrant_images`].
 pub const IMAGE_SIDE: usize = 8;
 /// Classes of the [`quadrant_images`].

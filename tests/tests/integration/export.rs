@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use kiln_proto::formats::{DType, npy_bytes};
 use kiln_tests::{
-    IMAGE_CLASSES, IMAGE_SIDE, Sandbox, cluster_hcl, describe, points_csv, quadrant_images,
+    IMAGE_CLASSES, IMAGE_SIDE, Sandbox, cluster_hcl, describe, points_csv, points_job_hcl,
+    quadrant_images,
 };
 use serde_json::Value;
 
@@ -65,30 +66,7 @@ fn export_and_reproduce(sandbox: &Sandbox, reference: &str, dir: &str, data: &st
 
 #[test]
 fn an_mlp_export_is_deterministic_and_numpy_reproduces_its_predictions() {
-    let job = r#"job "points" {
-  cluster = "local"
-  model "mlp" {
-    inputs  = 2
-    hidden  = [8, 4]
-    classes = 2
-  }
-  dataset "points" {
-    source           = "file://points.csv"
-    label            = "label"
-    classes          = 2
-    validation_split = 0.25
-  }
-  training {
-    workers    = 2
-    batch_size = 16
-    epochs     = 5
-    seed       = 3
-    optimizer "adam" {
-      learning_rate = 0.05
-    }
-  }
-}
-"#;
+    let job = &points_job_hcl("5");
     let sandbox = Sandbox::new().with_files(&[
         ("cluster.hcl", &cluster_hcl(2)),
         ("points.csv", &points_csv()),

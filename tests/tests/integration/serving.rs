@@ -9,46 +9,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kiln_tests::cluster::Reaped;
-use kiln_tests::{Sandbox, cluster_hcl, describe, points_csv, wait_until};
+use kiln_tests::{Sandbox, cluster_hcl, describe, points_csv, points_job_hcl, wait_until};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(180);
 
-/// A CSV job whose `epochs` is a variable, so that two runs make two different versions.
-const JOB: &str = r#"variable "epochs" {
-  default = 4
-}
-
-job "points" {
-  cluster = "local"
-  model "mlp" {
-    inputs  = 2
-    hidden  = [8, 4]
-    classes = 2
-  }
-  dataset "points" {
-    source           = "file://points.csv"
-    label            = "label"
-    classes          = 2
-    validation_split = 0.25
-  }
-  training {
-    workers    = 2
-    batch_size = 16
-    epochs     = var.epochs
-    seed       = 3
-    optimizer "adam" {
-      learning_rate = 0.05
-    }
-  }
-}
-"#;
+/// The points job with `epochs` a variable, so that two runs make two different versions.
+const EPOCHS: &str = "variable \"epochs\" {\n  default = 4\n}\n\n";
 
 fn sandbox() -> Sandbox {
     Sandbox::new().with_files(&[
         ("cluster.hcl", &cluster_hcl(2)),
         ("points.csv", &points_csv()),
-        ("job.hcl", JOB),
+        (
+            "job.hcl",
+            &format!("{EPOCHS}{}", points_job_hcl("var.epochs")),
+        ),
     ])
 }
 
