@@ -109,8 +109,8 @@ fn an_mlp_export_is_deterministic_and_numpy_reproduces_its_predictions() {
     );
 }
 
-#[test]
-fn numpy_reproduces_a_cnn_on_uint8_images() {
+/// A sandbox with a small CNN job `images` on 400 uint8 quadrant images (`x.npy`, `y.npy`).
+pub(crate) fn cnn_sandbox() -> Sandbox {
     let (pixels, labels) = quadrant_images(400);
     let side = IMAGE_SIDE as u64;
     let job = format!(
@@ -150,6 +150,13 @@ fn numpy_reproduces_a_cnn_on_uint8_images() {
         npy_bytes(DType::U8, &[400], &labels),
     )
     .expect("write y");
+    sandbox
+}
+
+#[test]
+fn numpy_reproduces_a_cnn_on_uint8_images() {
+    let sandbox = cnn_sandbox();
+    let side = IMAGE_SIDE as u64;
     let out = sandbox.run(&["up", "."], T).expect("kiln up");
     assert!(out.status.success(), "{}", describe(&out));
     export_and_reproduce(&sandbox, "images@latest", "exported", "x.npy");

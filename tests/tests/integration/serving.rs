@@ -459,3 +459,59 @@ fn an_alias_moved_under_load_fails_no_request_and_batching_changes_no_answer() {
         .expect("the served version's gauge");
     assert_eq!(served_version["value"], 2.0);
 }
+
+#[test]
+fn a_cnn_takes_images_as_n_c_h_w_and_answers_as_kiln_predicts() {
+    let sandbox = crate::export::cnn_sandbox();
+    kiln_ok(&sandbox, &["up", "."]);
+    let server = serve(&sandbox, "cnn", &["images@latest"]);
+    let metadata = get(&format!("{}/v2/models/images", server.url)).expect("metadata");
+    let side = kiln_tests::IMAGE_SIDE;
+    assert_eq!(
+        metadata["inputs"][0]["shape"],
+        json!([-1, 1, side, side]),
+        "{metadata}"
+    );
+    // The first 5 images, scaled as in training (uint8 / 255), nested [N, C, H, W].
+    let (pixels, _) = kiln_tests::quadrant_images(400);
+    let images: Vec<Vec<Vec<Vec<f32>>>> = pixels
+        .chunks(side * side)
+        .take(5)
+        .map(|image| {
+            vec![
+                image
+                    .chunks(side)
+                    .map(|row| row.iter().map(|p| f32::from(*p) / 255.0).collect())
+                    .collect(),
+            ]
+        })
+        .collect();
+    let body = json!({
+        "inputs": [{ "name": "input", "datatype": "FP32", "shape": [5, 1, side, side], "data": images }],
+    });
+    let (status, _, answer) = call(
+        ureq::post(&format!("{}/v2/models/images/infer", server.url)),
+        Some(&body.to_string()),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let expected = predictions(&sandbox, "images@latest");
+    let classes: Vec<u64> = answer["outputs"][2]["data"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let logits: Vec<f64> = answer["outputs"][0]["data"]
+        .as_array()
+        .expect("logits")
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    let width = kiln_tests::IMAGE_CLASSES;
+    for (i, (want_logits, want_class)) in expected.iter().take(5).enumerate() {
+        assert_eq!(classes[i], *want_class, "image {i}");
+        for (got, want) in logits[i * width..(i + 1) * width].iter().zip(want_logits) {
+            assert!((got - want).abs() < 1e-4, "image {i}: {got} vs {want}");
+        }
+    }
+}
