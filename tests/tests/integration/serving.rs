@@ -48,7 +48,7 @@ fn features() -> Vec<[f64; 2]> {
 
 /// A running `kiln serve`.
 struct Server {
-    _process: Reaped,
+    process: Reaped,
     url: String,
 }
 
@@ -74,10 +74,7 @@ fn serve(sandbox: &Sandbox, name: &str, args: &[&str]) -> Server {
     wait_until(T, "the model to be ready", || {
         get(&format!("{url}/v2/health/ready")).map(drop).ok_or(())
     });
-    Server {
-        _process: process,
-        url,
-    }
+    Server { process, url }
 }
 
 /// Status, content type and JSON body of a request.
@@ -320,6 +317,34 @@ fn served_answers_equal_kilns_predictions_and_every_mistake_is_a_json_error() {
         sample("kiln_serve_model_version", &[("model", "points")]),
         1.0
     );
+
+    // SIGTERM ends the server even while a client holds a keep-alive connection open.
+    let mut held =
+        std::net::TcpStream::connect(url.trim_start_matches("http://")).expect("connect");
+    std::io::Write::write_all(
+        &mut held,
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
+    )
+    .expect("request");
+    let mut first = [0u8; 12];
+    std::io::Read::read_exact(&mut held, &mut first).expect("an answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let mut server = server;
+    assert!(kiln_tests::signal(server.process.0.id(), "TERM"));
+    let status = wait_until(
+        Duration::from_secs(10),
+        "kiln serve to exit on SIGTERM",
+        || {
+            server
+                .process
+                .0
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "running".to_owned())
+        },
+    );
+    assert!(status.success(), "{status}");
+    drop(held);
 }
 
 /// The samples of `/metrics` as the Prometheus Python client's OpenMetrics parser reads

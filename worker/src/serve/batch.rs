@@ -31,6 +31,8 @@ pub(crate) struct Answer {
 enum Message {
     Infer(Request),
     Swap(Loaded),
+    /// Stop after answering what came before.
+    Close,
 }
 
 /// Where requests and new versions go.
@@ -48,9 +50,12 @@ impl Queue {
         let _ = self.0.send(Message::Swap(loaded));
     }
 
-    /// Ends the batching thread once the queue is drained (by dropping this sender; the
-    /// server's clones go with it).
-    pub(crate) fn close(self) {}
+    /// Ends the batching thread once the requests queued before are answered; later ones
+    /// are refused (the server is shutting down). Open client connections, which hold queues
+    /// of their own, do not keep it running.
+    pub(crate) fn close(&self) {
+        let _ = self.0.send(Message::Close);
+    }
 }
 
 /// The batching thread's state.
@@ -102,6 +107,7 @@ impl Batcher {
                 },
             };
             match message {
+                Message::Close => return,
                 Message::Swap(loaded) => {
                     current = Some(loaded);
                     // Requests that came before the first version are answered by it.
