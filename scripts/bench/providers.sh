@@ -74,7 +74,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 timed() { for _ in $(seq "$runs"); do secs "$@"; done | median; }
 
 ssh_true=$(timed ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile="$work/ssh/known_hosts" -i "$work/ssh/client_key" -p 2222 127.30.0.12 true)
-sbatch_true=$(timed sbatch --parsable --wrap true)
+# Its output goes nowhere: by default sbatch writes slurm-ID.out into the current directory.
+sbatch_true=$(timed sbatch --parsable --output=/dev/null --wrap true)
 
 cd "$work/ssh-cluster"
 first=$(secs "$kiln" apply --auto-approve .)
