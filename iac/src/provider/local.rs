@@ -16,7 +16,7 @@ use tokio::process::Child;
 use super::process::{Identity, log_tail, spawn_detached};
 use super::worker::{Reach, node_index, str_attr, u32_attr, worker_env};
 use super::{ApplyContext, Node, NodeExit, Provider, ProviderError, WorkerLaunch};
-use crate::plan::{Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind};
+use crate::plan::{self, Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind};
 use crate::spec::{ClusterSpec, ProviderKind};
 
 /// How long a new coordinator gets to start listening.
@@ -33,10 +33,9 @@ pub struct LocalProvider {
 /// The part of this machine a node's worker gets.
 #[derive(Debug, Clone, Default)]
 struct Share {
-    cpus: u32,
     /// Its `CUDA_VISIBLE_DEVICES`: empty for a node without GPUs, so it sees none.
     gpus: String,
-    /// The node's attributes (its `env`).
+    /// The node's attributes (its CPUs and `env`), as the plan derives them.
     attrs: Attributes,
 }
 
@@ -144,10 +143,8 @@ impl LocalProvider {
 
 /// The command line and environment of node `name`'s worker.
 fn worker_command(bin: &Path, reach: &Reach, name: &str, share: &Share) -> std::process::Command {
-    let mut attrs = share.attrs.clone();
-    attrs.insert("cpus_per_node".into(), share.cpus.into());
     let mut cmd = std::process::Command::new(bin);
-    cmd.envs(worker_env(reach, name, &attrs, Some(&share.gpus)))
+    cmd.envs(worker_env(reach, name, &share.attrs, Some(&share.gpus)))
         .env("KILN_JOIN_TOKEN", &reach.join_token);
     cmd
 }
@@ -169,23 +166,24 @@ impl Provider for LocalProvider {
         // Every node's share first, so a machine with too few GPUs starts nothing.
         let machine = machine_gpus();
         let mut names = Vec::new();
-        for pool in &cluster.node_pools {
-            for i in 0..pool.count {
-                let name = format!("{}-{i}", pool.name);
-                let gpus = node_gpus(i, pool.gpus_per_node, &machine).map_err(|detail| {
+        for node in plan::cluster_resources(cluster) {
+            let Some(name) = node.address.node_name() else {
+                continue;
+            };
+            let per_node = u32_attr(&node.attrs, "gpus_per_node").unwrap_or(0);
+            let gpus =
+                node_gpus(node_index(&node.address), per_node, &machine).map_err(|detail| {
                     ProviderError::Invalid {
                         resource: format!("node {name}"),
                         detail,
                     }
                 })?;
-                let share = Share {
-                    cpus: pool.cpus_per_node,
-                    gpus,
-                    attrs: env_attrs(&cluster.worker.env),
-                };
-                self.shares.insert(name.clone(), share);
-                names.push(name);
-            }
+            let share = Share {
+                gpus,
+                attrs: node.attrs,
+            };
+            self.shares.insert(name.clone(), share);
+            names.push(name);
         }
         let mut nodes = Vec::new();
         for name in names {
@@ -309,15 +307,6 @@ fn identity(r: &Recorded) -> Result<Identity, ProviderError> {
         }),
         _ => Err(invalid(&r.address, "the state records no process for it")),
     }
-}
-
-/// A cluster's worker environment as the attributes its nodes carry.
-fn env_attrs(env: &BTreeMap<String, String>) -> Attributes {
-    let mut attrs = Attributes::new();
-    if !env.is_empty() {
-        attrs.insert("env".into(), serde_json::to_value(env).unwrap_or_default());
-    }
-    attrs
 }
 
 fn handle(
@@ -511,7 +500,6 @@ fn start_node(
     let reach = Reach::from_state(address, state)?;
     let name = address.node_name().unwrap_or_default();
     let share = Share {
-        cpus: u32_attr(&r.attrs, "cpus_per_node").unwrap_or(1),
         gpus: node_gpus(
             node_index(address),
             u32_attr(&r.attrs, "gpus_per_node").unwrap_or(0),
