@@ -227,11 +227,17 @@ fn shutdown_signal(runtime: &tokio::runtime::Runtime) -> Arc<tokio::sync::Notify
     let notified = Arc::clone(&notify);
     runtime.spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (mut term, mut int) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) else {
-            return;
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(
+                    "cannot handle SIGTERM and SIGINT ({e}); stop the server with SIGKILL"
+                );
+                return;
+            }
         };
         tokio::select! {
             _ = term.recv() => {}
