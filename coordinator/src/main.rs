@@ -354,8 +354,38 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         worker: Option<PathBuf>,
         #[command(flatten)]
+        drift: Drift,
+        #[command(flatten)]
         store: Store,
     },
+}
+
+/// How `kiln serve` watches its inputs for drift.
+#[derive(clap::Args)]
+struct Drift {
+    /// A feature whose population stability index (live window against the training
+    /// inputs) reaches this has drifted.
+    #[arg(long, default_value_t = 0.2, value_name = "PSI")]
+    psi_threshold: f64,
+    /// The most recent inputs (rows) compared with the training inputs.
+    #[arg(long, default_value_t = 1000, value_name = "ROWS")]
+    drift_window: usize,
+    /// Inputs the window must hold before drift is judged.
+    #[arg(long, default_value_t = 200, value_name = "ROWS")]
+    drift_min_samples: usize,
+    /// Do not watch the inputs for drift.
+    #[arg(long, conflicts_with_all = ["psi_threshold", "drift_window", "drift_min_samples"])]
+    no_drift: bool,
+}
+
+impl Drift {
+    fn settings(&self) -> Option<kiln_versions::drift::Settings> {
+        (!self.no_drift).then_some(kiln_versions::drift::Settings {
+            psi_threshold: self.psi_threshold,
+            window: self.drift_window,
+            min_samples: self.drift_min_samples,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -459,6 +489,24 @@ enum ModelsCommand {
         json: bool,
         #[command(flatten)]
         store: Store,
+    },
+    /// Drift of a served model's live inputs from its training inputs: per feature, the
+    /// reference and live mean and standard deviation, PSI, KS, and whether it drifted.
+    ///
+    /// Asks the `kiln serve` that serves REFERENCE: --server, else the one `kiln apply` runs
+    /// for the model from the configuration directory (-C), else http://127.0.0.1:8080.
+    Drift {
+        /// NAME@ALIAS, NAME@N or NAME, as the server was started with.
+        reference: String,
+        /// The server's URL (or HOST:PORT).
+        #[arg(long, value_name = "URL", env = "KILN_SERVE_URL")]
+        server: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Configuration directory whose applied model server to ask without --server.
+        #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
     },
     /// Every move of the aliases of NAME (or of NAME@ALIAS only): when, from, to, who, why.
     History {
@@ -725,6 +773,7 @@ fn main() -> ExitCode {
                 watch_interval,
                 ready_file,
                 worker,
+                drift,
                 store,
             } => cli::inference::serve(
                 &store.arg(),
@@ -736,6 +785,7 @@ fn main() -> ExitCode {
                     watch_interval,
                     ready_file: ready_file.as_deref(),
                     worker: worker.as_ref(),
+                    drift: drift.settings(),
                 },
             ),
             Command::Data(command) => data(command).await,
@@ -838,6 +888,12 @@ async fn models(command: ModelsCommand) -> Result<(), CliError> {
             json,
             store,
         } => models::history(&store.arg(), &target, json).await,
+        ModelsCommand::Drift {
+            reference,
+            server,
+            json,
+            dir,
+        } => cli::drift::drift(&reference, server.as_deref(), &dir, json).await,
         ModelsCommand::Export {
             reference,
             out,

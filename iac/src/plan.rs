@@ -11,7 +11,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::spec::{ClusterSpec, Config, Placement, StateSpec};
+use crate::spec::{ClusterSpec, Config, JobSpec, Placement, StateSpec};
 
 /// Where a resource lives: its cluster and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -40,19 +40,28 @@ pub enum ResourceKind {
         /// Index within the pool, from 0.
         index: u32,
     },
+    /// The model server of job `job` (its `deploy { serve { ... } }`), on this machine.
+    Server {
+        /// The job's name.
+        job: String,
+    },
 }
 
 impl Address {
     /// The node's name as its worker reports it (`<pool>-<index>`); `None` for a coordinator.
     pub fn node_name(&self) -> Option<String> {
         match &self.kind {
-            ResourceKind::Coordinator { .. } => None,
+            ResourceKind::Coordinator { .. } | ResourceKind::Server { .. } => None,
             ResourceKind::Node { pool, index } => Some(format!("{pool}-{index}")),
         }
     }
 
     fn is_node(&self) -> bool {
         matches!(self.kind, ResourceKind::Node { .. })
+    }
+
+    fn is_coordinator(&self) -> bool {
+        matches!(self.kind, ResourceKind::Coordinator { .. })
     }
 }
 
@@ -68,6 +77,7 @@ impl fmt::Display for Address {
             ResourceKind::Node { pool, index } => {
                 write!(f, "cluster.{}.node_pool.{pool}[{index}]", self.cluster)
             }
+            ResourceKind::Server { job } => write!(f, "job.{job}.serve"),
         }
     }
 }
@@ -105,13 +115,78 @@ pub struct Observed {
     pub gone: Option<String>,
 }
 
-/// The resources `config` asks for: per cluster, its coordinator and one node per pool slot.
+/// The resources `config` asks for: per cluster, its coordinator and one node per pool slot;
+/// per job with a `deploy { serve { ... } }`, its model server.
 pub fn desired(config: &Config) -> Vec<Resource> {
+    let servers = config.jobs.values().filter_map(|job| {
+        let cluster = config.clusters.get(&job.cluster)?;
+        server_resource(job, cluster)
+    });
     config
         .clusters
         .values()
         .flat_map(cluster_resources)
+        .chain(servers)
         .collect()
+}
+
+/// The model server `job` declares, serving from its cluster's store.
+fn server_resource(job: &JobSpec, cluster: &ClusterSpec) -> Option<Resource> {
+    let deploy = job.deploy.as_ref()?;
+    let serve = deploy.serve.as_ref()?;
+    let name = deploy.model.clone().unwrap_or_else(|| job.name.clone());
+    let model = match &deploy.alias {
+        Some(alias) => format!("{name}@{alias}"),
+        None => name,
+    };
+    let storage = &cluster.storage;
+    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let monitor = serve.monitor.map(|m| {
+        serde_json::json!({
+            "psi_threshold": m.psi_threshold,
+            "window": m.window,
+            "min_samples": m.min_samples,
+        })
+    });
+    let mut attrs = attrs([
+        ("model", model.into()),
+        ("listen", serve.listen.to_string().into()),
+        ("store", storage.url.clone().into()),
+        ("max_batch_size", serve.max_batch_size.into()),
+        ("max_delay_us", (serve.max_delay.as_micros() as u64).into()),
+        (
+            "watch_interval_ms",
+            (serve.watch_interval.as_millis() as u64).into(),
+        ),
+        ("monitor", monitor.into()),
+    ]);
+    // Only when declared, as for nodes.
+    for (name, value) in [
+        ("store_endpoint", storage.endpoint.clone()),
+        ("store_region", storage.region.clone()),
+        (
+            "store_access_key_id_file",
+            path(&storage.access_key_id_file),
+        ),
+        (
+            "store_secret_access_key_file",
+            path(&storage.secret_access_key_file),
+        ),
+        ("worker_binary", path(&cluster.worker.binary)),
+    ] {
+        if let Some(value) = value {
+            attrs.insert(name.into(), value.into());
+        }
+    }
+    Some(Resource {
+        address: Address {
+            cluster: cluster.name.clone(),
+            kind: ResourceKind::Server {
+                job: job.name.clone(),
+            },
+        },
+        attrs,
+    })
 }
 
 /// The resources of one cluster: its coordinators, then its nodes by pool and index.
@@ -346,7 +421,7 @@ pub fn diff(
             }
         };
         if let Some(step) = step {
-            if !address.is_node() {
+            if address.is_coordinator() {
                 new_coordinators.insert(address.cluster.clone());
             }
             changes.push(step);
@@ -366,7 +441,7 @@ pub fn diff(
         .collect();
     // Nodes go before the coordinator they are registered with.
     deletes.sort_by(|a, b| {
-        (!a.address.is_node(), &a.address).cmp(&(!b.address.is_node(), &b.address))
+        (a.address.is_coordinator(), &a.address).cmp(&(b.address.is_coordinator(), &b.address))
     });
     deletes.extend(changes);
     deletes

@@ -498,4 +498,34 @@ pub struct DeploySpec {
     pub alias: Option<String>,
     /// The `gate` blocks, all of which must pass; empty: the alias always moves.
     pub gates: Vec<Gate>,
+    /// `serve { ... }`: the model served by `kiln apply` as a resource of the job's cluster;
+    /// `None`: not served.
+    pub serve: Option<ServeSpec>,
+}
+
+/// `serve { listen, max_batch_size, max_delay, watch_interval, monitor { ... } }`: how
+/// `kiln apply` serves the deploy block's model (`MODEL@ALIAS`, or `MODEL`, the newest).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeSpec {
+    /// Address the server listens on (default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// Most rows one forward pass takes from concurrent requests (default 64; 1: none).
+    pub max_batch_size: u32,
+    /// How long a batch waits for more requests once it has one (default 0).
+    pub max_delay: Duration,
+    /// How often the alias is looked up again (default 2 s).
+    pub watch_interval: Duration,
+    /// `monitor { ... }`: drift on live inputs; `None`: `enabled = false`.
+    pub monitor: Option<MonitorSpec>,
+}
+
+/// `monitor { psi_threshold, window, min_samples }`: when live inputs count as drifted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MonitorSpec {
+    /// A feature whose PSI reaches this has drifted (default 0.2).
+    pub psi_threshold: f64,
+    /// The most recent inputs compared (default 1000).
+    pub window: u32,
+    /// Inputs needed before anything is judged (default 200; at most `window`).
+    pub min_samples: u32,
 }

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod drift;
 pub mod gate;
 mod layout;
 pub mod registry;

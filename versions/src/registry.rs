@@ -21,6 +21,7 @@ use object_store::{ObjectStore, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::check_name;
+use crate::data::FeatureStats;
 use crate::layout::now_ms;
 
 /// Format version of the records this build writes.
@@ -121,6 +122,11 @@ pub struct Lineage {
     pub data: Vec<DataLineage>,
     /// The dataset source when it is not a version (`synthetic:blobs`, a `file://` path).
     pub data_source: Option<String>,
+    /// Per-feature statistics of the training split's inputs as the model took them: what
+    /// `kiln serve` compares live inputs with ([`crate::drift`]). Empty for a version
+    /// registered without them (by an older kiln, or inputs of over 4096 features).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reference: Vec<FeatureStats>,
 }
 
 /// The final metrics of a model version.

@@ -589,8 +589,9 @@ fn start_task(
             let end = match result {
                 Ok(outcome) => TaskEnd {
                     ok: true,
-                    final_metrics: Some(outcome.metrics),
                     params_digest: outcome.params_digest(),
+                    final_metrics: Some(outcome.metrics),
+                    reference: outcome.reference.into_iter().map(Into::into).collect(),
                     ..TaskEnd::default()
                 },
                 Err(e) => TaskEnd {

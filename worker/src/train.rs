@@ -24,6 +24,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use kiln_proto::v1::Metrics;
+use kiln_versions::data::FeatureStats;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointError, CheckpointStore, InFlight};
@@ -69,6 +70,9 @@ pub struct Outcome {
     /// the previous upload (the last one also waits for its own after the last step), or with
     /// [`CheckpointMode::Blocking`] the whole save.
     pub checkpoint_stalls: Vec<Duration>,
+    /// Rank 0: per-feature statistics of the training split's inputs, the reference a
+    /// registered version's live inputs are compared with (empty on other ranks).
+    pub reference: Vec<FeatureStats>,
 }
 
 /// How rank 0 writes its checkpoints.
@@ -535,6 +539,11 @@ where
         metrics: final_metrics,
         params: flatten_params(&model),
         checkpoint_stalls: std::mem::take(&mut checkpoints.stalls),
+        reference: if rank == 0 {
+            splits.train.reference()
+        } else {
+            Vec::new()
+        },
     })
 }
 

@@ -29,6 +29,8 @@ pub struct ServeOptions<'a> {
     pub ready_file: Option<&'a Path>,
     /// The worker binary (default: the bundled one).
     pub worker: Option<&'a PathBuf>,
+    /// How drift is judged; `None`: not watched.
+    pub drift: Option<kiln_versions::drift::Settings>,
 }
 
 /// `kiln serve`: never returns on success (the process becomes the server).
@@ -64,6 +66,19 @@ pub fn serve(store: &StoreArg<'_>, options: &ServeOptions<'_>) -> Result<(), Cli
     ] {
         if let Some(value) = value {
             cmd.arg(flag).arg(value);
+        }
+    }
+    match &options.drift {
+        Some(drift) => {
+            drift
+                .check()
+                .map_err(|e| CliError::bad_input(anyhow!("drift: {e}")))?;
+            cmd.arg(format!("--psi-threshold={}", drift.psi_threshold))
+                .arg(format!("--drift-window={}", drift.window))
+                .arg(format!("--drift-min-samples={}", drift.min_samples));
+        }
+        None => {
+            cmd.arg("--no-drift");
         }
     }
     if let Some(file) = options.ready_file {

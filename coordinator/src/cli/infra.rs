@@ -467,7 +467,42 @@ async fn execute(
             );
         }
     }
+    for server in &state.resources {
+        if let (ResourceKind::Server { job }, Some(url), Some(model)) = (
+            &server.address.kind,
+            server.handle.get("url").and_then(|u| u.as_str()),
+            server.attrs.get("model").and_then(|m| m.as_str()),
+        ) {
+            println!("job {job}: {model} served at {url}");
+        }
+    }
     Ok(())
+}
+
+/// The URL of a running model server that `kiln apply` started from the configuration in
+/// `config_dir` for model `model`; `None` when there is none.
+pub(crate) fn applied_server(config_dir: &Path, model: &str) -> Option<String> {
+    let infra = Infra::of(config_dir);
+    if !infra.exists() {
+        return None;
+    }
+    let serves = |r: &Recorded| {
+        let named = r.attrs.get("model").and_then(|m| m.as_str());
+        matches!(r.address.kind, ResourceKind::Server { .. })
+            && named.is_some_and(|m| m.split('@').next() == Some(model))
+    };
+    let servers: Vec<Recorded> = infra
+        .read()
+        .ok()?
+        .resources
+        .into_iter()
+        .filter(serves)
+        .collect();
+    AnyProvider::new()
+        .refresh(&servers)
+        .into_iter()
+        .filter(|o| o.gone.is_none())
+        .find_map(|o| Some(o.recorded.handle.get("url")?.as_str()?.to_owned()))
 }
 
 fn verb(change: &Change) -> String {

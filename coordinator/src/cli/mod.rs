@@ -12,6 +12,7 @@ mod catalog;
 mod common;
 mod config;
 pub mod data;
+pub mod drift;
 mod error;
 pub mod export;
 pub mod inference;

@@ -285,6 +285,9 @@ impl Control {
             let world = job.workers.len();
             let generation = state.generations.entry(end.job_id.clone()).or_default();
             generation.done.insert(rank, end.params_digest);
+            if rank == 0 {
+                generation.reference = end.reference;
+            }
             if generation.done.len() == world {
                 // Data-parallel ranks apply the same averaged gradients to the same start:
                 // parameters that differ mean a broken all-reduce, never a model to keep.

@@ -7,7 +7,9 @@
 //! cannot be written leaves the job succeeded, saying why its model was not registered: the
 //! checkpoint holds it either way.
 
-use kiln_proto::v1::{DeploySpec, Deployment, GateCheck, Job, JobState, dataset_spec::Source};
+use kiln_proto::v1::{
+    DeploySpec, Deployment, FeatureStats, GateCheck, Job, JobState, dataset_spec::Source,
+};
 use kiln_versions::gate::{self, Gate, Metric};
 use kiln_versions::registry::{
     DataLineage, Lineage, Metrics, ModelVersion, Registry, RegistryError,
@@ -37,9 +39,13 @@ impl Control {
             let message = "all ranks finished (no storage: no model registered)".to_owned();
             return self.finish(state, id, JobState::Succeeded, message);
         }
-        if let Some(generation) = state.generations.get_mut(id) {
-            generation.registering = true;
-        }
+        let reference = match state.generations.get_mut(id) {
+            Some(generation) => {
+                generation.registering = true;
+                std::mem::take(&mut generation.reference)
+            }
+            None => Vec::new(),
+        };
         let name = spec
             .deploy
             .as_ref()
@@ -52,7 +58,7 @@ impl Control {
             .and_then(|w| state.workers.get(w))
             .map(|w| w.binary_sha256.clone())
             .filter(|h| !h.is_empty());
-        let (lineage, metrics) = record(&job, binary);
+        let (lineage, metrics) = record(&job, binary, reference);
         self.announce(
             state,
             job,
@@ -172,8 +178,13 @@ fn said(deployment: &Deployment) -> String {
     }
 }
 
-/// The lineage and metrics of `job`'s model.
-fn record(job: &Job, worker_binary_sha256: Option<String>) -> (Lineage, Metrics) {
+/// The lineage and metrics of `job`'s model, whose training inputs rank 0 described as
+/// `reference`.
+fn record(
+    job: &Job,
+    worker_binary_sha256: Option<String>,
+    reference: Vec<FeatureStats>,
+) -> (Lineage, Metrics) {
     let spec = job.spec.clone().unwrap_or_default();
     let dataset = spec.dataset.unwrap_or_default();
     let data = dataset
@@ -215,6 +226,7 @@ fn record(job: &Job, worker_binary_sha256: Option<String>) -> (Lineage, Metrics)
         checkpoint_step: job.checkpoint_step,
         data,
         data_source,
+        reference: reference.into_iter().map(Into::into).collect(),
     };
     let metrics = Metrics {
         val_accuracy: m.val_accuracy,

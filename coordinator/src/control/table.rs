@@ -76,6 +76,8 @@ pub(super) struct Generation {
     /// Every rank finished and the model is being registered: the generation has nothing
     /// left to lose.
     pub(super) registering: bool,
+    /// Rank 0's statistics of the training inputs, for the registered version's lineage.
+    pub(super) reference: Vec<kiln_proto::v1::FeatureStats>,
 }
 
 #[derive(Default)]

@@ -1,7 +1,6 @@
 //! Decoding `cluster` blocks: node pools, storage, state and the coordinator.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 
 use hcl::edit::Span;
 use hcl::edit::structure::Block;
@@ -16,7 +15,8 @@ use super::defaults::{
     DEFAULT_STATE_PREFIX, DEFAULT_STORAGE_URL,
 };
 use super::getters::{
-    Get, check_host_port, expect_positive_duration, expect_string, expect_u32, non_empty_string,
+    Get, check_host_port, expect_positive_duration, expect_socket_addr, expect_string, expect_u32,
+    non_empty_string,
 };
 use super::schema::{
     CLUSTER, COORDINATOR, NODE_POOL, PROVIDERS, STATE, STATE_BACKENDS, STORAGE, TLS, WORKER,
@@ -473,13 +473,8 @@ impl<'d> Loader<'d> {
         let body = &block.body;
         self.check_body(src, body, &COORDINATOR);
         let listen = self
-            .get(src, body, "listen", |value| {
-                let listen = expect_string(value)?;
-                listen.parse::<SocketAddr>().map_err(|_| {
-                    Bad::Value(format!(
-                        "{listen:?} is not an IP address and port, such as \"0.0.0.0:7070\""
-                    ))
-                })
+            .get(src, body, "listen", |v| {
+                expect_socket_addr(v, "0.0.0.0:7070")
             })
             .or(DEFAULT_LISTEN);
         let tls = match self.at_most_one(src, body, &TLS, &COORDINATOR) {

@@ -35,3 +35,17 @@ pub(super) const DEFAULT_BACKOFF: Duration = Duration::from_secs(5);
 pub(super) const DEFAULT_BETAS: [f64; 2] = [0.9, 0.999];
 /// `training.bucket_mb`: NCCL all-reduces the gradient in buckets of this many MiB.
 pub(super) const DEFAULT_BUCKET_MB: u32 = 25;
+/// Default `serve.listen`: where `kiln serve` listens by default.
+pub(super) const DEFAULT_SERVE_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+/// Default `serve.max_batch_size`.
+pub(super) const DEFAULT_MAX_BATCH_SIZE: u32 = 64;
+/// Default `serve.watch_interval`.
+pub(super) const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+/// Default `serve.monitor`: PSI 0.2 (a significant shift) over the last 1000 inputs, judged
+/// from 200.
+pub(super) const DEFAULT_MONITOR: crate::spec::MonitorSpec = crate::spec::MonitorSpec {
+    psi_threshold: 0.2,
+    window: 1000,
+    min_samples: 200,
+};

@@ -3,6 +3,7 @@
 //! (required, one of, at most one, exactly one).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hcl::Value;
@@ -148,6 +149,49 @@ pub(super) fn expect_int(value: &Value, min: u64, max: u64) -> Result<u64, Bad> 
 
 pub(super) fn expect_u32(value: &Value, min: u32) -> Result<u32, Bad> {
     expect_int(value, min.into(), u32::MAX.into()).map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+pub(super) fn expect_bool(value: &Value) -> Result<bool, Bad> {
+    match value {
+        Value::Bool(b) => Ok(*b),
+        other => Err(Bad::Type(format!("expected true or false, got {other}"))),
+    }
+}
+
+/// An IP address and port, such as `example`.
+pub(super) fn expect_socket_addr(value: &Value, example: &str) -> Result<SocketAddr, Bad> {
+    let text = expect_string(value)?;
+    text.parse().map_err(|_| {
+        Bad::Value(format!(
+            "{text:?} is not an IP address and port, such as \"{example}\""
+        ))
+    })
+}
+
+/// A number for which `ok` holds; `rule` says which those are.
+pub(super) fn number_where(value: &Value, ok: fn(f64) -> bool, rule: &str) -> Result<f64, Bad> {
+    let x = expect_number(value)?;
+    if ok(x) {
+        Ok(x)
+    } else {
+        Err(Bad::Value(format!("must be {rule}, got {x}")))
+    }
+}
+
+pub(super) fn positive_number(value: &Value) -> Result<f64, Bad> {
+    number_where(value, |x| x > 0.0, "greater than 0")
+}
+
+pub(super) fn non_negative(value: &Value) -> Result<f64, Bad> {
+    number_where(value, |x| x >= 0.0, "0 or more")
+}
+
+pub(super) fn fraction(value: &Value) -> Result<f64, Bad> {
+    number_where(
+        value,
+        |x| (0.0..1.0).contains(&x),
+        "at least 0 and less than 1",
+    )
 }
 
 /// The outcome of reading one attribute.

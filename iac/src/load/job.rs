@@ -7,22 +7,22 @@ use hcl::edit::Span;
 use hcl::edit::structure::{Attribute, Block};
 
 use crate::spec::{
-    Backend, CheckpointSpec, ClusterSpec, Collective, DeploySpec, Gate, JobSpec, LrScheduleSpec,
-    Metric, OptimizerSpec, ProviderKind, RestartSpec, ScheduleKind, TrainingSpec,
+    Backend, CheckpointSpec, ClusterSpec, Collective, JobSpec, LrScheduleSpec, OptimizerSpec,
+    ProviderKind, RestartSpec, ScheduleKind, TrainingSpec,
 };
 
 use super::defaults::{
     DEFAULT_BACKOFF, DEFAULT_BETAS, DEFAULT_BUCKET_MB, DEFAULT_EPOCHS, DEFAULT_EVERY_STEPS,
     DEFAULT_KEEP, DEFAULT_LEARNING_RATE, DEFAULT_MAX_RESTARTS,
 };
-use super::getters::{Get, expect_duration, expect_number, expect_string};
+use super::getters::{Get, expect_bool, expect_duration, fraction, non_negative, positive_number};
 use super::hints::{code_list, suggest};
 use super::model::DecodedModel;
 use super::schema::{
-    BACKENDS, CHECKPOINT, COLLECTIVES, DATASET, DEPLOY, GATE, JOB, LR_SCHEDULE, MODEL, OPTIMIZER,
+    BACKENDS, CHECKPOINT, COLLECTIVES, DATASET, DEPLOY, JOB, LR_SCHEDULE, MODEL, OPTIMIZER,
     OPTIMIZERS, RESTART, SCHEDULES, TRAINING, optimizer_attrs,
 };
-use super::scope::{Bad, Loader};
+use super::scope::Loader;
 use super::source::{SourceFile, header_span, value_span};
 
 /// A decoded `training` block, with the attributes the job-level cross-checks point at.
@@ -433,12 +433,7 @@ impl<'d> Loader<'d> {
         match kind {
             "sgd" => {
                 let momentum = self.get(src, body, "momentum", fraction).or(0.0);
-                let nesterov = self
-                    .get(src, body, "nesterov", |v| match v {
-                        hcl::Value::Bool(b) => Ok(*b),
-                        _ => Err(Bad::Type("expected true or false".into())),
-                    })
-                    .or(false);
+                let nesterov = self.get(src, body, "nesterov", expect_bool).or(false);
                 let weight_decay = self.get(src, body, "weight_decay", non_negative).or(0.0);
                 let (momentum, nesterov) = (momentum?, nesterov?);
                 if nesterov && momentum == 0.0 {
@@ -583,161 +578,4 @@ impl<'d> Loader<'d> {
             backoff: backoff?,
         })
     }
-
-    /// `deploy`, for a dataset holding out `validation_split` (`None`: the dataset is invalid).
-    pub(super) fn deploy(
-        &mut self,
-        src: &SourceFile,
-        block: &Block,
-        validation_split: Option<f64>,
-    ) -> Option<DeploySpec> {
-        let labels_ok = self.check_labels(src, block, &DEPLOY);
-        let body = &block.body;
-        self.check_body(src, body, &DEPLOY);
-        let alias = self
-            .get(src, body, "alias", |value| {
-                let alias = expect_string(value)?;
-                kiln_versions::registry::check_alias(&alias)
-                    .map_err(|e| Bad::Value(e.to_string()))?;
-                Ok(alias)
-            })
-            .optional();
-        let model = self
-            .get(src, body, "model", |value| {
-                let model = expect_string(value)?;
-                kiln_versions::check_name(&model).map_err(Bad::Value)?;
-                Ok(model)
-            })
-            .optional();
-        let mut gates = Some(Vec::new());
-        for gate in body.get_blocks(GATE.ident) {
-            match (self.gate(src, gate), &mut gates) {
-                (Some(gate), Some(all)) => all.push(gate),
-                _ => gates = None,
-            }
-        }
-        let (alias, gates) = (alias?, gates?);
-        if alias.is_none()
-            && let Some(first) = body.get_blocks(GATE.ident).next()
-        {
-            self.push(
-                src.error(header_span(first), "A `gate` without an `alias` decides nothing")
-                    .with_detail("A gate decides whether the new version takes the deploy block's alias; without one, every succeeded job's model is only registered.")
-                    .with_hint("add `alias = \"production\"` to the `deploy` block, or remove the gate"),
-            );
-            return None;
-        }
-        if validation_split == Some(0.0)
-            && let Some(first) = body.get_blocks(GATE.ident).next()
-        {
-            self.push(
-                src.error(header_span(first), "The gate checks validation metrics, but the dataset holds out no validation split")
-                    .with_detail("`validation_split = 0` leaves no samples to measure `val_accuracy` or `val_loss` on, so no version could pass.")
-                    .with_hint("set `validation_split` in the `dataset` block, e.g. `validation_split = 0.1`"),
-            );
-            return None;
-        }
-        labels_ok.then_some(DeploySpec {
-            model: model?,
-            alias,
-            gates,
-        })
-    }
-
-    /// One `gate` block; `min_val_accuracy = X` alone is the short form of
-    /// `metric = "val_accuracy"` with `threshold = X`.
-    pub(super) fn gate(&mut self, src: &SourceFile, block: &Block) -> Option<Gate> {
-        let labels_ok = self.check_labels(src, block, &GATE);
-        let body = &block.body;
-        self.check_body(src, body, &GATE);
-        let metric = self.get(src, body, "metric", |value| {
-            let name = expect_string(value)?;
-            Metric::parse(&name).ok_or_else(|| {
-                Bad::Value(format!(
-                    "{name:?} is not a metric a gate can check; use one of {}",
-                    Metric::NAMES.join(", ")
-                ))
-            })
-        });
-        let short = self.get(src, body, "min_val_accuracy", |value| {
-            number_where(value, |x| (0.0..=1.0).contains(&x), "between 0 and 1")
-        });
-        if let (Get::Found(_, attr), Get::Found(..)) = (&short, &metric) {
-            self.push(
-                src.error(attr.key.span(), "`min_val_accuracy` is the short form of a `val_accuracy` threshold and cannot be combined with `metric`")
-                    .with_hint("write `threshold = ...` instead of `min_val_accuracy = ...`"),
-            );
-            return None;
-        }
-        if let Get::Invalid = short {
-            return None;
-        }
-        if let Get::Found(threshold, _) = short {
-            return labels_ok.then_some(Gate {
-                metric: Metric::ValAccuracy,
-                threshold: Some(threshold),
-                min_absolute_change: None,
-                min_relative_change: None,
-            });
-        }
-        let (metric, _) =
-            self.required(src, block, "metric", "metric = \"val_accuracy\"", metric)?;
-        let threshold = self
-            .get(src, body, "threshold", |value| match metric {
-                Metric::ValAccuracy => {
-                    number_where(value, |x| (0.0..=1.0).contains(&x), "between 0 and 1")
-                }
-                Metric::ValLoss => non_negative(value),
-            })
-            .optional();
-        let absolute = self
-            .get(src, body, "min_absolute_change", non_negative)
-            .optional();
-        let relative = self
-            .get(src, body, "min_relative_change", |value| {
-                number_where(value, |x| (0.0..=1.0).contains(&x), "between 0 and 1")
-            })
-            .optional();
-        let (threshold, absolute, relative) = (threshold?, absolute?, relative?);
-        if threshold.is_none() && absolute.is_none() && relative.is_none() {
-            self.push(
-                src.error(header_span(block), "This gate has no rule")
-                    .with_detail("A gate checks its metric with at least one of `threshold`, `min_absolute_change` and `min_relative_change`.")
-                    .with_hint("add e.g. `threshold = 0.9`"),
-            );
-            return None;
-        }
-        labels_ok.then_some(Gate {
-            metric,
-            threshold,
-            min_absolute_change: absolute,
-            min_relative_change: relative,
-        })
-    }
-}
-
-/// A number for which `ok` holds; `rule` says which those are.
-fn number_where(value: &hcl::Value, ok: fn(f64) -> bool, rule: &str) -> Result<f64, Bad> {
-    let x = expect_number(value)?;
-    if ok(x) {
-        Ok(x)
-    } else {
-        Err(Bad::Value(format!("must be {rule}, got {x}")))
-    }
-}
-
-fn positive_number(value: &hcl::Value) -> Result<f64, Bad> {
-    number_where(value, |x| x > 0.0, "greater than 0")
-}
-
-fn non_negative(value: &hcl::Value) -> Result<f64, Bad> {
-    number_where(value, |x| x >= 0.0, "0 or more")
-}
-
-fn fraction(value: &hcl::Value) -> Result<f64, Bad> {
-    number_where(
-        value,
-        |x| (0.0..1.0).contains(&x),
-        "at least 0 and less than 1",
-    )
 }

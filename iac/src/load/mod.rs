@@ -21,6 +21,7 @@
 mod cluster;
 mod dataset;
 mod defaults;
+mod deploy;
 mod getters;
 mod gpu;
 pub(crate) mod hints;

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use hcl::Value;
 use hcl::edit::Span;
 use hcl::edit::structure::{Block, Structure};
 use kiln_proto::models::{AttrType, Catalog, CheckReport, CheckRequest, KindSchema};
@@ -14,10 +13,10 @@ use serde_json::{Map, Value as Json};
 use crate::spec::{ClusterSpec, ModelSpec};
 
 use super::dataset::DecodedDataset;
-use super::getters::{Get, expect_int, expect_number, expect_string};
+use super::getters::{Get, expect_bool, expect_int, expect_number, expect_string};
 use super::hints::one_of_hint;
 use super::schema::{MODEL, Schema};
-use super::scope::{Bad, Loader};
+use super::scope::Loader;
 use super::source::{SourceFile, header_span, value_span};
 
 /// A decoded `model` block, with what the later checks point at.
@@ -247,12 +246,5 @@ impl<'d> Loader<'d> {
         }
         self.push(diagnostic);
         None
-    }
-}
-
-fn expect_bool(value: &Value) -> Result<bool, Bad> {
-    match value {
-        Value::Bool(b) => Ok(*b),
-        other => Err(Bad::Type(format!("expected true or false, got {other}"))),
     }
 }

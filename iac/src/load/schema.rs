@@ -222,7 +222,19 @@ pub(super) const DEPLOY: Schema = Schema {
     ident: "deploy",
     labels: &[],
     attrs: &["alias", "model"],
-    blocks: &["gate"],
+    blocks: &["gate", "serve"],
+};
+pub(super) const SERVE: Schema = Schema {
+    ident: "serve",
+    labels: &[],
+    attrs: &["listen", "max_batch_size", "max_delay", "watch_interval"],
+    blocks: &["monitor"],
+};
+pub(super) const MONITOR: Schema = Schema {
+    ident: "monitor",
+    labels: &[],
+    attrs: &["enabled", "psi_threshold", "window", "min_samples"],
+    blocks: &[],
 };
 pub(super) const GATE: Schema = Schema {
     ident: "gate",

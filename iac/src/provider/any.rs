@@ -1,5 +1,5 @@
 //! [`AnyProvider`]: the provider the CLI drives. It hands each resource to the provider its
-//! cluster names: coordinators always run here (local), nodes where their pool's provider
+//! cluster names: coordinators and model servers always run here (local), nodes where their pool's provider
 //! puts them, as their recorded `provider` attribute says (none: local). So one state can hold
 //! clusters of several providers, and `destroy` needs no configuration to find them.
 

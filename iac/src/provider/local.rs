@@ -1,5 +1,6 @@
-//! [`LocalProvider`]: every node is a `kiln-worker` process on this machine, and a declared
-//! cluster's coordinator a `kiln coordinator` process.
+//! [`LocalProvider`]: every node is a `kiln-worker` process on this machine, a declared
+//! cluster's coordinator a `kiln coordinator` process, and a job's model server the worker
+//! binary's `serve`.
 //!
 //! Ephemeral nodes (`kiln up`) are children of this process, killed and reaped on
 //! [`Provider::shutdown`] and, as a last resort, when the provider is dropped. Declared
@@ -19,8 +20,8 @@ use super::{ApplyContext, Node, NodeExit, Provider, ProviderError, WorkerLaunch}
 use crate::plan::{self, Address, Attributes, Change, Observed, Recorded, Resource, ResourceKind};
 use crate::spec::{ClusterSpec, ProviderKind};
 
-/// How long a new coordinator gets to start listening.
-const COORDINATOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a new coordinator or model server gets to start listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Runs each node as a process on this machine.
 #[derive(Default)]
@@ -267,6 +268,7 @@ impl Provider for LocalProvider {
         let handle = match &after.address.kind {
             ResourceKind::Coordinator { .. } => start_coordinator(after, cx).await?,
             ResourceKind::Node { .. } => start_node(after, state, cx)?,
+            ResourceKind::Server { job } => start_server(job, after, cx).await?,
         };
         Ok(Some(Recorded {
             address: after.address.clone(),
@@ -353,7 +355,7 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
     let address = &r.address;
     let index = match address.kind {
         ResourceKind::Coordinator { index } => index,
-        ResourceKind::Node { .. } => 0,
+        ResourceKind::Node { .. } | ResourceKind::Server { .. } => 0,
     };
     let listen =
         str_attr(&r.attrs, "listen").ok_or_else(|| invalid(address, "no listen address"))?;
@@ -439,37 +441,7 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
         // `kiln coordinator` writes a fresh token there before it listens (or it is shared).
         None => tokens.join("join-token"),
     };
-    let (mut child, id) = spawn_detached(cmd, &log).map_err(|source| ProviderError::Spawn {
-        bin: cx.kiln_bin.clone(),
-        node: address.to_string(),
-        source,
-    })?;
-    let deadline = Instant::now() + COORDINATOR_READY_TIMEOUT;
-    let url = loop {
-        if let Ok(url) = std::fs::read_to_string(&ready)
-            && !url.trim().is_empty()
-        {
-            break url.trim().to_owned();
-        }
-        let not_ready = |detail: String| ProviderError::NotReady {
-            resource: address.to_string(),
-            detail: format!(
-                "{detail}; last lines of {}:\n{}",
-                log.display(),
-                log_tail(&log, 10)
-            ),
-        };
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(not_ready(format!("it exited with {status}")));
-        }
-        if Instant::now() > deadline {
-            let _ = id.stop(Duration::ZERO);
-            return Err(not_ready(format!(
-                "not listening after {COORDINATOR_READY_TIMEOUT:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (id, url) = start_listening(cmd, &cx.kiln_bin, address, &log, &ready).await?;
     tracing::info!(%address, pid = id.pid, %url, "coordinator started");
     Ok(handle(
         id,
@@ -488,6 +460,111 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
             ("ca_file", tls_file("ca_file").into()),
         ],
     ))
+}
+
+/// Starts `cmd` (a server that writes its URL into `ready` once it listens, its output into
+/// `log`) detached, and waits until it listens: its identity and URL.
+async fn start_listening(
+    cmd: std::process::Command,
+    bin: &Path,
+    address: &Address,
+    log: &Path,
+    ready: &Path,
+) -> Result<(Identity, String), ProviderError> {
+    let (mut child, id) = spawn_detached(cmd, log).map_err(|source| ProviderError::Spawn {
+        bin: bin.to_owned(),
+        node: address.to_string(),
+        source,
+    })?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(url) = std::fs::read_to_string(ready)
+            && !url.trim().is_empty()
+        {
+            return Ok((id, url.trim().to_owned()));
+        }
+        let not_ready = |detail: String| ProviderError::NotReady {
+            resource: address.to_string(),
+            detail: format!(
+                "{detail}; last lines of {}:\n{}",
+                log.display(),
+                log_tail(log, 10)
+            ),
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(not_ready(format!("it exited with {status}")));
+        }
+        if Instant::now() > deadline {
+            let _ = id.stop(Duration::ZERO);
+            return Err(not_ready(format!("not listening after {READY_TIMEOUT:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts job `job`'s model server: the worker binary's `serve` (which links Burn), on the
+/// cluster's store, and waits until it listens.
+async fn start_server(
+    job: &str,
+    r: &Resource,
+    cx: &ApplyContext,
+) -> Result<Attributes, ProviderError> {
+    let address = &r.address;
+    let str_of =
+        |name: &str| str_attr(&r.attrs, name).ok_or_else(|| invalid(address, format!("no {name}")));
+    let name = format!("{job}-serve");
+    let log = cx.log_dir.join(format!("{name}.log"));
+    let ready = cx.log_dir.join(format!("{name}.url"));
+    let _ = std::fs::remove_file(&ready);
+    let bin =
+        str_attr(&r.attrs, "worker_binary").map_or_else(|| cx.worker_bin.clone(), PathBuf::from);
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg("serve")
+        .args(["--model", str_of("model")?])
+        .args(["--store", str_of("store")?])
+        .args(["--listen", str_of("listen")?])
+        // Declared before its job first trains: it waits for the model to exist.
+        .arg("--wait-for-model")
+        .arg("--ready-file")
+        .arg(&ready);
+    for (attr, flag) in [
+        ("max_batch_size", "--max-batch-size"),
+        ("max_delay_us", "--max-delay-us"),
+        ("watch_interval_ms", "--watch-interval-ms"),
+    ] {
+        if let Some(n) = r.attrs.get(attr).and_then(Value::as_u64) {
+            cmd.arg(format!("{flag}={n}"));
+        }
+    }
+    for flag in [
+        "store_endpoint",
+        "store_region",
+        "store_access_key_id_file",
+        "store_secret_access_key_file",
+    ] {
+        if let Some(value) = str_attr(&r.attrs, flag) {
+            cmd.arg(format!("--{}", flag.replace('_', "-"))).arg(value);
+        }
+    }
+    match r.attrs.get("monitor").filter(|m| !m.is_null()) {
+        Some(monitor) => {
+            for (attr, flag) in [
+                ("psi_threshold", "--psi-threshold"),
+                ("window", "--drift-window"),
+                ("min_samples", "--drift-min-samples"),
+            ] {
+                if let Some(value) = monitor.get(attr) {
+                    cmd.arg(format!("{flag}={value}"));
+                }
+            }
+        }
+        None => {
+            cmd.arg("--no-drift");
+        }
+    }
+    let (id, url) = start_listening(cmd, &bin, address, &log, &ready).await?;
+    tracing::info!(%address, pid = id.pid, %url, "model server started");
+    Ok(handle(id, &log, [("url", Value::from(url))]))
 }
 
 /// Starts the node's worker, registered with its cluster's coordinator from `state`.

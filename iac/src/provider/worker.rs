@@ -114,11 +114,11 @@ pub(crate) fn str_attr<'a>(attrs: &'a Attributes, name: &str) -> Option<&'a str>
     attrs.get(name).and_then(Value::as_str)
 }
 
-/// The node's pool index (0 for a coordinator).
+/// The node's pool index (0 for a coordinator or a server).
 pub(crate) fn node_index(address: &Address) -> u32 {
     match &address.kind {
         ResourceKind::Node { index, .. } => *index,
-        ResourceKind::Coordinator { .. } => 0,
+        ResourceKind::Coordinator { .. } | ResourceKind::Server { .. } => 0,
     }
 }
 

@@ -10,7 +10,7 @@ use kiln_iac::spec::{
     JobSpec, ModelSpec, NodePoolSpec, OptimizerSpec, Placement, ProviderKind, RestartSpec,
     StateSpec, StorageSpec, TlsSpec, TrainingSpec, WorkerSpec,
 };
-use kiln_iac::spec::{DeploySpec, Gate, Metric};
+use kiln_iac::spec::{DeploySpec, Gate, Metric, MonitorSpec, ServeSpec};
 
 use crate::fixture;
 
@@ -419,6 +419,18 @@ fn loads_every_attribute_of_the_schema() {
                     min_relative_change: None,
                 },
             ],
+            serve: Some(ServeSpec {
+                listen: "0.0.0.0:8081".parse().expect("address"),
+                max_batch_size: 64,
+                max_delay: Duration::from_millis(2),
+                watch_interval: Duration::from_secs(2),
+                // min_samples keeps its default, 200, within the window of 500.
+                monitor: Some(MonitorSpec {
+                    psi_threshold: 0.1,
+                    window: 500,
+                    min_samples: 200,
+                }),
+            }),
         })
     );
     let wire = full.to_wire(&config.clusters["gpu"]);
@@ -467,6 +479,7 @@ fn loads_every_attribute_of_the_schema() {
                 min_absolute_change: None,
                 min_relative_change: None,
             }],
+            serve: None,
         })
     );
     let training = steps_only

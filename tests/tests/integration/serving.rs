@@ -1,7 +1,8 @@
 //! `kiln serve` driven by a real HTTP client (ureq) over loopback: the Open Inference
 //! Protocol's health, metadata and infer; answers equal to `kiln models predict`'s; every
 //! mistake a JSON error with a 4xx; batched answers equal to unbatched ones; and an alias
-//! moved under load with no request failing, each answered by the version it started on.
+//! moved under load with no request failing, each answered by the version it started on;
+//! drift rising on shifted inputs and staying quiet on unshifted ones.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -539,4 +540,136 @@ fn a_cnn_takes_images_as_n_c_h_w_and_answers_as_kiln_predicts() {
             assert!((got - want).abs() < 1e-4, "image {i}: {got} vs {want}");
         }
     }
+}
+
+/// `kiln models drift REF --server URL --json`, parsed.
+fn drift_report(sandbox: &Sandbox, reference: &str, url: &str) -> Value {
+    let out = kiln_ok(
+        sandbox,
+        &["models", "drift", reference, "--server", url, "--json"],
+    );
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Each feature's `(psi, drifted)` in a drift report, by name.
+fn drift_by_feature(report: &Value) -> Vec<(String, f64, bool)> {
+    report["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .map(|f| {
+            (
+                f["name"].as_str().expect("name").to_owned(),
+                f["psi"].as_f64().expect("psi"),
+                f["drifted"].as_bool().expect("drifted"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn drift_rises_on_shifted_inputs_and_stays_quiet_on_unshifted_ones() {
+    let sandbox = sandbox();
+    kiln_ok(&sandbox, &["up", "."]);
+    // The version keeps statistics of its training split (180 of the 240 rows), by column.
+    let shown: Value = serde_json::from_str(&kiln_ok(
+        &sandbox,
+        &["models", "show", "points@1", "--json"],
+    ))
+    .expect("JSON");
+    let reference = shown["lineage"]["reference"].as_array().expect("reference");
+    let names: Vec<&str> = reference
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["x", "y"], "{shown}");
+    assert_eq!(reference[0]["count"], 180);
+    assert!(reference[0]["min"].as_f64().expect("min") >= -1.0);
+    assert!(reference[0]["max"].as_f64().expect("max") < 1.0);
+
+    let server = serve(
+        &sandbox,
+        "drift",
+        &[
+            "points@1",
+            "--drift-window",
+            "200",
+            "--drift-min-samples",
+            "100",
+        ],
+    );
+    let url = &server.url;
+    // Not judged before min_samples inputs.
+    let rows = features();
+    infer(url, "points", &rows[..50]);
+    let early = drift_report(&sandbox, "points@1", url);
+    assert_eq!(
+        (early["samples"].as_u64(), early["evaluated"].as_bool()),
+        (Some(50), Some(false)),
+        "{early}"
+    );
+    // Inputs drawn as the training inputs were: quiet.
+    for chunk in rows.chunks(8) {
+        infer(url, "points", chunk);
+    }
+    let quiet = drift_report(&sandbox, "points@1", url);
+    assert_eq!(quiet["samples"], 200, "{quiet}");
+    for (name, psi, drifted) in drift_by_feature(&quiet) {
+        assert!(
+            !drifted && psi < 0.2,
+            "{name}: PSI {psi} on unshifted inputs"
+        );
+    }
+    // x shifted by 2 (its whole range), y as in training: x drifts, y does not.
+    let shifted: Vec<[f64; 2]> = rows.iter().take(200).map(|[x, y]| [x + 2.0, *y]).collect();
+    for chunk in shifted.chunks(8) {
+        infer(url, "points", chunk);
+    }
+    let report = drift_report(&sandbox, "points@1", url);
+    let by_feature = drift_by_feature(&report);
+    assert!(by_feature[0].2 && by_feature[0].1 > 1.0, "{report}");
+    assert!(!by_feature[1].2 && by_feature[1].1 < 0.2, "{report}");
+    assert_eq!(report["drifted_share"], 0.5);
+    let table = kiln_ok(&sandbox, &["models", "drift", "points@1", "--server", url]);
+    assert!(table.contains("drift: 1 of 2 features (50%): x"), "{table}");
+
+    // The metric per feature and the log line follow within the monitor's second.
+    wait_until(T, "the drift metrics", || {
+        let samples = metrics(url);
+        let drifted = |feature: &str| {
+            samples
+                .iter()
+                .find(|s| {
+                    s["name"] == "kiln_serve_drift_drifted" && s["labels"]["feature"] == feature
+                })
+                .and_then(|s| s["value"].as_f64())
+        };
+        match (drifted("x"), drifted("y")) {
+            (Some(1.0), Some(0.0)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let log = sandbox.path().join("drift.log");
+    wait_until(T, "the drift log line", || {
+        let text = std::fs::read_to_string(&log).map_err(|e| e.to_string())?;
+        text.lines()
+            .find(|l| l.contains("1 of 2 input features of points@1 drifted") && l.ends_with(": x"))
+            .map(drop)
+            .ok_or(text)
+    });
+
+    // Asked about what the server does not serve: refused, exit 2.
+    let other = sandbox
+        .run(
+            &["models", "drift", "points@2", "--server", url.as_str()],
+            T,
+        )
+        .expect("kiln runs");
+    assert_eq!(other.status.code(), Some(2), "{}", describe(&other));
+    assert!(
+        String::from_utf8_lossy(&other.stderr)
+            .contains("serves points@1 (version 1), not points@2"),
+        "{}",
+        describe(&other)
+    );
 }

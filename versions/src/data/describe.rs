@@ -54,6 +54,38 @@ pub struct FeatureStats {
     pub histogram: Histogram,
 }
 
+impl From<FeatureStats> for kiln_proto::v1::FeatureStats {
+    fn from(s: FeatureStats) -> Self {
+        Self {
+            name: s.name,
+            count: s.count,
+            mean: s.mean,
+            std: s.std,
+            min: s.min,
+            max: s.max,
+            edges: s.histogram.edges,
+            counts: s.histogram.counts,
+        }
+    }
+}
+
+impl From<kiln_proto::v1::FeatureStats> for FeatureStats {
+    fn from(s: kiln_proto::v1::FeatureStats) -> Self {
+        Self {
+            name: s.name,
+            count: s.count,
+            mean: s.mean,
+            std: s.std,
+            min: s.min,
+            max: s.max,
+            histogram: Histogram {
+                edges: s.edges,
+                counts: s.counts,
+            },
+        }
+    }
+}
+
 /// Counts per bin; bin i holds `edges[i] <= v < edges[i + 1]`, the last bin includes `max`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Histogram {
@@ -136,25 +168,69 @@ fn describe_arrays(
 /// The statistics of every value position of the samples of an array file, named by their
 /// index in the flattened sample (`"0"`, `"1"`, …).
 fn array_stats(path: &Path, header: &ArrayHeader) -> Result<Vec<FeatureStats>, String> {
-    let width = header.row_len() as usize;
-    let mut moments = vec![Moments::default(); width];
-    for_each_sample(path, header, |sample| {
-        for (m, v) in moments.iter_mut().zip(sample) {
-            m.push(*v);
+    let mut ranges = Ranges::new(header.row_len() as usize);
+    for_each_sample(path, header, |sample| ranges.push(sample))?;
+    let mut bins = ranges.bins();
+    for_each_sample(path, header, |sample| bins.push(sample))?;
+    Ok(bins.finish(|i| i.to_string()))
+}
+
+/// The first of two passes over equal-length rows that yield every position's
+/// [`FeatureStats`]: count, moments and range. [`Ranges::bins`] starts the second.
+#[derive(Debug, Clone)]
+pub struct Ranges {
+    moments: Vec<Moments>,
+}
+
+impl Ranges {
+    /// Statistics of rows of `width` values.
+    pub fn new(width: usize) -> Self {
+        Ranges {
+            moments: vec![Moments::default(); width],
         }
-    })?;
-    let mut bins: Vec<Bins> = moments.iter().map(Bins::new).collect();
-    for_each_sample(path, header, |sample| {
-        for (b, v) in bins.iter_mut().zip(sample) {
-            b.push(*v);
+    }
+
+    /// Counts one row (its first `width` values).
+    pub fn push<T: Copy + Into<f64>>(&mut self, row: &[T]) {
+        for (m, v) in self.moments.iter_mut().zip(row) {
+            m.push((*v).into());
         }
-    })?;
-    Ok(moments
-        .iter()
-        .zip(bins)
-        .enumerate()
-        .map(|(i, (m, b))| m.stats(i.to_string(), b))
-        .collect())
+    }
+
+    /// The second pass: the same rows again, into [`BINS`] equal bins over each range.
+    pub fn bins(self) -> Binning {
+        let bins = self.moments.iter().map(Bins::new).collect();
+        Binning {
+            moments: self.moments,
+            bins,
+        }
+    }
+}
+
+/// The second pass of [`Ranges`].
+#[derive(Debug)]
+pub struct Binning {
+    moments: Vec<Moments>,
+    bins: Vec<Bins>,
+}
+
+impl Binning {
+    /// Bins one row.
+    pub fn push<T: Copy + Into<f64>>(&mut self, row: &[T]) {
+        for (b, v) in self.bins.iter_mut().zip(row) {
+            b.push((*v).into());
+        }
+    }
+
+    /// Every position's statistics, position i named `name(i)`.
+    pub fn finish(self, name: impl Fn(usize) -> String) -> Vec<FeatureStats> {
+        self.moments
+            .iter()
+            .zip(self.bins)
+            .enumerate()
+            .map(|(i, (m, b))| m.stats(name(i), b))
+            .collect()
+    }
 }
 
 /// Calls `f` with each sample of the array file, decoded, in order.
@@ -304,6 +380,7 @@ impl Moments {
 }
 
 /// [`BINS`] equal bins over a range that [`Moments`] found.
+#[derive(Debug)]
 struct Bins {
     min: f64,
     width: f64,

@@ -82,7 +82,13 @@ pub fn read_csv(
         x.extend_from_slice(&row);
         y.push(class);
     }
-    Ok(Table::dense(features, x, y))
+    let names = header
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != label_col)
+        .map(|(_, name)| name.to_owned())
+        .collect();
+    Ok(Table::dense(features, x, y).with_names(names))
 }
 
 #[cfg(test)]

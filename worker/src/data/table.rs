@@ -4,6 +4,8 @@
 use std::sync::Arc;
 
 use kiln_proto::formats::DType;
+use kiln_versions::data::FeatureStats;
+use kiln_versions::data::describe::{MAX_ARRAY_FEATURES, Ranges};
 
 /// Every sample of a dataset: features row-major `[rows, features]`, and the class of each row.
 #[derive(Debug)]
@@ -11,6 +13,8 @@ pub struct Table {
     features: usize,
     values: Values,
     labels: Vec<u32>,
+    /// The features' names (a CSV header's columns); empty: named by position.
+    names: Vec<String>,
 }
 
 /// Where the feature values live.
@@ -52,7 +56,15 @@ impl Table {
             features,
             values: Values::Dense(values),
             labels,
+            names: Vec::new(),
         }
+    }
+
+    /// Names the features (in column order).
+    pub(super) fn with_names(mut self, names: Vec<String>) -> Self {
+        debug_assert_eq!(names.len(), self.features);
+        self.names = names;
+        self
     }
 
     /// A table over an array file's data (already checked to hold `labels.len()` rows of
@@ -75,6 +87,7 @@ impl Table {
                 big_endian,
             },
             labels,
+            names: Vec::new(),
         }
     }
 
@@ -176,6 +189,31 @@ impl Samples {
     /// Where each sample is in the source: its row (CSV data row, array index), from 0.
     pub fn rows(&self) -> &[u32] {
         &self.rows
+    }
+
+    /// Per-feature statistics of these samples' inputs as the model takes them (bytes scaled
+    /// as in training), named by the table's columns or by position: the reference that live
+    /// inputs are compared with. None for samples of more than [`MAX_ARRAY_FEATURES`] values.
+    pub fn reference(&self) -> Vec<FeatureStats> {
+        let width = self.features();
+        if width as u64 > MAX_ARRAY_FEATURES {
+            return Vec::new();
+        }
+        // Two passes (range, then bins), one row in memory.
+        let mut row = Vec::with_capacity(width);
+        let mut each_row = |f: &mut dyn FnMut(&[f32])| {
+            for &r in &self.rows {
+                row.clear();
+                self.table.extend_row(r as usize, &mut row);
+                f(&row);
+            }
+        };
+        let mut ranges = Ranges::new(width);
+        each_row(&mut |r| ranges.push(r));
+        let mut bins = ranges.bins();
+        each_row(&mut |r| bins.push(r));
+        let names = &self.table.names;
+        bins.finish(|i| names.get(i).cloned().unwrap_or_else(|| i.to_string()))
     }
 
     /// The features (row-major) and labels of the samples at positions `indices`.

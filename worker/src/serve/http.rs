@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use super::About;
 use super::batch::{Queue, Request};
 use super::metrics::{self, Metrics};
+use super::monitor::Monitor;
 
 /// The largest request body read (a larger one is refused with 413).
 const MAX_BODY: usize = 64 << 20;
@@ -32,16 +33,24 @@ pub(crate) struct App {
     serving: Arc<RwLock<Option<Arc<About>>>>,
     reference: String,
     metrics: Arc<Metrics>,
+    /// Drift on live inputs; `None` when it is off.
+    monitor: Option<Arc<Monitor>>,
 }
 
 impl App {
-    pub(crate) fn new(queue: Queue, reference: String, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        queue: Queue,
+        reference: String,
+        metrics: Arc<Metrics>,
+        monitor: Option<Arc<Monitor>>,
+    ) -> Self {
         Self {
             queue,
             ready: Arc::new(AtomicBool::new(false)),
             serving: Arc::new(RwLock::new(None)),
             reference,
             metrics,
+            monitor,
         }
     }
 
@@ -64,6 +73,9 @@ impl App {
     /// batcher swaps it in).
     pub(crate) fn describe(&self, about: Arc<About>) {
         self.metrics.serving(&about.name, about.version);
+        if let Some(monitor) = &self.monitor {
+            monitor.serve(Arc::clone(&about));
+        }
         *self.serving.write().unwrap_or_else(|e| e.into_inner()) = Some(about);
         self.ready.store(true, Ordering::Release);
     }
@@ -86,6 +98,7 @@ pub(crate) async fn run(listener: tokio::net::TcpListener, app: App) -> std::io:
         .route("/v2/models/{name}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route("/v2/models/{name}/infer", post(infer))
+        .route("/v2/models/{name}/drift", get(drift))
         .route(
             "/v2/models/{name}/versions/{version}",
             get(version_metadata),
@@ -121,7 +134,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; this server speaks the Open Inference Protocol (V2): /v2, /v2/health/{live,ready}, /v2/models/NAME[/versions/N][/ready|/infer]",
+        "no such endpoint; this server speaks the Open Inference Protocol (V2): /v2, /v2/health/{live,ready}, /v2/models/NAME[/versions/N][/ready|/infer], and /v2/models/NAME/drift, /metrics",
     )
 }
 
@@ -144,7 +157,7 @@ async fn metrics_text(State(app): State<App>) -> Response {
 async fn server_metadata() -> Response {
     json_response(
         StatusCode::OK,
-        &json!({ "name": "kiln", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }),
+        &json!({ "name": "kiln", "version": env!("CARGO_PKG_VERSION"), "extensions": ["drift"] }),
     )
 }
 
@@ -245,6 +258,31 @@ async fn version_ready(
     readiness(&app, &name, Some(&version))
 }
 
+/// The live window compared with the served version's training inputs.
+async fn drift(State(app): State<App>, Path(name): Path<String>) -> Response {
+    if let Err((status, message)) = served(&app, &name, None) {
+        return error(status, message);
+    }
+    let Some(monitor) = app.monitor.clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this server does not watch for drift (it was started with --no-drift)",
+        );
+    };
+    // Sorting the window is CPU work: off the async threads.
+    match tokio::task::spawn_blocking(move || monitor.report()).await {
+        Ok(Some(report)) => match serde_json::to_value(&report) {
+            Ok(body) => json_response(StatusCode::OK, &body),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Ok(None) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{} is still loading", app.reference),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 async fn infer(State(app): State<App>, Path(name): Path<String>, body: Body) -> Response {
     answer(&app, &name, None, body).await
 }
@@ -304,6 +342,9 @@ async fn answer_uncounted(
         Ok(inputs) => inputs,
         Err(message) => return refused(error(StatusCode::BAD_REQUEST, message)),
     };
+    if let Some(monitor) = &app.monitor {
+        monitor.observe(about.features(), &inputs.x);
+    }
     let (reply, answer) = oneshot::channel();
     let rows = inputs.rows;
     if !app.queue.infer(Request {
@@ -495,6 +536,7 @@ mod tests {
             version: 3,
             input_shape: vec![1, 2, 2],
             classes: 2,
+            reference: Vec::new(),
         }
     }
 

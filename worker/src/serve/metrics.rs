@@ -1,6 +1,6 @@
 //! `kiln serve`'s `/metrics`: Prometheus metrics in the OpenMetrics text format
 //! (`prometheus-client`). Labels are bounded: the one served model's name, the versions it
-//! served, and HTTP status codes.
+//! served, HTTP status codes, and the model's input features.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +8,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+
+use kiln_versions::drift::Report;
 
 /// The content type of [`Metrics::encode`]'s text.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -31,6 +34,17 @@ struct ModelLabels {
     model: String,
 }
 
+/// One input feature of the served model (bounded by its inputs: the reference keeps at
+/// most 4096).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FeatureLabels {
+    model: String,
+    feature: String,
+}
+
+/// A gauge of a float.
+type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// Every metric the server keeps.
 pub(crate) struct Metrics {
     registry: Registry,
@@ -38,6 +52,11 @@ pub(crate) struct Metrics {
     latency: Family<VersionLabels, Histogram>,
     batch_rows: Histogram,
     served: Family<ModelLabels, Gauge>,
+    psi: Family<FeatureLabels, FloatGauge>,
+    ks: Family<FeatureLabels, FloatGauge>,
+    drifted: Family<FeatureLabels, Gauge>,
+    drifted_share: Family<ModelLabels, FloatGauge>,
+    window: Family<ModelLabels, Gauge>,
 }
 
 impl Metrics {
@@ -67,12 +86,47 @@ impl Metrics {
         );
         let served = Family::<ModelLabels, Gauge>::default();
         registry.register("model_version", "The version being served", served.clone());
+        let psi = Family::<FeatureLabels, FloatGauge>::default();
+        registry.register(
+            "drift_psi",
+            "Population stability index of each input feature's live window against the served version's training inputs",
+            psi.clone(),
+        );
+        let ks = Family::<FeatureLabels, FloatGauge>::default();
+        registry.register(
+            "drift_ks",
+            "Kolmogorov-Smirnov statistic of each input feature's live window against the served version's training inputs",
+            ks.clone(),
+        );
+        let drifted = Family::<FeatureLabels, Gauge>::default();
+        registry.register(
+            "drift_drifted",
+            "1 when the feature's PSI reached the threshold over a window of at least min_samples inputs, else 0",
+            drifted.clone(),
+        );
+        let drifted_share = Family::<ModelLabels, FloatGauge>::default();
+        registry.register(
+            "drift_drifted_features_ratio",
+            "The share of input features that drifted",
+            drifted_share.clone(),
+        );
+        let window = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "drift_window_inputs",
+            "Inputs (rows) in the live window",
+            window.clone(),
+        );
         Self {
             registry,
             requests,
             latency,
             batch_rows,
             served,
+            psi,
+            ks,
+            drifted,
+            drifted_share,
+            window,
         }
     }
 
@@ -115,6 +169,30 @@ impl Metrics {
                 model: model.to_owned(),
             })
             .set(i64::try_from(version).unwrap_or(i64::MAX));
+    }
+
+    /// The drift of the latest evaluation.
+    pub(crate) fn drift(&self, report: &Report) {
+        let model = ModelLabels {
+            model: report.model.clone(),
+        };
+        self.window
+            .get_or_create(&model)
+            .set(i64::try_from(report.samples).unwrap_or(i64::MAX));
+        self.drifted_share
+            .get_or_create(&model)
+            .set(report.drifted_share);
+        for f in &report.features {
+            let labels = FeatureLabels {
+                model: report.model.clone(),
+                feature: f.name.clone(),
+            };
+            self.psi.get_or_create(&labels).set(f.psi);
+            self.ks.get_or_create(&labels).set(f.ks);
+            self.drifted
+                .get_or_create(&labels)
+                .set(i64::from(f.drifted));
+        }
     }
 
     /// The OpenMetrics text of every metric.

@@ -2,11 +2,13 @@
 //! Open Inference Protocol (V2) over HTTP, with Burn doing the forward pass. Requests from
 //! concurrent clients are batched ([`batch`]); an alias is watched, and when it moves the new
 //! version is loaded beside the old one and swapped in between two batches, so no request
-//! fails and each is answered by the version it started on ([`http`] says which).
+//! fails and each is answered by the version it started on ([`http`] says which). Live
+//! inputs are watched for drift from the training inputs ([`monitor`]).
 
 mod batch;
 mod http;
 mod metrics;
+mod monitor;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +18,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kiln_proto::Message;
 use kiln_proto::v1::{self, StorageOptions};
-use kiln_versions::registry::{ModelRef, ModelVersion, Registry as ModelRegistry};
+use kiln_versions::data::FeatureStats;
+use kiln_versions::drift::Settings;
+use kiln_versions::registry::{ModelRef, ModelVersion, Registry as ModelRegistry, RegistryError};
 
 use crate::checkpoint::CheckpointStore;
 use crate::model::Registry;
@@ -61,6 +65,22 @@ pub struct ServeArgs {
     /// Write `http://ADDR` here once listening.
     #[arg(long)]
     ready_file: Option<PathBuf>,
+    /// Drift: a feature whose population stability index reaches this has drifted.
+    #[arg(long, default_value_t = Settings::default().psi_threshold)]
+    psi_threshold: f64,
+    /// Drift: the most recent inputs (rows) compared with the training inputs.
+    #[arg(long, default_value_t = Settings::default().window)]
+    drift_window: usize,
+    /// Drift: inputs needed in the window before anything is judged.
+    #[arg(long, default_value_t = Settings::default().min_samples)]
+    drift_min_samples: usize,
+    /// Do not watch the inputs for drift.
+    #[arg(long)]
+    no_drift: bool,
+    /// When the model (or its alias) does not exist yet, listen and wait for it (not ready
+    /// until then) instead of failing.
+    #[arg(long)]
+    wait_for_model: bool,
 }
 
 /// A loaded version: what it is and the model itself.
@@ -77,6 +97,8 @@ pub(crate) struct About {
     /// The input's shape without the batch dimension (`[features]`, or `[C, H, W]`).
     pub(crate) input_shape: Vec<usize>,
     pub(crate) classes: usize,
+    /// Statistics of the training inputs (empty when the version keeps none).
+    pub(crate) reference: Vec<FeatureStats>,
 }
 
 impl About {
@@ -127,6 +149,7 @@ fn load(
             version: version.version,
             input_shape,
             classes: spec.dataset.classes as usize,
+            reference: lineage.reference.clone(),
         }),
         model,
     })
@@ -139,6 +162,14 @@ pub fn serve(registry: &Registry, args: &ServeArgs) -> anyhow::Result<()> {
         .thread_name("kiln-serve")
         .enable_all()
         .build()?;
+    let settings = Settings {
+        psi_threshold: args.psi_threshold,
+        window: args.drift_window,
+        min_samples: args.drift_min_samples,
+    };
+    settings
+        .check()
+        .map_err(|e| anyhow::anyhow!("drift settings: {e}"))?;
     let options = StorageOptions {
         endpoint: args.store_endpoint.clone().unwrap_or_default(),
         region: args.store_region.clone().unwrap_or_default(),
@@ -150,9 +181,14 @@ pub fn serve(registry: &Registry, args: &ServeArgs) -> anyhow::Result<()> {
     };
     let models = ModelRegistry::open(&args.store, &options)?;
     let reference = ModelRef::parse(&args.model)?;
-    let version = runtime
-        .block_on(models.resolve(&reference))
-        .with_context(|| format!("resolving {}", args.model))?;
+    let first = match runtime.block_on(models.resolve(&reference)) {
+        Ok(version) => Some(version),
+        Err(RegistryError::NotFound(why)) if args.wait_for_model => {
+            eprintln!("kiln-worker: {why}; waiting for {} to exist", args.model);
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("resolving {}", args.model)),
+    };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -163,26 +199,47 @@ pub fn serve(registry: &Registry, args: &ServeArgs) -> anyhow::Result<()> {
         Duration::from_micros(args.max_delay_us),
         Arc::clone(&metrics),
     );
+    let monitor = (!args.no_drift).then(|| {
+        Arc::new(monitor::Monitor::new(
+            settings,
+            args.model.clone(),
+            Arc::clone(&metrics),
+        ))
+    });
     std::thread::scope(|scope| -> anyhow::Result<()> {
         let handle = runtime.handle().clone();
         let queue = batcher.queue();
         scope.spawn(move || batcher.run());
         // Live at once, ready once the first version is loaded.
-        let app = http::App::new(queue.clone(), args.model.clone(), metrics);
+        let app = http::App::new(queue.clone(), args.model.clone(), metrics, monitor.clone());
         let server = runtime.spawn(http::run(listener, app.clone()));
+        // The window is compared off the request path, once a second.
+        let drift = monitor.map(|monitor| {
+            runtime.spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    let monitor = Arc::clone(&monitor);
+                    // Sorting a window of many features is CPU work: off the async threads.
+                    let _ = tokio::task::spawn_blocking(move || monitor.evaluate()).await;
+                }
+            })
+        });
         if let Some(file) = &args.ready_file {
             kiln_proto::files::write_atomically(file, url.as_bytes())
                 .with_context(|| format!("writing {}", file.display()))?;
         }
         eprintln!("kiln-worker: serving {} on {url}", args.model);
-        let first = load(registry, &models, &options, &version, &handle)?;
-        tracing::info!(model = %version.reference(), "loaded");
-        app.describe(Arc::clone(&first.about));
-        queue.swap(first);
+        if let Some(version) = &first {
+            let loaded = load(registry, &models, &options, version, &handle)?;
+            tracing::info!(model = %version.reference(), "loaded");
+            app.describe(Arc::clone(&loaded.about));
+            queue.swap(loaded);
+        }
         // An alias, or the newest version, can move; a version number cannot.
         let watching = !matches!(reference, ModelRef::Version(..));
         let stop = shutdown_signal(&runtime);
-        let mut current = version.version;
+        let mut current = first.map(|v| v.version);
         loop {
             let wait = Duration::from_millis(args.watch_interval_ms);
             if handle.block_on(async {
@@ -192,30 +249,36 @@ pub fn serve(registry: &Registry, args: &ServeArgs) -> anyhow::Result<()> {
             }) {
                 break;
             }
-            if !watching {
+            if !watching && current.is_some() {
                 continue;
             }
             match handle.block_on(models.resolve(&reference)) {
-                Ok(moved) if moved.version != current => {
+                Ok(moved) if Some(moved.version) != current => {
                     match load(registry, &models, &options, &moved, &handle) {
                         Ok(loaded) => {
+                            let how = if current.is_some() { "moved to" } else { "is" };
                             eprintln!(
-                                "kiln-worker: {} moved to {}; serving it",
+                                "kiln-worker: {} {how} {}; serving it",
                                 args.model,
                                 moved.reference()
                             );
                             app.describe(Arc::clone(&loaded.about));
                             queue.swap(loaded);
-                            current = moved.version;
+                            current = Some(moved.version);
                         }
                         Err(e) => tracing::warn!("cannot load {}: {e:#}", moved.reference()),
                     }
                 }
                 Ok(_) => {}
+                // Still waiting for it to exist.
+                Err(RegistryError::NotFound(_)) if current.is_none() => {}
                 Err(e) => tracing::warn!("cannot look up {}: {e}", args.model),
             }
         }
         server.abort();
+        if let Some(drift) = drift {
+            drift.abort();
+        }
         queue.close();
         Ok(())
     })
