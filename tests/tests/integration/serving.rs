@@ -673,3 +673,88 @@ fn drift_rises_on_shifted_inputs_and_stays_quiet_on_unshifted_ones() {
         describe(&other)
     );
 }
+
+#[test]
+fn a_declared_server_is_applied_serves_the_deployed_alias_once_trained_and_is_destroyed() {
+    let deploy = r#"  deploy {
+    alias = "production"
+    serve {
+      listen         = "127.0.0.1:0"
+      watch_interval = "200ms"
+      monitor {
+        window      = 100
+        min_samples = 50
+      }
+    }
+  }
+}
+"#;
+    let job = points_job_hcl("3");
+    let job = format!(
+        "{}{deploy}",
+        job.trim_end().strip_suffix('}').expect("a block")
+    );
+    let sandbox = Sandbox::new().with_files(&[
+        ("cluster.hcl", &cluster_hcl(2)),
+        ("points.csv", &points_csv()),
+        ("job.hcl", &job),
+    ]);
+    let _cleanup = kiln_tests::Destroyed(&sandbox);
+    let plan = kiln_ok(&sandbox, &["plan"]);
+    assert!(plan.contains("+ job.points.serve"), "{plan}");
+    assert!(plan.contains("Plan: 4 to add"), "{plan}");
+
+    // Applied before the job ever trained: it listens and waits for points@production.
+    let applied = kiln_ok(&sandbox, &["apply", "--auto-approve"]);
+    let line = applied
+        .lines()
+        .find(|l| l.starts_with("job points: points@production served at "))
+        .unwrap_or_else(|| panic!("{applied}"));
+    let url = line.rsplit(' ').next().expect("url").to_owned();
+    let (status, _, body) = call(ureq::get(&format!("{url}/v2/health/ready")), None);
+    assert_eq!((status, &body), (503, &json!({ "ready": false })));
+
+    kiln_ok(&sandbox, &["submit", "job.hcl", "--follow"]);
+    wait_until(T, "the deployed version to be served", || {
+        get(&format!("{url}/v2/health/ready")).ok_or(())
+    });
+    let rows = features();
+    let (_, classes, version) = infer(&url, "points", &rows);
+    assert_eq!(version, "1");
+    let expected: Vec<u64> = predictions(&sandbox, "points@production")
+        .into_iter()
+        .map(|(_, class)| class)
+        .collect();
+    assert_eq!(classes, expected);
+
+    // `kiln models drift` finds the applied server by itself, with the block's settings.
+    let out = kiln_ok(
+        &sandbox,
+        &["models", "drift", "points@production", "--json"],
+    );
+    let report: Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(report["settings"]["window"], 100, "{report}");
+    assert_eq!(report["samples"], 100, "{report}");
+    assert_eq!(report["evaluated"], true, "{report}");
+
+    let state: Value =
+        serde_json::from_str(&kiln_ok(&sandbox, &["state", "--json"])).expect("JSON");
+    let server = state["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["address"] == "job.points.serve")
+        .unwrap_or_else(|| panic!("{state}"));
+    assert_eq!(server["running"], true, "{server}");
+    assert_eq!(server["attributes"]["model"], "points@production");
+
+    let destroyed = kiln_ok(&sandbox, &["destroy", "--auto-approve"]);
+    assert!(
+        destroyed.contains("job.points.serve: destroyed"),
+        "{destroyed}"
+    );
+    assert!(
+        ureq::get(&format!("{url}/v2/health/live")).call().is_err(),
+        "the server still answers after destroy"
+    );
+}
