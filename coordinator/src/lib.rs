@@ -12,3 +12,4 @@ mod follow;
 pub mod leader;
 pub mod service;
 pub mod state;
+pub mod web;

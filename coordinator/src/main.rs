@@ -198,6 +198,14 @@ enum Command {
         /// Write the coordinator's URL to this file once it accepts connections.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Address of the HTTP listener beside gRPC: Prometheus metrics (/metrics), the
+        /// dashboard (/) and its JSON API (/api/…). It has no credentials: keep it on
+        /// loopback or behind a proxy that has them. Port 0: any free port.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http_listen: SocketAddr,
+        /// Write the HTTP listener's URL to this file (before --ready-file).
+        #[arg(long, value_name = "FILE")]
+        http_ready_file: Option<PathBuf>,
         /// How often workers renew their lease, e.g. 500ms, 1s.
         #[arg(long, default_value = "1s", value_parser = duration)]
         heartbeat_interval: Duration,
@@ -686,6 +694,8 @@ fn main() -> ExitCode {
                 tls_cert_file,
                 tls_key_file,
                 ready_file,
+                http_listen,
+                http_ready_file,
                 heartbeat_interval,
                 lease_ttl,
             } => {
@@ -706,6 +716,8 @@ fn main() -> ExitCode {
                     advertise,
                     tls: tls_cert_file.zip(tls_key_file),
                     ready_file,
+                    http_listen,
+                    http_ready_file,
                     lease: LeaseConfig {
                         heartbeat_interval,
                         ttl: lease_ttl,

@@ -455,6 +455,11 @@ impl Server {
         });
     }
 
+    /// The role as it changes, for what serves beside gRPC (the HTTP listener).
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
     /// Starts leading with `control`: every call is served from now on.
     pub fn lead(&self, control: Control) {
         control.start_reaper();

@@ -224,7 +224,12 @@ pub fn cluster_resources(cluster: &ClusterSpec) -> Vec<Resource> {
             ("lease_ttl_ms", (c.lease_ttl.as_millis() as u64).into()),
         ]),
     };
-    // Only when declared: plans of plaintext clusters stay as they were.
+    // Only when declared: plans of clusters without them stay as they were.
+    if let Some(http) = c.http_listen {
+        coordinator
+            .attrs
+            .insert("http_listen".into(), http.to_string().into());
+    }
     if let Some(tls) = &c.tls {
         coordinator.attrs.insert(
             "tls".into(),

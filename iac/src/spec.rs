@@ -233,6 +233,9 @@ pub struct CoordinatorSpec {
     pub replicas: u32,
     /// `tls { ... }`: gRPC over TLS; `None` for plaintext.
     pub tls: Option<TlsSpec>,
+    /// Address of the HTTP listener beside gRPC (Prometheus metrics, the dashboard and its
+    /// JSON API); `None`: an ephemeral loopback port (`127.0.0.1:0`).
+    pub http_listen: Option<SocketAddr>,
 }
 
 /// `tls { cert_file, key_file, ca_file }` in `coordinator`: every path absolute (resolved

@@ -492,6 +492,7 @@ enum Report {
     Checkpoint {
         step: u64,
         url: String,
+        commit_seconds: f64,
     },
 }
 
@@ -504,10 +505,11 @@ impl Observer for ChannelObserver {
             note: String::new(),
         });
     }
-    fn checkpoint(&mut self, step: u64, manifest_url: &str) {
+    fn checkpoint(&mut self, step: u64, manifest_url: &str, commit_seconds: f64) {
         let _ = self.0.send(Report::Checkpoint {
             step,
             url: manifest_url.to_owned(),
+            commit_seconds,
         });
     }
     fn note(&mut self, message: &str) {
@@ -546,13 +548,18 @@ fn start_task(
                         })
                         .await
                         .map(drop),
-                    Report::Checkpoint { step, url } => client
+                    Report::Checkpoint {
+                        step,
+                        url,
+                        commit_seconds,
+                    } => client
                         .report_checkpoint(CheckpointReport {
                             worker_id: worker_id.clone(),
                             job_id: job_id.clone(),
                             generation,
                             step,
                             manifest_url: url,
+                            commit_seconds,
                         })
                         .await
                         .map(drop),

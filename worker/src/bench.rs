@@ -427,6 +427,6 @@ pub(crate) struct Silent;
 
 impl Observer for Silent {
     fn progress(&mut self, _: &Metrics) {}
-    fn checkpoint(&mut self, _: u64, _: &str) {}
+    fn checkpoint(&mut self, _: u64, _: &str, _: f64) {}
     fn note(&mut self, _: &str) {}
 }

@@ -182,6 +182,10 @@ impl CheckpointStore {
             io.block_on(async {
                 let url = store.save(step, objects).await?;
                 let saved = start.elapsed();
+                let committed = Committed {
+                    url,
+                    seconds: saved.as_secs_f64(),
+                };
                 // The checkpoint is committed whatever retention does: a failed delete leaves
                 // old checkpoints for the next retention, never an unreported commit.
                 if let Err(e) = store.retain(keep).await {
@@ -195,7 +199,7 @@ impl CheckpointStore {
                     retain_ms = (start.elapsed() - saved).as_secs_f64() * 1e3,
                     "checkpoint committed"
                 );
-                Ok(url)
+                Ok(committed)
             })
         });
         InFlight { step, task }
@@ -252,7 +256,16 @@ impl CheckpointStore {
 #[must_use = "a checkpoint in flight is committed only once its task is waited for"]
 pub struct InFlight {
     step: u64,
-    task: tokio::task::JoinHandle<Result<String, CheckpointError>>,
+    task: tokio::task::JoinHandle<Result<Committed, CheckpointError>>,
+}
+
+/// A checkpoint committed in the background.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// Its manifest's URL.
+    pub url: String,
+    /// How long the commit took, from the snapshot's encoding to the manifest written.
+    pub seconds: f64,
 }
 
 impl InFlight {
@@ -267,8 +280,8 @@ impl InFlight {
     }
 
     /// Blocks the calling thread (which must not be one of `runtime`'s async workers) until
-    /// the checkpoint is committed and retention ran; returns the manifest's URL.
-    pub fn wait(self, runtime: &tokio::runtime::Handle) -> Result<String, CheckpointError> {
+    /// the checkpoint is committed and retention ran.
+    pub fn wait(self, runtime: &tokio::runtime::Handle) -> Result<Committed, CheckpointError> {
         let step = self.step;
         runtime
             .block_on(self.task)

@@ -53,8 +53,8 @@ pub struct Task {
 pub trait Observer {
     /// Training progress, about twice a second and at the end of each epoch.
     fn progress(&mut self, metrics: &Metrics);
-    /// A checkpoint was committed.
-    fn checkpoint(&mut self, step: u64, manifest_url: &str);
+    /// A checkpoint was committed, in `commit_seconds` from its snapshot.
+    fn checkpoint(&mut self, step: u64, manifest_url: &str, commit_seconds: f64);
     /// Something the user should hear about, such as a checkpoint skipped on resume.
     fn note(&mut self, message: &str);
 }
@@ -263,7 +263,7 @@ impl Checkpoints {
         };
         let step = in_flight.step();
         match in_flight.wait(runtime) {
-            Ok(url) => observer.checkpoint(step, &url),
+            Ok(committed) => observer.checkpoint(step, &committed.url, committed.seconds),
             Err(e) if failure == Failure::Skip && e.is_store_failure() => {
                 let error = kiln_proto::error_chain(&e);
                 tracing::warn!(step, %error, "checkpoint failed; the next one retries");

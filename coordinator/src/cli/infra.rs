@@ -460,11 +460,12 @@ async fn execute(
         .iter()
         .filter(|r| matches!(r.address.kind, ResourceKind::Coordinator { .. }))
     {
+        let cluster = &coordinator.address.cluster;
         if let Some(url) = coordinator.handle.get("url").and_then(|u| u.as_str()) {
-            println!(
-                "cluster {}: coordinator at {url}",
-                coordinator.address.cluster
-            );
+            println!("cluster {cluster}: coordinator at {url}");
+        }
+        if let Some(url) = coordinator.handle.get("http_url").and_then(|u| u.as_str()) {
+            println!("cluster {cluster}: dashboard and metrics at {url}");
         }
     }
     for server in &state.resources {

@@ -15,6 +15,7 @@ use crate::control::{Control, LeaseConfig};
 use crate::leader::Candidate;
 use crate::service::{Server, Serving};
 use crate::state::{EmbeddedStore, EtcdStore};
+use crate::web::Web;
 
 use super::common::{
     Interrupts, random_token, read_secret, read_token, write_atomically, write_secret,
@@ -39,6 +40,10 @@ pub struct CoordinatorOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// File to write the URL into once the coordinator accepts connections.
     pub ready_file: Option<PathBuf>,
+    /// Address of the HTTP listener (metrics, dashboard).
+    pub http_listen: SocketAddr,
+    /// File to write the HTTP listener's URL into (before `ready_file`).
+    pub http_ready_file: Option<PathBuf>,
     /// Worker lease timing.
     pub lease: LeaseConfig,
     /// The election lease of a coordinator on etcd: how soon a standby succeeds a dead leader.
@@ -62,11 +67,12 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
                 Some(file) => read_secret(file, "the client token")?,
                 None => generated_token(path, CLIENT_TOKEN_FILE)?,
             };
-            let server = listen(&options, client_token).await?;
+            let (server, web) = listen(&options, client_token).await?;
             server.lead(Control::new(Arc::new(store), token, options.lease).infra()?);
-            announce(&server, "", options.ready_file.as_deref())?;
+            announce(&server, &web, "", &options)?;
             interrupts.recv().await;
             eprintln!("kiln: shutting down");
+            web.stop().await;
             server.shutdown(true).await.infra()
         }
         StateSpec::Etcd { endpoints, prefix } => {
@@ -77,8 +83,8 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
                 )));
             };
             let token = read_token(join)?;
-            let server = listen(&options, read_secret(client, "the client token")?).await?;
-            announce(&server, " as a standby", options.ready_file.as_deref())?;
+            let (server, web) = listen(&options, read_secret(client, "the client token")?).await?;
+            announce(&server, &web, " as a standby", &options)?;
             let election = Election {
                 endpoints,
                 prefix,
@@ -88,6 +94,7 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
             };
             let Some(candidate) = lead_on_etcd(&server, election, &mut interrupts).await? else {
                 eprintln!("kiln: shutting down");
+                web.stop().await;
                 return server.shutdown(false).await.infra();
             };
             let result = tokio::select! {
@@ -98,6 +105,7 @@ pub async fn coordinator(options: CoordinatorOptions) -> Result<(), CliError> {
                 () = candidate.lost() => Err(lost(prefix)),
             };
             // Workers' streams end without a goodbye: they register with the next leader.
+            web.stop().await;
             server.shutdown(false).await.infra()?;
             candidate.resign().await;
             result
@@ -181,7 +189,11 @@ pub(super) const JOIN_TOKEN_FILE: &str = "join-token";
 /// See [`JOIN_TOKEN_FILE`]; clients on this host read it from there.
 pub(super) const CLIENT_TOKEN_FILE: &str = "client-token";
 
-async fn listen(options: &CoordinatorOptions, client_token: String) -> Result<Server, CliError> {
+/// The gRPC server (a standby until it leads) and the HTTP listener beside it.
+async fn listen(
+    options: &CoordinatorOptions,
+    client_token: String,
+) -> Result<(Server, Web), CliError> {
     let serving = Serving {
         advertise: options.advertise.clone(),
         client_token,
@@ -190,7 +202,12 @@ async fn listen(options: &CoordinatorOptions, client_token: String) -> Result<Se
             None => None,
         },
     };
-    Server::standby(options.listen, serving).await.infra()
+    let server = Server::standby(options.listen, serving).await.infra()?;
+    let web = Web::start(options.http_listen, server.role())
+        .await
+        .with_context(|| format!("listening on {} (HTTP)", options.http_listen))
+        .infra()?;
+    Ok((server, web))
 }
 
 /// The TLS identity in the PEM files `cert` and `key`.
@@ -218,18 +235,30 @@ fn generated_token(state: &Path, name: &str) -> Result<String, CliError> {
     Ok(token)
 }
 
-/// Says where the coordinator listens and writes its URL to `ready_file`.
-fn announce(server: &Server, role: &str, ready_file: Option<&Path>) -> Result<(), CliError> {
+/// Says where the coordinator listens and writes its URLs to the ready files (the gRPC one
+/// last: a supervisor that sees it finds the other).
+fn announce(
+    server: &Server,
+    web: &Web,
+    role: &str,
+    options: &CoordinatorOptions,
+) -> Result<(), CliError> {
     let url = server.url();
     eprintln!(
-        "kiln: coordinator listening on {} ({url}){role}",
-        server.addr
+        "kiln: coordinator listening on {} ({url}){role}; dashboard and metrics on {}",
+        server.addr,
+        web.url()
     );
-    if let Some(path) = ready_file {
-        // A supervisor polling for it never reads half a URL.
-        write_atomically(path, url.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))
-            .infra()?;
+    for (file, url) in [
+        (&options.http_ready_file, web.url()),
+        (&options.ready_file, url),
+    ] {
+        if let Some(path) = file {
+            // A supervisor polling for it never reads half a URL.
+            write_atomically(path, url.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))
+                .infra()?;
+        }
     }
     Ok(())
 }

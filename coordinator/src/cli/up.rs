@@ -16,6 +16,7 @@ use crate::control::{Control, LeaseConfig};
 use crate::follow::{self, Followed, OnInterrupt};
 use crate::service::{Server, Serving};
 use crate::state::EmbeddedStore;
+use crate::web::{self, Web};
 
 use super::jobs::DEFAULT_STATE_DIR;
 use super::serve::{DEFAULT_ELECTION_TTL, Election, lead_on_etcd};
@@ -121,6 +122,11 @@ pub async fn up(
         .and_then(|()| write_secret(&token_file, &client_token))
         .with_context(|| format!("writing {}", token_file.display()))
         .infra()?;
+    let http_listen = spec.http_listen.unwrap_or(web::DEFAULT_LISTEN);
+    let web = Web::start(http_listen, server.role())
+        .await
+        .with_context(|| format!("listening on {http_listen} (HTTP)"))
+        .infra()?;
     let url = server.url();
     let log_dir = state.parent().unwrap_or(&state).join("logs");
     let logs = match cluster.provider {
@@ -128,7 +134,8 @@ pub async fn up(
         ProviderKind::Local | ProviderKind::Slurm => format!("logs in {}", log_dir.display()),
     };
     eprintln!(
-        "kiln: coordinator on {url}; starting {} worker(s) ({logs})",
+        "kiln: coordinator on {url}, dashboard and metrics on {}; starting {} worker(s) ({logs})",
+        web.url(),
         cluster.node_count(),
     );
     let mut provider = AnyProvider::new();
@@ -165,6 +172,7 @@ pub async fn up(
     )
     .await;
     // Workers exit once their streams end; give them a moment, then kill what is left.
+    web.stop().await;
     let shutdown = server.shutdown(true);
     let exits = provider.shutdown(Duration::from_secs(5));
     let (_, exits) = tokio::join!(shutdown, exits);

@@ -191,6 +191,12 @@ impl Control {
                 job.metrics = report.metrics;
             }
             let job = job.clone();
+            if let Some(metrics) = &report.metrics {
+                let generation = report.generation;
+                state
+                    .histories
+                    .progress(&job.id, generation, metrics, now_ms());
+            }
             self.announce(&mut state, job, report.note);
         }
         Ok(())
@@ -204,6 +210,11 @@ impl Control {
             job.checkpoint_url = report.manifest_url;
             let job = job.clone();
             self.save(&job)?;
+            self.inner.checkpoint_commits.observe(report.commit_seconds);
+            let (generation, step) = (report.generation, report.step);
+            state
+                .histories
+                .checkpoint(&job.id, generation, step, now_ms());
             self.announce_routine(
                 &mut state,
                 job,
@@ -372,6 +383,9 @@ impl Control {
         job.set_state(JobState::Pending);
         let job = job.clone();
         self.save(&job)?;
+        state
+            .histories
+            .restart(id, generation, at_step, &cause, now_ms());
         for worker in job.workers.iter().filter_map(|w| state.workers.get(w)) {
             if worker.task.as_ref() == Some(&(id.to_owned(), generation)) {
                 worker.send(Command::Cancel(CancelTask {

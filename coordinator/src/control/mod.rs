@@ -14,6 +14,7 @@
 mod error;
 mod events;
 mod fit;
+mod history;
 mod lifecycle;
 mod registration;
 mod registry;
@@ -24,6 +25,7 @@ mod storage;
 mod table;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,13 +34,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use kiln_proto::Message;
 use kiln_proto::v1::worker_command::Command;
 use kiln_proto::v1::{Goodbye, Job, JobEvent, JobState};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::error::ControlError;
+pub use self::history::{History, Mark, Point};
 pub use self::table::CommandSender;
 use self::table::{State, resume_point};
+pub use self::view::{Snapshot, WorkerView};
 use crate::state::{StateError, StateStore};
 
 /// Lease timing handed to workers at registration.
@@ -75,6 +80,8 @@ struct Inner {
     tasks: TaskTracker,
     /// This state's identity in object stores: job ids are claimed under it.
     store_owner: String,
+    /// How long rank 0's checkpoint commits took, as reported (seconds).
+    checkpoint_commits: Histogram,
 }
 
 const JOB_PREFIX: &str = "jobs/";
@@ -115,6 +122,7 @@ impl Control {
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 store_owner,
+                checkpoint_commits: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             }),
         };
         // Jobs that were running go first, in submission order: their workers are gone with the

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::error::ControlError;
 use super::events::EventLogs;
 use super::fit::{self, Needs};
+use super::history::Histories;
 
 /// The stream of commands to one worker.
 pub type CommandSender = mpsc::Sender<Result<WorkerCommand, tonic::Status>>;
@@ -92,6 +93,7 @@ pub(super) struct State {
     pub(super) next_worker: u64,
     pub(super) next_job: u64,
     pub(super) logs: EventLogs,
+    pub(super) histories: Histories,
 }
 
 impl State {

@@ -151,6 +151,7 @@ impl<'d> Loader<'d> {
                 tls: None,
                 heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
                 lease_ttl: DEFAULT_LEASE_TTL,
+                http_listen: None,
             }),
         };
 
@@ -477,6 +478,11 @@ impl<'d> Loader<'d> {
                 expect_socket_addr(v, "0.0.0.0:7070")
             })
             .or(DEFAULT_LISTEN);
+        let http_listen = self
+            .get(src, body, "http_listen", |v| {
+                expect_socket_addr(v, "127.0.0.1:7071")
+            })
+            .optional();
         let tls = match self.at_most_one(src, body, &TLS, &COORDINATOR) {
             Some(tls) => self.tls(src, tls).map(Some),
             None => Some(None),
@@ -561,6 +567,7 @@ impl<'d> Loader<'d> {
             lease_ttl: lease_ttl?.0,
             replicas: replicas?,
             tls: tls?,
+            http_listen: http_listen?,
         })
     }
 

@@ -108,6 +108,7 @@ pub(super) const COORDINATOR: Schema = Schema {
         "heartbeat_interval",
         "lease_ttl",
         "replicas",
+        "http_listen",
     ],
     blocks: &["tls"],
 };

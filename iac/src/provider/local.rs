@@ -365,13 +365,20 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
     };
     let log = cx.log_dir.join(format!("{name}.log"));
     let ready = cx.log_dir.join(format!("{name}.url"));
+    let http_ready = cx.log_dir.join(format!("{name}.http.url"));
     let _ = std::fs::remove_file(&ready);
+    let _ = std::fs::remove_file(&http_ready);
     let mut cmd = std::process::Command::new(&cx.kiln_bin);
     cmd.arg("coordinator")
         .arg("--listen")
         .arg(listen)
         .arg("--ready-file")
-        .arg(&ready);
+        .arg(&ready)
+        .arg("--http-ready-file")
+        .arg(&http_ready);
+    if let Some(http) = str_attr(&r.attrs, "http_listen") {
+        cmd.arg("--http-listen").arg(http);
+    }
     // Where the tokens are: an embedded state's coordinator writes fresh ones into its
     // directory; coordinators sharing etcd share files made here once.
     let tokens = match str_attr(&r.attrs, "state_backend") {
@@ -442,6 +449,10 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
         None => tokens.join("join-token"),
     };
     let (id, url) = start_listening(cmd, &cx.kiln_bin, address, &log, &ready).await?;
+    // Written before the gRPC URL.
+    let http_url = std::fs::read_to_string(&http_ready)
+        .ok()
+        .map(|u| u.trim().to_owned());
     tracing::info!(%address, pid = id.pid, %url, "coordinator started");
     Ok(handle(
         id,
@@ -458,6 +469,7 @@ async fn start_coordinator(r: &Resource, cx: &ApplyContext) -> Result<Attributes
                 Value::from(tokens.join("client-token").display().to_string()),
             ),
             ("ca_file", tls_file("ca_file").into()),
+            ("http_url", http_url.into()),
         ],
     ))
 }

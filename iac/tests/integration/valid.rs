@@ -46,6 +46,7 @@ fn default_coordinator() -> CoordinatorSpec {
         lease_ttl: Duration::from_secs(3),
         replicas: 1,
         tls: None,
+        http_listen: None,
     }
 }
 
@@ -365,6 +366,7 @@ fn loads_every_attribute_of_the_schema() {
                     key_file: base.join("secrets/tls/coordinator-key.pem"),
                     ca_file: base.join("secrets/tls/ca.pem"),
                 }),
+                http_listen: Some("0.0.0.0:7071".parse().expect("address")),
             },
             worker: WorkerSpec::default(),
         }

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod coordinator;
+mod dashboard;
 mod data;
 mod datasets;
 mod deploy;

@@ -350,7 +350,7 @@ fn served_answers_equal_kilns_predictions_and_every_mistake_is_a_json_error() {
 
 /// The samples of `/metrics` as the Prometheus Python client's OpenMetrics parser reads
 /// them: `[{name, labels, value}]`.
-fn metrics(url: &str) -> Vec<Value> {
+pub(crate) fn metrics(url: &str) -> Vec<Value> {
     let response = ureq::get(&format!("{url}/metrics"))
         .call()
         .expect("/metrics");

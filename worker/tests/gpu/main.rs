@@ -185,7 +185,7 @@ struct Quiet;
 
 impl Observer for Quiet {
     fn progress(&mut self, _: &Metrics) {}
-    fn checkpoint(&mut self, _: u64, _: &str) {}
+    fn checkpoint(&mut self, _: u64, _: &str, _: f64) {}
     fn note(&mut self, _: &str) {}
 }
 

@@ -247,7 +247,7 @@ impl Observer for Recorder {
         }
     }
 
-    fn checkpoint(&mut self, step: u64, manifest_url: &str) {
+    fn checkpoint(&mut self, step: u64, manifest_url: &str, _: f64) {
         assert_eq!(manifest_url, self.verify.manifest_url(step));
         let objects = self
             .runtime
@@ -377,7 +377,7 @@ struct Quiet;
 
 impl Observer for Quiet {
     fn progress(&mut self, _: &Metrics) {}
-    fn checkpoint(&mut self, _: u64, _: &str) {}
+    fn checkpoint(&mut self, _: u64, _: &str, _: f64) {}
     fn note(&mut self, _: &str) {}
 }
 
