@@ -248,6 +248,23 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The lines a job's workers logged (every generation's), each tagged with its
+    /// generation, rank and node.
+    Logs {
+        /// Job id.
+        job: String,
+        /// Only this rank's lines.
+        #[arg(long)]
+        rank: Option<u32>,
+        /// Go on printing new lines, across restarts, until the job has ended.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Cancel a pending or running job.
     Cancel {
         /// Job id.
@@ -653,6 +670,7 @@ fn main() -> ExitCode {
         Command::Data(_)
             | Command::Models(_)
             | Command::Status { .. }
+            | Command::Logs { .. }
             | Command::State { .. }
             | Command::Completions { .. }
     ) {
@@ -749,6 +767,16 @@ fn main() -> ExitCode {
                 remote,
             } => match remote.target() {
                 Ok(target) => cli::status(&target, job.as_deref(), json, follow).await,
+                Err(e) => Err(e),
+            },
+            Command::Logs {
+                job,
+                rank,
+                follow,
+                json,
+                remote,
+            } => match remote.target() {
+                Ok(target) => cli::logs::logs(&target, &job, rank, follow, json).await,
                 Err(e) => Err(e),
             },
             Command::Cancel { job, remote } => match remote.target() {

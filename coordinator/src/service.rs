@@ -13,8 +13,9 @@ use kiln_proto::v1::{
     Ack, AssignmentsRequest, CancelJobRequest, CheckpointReport, FindLeaderRequest,
     FindLeaderResponse, GetCollectiveIdRequest, GetCollectiveIdResponse, GetJobRequest,
     HeartbeatRequest, HeartbeatResponse, Job, JobEvent, ListJobsRequest, ListJobsResponse,
-    ProgressReport, PublishCollectiveIdRequest, RegisterRequest, RegisterResponse,
-    ResumeJobRequest, SubmitJobRequest, SubmitJobResponse, TaskEnd, WatchJobRequest, WorkerCommand,
+    LogBatch, LogLine, ProgressReport, PublishCollectiveIdRequest, RegisterRequest,
+    RegisterResponse, ResumeJobRequest, SubmitJobRequest, SubmitJobResponse, TaskEnd,
+    WatchJobRequest, WatchLogsRequest, WorkerCommand,
 };
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -190,6 +191,14 @@ impl coordinator_server::Coordinator for Service {
             .map_err(status)
     }
 
+    async fn report_logs(&self, request: Request<LogBatch>) -> Result<Response<Ack>, Status> {
+        self.authenticate(&request, &request.get_ref().worker_id)?;
+        self.control()?
+            .report_logs(request.into_inner())
+            .map(|()| Response::new(Ack {}))
+            .map_err(status)
+    }
+
     #[tracing::instrument(skip_all, fields(job = %request.get_ref().job_id, worker = %request.get_ref().worker_id))]
     async fn publish_collective_id(
         &self,
@@ -282,6 +291,80 @@ impl coordinator_server::Coordinator for Service {
         let (tx, rx) = mpsc::channel(64);
         control.spawn(feed(control.clone(), id, replay, job, events, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchLogsStream = Stream_<LogLine>;
+
+    async fn watch_logs(
+        &self,
+        request: Request<WatchLogsRequest>,
+    ) -> Result<Response<Self::WatchLogsStream>, Status> {
+        let control = self.client(&request)?;
+        let request = request.into_inner();
+        // Subscribed before the first read, so no line falls between the two.
+        let news = control.log_feed();
+        control.job(&request.job_id).map_err(status)?;
+        let (tx, rx) = mpsc::channel(256);
+        control.spawn(log_feed(control.clone(), request, news, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// How long a follow goes on after its job ended, for the lines its last ranks were still
+/// sending.
+const LOG_TAIL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// One reader of a job's worker log: the lines kept so far, then (following) every new one
+/// until the job has ended and its last lines are in.
+async fn log_feed(
+    control: Control,
+    request: WatchLogsRequest,
+    mut news: broadcast::Receiver<String>,
+    tx: mpsc::Sender<Result<LogLine, Status>>,
+) {
+    let mut seen = 0;
+    let mut ended_at = None;
+    loop {
+        let (lines, ended) = match control.logs_since(&request.job_id, seen, request.rank) {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = tx.send(Err(status(e))).await;
+                return;
+            }
+        };
+        for line in lines {
+            seen = line.seq;
+            if tx.send(Ok(line)).await.is_err() {
+                return;
+            }
+        }
+        if !request.follow {
+            return;
+        }
+        if ended {
+            let since = *ended_at.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= LOG_TAIL {
+                return;
+            }
+        }
+        // Woken by news of this job; at least once a tail period, to notice its end.
+        let wait = tokio::time::sleep(LOG_TAIL / 4);
+        tokio::select! {
+            () = wait => {}
+            () = control.stopped() => return,
+            () = async {
+                loop {
+                    match news.recv().await {
+                        Ok(job) if job == request.job_id => return,
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            } => {}
+        }
     }
 }
 

@@ -17,8 +17,8 @@ use kiln_proto::auth::Credential;
 use kiln_proto::error_chain;
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{
-    Assignment, AssignmentsRequest, CheckpointReport, HeartbeatRequest, Metrics, ProgressReport,
-    RegisterRequest, RegisterResponse, TaskEnd, worker_command::Command,
+    Assignment, AssignmentsRequest, CheckpointReport, HeartbeatRequest, LogBatch, LogLine, Metrics,
+    ProgressReport, RegisterRequest, RegisterResponse, TaskEnd, worker_command::Command,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -531,6 +531,18 @@ fn start_task(
     let abort = Arc::new(Mutex::new(None));
     let (job_id, generation) = (assignment.job_id.clone(), assignment.generation);
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let (capturing, lines) = crate::logs::capture();
+    let shipping = tokio::spawn(ship_logs(
+        client.clone(),
+        LogBatch {
+            worker_id: worker_id.clone(),
+            job_id: job_id.clone(),
+            generation,
+            rank: assignment.rank,
+            lines: Vec::new(),
+        },
+        lines,
+    ));
 
     let forward = {
         let mut client = client.clone();
@@ -591,8 +603,14 @@ fn start_task(
             let result = training
                 .await
                 .unwrap_or_else(|e| Err(format!("training thread panicked: {e}").into()));
-            // Progress and checkpoint reports go out before the end of the task.
+            // Progress and checkpoint reports, and the task's log lines, go out before the
+            // end of the task.
             let _ = forward.await;
+            if let Err(e) = &result {
+                tracing::warn!("the task ended: {}", e.message);
+            }
+            drop(capturing);
+            let _ = shipping.await;
             let end = match result {
                 Ok(outcome) => TaskEnd {
                     ok: true,
@@ -630,6 +648,37 @@ fn start_task(
         leave,
         abort,
         done,
+    }
+}
+
+/// Lines in one [`LogBatch`] at most.
+const LOG_BATCH_LINES: usize = 500;
+/// How long a line waits for others to share its batch.
+const LOG_BATCH_DELAY: Duration = Duration::from_millis(200);
+
+/// Sends a task's log lines to the coordinator in batches (`batch` holds the task's ids),
+/// until the capture ends and every line is sent.
+async fn ship_logs(
+    mut client: Client,
+    batch: LogBatch,
+    mut lines: mpsc::UnboundedReceiver<LogLine>,
+) {
+    while let Some(first) = lines.recv().await {
+        let mut next = LogBatch {
+            lines: vec![first],
+            ..batch.clone()
+        };
+        let deadline = tokio::time::Instant::now() + LOG_BATCH_DELAY;
+        while next.lines.len() < LOG_BATCH_LINES {
+            match tokio::time::timeout_at(deadline, lines.recv()).await {
+                Ok(Some(line)) => next.lines.push(line),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Err(status) = client.report_logs(next).await {
+            // Logged to stderr only: this task's capture would send it back here.
+            eprintln!("kiln-worker: could not send log lines to the coordinator: {status}");
+        }
     }
 }
 

@@ -107,14 +107,21 @@ pub fn main(registry: Registry) -> anyhow::Result<()> {
     unsafe {
         crate::collective::nccl::set_non_blocking();
     }
-    // Logs go to files when a provider starts the worker: no colour codes there.
-    tracing_subscriber::fmt()
+    // Logs go to files when a provider starts the worker: no colour codes there. A running
+    // task's lines also go to the coordinator (`kiln logs`).
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
+        .with_writer(std::io::stderr)
+        .with_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
                 .unwrap_or_else(|_| "warn,kiln_worker=info".into()),
-        )
-        .with_writer(std::io::stderr)
+        );
+    tracing_subscriber::registry()
+        .with(stderr)
+        .with(crate::logs::layer())
         .init();
     let cli = Cli::parse();
     match cli.command {

@@ -19,6 +19,7 @@ pub mod data;
 pub mod export;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod logs;
 pub mod model;
 pub mod optim;
 pub mod overhead;

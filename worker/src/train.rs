@@ -263,7 +263,10 @@ impl Checkpoints {
         };
         let step = in_flight.step();
         match in_flight.wait(runtime) {
-            Ok(committed) => observer.checkpoint(step, &committed.url, committed.seconds),
+            Ok(committed) => {
+                tracing::info!("checkpoint {step} committed in {:.3}s", committed.seconds);
+                observer.checkpoint(step, &committed.url, committed.seconds);
+            }
             Err(e) if failure == Failure::Skip && e.is_store_failure() => {
                 let error = kiln_proto::error_chain(&e);
                 tracing::warn!(step, %error, "checkpoint failed; the next one retries");
@@ -365,6 +368,15 @@ where
     if let Some(max_steps) = spec.max_steps {
         total_steps = total_steps.min(max_steps);
     }
+    tracing::info!(
+        "rank {rank} of {world}: {} training samples, steps {} to {total_steps}{}",
+        n,
+        pos.step + 1,
+        match task.resume_step {
+            Some(_) => format!(", resumed from the checkpoint of step {}", pos.step),
+            None => String::new(),
+        }
+    );
     let mut audit = SampleAudit::open(&task.job_id, rank, task.resume_step)?;
     let horizon = *pos
         .schedule_steps
@@ -446,6 +458,20 @@ where
             let (accuracy, loss) = evaluate(&model.valid(), &splits.validation, &device);
             pos.val_accuracy = Some(accuracy);
             pos.val_loss = Some(loss);
+        }
+        if epoch_done && rank == 0 {
+            let validation = pos
+                .val_accuracy
+                .zip(pos.val_loss)
+                .map_or_else(String::new, |(a, l)| {
+                    format!(", val accuracy {a:.4}, val loss {l:.5}")
+                });
+            tracing::info!(
+                "epoch {} done at step {}: loss {:.5}{validation}",
+                pos.epoch + 1,
+                pos.step,
+                pos.loss
+            );
         }
         if epoch_done {
             pos.epoch += 1;
@@ -535,9 +561,15 @@ where
     if rank == 0 {
         ctx.observer.progress(&final_metrics);
     }
+    let params = flatten_params(&model);
+    tracing::info!(
+        "finished at step {} in {loop_secs:.1}s ({:.0} samples/s)",
+        pos.step,
+        final_metrics.samples_per_sec
+    );
     Ok(Outcome {
         metrics: final_metrics,
-        params: flatten_params(&model),
+        params,
         checkpoint_stalls: std::mem::take(&mut checkpoints.stalls),
         reference: if rank == 0 {
             splits.train.reference()

@@ -19,6 +19,7 @@ pub mod inference;
 pub mod infra;
 mod jobs;
 pub mod load;
+pub mod logs;
 pub mod models;
 mod serve;
 pub mod tls;

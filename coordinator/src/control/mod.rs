@@ -16,6 +16,7 @@ mod events;
 mod fit;
 mod history;
 mod lifecycle;
+mod logs;
 mod registration;
 mod registry;
 mod rendezvous;
@@ -82,6 +83,8 @@ struct Inner {
     store_owner: String,
     /// How long rank 0's checkpoint commits took, as reported (seconds).
     checkpoint_commits: Histogram,
+    /// The id of each job whose worker log grew.
+    log_feed: broadcast::Sender<String>,
 }
 
 const JOB_PREFIX: &str = "jobs/";
@@ -123,6 +126,7 @@ impl Control {
                 tasks: TaskTracker::new(),
                 store_owner,
                 checkpoint_commits: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+                log_feed: broadcast::channel(1024).0,
             }),
         };
         // Jobs that were running go first, in submission order: their workers are gone with the

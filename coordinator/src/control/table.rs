@@ -12,6 +12,7 @@ use super::error::ControlError;
 use super::events::EventLogs;
 use super::fit::{self, Needs};
 use super::history::Histories;
+use super::logs::WorkerLogs;
 
 /// The stream of commands to one worker.
 pub type CommandSender = mpsc::Sender<Result<WorkerCommand, tonic::Status>>;
@@ -94,6 +95,7 @@ pub(super) struct State {
     pub(super) next_job: u64,
     pub(super) logs: EventLogs,
     pub(super) histories: Histories,
+    pub(super) worker_logs: WorkerLogs,
 }
 
 impl State {

@@ -1,7 +1,8 @@
 //! Failure recovery under `kiln up`: worker processes killed with SIGKILL at random steps are
 //! replaced, the job resumes from its last committed checkpoint and ends with parameters
 //! bit-identical to an uninterrupted run; a corrupt checkpoint is skipped for the previous one;
-//! past `max_restarts` the job fails with its cause.
+//! past `max_restarts` the job fails with its cause; `kiln logs -f` follows a job across a
+//! restart.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Output, Stdio};
@@ -58,16 +59,7 @@ impl Up {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn kiln up");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(child.stderr.take().expect("stderr"));
         Self {
             child,
             lines,
@@ -105,6 +97,20 @@ impl Up {
         events.extend(self.lines.try_iter());
         (out, events.join("\n"))
     }
+}
+
+/// The lines of `output` as they come.
+fn lines_of(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 fn checkpoint_step(line: &str) -> Option<u64> {
@@ -365,4 +371,92 @@ fn sigterm_checkpoints_at_the_next_step_and_leaves_without_a_restart() {
     );
     assert_eq!(digest(&out), reference, "{events}");
     sandbox.assert_no_processes(Duration::from_secs(10));
+}
+
+#[test]
+fn kiln_logs_follows_a_job_across_a_restart_each_line_tagged_with_rank_and_generation() {
+    // Long enough (17400 steps) to be killed while the follow watches.
+    let job = blobs_job_hcl("chaos", 2, 4096, 300, 25);
+    let end = job.rfind('}').expect("job block ends");
+    let job = format!(
+        "{}  restart {{\n    max_restarts = 1\n    backoff      = \"0s\"\n  }}\n}}\n",
+        &job[..end]
+    );
+    let sandbox = Sandbox::new().with_files(&[("cluster.hcl", &cluster_hcl(2)), ("job.hcl", &job)]);
+    let mut up = Up::start(&sandbox);
+    let line = up.wait_for("the coordinator's URL", |l| {
+        l.contains("coordinator on http://")
+    });
+    let url = line
+        .split("coordinator on ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("a URL")
+        .to_owned();
+    up.wait_for("generation 1", |l| l.contains("generation 1 started"));
+    let mut follow = sandbox
+        .kiln(&["logs", "chaos-1", "-f", "--coordinator", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln logs -f");
+    let followed = lines_of(follow.stdout.take().expect("stdout"));
+    let mut text = Vec::new();
+    // Killed once rank 0 has sent a checkpoint's line: a killed process's unsent lines die
+    // with it.
+    while !text
+        .iter()
+        .any(|l: &String| l.starts_with("[gen 1 rank 0 ") && l.contains("checkpoint 25 committed"))
+    {
+        let line = followed
+            .recv_timeout(T)
+            .unwrap_or_else(|_| panic!("no checkpoint line; so far:\n{}", text.join("\n")));
+        text.push(line);
+    }
+    assert!(signal(workers(&sandbox)[0], "KILL"));
+    up.wait_for("generation 2", |l| l.contains("generation 2 started"));
+    up.wait_for_checkpoint(1000);
+    // One rank's lines only, of both generations (sent in batches: polled until there).
+    let rank1 = kiln_tests::wait_until(T, "rank 1's lines of generation 2", || {
+        let out = sandbox
+            .run(
+                &["logs", "chaos-1", "--rank", "1", "--coordinator", &url],
+                T,
+            )
+            .expect("kiln logs --rank 1");
+        assert!(out.status.success(), "{}", describe(&out));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("[gen 2 rank 1 ") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+    assert!(rank1.lines().all(|l| l.contains(" rank 1 ")), "{rank1}");
+    let (out, events) = up.finish();
+    assert!(out.status.success(), "{}\n{events}", describe(&out));
+
+    // The follow ended by itself with the job, and saw both generations of both ranks.
+    let status = wait_with_timeout(follow, T).expect("kiln logs -f ends");
+    assert!(status.status.success(), "{}", describe(&status));
+    text.extend(followed.try_iter());
+    let text = text.join("\n");
+    for tag in [
+        "[gen 1 rank 0 ",
+        "[gen 1 rank 1 ",
+        "[gen 2 rank 0 ",
+        "[gen 2 rank 1 ",
+    ] {
+        assert!(text.contains(tag), "no line of {tag}in\n{text}");
+    }
+    assert!(
+        text.lines().any(|l| l.starts_with("[gen 2 rank 0 ")
+            && l.contains("resumed from the checkpoint of step")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("[gen 2 rank 0 ") && l.contains("finished at step 17400")),
+        "{text}"
+    );
 }
