@@ -50,6 +50,9 @@ pub struct AllreduceArgs {
     /// Gives up (and kills the workers) if the whole benchmark takes longer, in seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// Print the results as JSON (one object) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses a byte size such as `4096`, `512KiB`, `64MiB` or `1GiB` (binary units), which must
@@ -106,7 +109,7 @@ pub fn format_size(bytes: u64) -> String {
 }
 
 /// One row of the report.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 struct Row {
     size_bytes: u64,
     median_s: f64,
@@ -354,12 +357,27 @@ pub fn allreduce(args: &AllreduceArgs, worker_bin: &Path) -> anyhow::Result<()> 
         rows.len(),
         args.sizes.len()
     );
+    let text = if args.json {
+        serde_json::json!({
+            "ranks": args.ranks,
+            "iters": args.iters,
+            "warmup": args.warmup,
+            "sizes": rows,
+        })
+        .to_string()
+            + "\n"
+    } else {
+        render_table(args.ranks, args.iters, args.warmup, &rows)
+    };
+    print_out(&text)
+}
+
+fn print_out(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout
-        .write_all(render_table(args.ranks, args.iters, args.warmup, &rows).as_bytes())
+        .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
-        .context("printing the table")?;
-    Ok(())
+        .context("printing the results")
 }
 
 /// Arguments of `kiln bench checkpoint`.
@@ -383,10 +401,13 @@ pub struct CheckpointArgs {
     /// Gives up (and kills the worker) if the whole benchmark takes longer, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub timeout_secs: u64,
+    /// Print the results as JSON (one object) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The runs of one kind, summarised.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 struct KindSummary {
     runs: usize,
     checkpoints: usize,
@@ -574,13 +595,23 @@ pub fn checkpoint(args: &CheckpointArgs, worker_bin: &Path) -> anyhow::Result<()
         .ok_or_else(|| anyhow!("the worker printed no result"))?;
     let result: CheckpointBenchResult = serde_json::from_str(line)
         .with_context(|| format!("the worker printed {line:?}, not a result"))?;
-    let table = render_checkpoint_table(&args.hidden, &result)?;
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(table.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("printing the table")?;
-    Ok(())
+    let text = if args.json {
+        serde_json::json!({
+            "params": result.params,
+            "checkpoint_bytes": result.checkpoint_bytes,
+            "batch_size": result.batch_size,
+            "steps": result.steps,
+            "every": result.every,
+            "none": KindSummary::new(&result, RunKind::None)?,
+            "background": KindSummary::new(&result, RunKind::Async)?,
+            "blocking": KindSummary::new(&result, RunKind::Sync)?,
+        })
+        .to_string()
+            + "\n"
+    } else {
+        render_checkpoint_table(&args.hidden, &result)?
+    };
+    print_out(&text)
 }
 
 #[cfg(test)]
