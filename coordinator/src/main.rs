@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use kiln_coordinator::cli::commands::{self, DataCommand, ModelsCommand, Store};
 use kiln_coordinator::cli::{self, CliError};
 use kiln_coordinator::cli::{bench, infra};
 use kiln_coordinator::control::LeaseConfig;
@@ -431,198 +432,6 @@ enum TlsCommand {
 }
 
 #[derive(Subcommand)]
-enum ModelsCommand {
-    /// Every model with its version count, newest version and aliases (or just NAME).
-    List {
-        /// One model's name.
-        name: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// A version with its lineage and metrics.
-    Show {
-        /// NAME@N, NAME@ALIAS or NAME (the newest).
-        reference: String,
-        /// Print the version's record as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// Point ALIAS of NAME at VERSION (refused if another move comes first).
-    Alias {
-        /// The model.
-        name: String,
-        /// The alias, e.g. production.
-        alias: String,
-        /// The version it should hold.
-        version: u64,
-        /// Why, for the history.
-        #[arg(long)]
-        reason: Option<String>,
-        /// Print the move as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// Move ALIAS of NAME back to the version that held it before its latest move.
-    Rollback {
-        /// The model.
-        name: String,
-        /// The alias.
-        alias: String,
-        /// Print the move as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// Write a version's weights as model.safetensors and config.json into DIR.
-    Export {
-        /// NAME@N, NAME@ALIAS or NAME (the newest).
-        reference: String,
-        /// Directory to write into (created if missing; the two files are replaced).
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Worker binary that offers the model's kind (default: the kiln-worker beside kiln,
-        /// or KILN_WORKER_BIN).
-        #[arg(long, value_name = "PATH")]
-        worker: Option<PathBuf>,
-        /// Print what was written as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// A version's predictions on a split of the dataset it trained on.
-    Predict {
-        /// NAME@N, NAME@ALIAS or NAME (the newest).
-        reference: String,
-        /// Which samples: validation, train or all.
-        #[arg(long, default_value = "validation", value_parser = ["validation", "train", "all"])]
-        split: String,
-        /// Worker binary that offers the model's kind (default: the kiln-worker beside kiln,
-        /// or KILN_WORKER_BIN).
-        #[arg(long, value_name = "PATH")]
-        worker: Option<PathBuf>,
-        /// Print every sample's row, label, prediction and logits as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// Drift of a served model's live inputs from its training inputs: per feature, the
-    /// reference and live mean and standard deviation, PSI, KS, and whether it drifted.
-    ///
-    /// Asks the `kiln serve` that serves REFERENCE: --server, else the one `kiln apply` runs
-    /// for the model from the configuration directory (-C), else http://127.0.0.1:8080.
-    Drift {
-        /// NAME@ALIAS, NAME@N or NAME, as the server was started with.
-        reference: String,
-        /// The server's URL (or HOST:PORT).
-        #[arg(long, value_name = "URL", env = "KILN_SERVE_URL")]
-        server: Option<String>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Configuration directory whose applied model server to ask without --server.
-        #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
-        dir: PathBuf,
-    },
-    /// Every move of the aliases of NAME (or of NAME@ALIAS only): when, from, to, who, why.
-    History {
-        /// NAME or NAME@ALIAS.
-        target: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-}
-
-/// Where `kiln data` finds the object store.
-#[derive(clap::Args)]
-struct Store {
-    /// Storage URL (`file:///…`, or a plain path). Default: the `storage.url` of the
-    /// configuration in the directory (-C).
-    #[arg(long, value_name = "URL")]
-    store: Option<String>,
-    /// Configuration directory whose storage to use without --store.
-    #[arg(short = 'C', long = "dir", value_name = "DIR", default_value = ".")]
-    dir: PathBuf,
-}
-
-impl Store {
-    fn arg(&self) -> cli::data::StoreArg<'_> {
-        cli::data::StoreArg {
-            url: self.store.as_deref(),
-            dir: &self.dir,
-        }
-    }
-}
-
-#[derive(Subcommand)]
-enum DataCommand {
-    /// Make a file or directory an immutable, content-addressed version NAME@N.
-    ///
-    /// Files are stored once by SHA-256; only those the store lacks are uploaded. Content
-    /// that a version of NAME already holds makes no new version.
-    Push {
-        /// The file or directory.
-        path: PathBuf,
-        /// The dataset's name.
-        #[arg(long)]
-        name: String,
-        /// The label column of a CSV file (default: a column named `label`, else the last).
-        #[arg(long)]
-        label: Option<String>,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// List the datasets, or the versions of one.
-    List {
-        /// A dataset's name: list its versions.
-        name: Option<String>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// Show a version: its files, format, samples, label and feature statistics.
-    Show {
-        /// NAME@N or NAME@latest.
-        reference: String,
-        /// Print the manifest as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-    /// Write a version's files into a directory, each verified against its hash.
-    Pull {
-        /// NAME@N or NAME@latest.
-        reference: String,
-        /// Where to write (files already there with the same content are kept).
-        #[arg(value_name = "DIR")]
-        target: PathBuf,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        store: Store,
-    },
-}
-
-#[derive(Subcommand)]
 enum BenchCommand {
     /// Ring all-reduce bandwidth between worker processes on this machine.
     Allreduce(bench::AllreduceArgs),
@@ -828,7 +637,7 @@ fn main() -> ExitCode {
                     drift: drift.settings(),
                 },
             ),
-            Command::Data(command) => data(command).await,
+            Command::Data(command) => commands::data(command).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
@@ -837,7 +646,7 @@ fn main() -> ExitCode {
             Command::Tls(TlsCommand::Init { dir, hosts, json }) => {
                 cli::tls::init(&dir, &hosts, json)
             }
-            Command::Models(command) => models(command).await,
+            Command::Models(command) => commands::models(command).await,
             Command::Bench(BenchCommand::Allreduce(args)) => cli::worker_binary()
                 .and_then(|bin| bench::allreduce(&args, &bin).map_err(CliError::infra)),
             Command::Bench(BenchCommand::ControlPlane(args)) => cli::load::control_plane(&args)
@@ -858,96 +667,6 @@ fn main() -> ExitCode {
             }
             ExitCode::from(e.exit_code())
         }
-    }
-}
-
-async fn data(command: DataCommand) -> Result<(), CliError> {
-    use cli::data;
-    match command {
-        DataCommand::Push {
-            path,
-            name,
-            label,
-            json,
-            store,
-        } => data::push(&store.arg(), &path, &name, label.as_deref(), json).await,
-        DataCommand::List { name, json, store } => {
-            data::list(&store.arg(), name.as_deref(), json).await
-        }
-        DataCommand::Show {
-            reference,
-            json,
-            store,
-        } => data::show(&store.arg(), &reference, json).await,
-        DataCommand::Pull {
-            reference,
-            target,
-            json,
-            store,
-        } => data::pull(&store.arg(), &reference, &target, json).await,
-    }
-}
-
-async fn models(command: ModelsCommand) -> Result<(), CliError> {
-    use cli::{export, models};
-    match command {
-        ModelsCommand::List { name, json, store } => {
-            models::list(&store.arg(), name.as_deref(), json).await
-        }
-        ModelsCommand::Show {
-            reference,
-            json,
-            store,
-        } => models::show(&store.arg(), &reference, json).await,
-        ModelsCommand::Alias {
-            name,
-            alias,
-            version,
-            reason,
-            json,
-            store,
-        } => {
-            models::alias(
-                &store.arg(),
-                &name,
-                &alias,
-                version,
-                reason.as_deref(),
-                json,
-            )
-            .await
-        }
-        ModelsCommand::Rollback {
-            name,
-            alias,
-            json,
-            store,
-        } => models::rollback(&store.arg(), &name, &alias, json).await,
-        ModelsCommand::History {
-            target,
-            json,
-            store,
-        } => models::history(&store.arg(), &target, json).await,
-        ModelsCommand::Drift {
-            reference,
-            server,
-            json,
-            dir,
-        } => cli::drift::drift(&reference, server.as_deref(), &dir, json).await,
-        ModelsCommand::Export {
-            reference,
-            out,
-            worker,
-            json,
-            store,
-        } => export::export(&store.arg(), &reference, &out, worker.as_ref(), json).await,
-        ModelsCommand::Predict {
-            reference,
-            split,
-            worker,
-            json,
-            store,
-        } => export::predict(&store.arg(), &reference, &split, worker.as_ref(), json).await,
     }
 }
 

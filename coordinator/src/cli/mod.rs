@@ -9,6 +9,7 @@
 
 pub mod bench;
 mod catalog;
+pub mod commands;
 mod common;
 mod config;
 pub mod data;

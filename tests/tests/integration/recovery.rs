@@ -402,12 +402,13 @@ fn kiln_logs_follows_a_job_across_a_restart_each_line_tagged_with_rank_and_gener
         .expect("kiln logs -f");
     let followed = lines_of(follow.stdout.take().expect("stdout"));
     let mut text = Vec::new();
-    // Killed once rank 0 has sent a checkpoint's line: a killed process's unsent lines die
-    // with it.
-    while !text
-        .iter()
-        .any(|l: &String| l.starts_with("[gen 1 rank 0 ") && l.contains("checkpoint 25 committed"))
-    {
+    // Killed once both ranks have sent lines (rank 0 a checkpoint's): a killed process's
+    // unsent lines die with it.
+    let seen = |text: &[String], rank: &str, what: &str| {
+        text.iter()
+            .any(|l| l.starts_with(&format!("[gen 1 rank {rank} ")) && l.contains(what))
+    };
+    while !(seen(&text, "0", "checkpoint 25 committed") && seen(&text, "1", "training samples")) {
         let line = followed
             .recv_timeout(T)
             .unwrap_or_else(|_| panic!("no checkpoint line; so far:\n{}", text.join("\n")));
