@@ -225,7 +225,7 @@ pub async fn status(
         }
     };
     if json {
-        let value: Vec<serde_json::Value> = jobs.iter().map(job_json).collect();
+        let value: Vec<serde_json::Value> = jobs.iter().map(follow::job_json).collect();
         let out = if job.is_some() {
             value[0].clone()
         } else {
@@ -258,47 +258,6 @@ pub async fn status(
         }
     }
     Ok(())
-}
-
-fn job_json(job: &Job) -> serde_json::Value {
-    let m = job.metrics.unwrap_or_default();
-    serde_json::json!({
-        "id": job.id,
-        "state": job.state().label(),
-        "generation": job.generation,
-        "workers": job.workers,
-        "message": job.message,
-        "metrics": {
-            "epoch": m.epoch,
-            "step": m.step,
-            "total_steps": m.total_steps,
-            "loss": m.loss,
-            "val_accuracy": m.val_accuracy,
-            "val_loss": m.val_loss,
-            "samples_per_sec": m.samples_per_sec,
-        },
-        "restarts": job.restarts,
-        "last_failure": job.last_failure,
-        "params_digest": job.params_digest,
-        "model_version": job.model_version,
-        "deployment": job.deployment.as_ref().map(|d| serde_json::json!({
-            "alias": d.alias,
-            "deployed": d.deployed,
-            "previous": d.previous,
-            "error": (!d.error.is_empty()).then_some(&d.error),
-            "checks": d.checks.iter().map(|c| serde_json::json!({
-                "metric": c.metric,
-                "rule": c.rule,
-                "passed": c.passed,
-                "summary": c.summary,
-            })).collect::<Vec<_>>(),
-        })),
-        "checkpoint_step": job.checkpoint_step,
-        "checkpoint_url": job.checkpoint_url,
-        "submitted_unix_ms": job.submitted_unix_ms,
-        "finished_unix_ms": job.finished_unix_ms,
-        "elapsed_secs": follow::elapsed(job).as_secs_f64(),
-    })
 }
 
 /// `kiln resume JOB [--from STEP] [--follow]`.

@@ -81,7 +81,8 @@ impl History {
     }
 }
 
-fn mark(marks: &mut Vec<Mark>, mark: Mark) {
+/// Appends `mark`, dropping the oldest past [`MAX_MARKS`].
+fn push(marks: &mut Vec<Mark>, mark: Mark) {
     if marks.len() >= MAX_MARKS {
         marks.remove(0);
     }
@@ -95,38 +96,39 @@ pub(super) struct Histories {
 }
 
 impl Histories {
+    fn of(&mut self, job: &str) -> &mut History {
+        self.jobs.entry(job.to_owned()).or_default()
+    }
+
     /// Rank 0 of `generation` reported `metrics`.
     pub(super) fn progress(&mut self, job: &str, generation: u64, metrics: &Metrics, now: i64) {
-        self.jobs
-            .entry(job.to_owned())
-            .or_default()
-            .progress(generation, metrics, now);
+        self.of(job).progress(generation, metrics, now);
     }
 
     /// Checkpoint `step` was committed.
     pub(super) fn checkpoint(&mut self, job: &str, generation: u64, step: u64, now: i64) {
-        let marks = &mut self.jobs.entry(job.to_owned()).or_default().checkpoints;
-        mark(
-            marks,
+        let what = format!("checkpoint {step}");
+        push(
+            &mut self.of(job).checkpoints,
             Mark {
                 unix_ms: now,
                 step,
                 generation,
-                what: format!("checkpoint {step}"),
+                what,
             },
         );
     }
 
     /// Generation `generation` ended at `step` (`why` says how) and the job goes on.
     pub(super) fn restart(&mut self, job: &str, generation: u64, step: u64, why: &str, now: i64) {
-        let marks = &mut self.jobs.entry(job.to_owned()).or_default().restarts;
-        mark(
-            marks,
+        let what = why.to_owned();
+        push(
+            &mut self.of(job).restarts,
             Mark {
                 unix_ms: now,
                 step,
                 generation,
-                what: why.to_owned(),
+                what,
             },
         );
     }

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::Control;
+use crate::follow::job_json;
 use crate::service::Role;
 
 /// Where the listener goes unless told otherwise: an ephemeral loopback port.
@@ -140,37 +141,10 @@ async fn metrics_text(State(role): State<watch::Receiver<Role>>) -> Response {
     }
 }
 
-/// A job as the API shows it: the fields a person reads, flat.
-fn summary(job: &kiln_proto::v1::Job) -> Value {
-    let m = job.metrics.unwrap_or_default();
-    let spec = job.spec.clone().unwrap_or_default();
-    json!({
-        "id": job.id,
-        "name": spec.name,
-        "state": job.state().as_str_name().trim_start_matches("JOB_STATE_").to_ascii_lowercase(),
-        "generation": job.generation,
-        "restarts": job.restarts,
-        "workers": job.workers.len(),
-        "epoch": m.epoch,
-        "step": m.step,
-        "total_steps": m.total_steps,
-        "loss": m.loss,
-        "val_accuracy": m.val_accuracy,
-        "val_loss": m.val_loss,
-        "samples_per_sec": m.samples_per_sec,
-        "checkpoint_step": job.checkpoint_step,
-        "model_version": job.model_version,
-        "message": job.message,
-        "last_failure": job.last_failure,
-        "submitted_unix_ms": job.submitted_unix_ms,
-        "finished_unix_ms": job.finished_unix_ms,
-    })
-}
-
 async fn jobs(State(role): State<watch::Receiver<Role>>) -> Response {
     match control(&role) {
         Ok(control) => {
-            let jobs: Vec<Value> = control.snapshot().jobs.iter().map(summary).collect();
+            let jobs: Vec<Value> = control.snapshot().jobs.iter().map(job_json).collect();
             json_response(StatusCode::OK, &Value::Array(jobs))
         }
         Err(refused) => *refused,
@@ -184,7 +158,7 @@ async fn job(State(role): State<watch::Receiver<Role>>, Path(id): Path<String>) 
     };
     match control.job(&id) {
         Ok(job) => {
-            let mut body = summary(&job);
+            let mut body = job_json(&job);
             body["history"] =
                 serde_json::to_value(control.history(&id).unwrap_or_default()).unwrap_or_default();
             json_response(StatusCode::OK, &body)

@@ -106,7 +106,9 @@ fn metrics_parse_and_the_dashboard_draws_a_growing_curve_in_chromium() {
             .into_iter()
             .flatten()
             .find(|j| {
-                j["name"] == "long" && j["state"] == "running" && j["step"].as_u64() > Some(0)
+                j["name"] == "long"
+                    && j["state"] == "running"
+                    && j["metrics"]["step"].as_u64() > Some(0)
             })
             .map(|j| j["id"].as_str().expect("id").to_owned())
             .ok_or(jobs)
