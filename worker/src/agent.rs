@@ -17,7 +17,7 @@ use kiln_proto::auth::Credential;
 use kiln_proto::error_chain;
 use kiln_proto::v1::coordinator_client::CoordinatorClient;
 use kiln_proto::v1::{
-    Assignment, AssignmentsRequest, CheckpointReport, HeartbeatRequest, LogBatch, LogLine, Metrics,
+    Assignment, AssignmentsRequest, CheckpointReport, HeartbeatRequest, LogBatch, Metrics,
     ProgressReport, RegisterRequest, RegisterResponse, TaskEnd, worker_command::Command,
 };
 use tokio::sync::mpsc;
@@ -532,7 +532,7 @@ fn start_task(
     let (job_id, generation) = (assignment.job_id.clone(), assignment.generation);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let (capturing, lines) = crate::logs::capture();
-    let shipping = tokio::spawn(ship_logs(
+    let shipping = tokio::spawn(crate::logs::ship(
         client.clone(),
         LogBatch {
             worker_id: worker_id.clone(),
@@ -648,37 +648,6 @@ fn start_task(
         leave,
         abort,
         done,
-    }
-}
-
-/// Lines in one [`LogBatch`] at most.
-const LOG_BATCH_LINES: usize = 500;
-/// How long a line waits for others to share its batch.
-const LOG_BATCH_DELAY: Duration = Duration::from_millis(200);
-
-/// Sends a task's log lines to the coordinator in batches (`batch` holds the task's ids),
-/// until the capture ends and every line is sent.
-async fn ship_logs(
-    mut client: Client,
-    batch: LogBatch,
-    mut lines: mpsc::UnboundedReceiver<LogLine>,
-) {
-    while let Some(first) = lines.recv().await {
-        let mut next = LogBatch {
-            lines: vec![first],
-            ..batch.clone()
-        };
-        let deadline = tokio::time::Instant::now() + LOG_BATCH_DELAY;
-        while next.lines.len() < LOG_BATCH_LINES {
-            match tokio::time::timeout_at(deadline, lines.recv()).await {
-                Ok(Some(line)) => next.lines.push(line),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        if let Err(status) = client.report_logs(next).await {
-            // Logged to stderr only: this task's capture would send it back here.
-            eprintln!("kiln-worker: could not send log lines to the coordinator: {status}");
-        }
     }
 }
 

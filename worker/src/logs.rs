@@ -1,13 +1,14 @@
 //! A task's log lines for the coordinator (`kiln logs`): a `tracing` layer that, while a
 //! task runs, copies every event it passes (INFO and above; the HTTP/2 stack's only from
-//! WARN) into the task's channel, whichever thread logged it. The agent sends the lines in
-//! batches; the worker's own log (stderr) is unchanged.
+//! WARN) into the task's channel, whichever thread logged it; [`ship`] sends them to the
+//! coordinator in batches. The worker's own log (stderr) is unchanged.
 
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use kiln_proto::v1::LogLine;
+use kiln_proto::v1::{LogBatch, LogLine};
 use tokio::sync::mpsc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -106,6 +107,37 @@ impl Visit for Text {
         } else {
             let sep = if self.0.is_empty() { "" } else { " " };
             let _ = write!(self.0, "{sep}{}={value}", field.name());
+        }
+    }
+}
+
+/// Lines in one [`LogBatch`] at most.
+const LOG_BATCH_LINES: usize = 500;
+/// How long a line waits for others to share its batch.
+const LOG_BATCH_DELAY: Duration = Duration::from_millis(200);
+
+/// Sends a task's log lines to the coordinator in batches (`batch` holds the task's ids),
+/// until the capture ends and every line is sent.
+pub async fn ship(
+    mut client: kiln_proto::auth::Client,
+    batch: LogBatch,
+    mut lines: mpsc::UnboundedReceiver<LogLine>,
+) {
+    while let Some(first) = lines.recv().await {
+        let mut next = LogBatch {
+            lines: vec![first],
+            ..batch.clone()
+        };
+        let deadline = tokio::time::Instant::now() + LOG_BATCH_DELAY;
+        while next.lines.len() < LOG_BATCH_LINES {
+            match tokio::time::timeout_at(deadline, lines.recv()).await {
+                Ok(Some(line)) => next.lines.push(line),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Err(status) = client.report_logs(next).await {
+            // Logged to stderr only: this task's capture would send it back here.
+            eprintln!("kiln-worker: could not send log lines to the coordinator: {status}");
         }
     }
 }
