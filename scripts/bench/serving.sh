@@ -127,7 +127,8 @@ wrk.headers["Content-Type"] = "application/json"
 EOF
 done
 
-"$kiln" serve digits@1 --listen 127.0.0.1:18180 >serve-batched.log 2>&1 & pids+=($!)
+# Its log times each drift evaluation (debug).
+KILN_LOG=warn,kiln_worker=debug "$kiln" serve digits@1 --listen 127.0.0.1:18180 >serve-batched.log 2>&1 & pids+=($!)
 "$kiln" serve digits@1 --listen 127.0.0.1:18181 --max-batch-size 1 >serve-unbatched.log 2>&1 & pids+=($!)
 "$kiln" serve digits@1 --listen 127.0.0.1:18185 --no-drift >serve-no-drift.log 2>&1 & pids+=($!)
 "$kiln" serve images@1 --listen 127.0.0.1:18186 >serve-cnn.log 2>&1 & pids+=($!)
@@ -151,6 +152,11 @@ load() { # port connections [model body]
       /Non-2xx/ { bad = $NF }
       END { if (bad) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 } printf "%.0f %.3f %.3f\n", rps, p50, p99 }'
 }
+# Each server answers a second of load first: the figures are of warm servers.
+for server in 18180:digits:body 18181:digits:body 18182:digits:body 18185:digits:body 18186:images:image; do
+  IFS=: read -r port model body <<<"$server"
+  wrk -t1 -c8 -d1s -s "$body.lua" "http://127.0.0.1:$port/v2/models/$model/infer" >/dev/null
+done
 printf '%-15s %5s %12s %10s %10s %10s\n' server clients "requests/s" "p50 ms" "p99 ms" "vs MLServer"
 for clients in 1 8 64; do
   read -r m_rps m_p50 m_p99 < <(load 18182 "$clients")
@@ -162,3 +168,6 @@ for clients in 1 8 64; do
   printf '%-15s %5d %12d %10.3f %10.3f %9.1fx\n' "kiln CNN" "$clients" "$rps" "$p50" "$p99" "$(echo "$rps / $m_rps" | bc -l)"
   printf '%-15s %5d %12d %10.3f %10.3f\n' "MLServer" "$clients" "$m_rps" "$m_p50" "$m_p99"
 done
+# What drift costs off the request path: the batched server's evaluations, once a second.
+grep -o 'drift evaluated seconds=[0-9.e-]*' serve-batched.log | cut -d= -f2 | sort -g |
+  awk '{ t[NR] = $1 } END { if (NR) printf "\ndrift: %d evaluations of the batched MLP server'"'"'s window (1000 inputs, 64 features), once a second off the request path: median %.2f ms, max %.2f ms\n", NR, t[int((NR + 1) / 2)] * 1000, t[NR] * 1000 }'

@@ -758,3 +758,20 @@ fn a_declared_server_is_applied_serves_the_deployed_alias_once_trained_and_is_de
         "the server still answers after destroy"
     );
 }
+
+#[test]
+fn a_version_whose_checkpoint_is_gone_ends_the_server_with_the_cause() {
+    let sandbox = sandbox();
+    kiln_ok(&sandbox, &["up", "."]);
+    std::fs::remove_dir_all(sandbox.path().join(".kiln/store/jobs/points-1/checkpoints"))
+        .expect("remove the checkpoints");
+    let out = sandbox
+        .run(&["serve", "points@1", "--listen", "127.0.0.1:0"], T)
+        .expect("kiln serve ends");
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reading checkpoint"),
+        "{}",
+        describe(&out)
+    );
+}

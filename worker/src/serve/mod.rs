@@ -225,62 +225,67 @@ pub fn serve(registry: &Registry, args: &ServeArgs) -> anyhow::Result<()> {
                 }
             })
         });
-        if let Some(file) = &args.ready_file {
-            kiln_proto::files::write_atomically(file, url.as_bytes())
-                .with_context(|| format!("writing {}", file.display()))?;
-        }
-        eprintln!("kiln-worker: serving {} on {url}", args.model);
-        if let Some(version) = &first {
-            let loaded = load(registry, &models, &options, version, &handle)?;
-            tracing::info!(model = %version.reference(), "loaded");
-            app.describe(Arc::clone(&loaded.about));
-            queue.swap(loaded);
-        }
-        // An alias, or the newest version, can move; a version number cannot.
-        let watching = !matches!(reference, ModelRef::Version(..));
-        let stop = shutdown_signal(&runtime);
-        let mut current = first.map(|v| v.version);
-        loop {
-            let wait = Duration::from_millis(args.watch_interval_ms);
-            if handle.block_on(async {
-                tokio::time::timeout(wait, stop.clone().notified_owned())
-                    .await
-                    .is_ok()
-            }) {
-                break;
+        // Whatever ends serving (a signal, a first version that cannot be loaded), the
+        // server and the batching thread stop: the scope waits for the thread.
+        let served = (|| -> anyhow::Result<()> {
+            if let Some(file) = &args.ready_file {
+                kiln_proto::files::write_atomically(file, url.as_bytes())
+                    .with_context(|| format!("writing {}", file.display()))?;
             }
-            if !watching && current.is_some() {
-                continue;
+            eprintln!("kiln-worker: serving {} on {url}", args.model);
+            if let Some(version) = &first {
+                let loaded = load(registry, &models, &options, version, &handle)?;
+                tracing::info!(model = %version.reference(), "loaded");
+                app.describe(Arc::clone(&loaded.about));
+                queue.swap(loaded);
             }
-            match handle.block_on(models.resolve(&reference)) {
-                Ok(moved) if Some(moved.version) != current => {
-                    match load(registry, &models, &options, &moved, &handle) {
-                        Ok(loaded) => {
-                            let how = if current.is_some() { "moved to" } else { "is" };
-                            eprintln!(
-                                "kiln-worker: {} {how} {}; serving it",
-                                args.model,
-                                moved.reference()
-                            );
-                            app.describe(Arc::clone(&loaded.about));
-                            queue.swap(loaded);
-                            current = Some(moved.version);
-                        }
-                        Err(e) => tracing::warn!("cannot load {}: {e:#}", moved.reference()),
-                    }
+            // An alias, or the newest version, can move; a version number cannot.
+            let watching = !matches!(reference, ModelRef::Version(..));
+            let stop = shutdown_signal(&runtime);
+            let mut current = first.map(|v| v.version);
+            loop {
+                let wait = Duration::from_millis(args.watch_interval_ms);
+                if handle.block_on(async {
+                    tokio::time::timeout(wait, stop.clone().notified_owned())
+                        .await
+                        .is_ok()
+                }) {
+                    break;
                 }
-                Ok(_) => {}
-                // Still waiting for it to exist.
-                Err(RegistryError::NotFound(_)) if current.is_none() => {}
-                Err(e) => tracing::warn!("cannot look up {}: {e}", args.model),
+                if !watching && current.is_some() {
+                    continue;
+                }
+                match handle.block_on(models.resolve(&reference)) {
+                    Ok(moved) if Some(moved.version) != current => {
+                        match load(registry, &models, &options, &moved, &handle) {
+                            Ok(loaded) => {
+                                let how = if current.is_some() { "moved to" } else { "is" };
+                                eprintln!(
+                                    "kiln-worker: {} {how} {}; serving it",
+                                    args.model,
+                                    moved.reference()
+                                );
+                                app.describe(Arc::clone(&loaded.about));
+                                queue.swap(loaded);
+                                current = Some(moved.version);
+                            }
+                            Err(e) => tracing::warn!("cannot load {}: {e:#}", moved.reference()),
+                        }
+                    }
+                    Ok(_) => {}
+                    // Still waiting for it to exist.
+                    Err(RegistryError::NotFound(_)) if current.is_none() => {}
+                    Err(e) => tracing::warn!("cannot look up {}: {e}", args.model),
+                }
             }
-        }
+            Ok(())
+        })();
         server.abort();
         if let Some(drift) = drift {
             drift.abort();
         }
         queue.close();
-        Ok(())
+        served
     })
 }
 

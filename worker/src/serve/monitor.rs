@@ -160,9 +160,16 @@ impl Monitor {
         if !std::mem::take(&mut self.lock().stale) {
             return;
         }
+        let started = std::time::Instant::now();
         let Some(report) = self.report() else {
             return;
         };
+        tracing::debug!(
+            seconds = started.elapsed().as_secs_f64(),
+            features = report.features.len(),
+            samples = report.samples,
+            "drift evaluated"
+        );
         self.metrics.drift(&report);
         let drifted: Vec<String> = report.drifted().into_iter().map(str::to_owned).collect();
         let mut state = self.lock();
