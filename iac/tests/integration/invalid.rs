@@ -103,6 +103,8 @@ single_mistake! {
     not_an_integer,
     replicas_on_embedded_state,
     restart_negative,
+    serve_bad_listen,
+    serve_min_samples_over_window,
     slurm_time_limit_under_a_minute,
     ssh_attribute_on_local,
     ssh_host_listed_twice,
