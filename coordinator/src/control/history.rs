@@ -1,12 +1,12 @@
 //! Each job's curve: the progress rank 0 reported (step, loss, validation metrics, rate),
 //! with the committed checkpoints and the generations' ends marked on it, for the dashboard.
-//! In memory only, like the event logs; a long job's curve is thinned rather than cut, so it
-//! always spans the whole run.
-
-use std::collections::BTreeMap;
+//! In memory only, like the event logs, for the newest jobs ([`Recent`]); a long job's curve
+//! is thinned rather than cut, so it always spans the whole run.
 
 use kiln_proto::v1::Metrics;
 use serde::Serialize;
+
+use super::recent::Recent;
 
 /// Points kept per job; past it every other point is dropped.
 const MAX_POINTS: usize = 2000;
@@ -92,12 +92,12 @@ fn push(marks: &mut Vec<Mark>, mark: Mark) {
 /// Every job's history.
 #[derive(Default)]
 pub(super) struct Histories {
-    jobs: BTreeMap<String, History>,
+    jobs: Recent<History>,
 }
 
 impl Histories {
     fn of(&mut self, job: &str) -> &mut History {
-        self.jobs.entry(job.to_owned()).or_default()
+        self.jobs.entry(job)
     }
 
     /// Rank 0 of `generation` reported `metrics`.

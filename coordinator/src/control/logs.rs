@@ -1,14 +1,16 @@
 //! Each job's worker log: the lines every rank of every generation sent, numbered from 1 in
 //! the order they arrived, each tagged with its rank, generation and node. What `kiln logs`
-//! replays and follows. In memory only, like the event logs; a job keeps its newest lines.
+//! replays and follows. In memory only, like the event logs; a job keeps its newest lines,
+//! and only the newest jobs keep theirs ([`Recent`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use kiln_proto::v1::{LogBatch, LogLine};
 use tokio::sync::broadcast;
 
 use super::Control;
 use super::error::ControlError;
+use super::recent::Recent;
 
 /// Lines kept per job; older ones are dropped (a reader then starts later).
 const LINES_PER_JOB: usize = 20_000;
@@ -22,7 +24,7 @@ struct JobLog {
 /// The worker logs of every job.
 #[derive(Default)]
 pub(super) struct WorkerLogs {
-    jobs: BTreeMap<String, JobLog>,
+    jobs: Recent<JobLog>,
 }
 
 impl WorkerLogs {
@@ -33,7 +35,7 @@ impl WorkerLogs {
         (rank, generation, node): (u32, u64, &str),
         lines: Vec<LogLine>,
     ) {
-        let log = self.jobs.entry(job.to_owned()).or_default();
+        let log = self.jobs.entry(job);
         for mut line in lines {
             log.last_seq += 1;
             line.seq = log.last_seq;

@@ -17,6 +17,7 @@ mod fit;
 mod history;
 mod lifecycle;
 mod logs;
+mod recent;
 mod registration;
 mod registry;
 mod rendezvous;
